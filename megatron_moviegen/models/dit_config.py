@@ -1,0 +1,152 @@
+"""Configuration of the Movie Gen DiT (SPEC section 1) and of how it is laid out over GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from megatron_moviegen.config.schema import ConfigError
+
+
+@dataclass
+class TextEncoderSpec:
+    """One text encoder as the DiT sees it: its output width and the number of tokens it contributes."""
+
+    width: int
+    max_length: int
+
+
+def _paper_text_encoders() -> dict[str, TextEncoderSpec]:
+    return {
+        "ul2": TextEncoderSpec(width=4096, max_length=300),
+        "metaclip": TextEncoderSpec(width=1024, max_length=256),
+        "byt5": TextEncoderSpec(width=1536, max_length=100),
+    }
+
+
+@dataclass
+class DiTConfig:
+    """The transformer. Defaults are the paper's 30B model."""
+
+    num_layers: int = 48
+    hidden_size: int = 6144
+    ffn_hidden_size: int = 16384
+    num_attention_heads: int = 48
+    latent_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    # Factorized learnable position tables, in tokens (after patchify): 32 latent frames, and 48 x 48
+    # tokens = 768 px at 8x TAE compression and 2x2 patches (SPEC: 3x the 256 px table).
+    max_frames: int = 32
+    max_height: int = 48
+    max_width: int = 48
+    text_encoders: dict[str, TextEncoderSpec] = field(default_factory=_paper_text_encoders)
+    timestep_embedding_dim: int = 256
+    qk_norm: bool = True
+    norm_epsilon: float = 1e-6
+    init_std: float = 0.02
+    # Movie Gen trains without dropout; Megatron's TransformerConfig defaults these to 0.1.
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    # "auto": TransformerEngine spec when TE and CUDA are present, else the local (torch) spec.
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "tensorwise"
+    recompute_granularity: Optional[Literal["full", "selective"]] = None
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    recompute_num_layers: int = 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def text_length(self) -> int:
+        return sum(enc.max_length for enc in self.text_encoders.values())
+
+    def validate(self) -> None:
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "latent_channels",
+                     "max_frames", "max_height", "max_width", "timestep_embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if any(p < 1 for p in self.patch_size):
+            raise ConfigError(f"patch_size: got {self.patch_size}, every entry must be >= 1")
+        if not self.text_encoders:
+            raise ConfigError("text_encoders: at least one text encoder is required")
+        for name, enc in self.text_encoders.items():
+            if enc.width < 1 or enc.max_length < 1:
+                raise ConfigError(f"text_encoders.{name}: width and max_length must be >= 1, got {enc}")
+        for name in ("attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron-Core model parallel layout; data parallel size is what remains of the world size."""
+
+    tensor_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    context_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    use_distributed_optimizer: bool = True
+    # "p2p" is TE's ring; the local path all-gathers K/V over the CP group (exact softmax either way).
+    cp_comm_type: Literal["p2p", "all_gather", "a2a"] = "p2p"
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor_model_parallel_size * self.context_parallel_size * self.pipeline_model_parallel_size
+
+    def validate(self) -> None:
+        for name in ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ConfigError("sequence_parallel: requires tensor_model_parallel_size > 1")
+        vpp = self.virtual_pipeline_model_parallel_size
+        if vpp is not None and (vpp < 1 or self.pipeline_model_parallel_size < 2):
+            raise ConfigError(
+                f"virtual_pipeline_model_parallel_size: got {vpp}; needs >= 1 and pipeline_model_parallel_size > 1"
+            )
+
+    def check_world_size(self, world_size: int) -> int:
+        """Return the data-parallel size, or raise naming the sizes that do not divide."""
+        if world_size % self.model_parallel_size:
+            raise ConfigError(
+                f"parallel: world size {world_size} is not divisible by tensor({self.tensor_model_parallel_size}) x "
+                f"context({self.context_parallel_size}) x pipeline({self.pipeline_model_parallel_size}) = "
+                f"{self.model_parallel_size}"
+            )
+        return world_size // self.model_parallel_size
+
+
+def check_model_fits_layout(model: DiTConfig, parallel: ParallelConfig) -> None:
+    """Cross-section rules between the model and its parallel layout."""
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    if model.num_attention_heads % tp:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size: {tp} does not divide model.num_attention_heads "
+            f"{model.num_attention_heads}"
+        )
+    if model.ffn_hidden_size % tp:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size: {tp} does not divide model.ffn_hidden_size {model.ffn_hidden_size}"
+        )
+    chunks = pp * (parallel.virtual_pipeline_model_parallel_size or 1)
+    if model.num_layers % chunks:
+        raise ConfigError(
+            f"parallel.pipeline_model_parallel_size: model.num_layers {model.num_layers} is not divisible into "
+            f"{chunks} pipeline chunks"
+        )
+    if parallel.sequence_parallel:
+        for name, enc in model.text_encoders.items():
+            if enc.max_length % tp:
+                raise ConfigError(
+                    f"model.text_encoders.{name}.max_length: {enc.max_length} must be divisible by "
+                    f"tensor_model_parallel_size {tp} with sequence_parallel (text tokens are scattered too)"
+                )

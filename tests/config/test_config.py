@@ -1,0 +1,63 @@
+import pytest
+
+from megatron_moviegen.config import ConfigError, available_recipes, load_config, to_yaml
+from megatron_moviegen.config.schema import build
+from megatron_moviegen.config import MovieGenConfig
+
+
+def test_recipes_load_and_round_trip_through_yaml():
+    import yaml
+
+    for name in available_recipes():
+        cfg = load_config(name)
+        again = build(MovieGenConfig, yaml.safe_load(to_yaml(cfg)))
+        assert again == cfg
+
+
+def test_paper_recipe_has_the_papers_shape():
+    model = load_config("t2v_30b").model
+    assert (model.num_layers, model.hidden_size, model.ffn_hidden_size) == (48, 6144, 16384)
+    assert (model.num_attention_heads, model.head_dim) == (48, 128)
+    assert model.patch_size == (1, 2, 2) and model.latent_channels == 16
+    assert {k: (v.width, v.max_length) for k, v in model.text_encoders.items()} == {
+        "ul2": (4096, 300), "metaclip": (1024, 256), "byt5": (1536, 100)}
+
+
+def test_dotted_overrides_are_parsed_as_yaml_values():
+    cfg = load_config("tiny", ["model.num_layers=2", "parallel.tensor_model_parallel_size=2",
+                               "parallel.sequence_parallel=true", "model.patch_size=[1,1,1]"])
+    assert cfg.model.num_layers == 2 and cfg.parallel.sequence_parallel is True
+    assert cfg.model.patch_size == (1, 1, 1)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.num_layerz=3", "model.num_layerz"),
+    ("model.num_layers=four", "model.num_layers"),
+    ("model.hidden_size=65", "model.num_attention_heads"),
+    ("parallel.tensor_model_parallel_size=3", "parallel.tensor_model_parallel_size"),
+    ("parallel.sequence_parallel=true", "parallel.sequence_parallel"),
+    ("model.transformer_impl=cuda", "model.transformer_impl"),
+    ("parallel.pipeline_model_parallel_size=3", "parallel.pipeline_model_parallel_size"),
+])
+def test_bad_values_raise_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
+def test_unknown_recipe_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("no_such_recipe")
+
+
+def test_world_size_must_be_divisible_by_the_model_parallel_size():
+    cfg = load_config("tiny", ["parallel.tensor_model_parallel_size=2", "parallel.context_parallel_size=2"])
+    assert cfg.parallel.check_world_size(8) == 2
+    with pytest.raises(ConfigError, match="world size 6"):
+        cfg.parallel.check_world_size(6)
+
+
+def test_recipe_inheritance_merges_sections(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: tiny\nname: child\nmodel:\n  num_layers: 2\n")
+    cfg = load_config(str(child))
+    assert cfg.name == "child" and cfg.model.num_layers == 2 and cfg.model.hidden_size == 64
