@@ -64,6 +64,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         key_tp, val_tp = args if args else (Any, Any)
         return {_coerce(k, key_tp, f"{path}.<key>"): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected a float")
         return float(value)

@@ -1,0 +1,43 @@
+"""Build the DiT for this rank's place in the parallel layout: one model chunk per virtual pipeline stage,
+optionally wrapped in Megatron's DistributedDataParallel."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+from megatron_moviegen.models.dit import MovieGenDiT, build_transformer_config
+from megatron_moviegen.models.dit_layer_specs import get_dit_layer_spec
+
+
+def build_dit_chunks(cfg, params_dtype: torch.dtype = torch.float32) -> list[MovieGenDiT]:
+    """Model chunks of this rank (one unless virtual pipeline parallelism is on); Megatron state must be set up."""
+    transformer_config = build_transformer_config(cfg.model, cfg.parallel, params_dtype)
+    spec = get_dit_layer_spec(cfg.model.transformer_impl, cfg.model.qk_norm)
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp_stage in range(vpp) if vpp else [None]:
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
+        chunks.append(MovieGenDiT(transformer_config, cfg.model, spec, pre, post, vp_stage))
+    if torch.cuda.is_available():
+        for chunk in chunks:
+            chunk.cuda(torch.cuda.current_device())
+    return chunks
+
+
+def wrap_ddp(chunks: list[MovieGenDiT], use_distributed_optimizer: bool, grad_reduce_in_fp32: bool = True,
+             overlap_grad_reduce: bool = False) -> list[DistributedDataParallel]:
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=grad_reduce_in_fp32,
+        overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+        bucket_size=None,
+    )
+    return [
+        DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
+                                disable_bucketing=index > 0)
+        for index, chunk in enumerate(chunks)
+    ]

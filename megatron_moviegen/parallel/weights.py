@@ -1,0 +1,82 @@
+"""Map whole (single-process) DiT tensors to a rank's tensor/pipeline-parallel shards, and back.
+
+Used to load an exported single-file checkpoint under any TP/PP layout, to export one, and by the parity
+tests. Megatron marks TP-split parameters with `tensor_model_parallel` and `partition_dim`; the SwiGLU fc1
+weight is special: its output is [gate; up], and each TP rank holds [gate_r; up_r].
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def is_swiglu_fc1(name: str) -> bool:
+    return name.endswith("mlp.linear_fc1.weight") or name.endswith("mlp.linear_fc1.bias")
+
+
+def global_name(local_name: str, layer_offset: int) -> str:
+    """`layers.<local i>.` -> `layers.<offset + i>.` (pipeline stages hold a slice of the layers)."""
+    return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", local_name)
+
+
+def _tp_split(param: torch.nn.Parameter) -> int | None:
+    if getattr(param, "tensor_model_parallel", False):
+        return param.partition_dim
+    return None
+
+
+def shard_tensor(name: str, full: torch.Tensor, partition_dim: int | None, rank: int, world: int) -> torch.Tensor:
+    if partition_dim is None or world == 1:
+        return full
+    if is_swiglu_fc1(name):
+        return torch.cat([half.chunk(world, dim=partition_dim)[rank] for half in full.chunk(2, dim=0)], dim=0)
+    return full.chunk(world, dim=partition_dim)[rank]
+
+
+def unshard_tensor(name: str, shards: list[torch.Tensor], partition_dim: int | None) -> torch.Tensor:
+    if partition_dim is None or len(shards) == 1:
+        return shards[0]
+    if is_swiglu_fc1(name):
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return torch.cat([torch.cat([h[i] for h in halves], dim=partition_dim) for i in range(2)], dim=0)
+    return torch.cat(shards, dim=partition_dim)
+
+
+@torch.no_grad()
+def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], layer_offset: int = 0) -> None:
+    """Copy whole tensors (keyed by global names) into this rank's shards of `model`."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_world = parallel_state.get_tensor_model_parallel_world_size()
+    for name, param in model.named_parameters():
+        key = global_name(name, layer_offset)
+        if key not in full:
+            raise KeyError(f"checkpoint has no tensor {key!r} (for parameter {name!r})")
+        shard = shard_tensor(key, full[key], _tp_split(param), tp_rank, tp_world)
+        if shard.shape != param.shape:
+            raise ValueError(f"{key}: checkpoint shard {tuple(shard.shape)} does not fit parameter {tuple(param.shape)}")
+        param.copy_(shard)
+
+
+def gather_full_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], layer_offset: int = 0
+                        ) -> dict[str, torch.Tensor]:
+    """{local param name: local tensor (weight or grad)} -> {global name: whole tensor}, gathered over TP."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    world = parallel_state.get_tensor_model_parallel_world_size()
+    params = dict(model.named_parameters())
+    out = {}
+    for name, local in tensors.items():
+        split = _tp_split(params[name])
+        key = global_name(name, layer_offset)
+        if split is None or world == 1:
+            out[key] = local.detach().clone()
+            continue
+        shards = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(shards, local.detach().contiguous(), group=group)
+        out[key] = unshard_tensor(key, shards, split)
+    return out
