@@ -52,7 +52,8 @@ def main() -> None:
 
     print(f"RMS error of the final sample vs the exact solution; data N(mean, std^2 I), mean ~ N(0, I) fixed, "
           f"{args.samples} samples of {shape}, float64")
-    print(f"{'std':>6} {'t*':>8} {'steps':>6} {'linear':>10} {'lin-quad':>10} {'lq/lin':>7} {'linear steps to match lq':>25}")
+    print(f"{'std':>6} {'t*':>8} {'steps':>6} {'linear':>10} {'lin-quad':>10} {'lq/lin':>7} "
+          f"{'linear steps to match lq':>25}")
     for std in args.stds:
         for steps in args.steps:
             linear = rms_error(linear_schedule(steps), mean, std, noise)

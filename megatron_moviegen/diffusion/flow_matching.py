@@ -52,7 +52,10 @@ def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def interpolate(x0_noise: torch.Tensor, x1_data: torch.Tensor, t: torch.Tensor,
                 sigma_min: float = SIGMA_MIN) -> torch.Tensor:
-    """X_t on the OT path. x0_noise, x1_data: (b, c, t, h, w) (any (b, ...) works); t: (b,) in [0, 1]."""
+    """X_t on the OT path. x0_noise, x1_data: (b, c, t, h, w) (any (b, ...) works); t: (b,) in [0, 1].
+
+    The result has the promoted dtype of t and the latents (float32 t with bf16 latents gives float32).
+    """
     if x0_noise.shape != x1_data.shape:
         raise ValueError(f"x0_noise shape {tuple(x0_noise.shape)} != x1_data shape {tuple(x1_data.shape)}")
     t = _per_sample(t, x1_data)

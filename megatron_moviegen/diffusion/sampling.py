@@ -63,7 +63,9 @@ def linear_quadratic_schedule(num_steps: int, linear_steps: Optional[int] = None
 
 def _check_timesteps(timesteps: torch.Tensor) -> None:
     if timesteps.dim() != 1 or timesteps.numel() < 2:
-        raise ValueError(f"timesteps: got shape {tuple(timesteps.shape)}, expected (num_steps + 1,) with num_steps >= 1")
+        raise ValueError(
+            f"timesteps: got shape {tuple(timesteps.shape)}, expected (num_steps + 1,) with num_steps >= 1"
+        )
     if not bool((timesteps[1:] > timesteps[:-1]).all()):
         raise ValueError(f"timesteps: must be strictly increasing, got {timesteps.tolist()}")
 
@@ -82,7 +84,9 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, timesteps: Union[
     for t, t_next in tqdm(zip(times[:-1], times[1:]), total=len(times) - 1, desc="sampling", disable=not progress):
         velocity = velocity_fn(x, t)
         if velocity.shape != x.shape:
-            raise ValueError(f"velocity_fn: returned shape {tuple(velocity.shape)} for a sample of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"velocity_fn: returned shape {tuple(velocity.shape)} for a sample of shape {tuple(x.shape)}"
+            )
         x = x + (t_next - t) * velocity.to(x.dtype)
     return x
 
@@ -97,7 +101,9 @@ def _concat_batch(cond: Conditioning, uncond: Conditioning) -> Conditioning:
         if set(cond) != set(uncond):
             raise ValueError(f"uncond: keys {sorted(uncond)} differ from cond keys {sorted(cond)}")
         return {key: _concat_batch(cond[key], uncond[key]) for key in cond}
-    raise TypeError(f"cond/uncond: got {type(cond).__name__}/{type(uncond).__name__}, expected two tensors or two dicts")
+    raise TypeError(
+        f"cond/uncond: got {type(cond).__name__}/{type(uncond).__name__}, expected two tensors or two dicts"
+    )
 
 
 def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, Conditioning], torch.Tensor],

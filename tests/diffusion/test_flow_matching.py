@@ -121,6 +121,7 @@ def test_config_defaults_are_the_papers_and_bad_values_name_their_field():
         1e-5, "logit_normal", 0.0, 1.0)
     assert cfg.text_drop_prob == 0.1
     for data, field in [({"sigma_min": 1.0}, "sigma_min"), ({"logit_normal_std": 0.0}, "logit_normal_std"),
-                        ({"text_drop_prob": 1.5}, "text_drop_prob"), ({"timestep_sampling": "beta"}, "timestep_sampling")]:
+                        ({"text_drop_prob": 1.5}, "text_drop_prob"),
+                        ({"timestep_sampling": "beta"}, "timestep_sampling")]:
         with pytest.raises(ConfigError, match=field):
             build(FlowMatchingConfig, data)
