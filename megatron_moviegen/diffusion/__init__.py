@@ -1,0 +1,29 @@
+"""Flow matching (the training objective) and the Euler sampler (SPEC section 2)."""
+
+from megatron_moviegen.diffusion.flow_matching import (
+    FlowMatchingConfig,
+    flow_matching_loss,
+    interpolate,
+    sample_text_keep_mask,
+    sample_timesteps,
+    velocity_target,
+)
+from megatron_moviegen.diffusion.sampling import (
+    classifier_free_guidance,
+    euler_sample,
+    linear_quadratic_schedule,
+    linear_schedule,
+)
+
+__all__ = [
+    "FlowMatchingConfig",
+    "classifier_free_guidance",
+    "euler_sample",
+    "flow_matching_loss",
+    "interpolate",
+    "linear_quadratic_schedule",
+    "linear_schedule",
+    "sample_text_keep_mask",
+    "sample_timesteps",
+    "velocity_target",
+]

@@ -1,0 +1,122 @@
+"""The Movie Gen sampler (SPEC section 2): first-order Euler from t = 0 (noise) to t = 1 (data) on a time
+schedule, with classifier-free guidance. Any velocity field can be plugged in:
+
+    timesteps = linear_quadratic_schedule(50)
+    velocity_fn = classifier_free_guidance(dit_forward, cond=text, uncond=null_text, scale=7.5)
+    latents = euler_sample(velocity_fn, noise, timesteps, progress=True)
+
+A velocity field is `velocity_fn(x, t) -> v` with x and v (b, c, t, h, w) and t a python float in [0, 1)
+shared by the whole batch. Wrap the call in `torch.inference_mode()` when no gradients are wanted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
+Conditioning = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+
+
+def linear_schedule(num_steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(num_steps + 1,) times evenly spaced from 0 to 1."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps: got {num_steps}, must be >= 1")
+    return torch.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
+
+
+def linear_quadratic_schedule(num_steps: int, linear_steps: Optional[int] = None, emulated_linear_steps: int = 1000,
+                              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(num_steps + 1,) increasing times from 0 to 1: Movie Gen's "linear-quadratic" schedule.
+
+    With N = num_steps, L = linear_steps (default N // 2, so odd N gets one more quadratic step than linear
+    ones), Q = N - L and E = emulated_linear_steps, step i in 0..N ends at
+
+        t_i = i / E + (1 - N / E) * (max(i - L, 0) / Q) ** 2
+
+    The first L steps are exactly the first L steps of an E-step linear schedule (t_L = L / E, the knee:
+    0.025 for N = 50, E = 1000). The remaining Q steps follow a quadratic that starts at the knee with the
+    same step size 1 / E (value and slope continuous), grows its steps linearly, and ends at t_N = 1. For
+    N <= E the quadratic coefficient 1 - N / E is >= 0, so the schedule is strictly increasing; N = E gives
+    the E-step linear schedule itself. This is the schedule of Genmo's Mochi sampler written in t = 1 - sigma.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps: got {num_steps}, must be >= 1")
+    if num_steps > emulated_linear_steps:
+        raise ValueError(
+            f"num_steps: got {num_steps}, must be <= emulated_linear_steps {emulated_linear_steps} "
+            "(the schedule emulates that many linear steps)"
+        )
+    if linear_steps is None:
+        linear_steps = num_steps // 2
+    if not 0 <= linear_steps < num_steps:
+        raise ValueError(f"linear_steps: got {linear_steps}, must be in [0, num_steps - 1 = {num_steps - 1}]")
+    steps = torch.arange(num_steps + 1, dtype=torch.float64)
+    quadratic_steps = num_steps - linear_steps
+    quadratic_part = ((steps - linear_steps).clamp(min=0.0) / quadratic_steps).square()
+    times = steps / emulated_linear_steps + (1.0 - num_steps / emulated_linear_steps) * quadratic_part
+    times[-1] = 1.0  # exact despite rounding of N / E + (1 - N / E)
+    return times.to(dtype)
+
+
+def _check_timesteps(timesteps: torch.Tensor) -> None:
+    if timesteps.dim() != 1 or timesteps.numel() < 2:
+        raise ValueError(
+            f"timesteps: got shape {tuple(timesteps.shape)}, expected (num_steps + 1,) with num_steps >= 1"
+        )
+    if not bool((timesteps[1:] > timesteps[:-1]).all()):
+        raise ValueError(f"timesteps: must be strictly increasing, got {timesteps.tolist()}")
+
+
+def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, timesteps: Union[torch.Tensor, Sequence[float]],
+                 progress: bool = False) -> torch.Tensor:
+    """Integrate dx/dt = velocity_fn(x, t) over `timesteps` (t_0 = 0 noise -> t_N = 1 data) with Euler steps.
+
+    noise: (b, c, t, h, w) X_0; returns X at timesteps[-1] in noise's dtype. velocity_fn gets t as a python
+    float; step sizes are taken in float64 from the schedule.
+    """
+    timesteps = torch.as_tensor(timesteps, dtype=torch.float64)
+    _check_timesteps(timesteps)
+    times = timesteps.tolist()
+    x = noise
+    for t, t_next in tqdm(zip(times[:-1], times[1:]), total=len(times) - 1, desc="sampling", disable=not progress):
+        velocity = velocity_fn(x, t)
+        if velocity.shape != x.shape:
+            raise ValueError(
+                f"velocity_fn: returned shape {tuple(velocity.shape)} for a sample of shape {tuple(x.shape)}"
+            )
+        x = x + (t_next - t) * velocity.to(x.dtype)
+    return x
+
+
+def _concat_batch(cond: Conditioning, uncond: Conditioning) -> Conditioning:
+    """[cond; uncond] along the batch dimension, for a tensor or a dict of tensors with the same keys."""
+    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
+        if cond.shape != uncond.shape:
+            raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond shape {tuple(cond.shape)}")
+        return torch.cat([cond, uncond])
+    if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
+        if set(cond) != set(uncond):
+            raise ValueError(f"uncond: keys {sorted(uncond)} differ from cond keys {sorted(cond)}")
+        return {key: _concat_batch(cond[key], uncond[key]) for key in cond}
+    raise TypeError(
+        f"cond/uncond: got {type(cond).__name__}/{type(uncond).__name__}, expected two tensors or two dicts"
+    )
+
+
+def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, Conditioning], torch.Tensor],
+                             cond: Conditioning, uncond: Conditioning, scale: float) -> VelocityFn:
+    """A velocity field v = v_uncond + scale * (v_cond - v_uncond) from one batched model call per step.
+
+    model_fn(x, t, conditioning) -> velocity, called on x: (2b, ...) = [x; x] with conditioning [cond; uncond]
+    (tensors, or dicts of tensors, concatenated along dim 0 once, here). scale = 1 gives v_cond.
+    """
+    both = _concat_batch(cond, uncond)
+
+    def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
+        v_cond, v_uncond = model_fn(torch.cat([x, x]), t, both).chunk(2)
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return velocity_fn
