@@ -16,10 +16,16 @@ Loading: `path` is a local folder or a hub id, read with `from_pretrained`; with
 local cache is read (local_files_only). A path that looks local (absolute, ./, ~/ or nested) and does not
 exist raises FileNotFoundError naming it.
 
-Memory (bf16, weights only; see the closing note of issue 5 for the arithmetic): UL2's encoder is ~8.7B
-parameters = ~17.5 GB, so on one 80 GB GPU it loads whole (`device: cuda`, the default dtype "auto" gives
-bf16). Only on smaller GPUs is sharding needed: `ul2.device_map: auto` (needs `accelerate`) spreads its
-blocks over all visible GPUs (pipeline style, one GPU busy at a time), which suits offline pre-encoding.
+Memory, bf16 weights (parameter counts of the real configs, built on the meta device):
+- UL2 encoder: 8,721,797,632 params = 17.4 GB. T5EncoderModel keeps only the encoder of the 19.46B
+  (38.9 GB) encoder-decoder checkpoint. Per block 4*4096*4096 (attention) + 3*4096*16384 (gated FFN) +
+  2*4096 (norms) = 268,443,648; x32 blocks, + 32128*4096 embedding + 4096 final norm + 512 bias table.
+- MetaCLIP text tower: 353,167,360 params with 256 positions = 0.71 GB.
+- ByT5-large encoder: 864,204,800 params = 1.73 GB.
+One 80 GB GPU therefore holds all three (~19.9 GB) with `device: cuda` and the default dtype "auto" (bf16);
+nothing needs sharding. Sharding is there for GPUs too small for UL2 (e.g. 16-24 GB): `ul2.device_map: auto`
+(needs `accelerate`) spreads its blocks over the visible GPUs, one GPU busy at a time, which suits offline
+pre-encoding. float16 is not advised: T5 activations overflow it.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ class FrozenTextEncoder:
 
     @property
     def width(self) -> int:
-        return self.model.config.d_model if hasattr(self.model.config, "d_model") else self.model.config.hidden_size
+        return self.model.config.hidden_size  # T5Config maps hidden_size to d_model
 
     @property
     def input_device(self) -> torch.device:

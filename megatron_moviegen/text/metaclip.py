@@ -22,7 +22,7 @@ def extend_position_table(table: torch.Tensor, new_length: int) -> torch.Tensor:
     if new_length <= n:
         raise ValueError(f"new_length: got {new_length}, must exceed the table's {n} rows")
     stretched = F.interpolate(
-        table.T[None].float(), size=new_length, mode="linear", align_corners=True
+        table.T[None].double(), size=new_length, mode="linear", align_corners=True
     )[0].T  # (new_length, d)
     return torch.cat([table, stretched[n:].to(table.dtype)])
 
@@ -31,7 +31,7 @@ def extend_position_table(table: torch.Tensor, new_length: int) -> torch.Tensor:
 def extend_clip_context(model: CLIPTextModel, new_length: int) -> CLIPTextModel:
     """Give `model` a position table of `new_length` rows (in place); a model that has them already is
     returned unchanged. Updates the position_ids buffer and config.max_position_embeddings with it."""
-    embeddings = model.embeddings
+    embeddings = getattr(model, "text_model", model).embeddings  # transformers 4.x nests it in text_model
     old = embeddings.position_embedding.weight  # (n, d)
     if old.shape[0] >= new_length:
         return model

@@ -90,3 +90,22 @@ def tiny_config(checkpoints: dict[str, str], **overrides) -> TextEncodersConfig:
     )
     fields.update(overrides)
     return TextEncodersConfig(**fields)
+
+
+def build_spiece_ul2_checkpoint(folder) -> str:
+    """A T5 encoder beside a tokenizer saved only as `spiece.model`, the layout of the hub's google/ul2
+    (no tokenizer.json). Needs `sentencepiece` to train the model here and `protobuf` for transformers to read it."""
+    import sentencepiece as spm
+
+    folder.mkdir()
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join([" ".join(WORDS), "a dog runs in the park at night", "the cat says hello"] * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=32, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    corpus.unlink()
+    (folder / "spiece.vocab").unlink()
+    torch.manual_seed(0)
+    T5EncoderModel(t5_config(132, 32, "gated-silu")).save_pretrained(folder)  # <= 32 pieces + 100 sentinels
+    return str(folder)
