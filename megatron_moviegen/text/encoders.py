@@ -98,6 +98,7 @@ def _load(name: str, cfg: EncoderConfig, dtype: torch.dtype, device: torch.devic
             f"{name}: cannot load {cfg.path!r} (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); "
             f"download it into the hub cache or point `{name}.path` at a local folder. {exc}"
         ) from exc
+    tokenizer.model_max_length = cfg.max_length  # MetaCLIP's tokenizer config says 77
     if name == "metaclip":
         extend_clip_context(model, cfg.max_length)
     return tokenizer, model.eval().requires_grad_(False)
@@ -132,14 +133,18 @@ class FrozenTextEncoder:
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool, device=self.input_device)
         if not rows:
             return embeddings, mask
+        # Pad to the batch's longest prompt only (cheaper than max_length), then into the fixed-size output:
+        # masked keys (T5) and the causal mask (CLIP) keep real tokens independent of the padding.
         tokens = self.tokenizer(
-            [texts[i] for i in rows], padding="max_length", truncation=True, max_length=self.max_length,
+            [texts[i] for i in rows], padding="longest", truncation=True, max_length=self.max_length,
             return_tensors="pt",
         ).to(self.input_device)
         hidden = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        real = tokens.attention_mask.bool()  # (r, n)
-        embeddings[rows] = (hidden * real[..., None]).to(device=self.input_device, dtype=dtype)
-        mask[rows] = real
+        real = tokens.attention_mask.bool()  # (r, l), l <= max_length
+        hidden = hidden.to(device=self.input_device, dtype=dtype) * real[..., None]  # (r, l, d)
+        length = real.shape[1]
+        embeddings[rows, :length] = hidden
+        mask[rows, :length] = real
         return embeddings, mask
 
 
