@@ -1,0 +1,72 @@
+"""Configuration of the three frozen text encoders (SPEC section 1): which checkpoint, how many tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+from megatron_moviegen.config.schema import ConfigError
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass
+class EncoderConfig:
+    """One encoder. `path` is a hub id ("google/ul2") or a local folder written by `save_pretrained`."""
+
+    path: str
+    max_length: int
+    enabled: bool = True
+    # accelerate device map for a checkpoint too big for one GPU (UL2 on small GPUs); None = whole on `device`.
+    device_map: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.enabled and not self.path:
+            raise ConfigError("path: empty; give a hub id or a local folder")
+        if self.max_length < 1:
+            raise ConfigError(f"max_length: got {self.max_length}, must be >= 1")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise ConfigError(f"device_map: got {self.device_map!r}, expected None or one of {list(DEVICE_MAPS)}")
+
+
+@dataclass
+class TextEncodersConfig:
+    """The paper's three encoders; output names are the field names (ul2, metaclip, byt5), the same keys as
+    `DiTConfig.text_encoders`. Max lengths: UL2 300, MetaCLIP 256, ByT5 100 (SPEC, ours)."""
+
+    ul2: EncoderConfig = field(default_factory=lambda: EncoderConfig("google/ul2", 300))
+    metaclip: EncoderConfig = field(default_factory=lambda: EncoderConfig("facebook/metaclip-h14-fullcc2.5b", 256))
+    byt5: EncoderConfig = field(default_factory=lambda: EncoderConfig("google/byt5-large", 100))
+    batch_size: int = 8
+    # "auto": bfloat16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # "auto": cuda when available, else cpu. Outputs are returned on this device.
+    device: str = "auto"
+
+    NAMES = ("ul2", "metaclip", "byt5")
+
+    def encoders(self) -> dict[str, EncoderConfig]:
+        """The enabled encoders by name, in the paper's order."""
+        return {name: getattr(self, name) for name in self.NAMES if getattr(self, name).enabled}
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: got {self.batch_size}, must be >= 1")
+        if not self.encoders():
+            raise ConfigError(f"enabled: all of {list(self.NAMES)} are disabled; enable at least one")
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ConfigError(f"device: got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:<i>'") from None
