@@ -1,0 +1,94 @@
+import copy
+import os
+
+import pytest
+import skvideo
+import torch
+
+from megatron_moviegen.config.schema import ConfigError, build
+from megatron_moviegen.models.tae import TAE, TAEConfig
+from megatron_moviegen.training.tae_data import read_clip
+
+CLIPS = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
+TINY = dict(base_channels=16, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, norm_groups=8)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """32 real frames of carphone, 64x64 centre crop, (1, 3, 32, 64, 64) in [-1, 1]."""
+    return read_clip(os.path.join(CLIPS, "carphone_pristine.mp4"), num_frames=32, size=64).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def tae():
+    torch.manual_seed(0)
+    return TAE(TAEConfig(**TINY)).eval()
+
+
+def test_real_clip_is_read_in_pixel_range(clip):
+    assert clip.shape == (1, 3, 32, 64, 64)
+    assert -1.0 <= clip.min() < -0.5 and 0.5 < clip.max() <= 1.0
+    assert (clip[:, :, 1:] - clip[:, :, :-1]).abs().mean() > 1e-3  # frames differ: a real video, not one image
+
+
+@pytest.mark.parametrize("t", [1, 8, 17, 32])
+def test_encode_decode_compress_8x_in_time_and_space(tae, clip, t):
+    with torch.no_grad():
+        posterior = tae.encode(clip[:, :, :t])
+        assert posterior.mean.shape == posterior.logvar.shape == (1, 16, -(-t // 8), 8, 8)
+        video = tae.decode(posterior.mode(), num_frames=t)
+    assert video.shape == (1, 3, t, 64, 64)
+    assert torch.isfinite(video).all()
+
+
+def test_decode_defaults_to_eight_frames_per_latent_frame(tae):
+    with torch.no_grad():
+        assert tae.decode(torch.randn(1, 16, 3, 4, 4)).shape == (1, 3, 24, 32, 32)
+
+
+def test_image_is_a_one_frame_video_with_no_temporal_mixing(clip):
+    """With temporal layers as initialised, every frame of a video is encoded as if it were an image."""
+    torch.manual_seed(0)
+    tae = TAE(TAEConfig(**TINY)).eval()
+    with torch.no_grad():
+        image_latent = tae.encode(clip[:, :, 8:9]).mean
+        video_latents = tae.encode(clip[:, :, :16]).mean
+    # stride-2 temporal convs keep frames 0, 2, 4, ... -> latent frame 1 comes from pixel frame 8
+    torch.testing.assert_close(video_latents[:, :, 1:2], image_latent, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("h, w", [(60, 64), (64, 36)])
+def test_spatial_size_not_divisible_by_8_is_rejected(tae, h, w):
+    with pytest.raises(ValueError, match=f"height {h} and width {w} must both be divisible by 8"):
+        tae.encode(torch.zeros(1, 3, 8, h, w))
+
+
+def test_decode_rejects_a_frame_count_that_does_not_match_the_latents(tae):
+    with pytest.raises(ValueError, match="num_frames: got 30, which encodes to 4 latent frames, but latents have 3"):
+        tae.decode(torch.zeros(1, 16, 3, 4, 4), num_frames=30)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="norm_groups: 8 does not divide block width 12"):
+        build(TAEConfig, {"base_channels": 12, "norm_groups": 8})
+    with pytest.raises(ConfigError, match="decoder_tile_overlap_latent_frames: got 4"):
+        build(TAEConfig, {**TINY, "decoder_tile_overlap_latent_frames": 4})
+
+
+def test_save_pretrained_round_trips_weights_and_config(tae, clip, tmp_path):
+    tae = copy.deepcopy(tae)
+    with torch.no_grad():
+        for p in tae.parameters():  # make temporal layers non-trivial so they are checked too
+            p.add_(0.01 * torch.randn_like(p))
+    tae.save_pretrained(tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors"]
+    loaded = TAE.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.cfg == tae.cfg
+    with torch.no_grad():
+        x = clip[:, :, :8]
+        torch.testing.assert_close(loaded.encode(x).mean, tae.encode(x).mean, rtol=0, atol=0)
