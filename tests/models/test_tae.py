@@ -59,7 +59,7 @@ def test_image_is_a_one_frame_video_with_no_temporal_mixing(clip):
         image_latent = tae.encode(clip[:, :, 8:9]).mean
         video_latents = tae.encode(clip[:, :, :16]).mean
     # stride-2 temporal convs keep frames 0, 2, 4, ... -> latent frame 1 comes from pixel frame 8
-    torch.testing.assert_close(video_latents[:, :, 1:2], image_latent, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(video_latents[:, :, 1:2], image_latent, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("h, w", [(60, 64), (64, 36)])
@@ -92,3 +92,53 @@ def test_save_pretrained_round_trips_weights_and_config(tae, clip, tmp_path):
     with torch.no_grad():
         x = clip[:, :, :8]
         torch.testing.assert_close(loaded.encode(x).mean, tae.encode(x).mean, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def image_vae_dir(tmp_path_factory):
+    """A small random diffusers AutoencoderKL (16 latent channels, FLUX-like layout) saved to disk."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=16, norm_num_groups=8,
+    )
+    with torch.no_grad():  # GroupNorm affine and biases away from their trivial init so the copy is checked
+        for name, p in vae.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("image_vae")
+    vae.save_pretrained(path)
+    return path, vae.eval()
+
+
+def test_inflated_tae_passes_an_image_exactly_as_the_image_vae(image_vae_dir, clip):
+    path, vae = image_vae_dir
+    tae = TAE.from_image_vae(path).eval()
+    image = clip[:, :, 5]  # (1, 3, 64, 64)
+    with torch.no_grad():
+        want_mean = vae.encode(image).latent_dist.mean
+        got_mean = tae.encode(image.unsqueeze(2)).mean
+        want_image = vae.decode(want_mean).sample
+        got_image = tae.decode(want_mean.unsqueeze(2), num_frames=1)
+    assert got_mean.shape == (1, 16, 1, 8, 8)
+    torch.testing.assert_close(got_mean[:, :, 0], want_mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_image[:, :, 0], want_image, rtol=0, atol=1e-6)
+
+
+def test_inflated_tae_decodes_a_static_latent_video_frame_by_frame(image_vae_dir, clip):
+    """Identity temporal layers: 8 frames decoded from one latent frame all equal the image VAE's decode."""
+    path, vae = image_vae_dir
+    tae = TAE.from_image_vae(path).eval()
+    with torch.no_grad():
+        latent = vae.encode(clip[:, :, 0]).latent_dist.mean
+        video = tae.decode(latent.unsqueeze(2))
+        want = vae.decode(latent).sample
+    assert video.shape == (1, 3, 8, 64, 64)
+    for t in range(8):
+        torch.testing.assert_close(video[:, :, t], want, rtol=0, atol=1e-6)
+
+
+def test_from_image_vae_rejects_a_folder_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        TAE.from_image_vae(tmp_path)
