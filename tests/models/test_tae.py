@@ -59,7 +59,7 @@ def test_image_is_a_one_frame_video_with_no_temporal_mixing(clip):
         image_latent = tae.encode(clip[:, :, 8:9]).mean
         video_latents = tae.encode(clip[:, :, :16]).mean
     # stride-2 temporal convs keep frames 0, 2, 4, ... -> latent frame 1 comes from pixel frame 8
-    torch.testing.assert_close(video_latents[:, :, 1:2], image_latent, rtol=0, atol=1e-6)
+    torch.testing.assert_close(video_latents[:, :, 1:2], image_latent, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("h, w", [(60, 64), (64, 36)])
@@ -136,7 +136,7 @@ def test_inflated_tae_decodes_a_static_latent_video_frame_by_frame(image_vae_dir
         want = vae.decode(latent).sample
     assert video.shape == (1, 3, 8, 64, 64)
     for t in range(8):
-        torch.testing.assert_close(video[:, :, t], want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(video[:, :, t], want, rtol=0, atol=1e-5)
 
 
 def test_from_image_vae_rejects_a_folder_without_config(tmp_path):
