@@ -142,3 +142,82 @@ def test_inflated_tae_decodes_a_static_latent_video_frame_by_frame(image_vae_dir
 def test_from_image_vae_rejects_a_folder_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         TAE.from_image_vae(tmp_path)
+
+
+def _perturb_full_rate_temporal_convs(tae: TAE, scale: float) -> int:
+    """Give the decoder's full-frame-rate temporal convs (last up block, conv_out) a non-identity kernel;
+    returns their temporal receptive radius in pixel frames (one per conv)."""
+    convs = [m for m in (*tae.decoder.up_blocks[-1].modules(), *tae.decoder.conv_out.modules())
+             if type(m).__name__ == "TemporalConv"]
+    with torch.no_grad():
+        for conv in convs:
+            conv.conv.weight.add_(scale * torch.randn_like(conv.conv.weight))
+    return len(convs)
+
+
+def test_tiled_decode_equals_untiled_for_a_frame_by_frame_model(tae):
+    latents = torch.randn(1, 16, 7, 4, 4)
+    with torch.no_grad():
+        whole, tiled = tae.decode(latents, num_frames=53), tae.decode(latents, num_frames=53, tiled=True)
+    assert tiled.shape == whole.shape == (1, 3, 53, 32, 32)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_tiled_decode_is_exact_away_from_seams_and_close_across_them():
+    torch.manual_seed(0)
+    tae = TAE(TAEConfig(**TINY)).eval()
+    radius = _perturb_full_rate_temporal_convs(tae, 0.05)
+    latents = torch.randn(1, 16, 8, 4, 4)
+    with torch.no_grad():
+        whole, tiled = tae.decode(latents), tae.decode(latents, tiled=True)
+    error = (whole - tiled).abs().amax(dim=(0, 1, 3, 4))  # (64,) per frame
+    # tiles are 32 frames stepping by 16: tile edges sit at multiples of 16
+    distance_to_edge = torch.tensor([min(f % 16, 16 - f % 16) for f in range(64)])
+    away = (distance_to_edge > radius) | (torch.arange(64) < 16 - radius) | (torch.arange(64) >= 48 + radius)
+    assert error[away].max() < 1e-5
+    assert 1e-4 < error[~away].max() < 0.05 * whole.abs().max()
+
+
+def test_tiled_decode_runs_the_decoder_on_at_most_one_tile_at_a_time(tae, monkeypatch):
+    """Peak memory cannot grow with length: the decoder never sees more than 4 latent frames."""
+    seen = []
+    decode = tae._decode
+    monkeypatch.setattr(tae, "_decode", lambda z, n: seen.append(z.shape[2]) or decode(z, n))
+    with torch.no_grad():
+        chunks = list(tae.decode_tiles(torch.randn(1, 16, 10, 2, 2), num_frames=80))
+    assert seen == [4, 4, 4, 4]
+    assert [c.shape[2] for c in chunks] == [16, 16, 16, 32]
+
+
+def test_tiled_encode_uses_32_frame_tiles_without_overlap(tae, clip):
+    clip40 = torch.cat([clip, clip[:, :, :8]], dim=2)
+    with torch.no_grad():
+        whole, tiled = tae.encode(clip40).mean, tae.encode(clip40, tiled=True).mean
+        second_tile = tae.encode(clip40[:, :, 32:]).mean
+    assert tiled.shape == whole.shape == (1, 16, 5, 8, 8)
+    torch.testing.assert_close(tiled[:, :, 4:], second_tile, rtol=0, atol=0)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)  # frame-by-frame model: tiles change nothing
+
+
+def test_spatial_tiles_overlap_and_blend_to_the_untiled_result_for_a_pixelwise_map(tae):
+    """Tile placement and blend weights: for a per-position map, tiling must be invisible."""
+    tae = copy.deepcopy(tae)
+    tae.cfg.spatial_tile_size, tae.cfg.spatial_tile_overlap = 32, 16
+    assert tae._spatial_tiles(11) == [(0, 4), (2, 6), (4, 8), (6, 10), (8, 11)]
+    latents = torch.randn(1, 16, 2, 11, 9)
+    upsample = lambda z: torch.tanh(z[:, :3]).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    torch.testing.assert_close(tae._blend_spatial_tiles(latents, upsample, 1, 8), upsample(latents))
+    pixels = torch.randn(1, 3, 2, 88, 72)
+    subsample = lambda x: x[..., ::8, ::8] * 2
+    torch.testing.assert_close(tae._blend_spatial_tiles(pixels, subsample, 8, 1), subsample(pixels))
+
+
+def test_spatially_tiled_decode_keeps_shape_and_stays_near_untiled(tae):
+    tae = copy.deepcopy(tae)
+    tae.cfg.spatial_tile_size, tae.cfg.spatial_tile_overlap = 32, 16
+    latents = torch.randn(1, 16, 1, 8, 8)
+    with torch.no_grad():
+        whole, tiled = tae.decode(latents, num_frames=1), tae.decode(latents, num_frames=1, tiled=True)
+    assert tiled.shape == whole.shape == (1, 3, 1, 64, 64)
+    # a random-weight decoder has global GroupNorm statistics and attention, so only closeness is expected
+    assert (tiled - whole).abs().mean() < whole.std()
