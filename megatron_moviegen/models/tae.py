@@ -331,9 +331,9 @@ class TAE(nn.Module):
         """Write config.json and model.safetensors into folder `path` (each atomically)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(to_dict(self.cfg), indent=2)))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(to_dict(self.cfg), indent=2)))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TAE":
@@ -355,7 +355,7 @@ class TAE(nn.Module):
         return model
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
