@@ -196,5 +196,10 @@ class TAELoss(nn.Module):
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
-    def discriminator_loss(self, pixels: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        return hinge_discriminator_loss(self.discriminator(pixels), self.discriminator(reconstruction.detach()))
+    def discriminator_loss(self, pixels: torch.Tensor, reconstruction: torch.Tensor,
+                           discriminator: nn.Module | None = None) -> torch.Tensor:
+        """Hinge loss of `discriminator` (default: self.discriminator; pass its DDP wrapper when data parallel)."""
+        discriminator = self.discriminator if discriminator is None else discriminator
+        logits = discriminator(torch.cat([pixels, reconstruction.detach()]))
+        real, fake = logits.chunk(2)
+        return hinge_discriminator_loss(real, fake)

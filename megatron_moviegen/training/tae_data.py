@@ -49,18 +49,20 @@ def read_clip(path: str | Path, num_frames: int, size: int, start: int = 0) -> t
 class ClipSampler:
     """Random clips of a fixed length and size from a list of videos, the frames of each video decoded once."""
 
-    def __init__(self, paths: list[str | Path], max_frames: int, size: int, seed: int):
+    def __init__(self, paths: list[str | Path], max_frames: int, size: int, seed: int, random_crop: bool = True):
         self.videos = [read_frames(p, 0, max_frames) for p in paths]
         self.size = size
+        self.random_crop = random_crop
         self.rng = random.Random(seed)
 
     def sample(self, batch_size: int, num_frames: int) -> torch.Tensor:
-        """(batch_size, 3, num_frames, size, size) in [-1, 1], random video, start and crop per item."""
+        """(batch_size, 3, num_frames, size, size) in [-1, 1]: random video and start per item, random or centre crop."""
         clips = []
         for _ in range(batch_size):
             frames = self.rng.choice(self.videos)
             if len(frames) < num_frames:
                 raise ValueError(f"a video has {len(frames)} frames, fewer than num_frames={num_frames}")
             start = self.rng.randrange(len(frames) - num_frames + 1)
-            clips.append(to_pixels(frames[start:start + num_frames], self.size, self.rng.random(), self.rng.random()))
+            top, left = (self.rng.random(), self.rng.random()) if self.random_crop else (0.5, 0.5)
+            clips.append(to_pixels(frames[start:start + num_frames], self.size, top, left))
         return torch.stack(clips)
