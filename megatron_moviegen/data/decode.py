@@ -162,6 +162,16 @@ class PyAVDecoder:
             stream.thread_type = "AUTO"
             yield from self._checked(container.decode(stream), path)
 
+    def frame_times(self, path: str | Path) -> np.ndarray:
+        """Presentation times (s) of every frame in display order, from the packets alone (no decoding)."""
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            try:
+                pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
+            except av.FFmpegError as exc:
+                raise DecodeError(f"{path}: demuxing failed ({exc})") from exc
+            return np.sort(np.array(pts, dtype=np.float64)) * float(stream.time_base)
+
     def _open(self, path: str | Path) -> av.container.InputContainer:
         try:
             container = av.open(str(path))
@@ -236,8 +246,8 @@ class PyAVDecoder:
 class DaliDecoder:
     """NVIDIA DALI's video decoder on one in-memory file: `device="gpu"` (NVDEC, mixed backend) or "cpu".
 
-    DALI decodes the whole file; we pick the clip's frames by index (constant frame rate, as DALI assumes)
-    and resize + crop with torch on the same device. Probing uses PyAV (header only).
+    DALI decodes the whole file; we pick the clip's frames by their packet timestamps (read by PyAV without
+    decoding, so both backends pick the same frames) and resize + crop with torch on the same device.
     """
 
     def __init__(self, device: str = "gpu", device_id: int = 0, num_threads: int = 2):
@@ -268,8 +278,7 @@ class DaliDecoder:
 
     def native_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
         video = self._decode_all(path)  # (f, h, w, 3) uint8 on self.torch_device
-        info = self.probe(path)
-        frame_times = np.arange(video.shape[0]) / info.fps
+        frame_times = self._probe.frame_times(path)[: video.shape[0]]
         idx = select_frame_indices(frame_times, request.timestamps(), path)
         return video[torch.from_numpy(idx).to(video.device)]
 
