@@ -208,11 +208,13 @@ class Preencoder:
     def run(self, entries: list[ManifestEntry]) -> RunSummary:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_run_config(entries)
-        remove_partial_files(self.out_dir)
         plan = self.shard_plan(entries)
         done = completed_shards(self.out_dir)
         mine = [k for k in range(len(plan)) if k % self.world_size == self.rank]
         todo = [k for k in mine if shard_name(k) not in done]
+        remove_partial_files(self.out_dir, todo)
+        if self.rank == 0:
+            (self.out_dir / FINALIZE_LOCK).unlink(missing_ok=True)  # left by a run killed while finalizing
         summary = RunSummary(shards_skipped=len(mine) - len(todo))
         start = time.perf_counter()
         items = [item for k in todo for item in plan[k]]

@@ -12,9 +12,11 @@ Every file is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +123,11 @@ def completed_shards(out_dir: Path) -> set[str]:
     return {p.name[: -len(".json")] for p in folder.glob("*.tar.json")} if folder.exists() else set()
 
 
-def remove_partial_files(out_dir: Path) -> None:
-    """Temporary files a killed run left behind (their shard is redone)."""
-    (out_dir / FINALIZE_LOCK).unlink(missing_ok=True)
-    for tmp in list(out_dir.glob(".*.tmp-*")) + list((out_dir / INDEX_DIR).glob(".*.tmp-*")):
-        tmp.unlink(missing_ok=True)
+def remove_partial_files(out_dir: Path, shard_ids: list[int]) -> None:
+    """Temporary files a killed run left behind for these shards (only these: other ranks may be writing)."""
+    for k in shard_ids:
+        for tmp in list(out_dir.glob(f".{shard_name(k)}.tmp-*")) + list((out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.tmp-*")):
+            tmp.unlink(missing_ok=True)
 
 
 def read_member(shard_path: Path, offset: int, size: int) -> bytes:
@@ -162,8 +164,9 @@ def write_energon_metadata(out_dir: Path, indexes: list[ShardIndex]) -> None:
     except ImportError:
         BaseWebdatasetFactory = None
     if BaseWebdatasetFactory is not None and shards:
-        BaseWebdatasetFactory.prepare_dataset(out_dir, shards, split_parts_patterns=[("train", ".*")],
-                                              shuffle_seed=None, workers=1)
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the tool's report
+            BaseWebdatasetFactory.prepare_dataset(out_dir, shards, split_parts_patterns=[("train", ".*")],
+                                                  shuffle_seed=None, workers=1)
     info = {"energon_version": _energon_version(), "shard_counts": shard_counts}
     atomic_write_text(meta / ".info.yaml", yaml.safe_dump(info))
     atomic_write_text(meta / ".info.json", json.dumps(info, indent=2))

@@ -198,3 +198,16 @@ def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
 def test_decode_worker_processes_give_the_same_shards(encoded, media, tmp_path):
     preencode(media, tmp_path, num_workers=2)
     assert read_all(tmp_path) == read_all(encoded)
+
+
+def _preencode_on_rank(rank, world_size, media, out):
+    assert rank_and_world() == (rank, world_size)  # the harness sets torchrun's RANK / WORLD_SIZE
+    return preencode(media, Path(out), rank=rank, world_size=world_size).shards_written
+
+
+def test_concurrent_ranks_under_torchrun_env(encoded, media, tmp_path):
+    from tests.harness import run_distributed
+
+    assert run_distributed(_preencode_on_rank, world_size=2, args=(media, str(tmp_path))) == [2, 1]
+    assert read_all(tmp_path) == read_all(encoded)
+    assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 4
