@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from megatron_moviegen.config.schema import apply_overrides, build, to_dict
+from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest

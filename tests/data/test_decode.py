@@ -1,5 +1,3 @@
-import math
-
 import av
 import numpy as np
 import pytest
