@@ -1,0 +1,91 @@
+"""The `data` config section: the bucket table (SPEC section 4) and how shards are written and read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from megatron_moviegen.config.schema import ConfigError
+
+
+def _paper_aspect_ratios() -> list[str]:
+    return ["9:16", "3:4", "1:1", "4:3", "16:9"]
+
+
+def _paper_durations() -> list[float]:
+    return [4.0, 7.0, 10.0, 13.0, 16.0]
+
+
+def parse_aspect_ratio(text: str) -> float:
+    """'16:9' (width:height) -> 1.777..."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts) or float(parts[1]) == 0:
+        raise ConfigError(f"aspect_ratios: got {text!r}, expected 'width:height' like '16:9'")
+    return float(parts[0]) / float(parts[1])
+
+
+@dataclass
+class BucketConfig:
+    """Aspect ratios x durations at one resolution (paper: 5 x 5, 4-16 s). A bucket of duration d seconds
+    holds round(d * frame_rate) frames; a clip sampled at f fps fills it with round(d * frame_rate) / f seconds."""
+
+    resolution: int = 768  # a bucket has about resolution**2 pixels
+    aspect_ratios: list[str] = field(default_factory=_paper_aspect_ratios)  # width:height
+    durations_s: list[float] = field(default_factory=_paper_durations)
+    frame_rate: float = 16.0
+    # Clips are sampled at their native fps clamped to [min_fps, max_fps] (paper: native, at least 16).
+    min_fps: float = 16.0
+    max_fps: Optional[float] = None
+    size_multiple: int = 16  # TAE 8x times the DiT's 2x2 patch
+    # Reject a source that must be enlarged by more than this factor to cover its bucket.
+    max_upscale: float = 1.0
+    include_images: bool = True
+
+    def validate(self) -> None:
+        if self.resolution < self.size_multiple:
+            raise ConfigError(f"resolution: got {self.resolution}, must be >= size_multiple {self.size_multiple}")
+        if self.size_multiple < 1:
+            raise ConfigError(f"size_multiple: got {self.size_multiple}, must be >= 1")
+        if not self.aspect_ratios:
+            raise ConfigError("aspect_ratios: need at least one")
+        for text in self.aspect_ratios:
+            parse_aspect_ratio(text)
+        if not self.durations_s and not self.include_images:
+            raise ConfigError("durations_s: empty and include_images is false, so no bucket exists")
+        if any(d <= 0 for d in self.durations_s) or len(set(self.durations_s)) != len(self.durations_s):
+            raise ConfigError(f"durations_s: got {self.durations_s}, need distinct values > 0")
+        if self.frame_rate <= 0 or self.min_fps <= 0:
+            raise ConfigError(f"frame_rate/min_fps: got {self.frame_rate}/{self.min_fps}, must be > 0")
+        if self.max_fps is not None and self.max_fps < self.min_fps:
+            raise ConfigError(f"max_fps: got {self.max_fps}, must be >= min_fps {self.min_fps}")
+        if self.max_upscale < 1.0:
+            raise ConfigError(f"max_upscale: got {self.max_upscale}, must be >= 1.0")
+
+
+@dataclass
+class DataConfig:
+    """Where latent shards live, how they are written (pre-encoding) and read (training)."""
+
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    shards: str = "data/latents"  # folder of WebDataset tar shards with .nv-meta/
+    # Training loader.
+    batch_size: int = 1  # per data-parallel rank; every batch holds one bucket
+    image_fraction: float = 0.1  # share of batches that are images (paper stage 2: images 1:10)
+    seed: int = 1234
+    # Pre-encoding.
+    shard_size: int = 64  # manifest entries per shard
+    encode_batch_size: int = 4
+    num_workers: int = 2  # decode processes
+    decoder: Literal["pyav", "dali-gpu", "dali-cpu"] = "pyav"
+    latent_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+    def validate(self) -> None:
+        for name in ("batch_size", "shard_size", "encode_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: got {self.num_workers}, must be >= 0")
+        if not 0.0 <= self.image_fraction <= 1.0:
+            raise ConfigError(f"image_fraction: got {self.image_fraction}, must be in [0, 1]")
+        if self.image_fraction > 0 and not self.buckets.include_images:
+            raise ConfigError(f"image_fraction: got {self.image_fraction} but buckets.include_images is false")

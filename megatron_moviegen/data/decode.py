@@ -1,0 +1,321 @@
+"""Video and image decoding: probe a file, sample a clip at a frame rate, resize + center-crop to a bucket.
+
+One interface (`Decoder`), three backends:
+- `PyAVDecoder`: every codec FFmpeg knows, on CPU. Resizes during the YUV->RGB conversion (swscale).
+- `DaliDecoder(device="gpu")`: NVDEC through NVIDIA DALI (h264/hevc/av1/vp9); `device="cpu"`: DALI's
+  FFmpeg CPU path (VP9/AV1 and the rest). DALI is imported only when this backend is built.
+
+Images (jpg/png/...) are 1-frame videos. A file that cannot be opened or decoded raises `DecodeError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
+class DecodeError(RuntimeError):
+    """A media file could not be probed or decoded; the message starts with the file's path."""
+
+
+class DecoderUnavailable(RuntimeError):
+    """A decoder backend's library (e.g. DALI) or device is not present."""
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What bucketing needs to know about a file, read from its header."""
+
+    width: int
+    height: int
+    fps: float  # native frame rate; 0.0 for an image
+    duration_s: float  # 0.0 for an image
+    is_image: bool
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """Which frames to take and the size to return them at: `num_frames` at `fps` from `start_s`."""
+
+    start_s: float
+    fps: float
+    num_frames: int
+    height: int
+    width: int
+
+    def timestamps(self) -> np.ndarray:
+        return self.start_s + np.arange(self.num_frames) / self.fps if self.fps > 0 else np.zeros(self.num_frames)
+
+
+class Decoder(Protocol):
+    name: str
+
+    def probe(self, path: str | Path) -> MediaInfo: ...
+
+    def native_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        """The requested frames at the file's own size: (t, h, w, 3) uint8 RGB."""
+
+    def clip_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        """The requested frames resized to cover and center-cropped: (t, h, w, 3) uint8 RGB."""
+
+    def clip(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        """`clip_frames` as the model wants it: (3, t, h, w) float32 in [-1, 1]."""
+
+
+def cover_size(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
+    """The smallest (h, w) with the source's aspect ratio that covers (dst_h, dst_w)."""
+    scale = max(dst_h / src_h, dst_w / src_w)
+    return max(dst_h, round(src_h * scale)), max(dst_w, round(src_w * scale))
+
+
+def center_crop_offsets(h: int, w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
+    return (h - dst_h) // 2, (w - dst_w) // 2
+
+
+def to_unit_range(frames: torch.Tensor) -> torch.Tensor:
+    """(t, h, w, 3) uint8 -> (3, t, h, w) float32 in [-1, 1]."""
+    return frames.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(t, h, w, 3) uint8 on any device -> (t, height, width, 3) uint8; antialiased bilinear, then crop."""
+    t, h, w, _ = frames.shape
+    cover_h, cover_w = cover_size(h, w, height, width)
+    x = frames.permute(0, 3, 1, 2).float()  # (t, 3, h, w)
+    if (cover_h, cover_w) != (h, w):
+        x = F.interpolate(x, size=(cover_h, cover_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = center_crop_offsets(cover_h, cover_w, height, width)
+    x = x[:, :, top : top + height, left : left + width].round_().clamp_(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1)  # (t, h, w, 3)
+
+
+def select_frame_indices(frame_times: np.ndarray, targets: np.ndarray, path: str | Path) -> np.ndarray:
+    """For each target time, the index of the last frame shown at or before it (frames hold until the next)."""
+    eps = 1e-4
+    idx = np.searchsorted(frame_times, targets + eps, side="right") - 1
+    if len(frame_times) == 0:
+        raise DecodeError(f"{path}: no decodable video frames")
+    if len(frame_times) > 1:
+        frame_step = float(np.median(np.diff(frame_times)))
+        late = targets > frame_times[-1] + 2 * frame_step + eps
+        if late.any():
+            raise DecodeError(
+                f"{path}: clip needs frames up to {targets[-1]:.3f}s but the video ends at "
+                f"{frame_times[-1] + frame_step:.3f}s"
+            )
+    return np.clip(idx, 0, len(frame_times) - 1)
+
+
+class PyAVDecoder:
+    """FFmpeg through PyAV on CPU. `seek=True` jumps to the keyframe before the clip; `False` decodes from 0."""
+
+    name = "pyav"
+
+    def __init__(self, seek: bool = True, threads: int = 0):
+        self.seek = seek
+        self.threads = threads
+
+    def probe(self, path: str | Path) -> MediaInfo:
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            if is_image(path):
+                return MediaInfo(stream.width, stream.height, 0.0, 0.0, True)
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise DecodeError(f"{path}: video stream has no frame rate")
+            if stream.duration is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            else:
+                raise DecodeError(f"{path}: video stream has no duration")
+            return MediaInfo(stream.width, stream.height, float(rate), duration, False)
+
+    def native_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        return self._decode(path, request, size=None)
+
+    def clip_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        return self._decode(path, request, size=(request.height, request.width))
+
+    def clip(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        return to_unit_range(self.clip_frames(path, request))
+
+    def decoded_frames(self, path: str | Path) -> Iterator[av.VideoFrame]:
+        """Every frame of the file in order, without conversion (the decode-only ceiling)."""
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield from self._checked(container.decode(stream), path)
+
+    def frame_times(self, path: str | Path) -> np.ndarray:
+        """Presentation times (s) of every frame in display order, from the packets alone (no decoding)."""
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            try:
+                pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
+            except av.FFmpegError as exc:
+                raise DecodeError(f"{path}: demuxing failed ({exc})") from exc
+            return np.sort(np.array(pts, dtype=np.float64)) * float(stream.time_base)
+
+    def _open(self, path: str | Path) -> av.container.InputContainer:
+        try:
+            container = av.open(str(path))
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{path}: cannot open ({exc})") from exc
+        if not container.streams.video:
+            container.close()
+            raise DecodeError(f"{path}: has no video stream")
+        return container
+
+    @staticmethod
+    def _checked(frames: Iterator[av.VideoFrame], path: str | Path) -> Iterator[av.VideoFrame]:
+        try:
+            yield from frames
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{path}: decoding failed ({exc})") from exc
+
+    def _decode(self, path: str | Path, request: ClipRequest, size: tuple[int, int] | None) -> torch.Tensor:
+        targets = request.timestamps()
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.thread_count = self.threads
+            if self.seek and request.start_s > 0:
+                container.seek(int(request.start_s / stream.time_base), stream=stream, backward=True)
+            picked = self._pick_frames(container.decode(stream), targets, path)
+            return self._convert(picked, size, path)
+
+    def _pick_frames(self, frames: Iterator[av.VideoFrame], targets: np.ndarray, path) -> list[av.VideoFrame]:
+        """Decode forward, keeping only the frames some target time lands on."""
+        eps = 1e-4
+        picked: list[av.VideoFrame] = []
+        prev = None
+        j = 0
+        for frame in self._checked(frames, path):
+            t = frame.time if frame.time is not None else 0.0
+            while j < len(targets) and t > targets[j] + eps:
+                picked.append(prev if prev is not None else frame)
+                j += 1
+            if j == len(targets):
+                break
+            prev = frame
+        if prev is None:
+            raise DecodeError(f"{path}: no decodable video frames")
+        if len(targets) - j > 2:
+            raise DecodeError(
+                f"{path}: clip needs frames up to {targets[-1]:.3f}s but the video ends at {prev.time:.3f}s"
+            )
+        picked.extend([prev] * (len(targets) - j))
+        return picked
+
+    @staticmethod
+    def _convert(frames: list[av.VideoFrame], size: tuple[int, int] | None, path) -> torch.Tensor:
+        """Frames -> (t, h, w, 3) uint8; with `size`, swscale resizes to cover it and we center-crop."""
+        arrays: dict[int, np.ndarray] = {}
+        out = []
+        for frame in frames:
+            if id(frame) not in arrays:
+                if size is None:
+                    arrays[id(frame)] = frame.to_ndarray(format="rgb24")
+                else:
+                    cover_h, cover_w = cover_size(frame.height, frame.width, *size)
+                    rgb = frame.to_ndarray(format="rgb24", width=cover_w, height=cover_h, interpolation="AREA")
+                    top, left = center_crop_offsets(cover_h, cover_w, *size)
+                    arrays[id(frame)] = rgb[top : top + size[0], left : left + size[1]]
+            out.append(arrays[id(frame)])
+        if not out:
+            raise DecodeError(f"{path}: no frames requested")
+        return torch.from_numpy(np.stack(out))  # (t, h, w, 3)
+
+
+class DaliDecoder:
+    """NVIDIA DALI's video decoder on one in-memory file: `device="gpu"` (NVDEC, mixed backend) or "cpu".
+
+    DALI decodes the whole file; we pick the clip's frames by their packet timestamps (read by PyAV without
+    decoding, so both backends pick the same frames) and resize + crop with torch on the same device.
+    """
+
+    def __init__(self, device: str = "gpu", device_id: int = 0, num_threads: int = 2):
+        if device not in ("gpu", "cpu"):
+            raise ValueError(f"DaliDecoder device: got {device!r}, expected 'gpu' or 'cpu'")
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+        except ImportError as exc:
+            raise DecoderUnavailable("NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)") from exc
+        if device == "gpu" and not torch.cuda.is_available():
+            raise DecoderUnavailable("DaliDecoder(device='gpu') needs a CUDA device")
+        self.name = f"dali-{device}"
+        self.device = device
+        self.torch_device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
+        self._probe = PyAVDecoder()
+
+        @pipeline_def(batch_size=1, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        def video_pipeline():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, device="cpu")
+            return fn.experimental.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu")
+
+        self._pipe = video_pipeline()
+        self._pipe.build()
+
+    def probe(self, path: str | Path) -> MediaInfo:
+        return self._probe.probe(path)
+
+    def native_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        video = self._decode_all(path)  # (f, h, w, 3) uint8 on self.torch_device
+        frame_times = self._probe.frame_times(path)[: video.shape[0]]
+        idx = select_frame_indices(frame_times, request.timestamps(), path)
+        return video[torch.from_numpy(idx).to(video.device)]
+
+    def clip_frames(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        return resize_center_crop(self.native_frames(path, request), request.height, request.width)
+
+    def clip(self, path: str | Path, request: ClipRequest) -> torch.Tensor:
+        return to_unit_range(self.clip_frames(path, request))
+
+    def _decode_all(self, path: str | Path) -> torch.Tensor:
+        encoded = np.fromfile(str(path), dtype=np.uint8)
+        try:
+            self._pipe.feed_input("encoded", [encoded])
+            (video,) = self._pipe.run()
+        except RuntimeError as exc:
+            raise DecodeError(f"{path}: DALI could not decode ({exc})") from exc
+        if self.device == "cpu":
+            return torch.from_numpy(np.array(video[0]))
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty(video[0].shape(), dtype=torch.uint8, device=self.torch_device)
+        feed_ndarray(video[0], out, cuda_stream=torch.cuda.current_stream(self.torch_device))
+        return out
+
+
+def build_decoder(name: str) -> Decoder:
+    """`pyav`, `dali-gpu` or `dali-cpu`; DALI backends raise DecoderUnavailable when DALI is missing."""
+    if name == "pyav":
+        return PyAVDecoder()
+    if name in ("dali-gpu", "dali-cpu"):
+        return DaliDecoder(device=name.split("-")[1])
+    raise ValueError(f"decoder: got {name!r}, expected one of 'pyav', 'dali-gpu', 'dali-cpu'")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB between two same-shape frame tensors (inf when identical)."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = torch.mean((a.double().cpu() - b.double().cpu()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)

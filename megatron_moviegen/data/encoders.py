@@ -1,0 +1,85 @@
+"""What pre-encoding needs from the TAE and the text encoders, and tiny deterministic encoders for tests.
+
+The real models (`models/tae.py`'s `TAE`, `text/`'s `TextEncoders`) satisfy these protocols; the tiny ones
+are real computations with fixed random weights (seeded), small enough for CPU tests and the quickstart.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+TextEmbeddings = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (b, n, d), mask (b, n))
+
+
+class VideoEncoder(Protocol):
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, t, h, w) in [-1, 1] -> latents (b, 16, ceil(t/8), h/8, w/8)."""
+
+
+class TextEncoder(Protocol):
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        """b prompts -> {encoder name: (embeddings (b, n, d), mask (b, n) bool)}."""
+
+
+class TinyVideoEncoder:
+    """A fixed random Conv3d with kernel = stride = 8 and 16 output channels: the TAE's shapes, not its quality.
+
+    The clip is padded in front to a multiple of 8 frames by repeating its first frame, so t frames give
+    ceil(t/8) latent frames and an image gives one (like the TAE's causal treatment of a 1-frame video).
+    """
+
+    def __init__(self, latent_channels: int = 16, compression: int = 8, seed: int = 0, device: str = "cpu"):
+        gen = torch.Generator().manual_seed(seed)
+        k = compression
+        fan_in = 3 * k**3
+        self.weight = (torch.randn(latent_channels, 3, k, k, k, generator=gen) / fan_in**0.5).to(device)
+        self.bias = (0.1 * torch.randn(latent_channels, generator=gen)).to(device)
+        self.compression = k
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = pixels.shape
+        k = self.compression
+        if c != 3 or h % k or w % k:
+            raise ValueError(f"TinyVideoEncoder: got pixels {tuple(pixels.shape)}, need (b, 3, t, h, w) with h, w % {k} == 0")
+        pad = (-t) % k
+        if pad:
+            pixels = torch.cat([pixels[:, :, :1].expand(b, c, pad, h, w), pixels], dim=2)
+        return F.conv3d(pixels.to(self.weight), self.weight, self.bias, stride=k)  # (b, 16, ceil(t/8), h/8, w/8)
+
+
+def _tiny_text_shapes() -> dict[str, tuple[int, int]]:
+    # (width, max_length) of configs/tiny.yaml's text encoders.
+    return {"ul2": (32, 8), "metaclip": (24, 8), "byt5": (16, 4)}
+
+
+class TinyTextEncoders:
+    """Per encoder, a fixed random embedding table over UTF-8 bytes plus a learned-position-like table.
+
+    Prompts are truncated to each encoder's max_length bytes and right-padded; the mask marks real bytes.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]] | None = None, seed: int = 0):
+        self.shapes = shapes or _tiny_text_shapes()
+        gen = torch.Generator().manual_seed(seed)
+        self.tables = {}
+        for name, (width, max_length) in self.shapes.items():
+            self.tables[name] = (torch.randn(256, width, generator=gen), 0.1 * torch.randn(max_length, width, generator=gen))
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        out = {}
+        for name, (width, max_length) in self.shapes.items():
+            tokens = torch.zeros(len(prompts), max_length, dtype=torch.long)
+            mask = torch.zeros(len(prompts), max_length, dtype=torch.bool)
+            for i, prompt in enumerate(prompts):
+                data = list(prompt.encode("utf-8"))[:max_length]
+                tokens[i, : len(data)] = torch.tensor(data, dtype=torch.long)
+                mask[i, : len(data)] = True
+            byte_table, positions = self.tables[name]
+            embeddings = (byte_table[tokens] + positions) * mask.unsqueeze(-1)  # (b, n, d)
+            out[name] = (embeddings, mask)
+        return out

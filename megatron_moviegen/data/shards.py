@@ -1,0 +1,183 @@
+"""The on-disk format of pre-encoded samples: WebDataset tar shards plus the description energon reads.
+
+    <out>/shard-000012.tar            # WebDataset: members <key>.latents.safetensors, <key>.text.safetensors, <key>.json
+    <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
+    <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
+    <out>/rejects.jsonl, summary.json
+
+Per sample: latents (c, t, h, w) bf16; per text encoder `<name>.embeddings` (n, d) bf16 and `<name>.mask`
+(n,) bool; the JSON holds caption, prompt, fps, frame count, bucket, source path and the source's sha256.
+Every file is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+INDEX_DIR = "index"
+META_DIR = ".nv-meta"
+FINALIZE_LOCK = ".finalize.lock"
+MEMBERS = ("latents.safetensors", "text.safetensors", "json")
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.tar"
+
+
+def sample_key(manifest_index: int) -> str:
+    """A key unique over the whole dataset (energon rejects duplicates): the entry's manifest position."""
+    return f"{manifest_index:09d}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+@dataclass
+class EncodedSample:
+    key: str
+    latents: torch.Tensor  # (c, t, h, w)
+    text: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (n, d), mask (n,))
+    meta: dict[str, Any]  # caption, prompt, fps, num_frames, bucket, is_image, source, sha256
+
+    def members(self, latent_dtype: torch.dtype) -> dict[str, bytes]:
+        text = {}
+        for name, (embeddings, mask) in self.text.items():
+            text[f"{name}.embeddings"] = embeddings.to(latent_dtype).contiguous()
+            text[f"{name}.mask"] = mask.to(torch.bool).contiguous()
+        return {
+            "latents.safetensors": save_safetensors({"latents": self.latents.to(latent_dtype).contiguous()}),
+            "text.safetensors": save_safetensors(text),
+            "json": json.dumps(self.meta, sort_keys=True).encode(),
+        }
+
+
+@dataclass
+class ShardIndex:
+    """What `index/<shard>.json` records: the shard's samples with member byte ranges, and its rejects."""
+
+    shard: str
+    samples: list[dict] = field(default_factory=list)  # key, bucket, is_image, members: {suffix: [offset, size]}
+    rejects: list[dict] = field(default_factory=list)  # path, index, reason
+
+    @classmethod
+    def read(cls, path: Path) -> "ShardIndex":
+        return cls(**json.loads(path.read_text()))
+
+
+def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], rejects: list[dict],
+                latent_dtype: torch.dtype) -> ShardIndex:
+    """Write the tar under a temporary name, rename it, then write its index (which marks it complete)."""
+    name = shard_name(shard_id)
+    index = ShardIndex(shard=name, rejects=rejects)
+    if samples:
+        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                for suffix, data in sample.members(latent_dtype).items():
+                    info = tarfile.TarInfo(f"{sample.key}.{suffix}")
+                    info.size, info.mode, info.mtime = len(data), 0o644, 0
+                    tar.addfile(info, io.BytesIO(data))
+        index.samples = _member_offsets(tmp, samples)
+        os.replace(tmp, out_dir / name)
+    (out_dir / INDEX_DIR).mkdir(exist_ok=True)
+    atomic_write_text(out_dir / INDEX_DIR / f"{name}.json", json.dumps(index.__dict__))
+    return index
+
+
+def _member_offsets(tar_path: Path, samples: list[EncodedSample]) -> list[dict]:
+    with tarfile.open(tar_path, "r") as tar:
+        offsets = {m.name: [m.offset_data, m.size] for m in tar.getmembers()}
+    return [
+        {
+            "key": s.key,
+            "bucket": s.meta["bucket"],
+            "is_image": s.meta["is_image"],
+            "members": {suffix: offsets[f"{s.key}.{suffix}"] for suffix in MEMBERS},
+        }
+        for s in samples
+    ]
+
+
+def completed_shards(out_dir: Path) -> set[str]:
+    folder = out_dir / INDEX_DIR
+    return {p.name[: -len(".json")] for p in folder.glob("*.tar.json")} if folder.exists() else set()
+
+
+def remove_partial_files(out_dir: Path, shard_ids: list[int]) -> None:
+    """Temporary files a killed run left behind for these shards (only these: other ranks may be writing)."""
+    for k in shard_ids:
+        for tmp in list(out_dir.glob(f".{shard_name(k)}.tmp-*")) + list((out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.tmp-*")):
+            tmp.unlink(missing_ok=True)
+
+
+def read_member(shard_path: Path, offset: int, size: int) -> bytes:
+    with open(shard_path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"{shard_path}: short read at offset {offset} ({len(data)} of {size} bytes)")
+    return data
+
+
+def decode_sample(members: dict[str, bytes]) -> dict[str, Any]:
+    """Raw member bytes -> {"latents": (c, t, h, w), "text": {name: (emb (n, d), mask (n,))}, "meta": {...}}."""
+    tensors = load_safetensors(members["text.safetensors"])
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    return {
+        "latents": load_safetensors(members["latents.safetensors"])["latents"],
+        "text": {n: (tensors[f"{n}.embeddings"], tensors[f"{n}.mask"]) for n in names},
+        "meta": json.loads(members["json"]),
+    }
+
+
+def write_energon_metadata(out_dir: Path, indexes: list[ShardIndex]) -> None:
+    """The `.nv-meta/` folder megatron-energon reads (a CrudeWebdataset with one `train` split).
+
+    When energon is installed its own `prepare_dataset` also builds the random-access sqlite index.
+    """
+    meta = out_dir / META_DIR
+    meta.mkdir(exist_ok=True)
+    shard_counts = {ix.shard: len(ix.samples) for ix in indexes if ix.samples}
+    shards = sorted(shard_counts)
+    try:
+        from megatron.energon.flavors.webdataset.base_webdataset import BaseWebdatasetFactory
+    except ImportError:
+        BaseWebdatasetFactory = None
+    if BaseWebdatasetFactory is not None and shards:
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the tool's report
+            BaseWebdatasetFactory.prepare_dataset(out_dir, shards, split_parts_patterns=[("train", ".*")],
+                                                  shuffle_seed=None, workers=1)
+    info = {"energon_version": _energon_version(), "shard_counts": shard_counts}
+    atomic_write_text(meta / ".info.yaml", yaml.safe_dump(info))
+    atomic_write_text(meta / ".info.json", json.dumps(info, indent=2))
+    atomic_write_text(meta / "split.yaml", yaml.safe_dump({"split_parts": {"train": shards}, "exclude": []}))
+    atomic_write_text(meta / "dataset.yaml",
+                      yaml.safe_dump({"__module__": "megatron.energon", "__class__": "CrudeWebdataset"}))
+
+
+def _energon_version() -> str | None:
+    try:
+        from megatron.energon import __version__
+    except ImportError:
+        return None
+    return __version__

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.loader import LatentLoader
+from megatron_moviegen.data.preencode import finalize
+from megatron_moviegen.data.shards import EncodedSample, sample_key, write_shard
+
+# (bucket, latent frames, count): two video buckets and one image bucket.
+LAYOUT = [("32x16x16", 4, 24), ("64x16x32", 8, 18), ("1x16x16", 1, 30)]
+
+
+def synthetic_shards(out: Path, shard_size: int = 8) -> int:
+    """Shards of small fake samples whose latents encode their key, so reads can be checked exactly."""
+    samples = []
+    for bucket, frames, count in LAYOUT:
+        for _ in range(count):
+            index = len(samples)
+            h, w = (int(x) // 8 for x in bucket.split("x")[1:])
+            samples.append(EncodedSample(
+                key=sample_key(index),
+                latents=torch.full((16, frames, h, w), float(index)),
+                text={"ul2": (torch.full((3, 4), float(index)), torch.tensor([True, True, False]))},
+                meta={"bucket": bucket, "is_image": frames == 1, "fps": 0.0 if frames == 1 else 24.0,
+                      "num_frames": int(bucket.split("x")[0]), "caption": f"sample {index}"}))
+    shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
+    for k, chunk in enumerate(shards):
+        write_shard(out, k, chunk, [], torch.float32)
+    finalize(out, len(shards))
+    return len(samples)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic_shards(out)
+    return out
+
+
+def take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_batches_hold_one_bucket_and_the_right_samples(shards):
+    for batch in take(LatentLoader(shards, batch_size=3, image_fraction=0.3, seed=0), 12):
+        assert len({int(k) for k in batch.keys}) == 3
+        bucket = [b for b in LAYOUT if b[0] == batch.bucket][0]
+        assert batch.latents.shape[:3] == (3, 16, bucket[1])
+        assert batch.latents[:, 0, 0, 0, 0].tolist() == [float(k) for k in batch.keys]  # read the right bytes
+        assert batch.text["ul2"][0].shape == (3, 3, 4) and batch.text["ul2"][1][:, 2].tolist() == [False] * 3
+        assert batch.is_image == (bucket[1] == 1)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_image_video_ratio(shards, fraction):
+    plan = LatentLoader(shards, batch_size=2, image_fraction=fraction, seed=1).epoch_plan(0)
+    kinds = [refs[0][1]["is_image"] for refs in plan]
+    for k in range(1, len(kinds) + 1):
+        assert sum(kinds[:k]) == int(k * fraction)
+
+
+def test_same_seed_same_order_other_seed_other_order(shards):
+    keys = lambda seed: [b.keys for b in take(LatentLoader(shards, 2, 0.25, seed), 10)]
+    assert keys(7) == keys(7)
+    assert keys(7) != keys(8)
+
+
+def test_epochs_cover_every_full_batch_once_then_reshuffle(shards):
+    loader = LatentLoader(shards, batch_size=2, image_fraction=0.0, seed=3)
+    plan = loader.epoch_plan(0)
+    keys = [r[1]["key"] for refs in plan for r in refs]
+    assert len(keys) == len(set(keys)) == 24 + 18  # videos only; both buckets divide by 2
+    assert plan != loader.epoch_plan(1)
+
+
+def test_data_parallel_ranks_read_disjoint_shards(shards):
+    ranks = [LatentLoader(shards, 1, 0.0, seed=5, dp_rank=r, dp_size=2) for r in range(2)]
+    plans = [{r[1]["key"] for refs in loader.epoch_plan(0) for r in refs} for loader in ranks]
+    assert not plans[0] & plans[1]
+    assert len(plans[0] | plans[1]) == 24 + 18
+
+
+def test_state_dict_resumes_exactly_across_epochs(shards):
+    reference = [b.keys for b in take(LatentLoader(shards, 4, 0.5, seed=11), 40)]  # > 1 epoch
+    loader = LatentLoader(shards, 4, 0.5, seed=11)
+    first = [b.keys for b in take(loader, 17)]
+    state = loader.state_dict()
+    resumed = LatentLoader(shards, 4, 0.5, seed=11)
+    resumed.load_state_dict(state)
+    assert first + [b.keys for b in take(resumed, 23)] == reference
+    assert state["epoch"] == 1 and len(loader.epoch_plan(0)) < 17  # the saved position is inside epoch 1
+
+
+def test_state_from_other_settings_is_refused(shards):
+    state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
+    with pytest.raises(ConfigError, match="seed"):
+        LatentLoader(shards, 4, 0.5, seed=12).load_state_dict(state)
+
+
+def test_more_ranks_than_shards_is_an_error(shards):
+    with pytest.raises(ConfigError, match="cannot be split over 100"):
+        LatentLoader(shards, 1, 0.0, seed=0, dp_rank=0, dp_size=100)

@@ -1,0 +1,213 @@
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_moviegen.config.schema import ConfigError, build
+from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.data.loader import LatentLoader
+from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+from megatron_moviegen.data.shards import decode_sample
+from tests.data.conftest import write_garbage, write_png
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def small_config(**overrides) -> DataConfig:
+    data = {"buckets": {"resolution": 128, "durations_s": [1.0, 2.0]}, "shard_size": 2, "encode_batch_size": 2,
+            "num_workers": 0, "batch_size": 1, "image_fraction": 0.0}
+    data.update(overrides)
+    return build(DataConfig, data)
+
+
+@pytest.fixture(scope="module")
+def media(clips, tmp_path_factory) -> Path:
+    """bigbuckbunny (16:9), bikes (2.35:1 -> 16:9), a corrupt mp4, carphone (176x144 -> 4:3), a png."""
+    folder = tmp_path_factory.mktemp("media")
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        shutil.copy(clips / name, folder / name)
+    write_garbage(folder / "broken.mp4")
+    write_png(folder / "still.png", 120, 160)
+    for path in list(folder.iterdir()):
+        path.with_suffix(".txt").write_text(f'a video of "{path.stem}"')
+    return folder
+
+
+def preencode(media: Path, out: Path, rank=0, world_size=1, on_prepared=None, **overrides):
+    config = small_config(**overrides)
+    return Preencoder(config, TinyVideoEncoder(), TinyTextEncoders(), out, rank=rank, world_size=world_size,
+                      on_prepared=on_prepared).run(read_manifest(media))
+
+
+def read_all(out: Path) -> dict[str, dict]:
+    """Every sample of every shard, by key, straight from the tar files."""
+    samples = {}
+    for shard in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {}
+            for m in tar.getmembers():
+                key, suffix = m.name.split(".", 1)
+                members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+        for key, parts in members.items():
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = parts
+    return samples
+
+
+@pytest.fixture(scope="module")
+def encoded(media, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    summary = preencode(media, out)
+    assert (summary.encoded, summary.rejected, summary.shards_written) == (4, 1, 3)
+    return out
+
+
+def test_shards_hold_latents_text_and_metadata(encoded, media):
+    samples = read_all(encoded)
+    assert sorted(samples) == ["000000000", "000000001", "000000003", "000000004"]  # 2 is the corrupt file
+    bunny = decode_sample(samples["000000000"])
+    # 1280x720 at 25 fps, 5.28 s -> 16:9 bucket of 2 s x 16 = 32 frames at 96x176 -> latents (16, 4, 12, 22)
+    assert bunny["meta"]["bucket"] == "32x96x176" and bunny["meta"]["fps"] == 25.0
+    assert bunny["latents"].shape == (16, 4, 12, 22) and bunny["latents"].dtype == torch.bfloat16
+    assert bunny["meta"]["prompt"] == 'FPS-25 a video of "bigbuckbunny"'
+    assert bunny["meta"]["source"] == str(media / "bigbuckbunny.mp4") and len(bunny["meta"]["sha256"]) == 64
+    emb, mask = bunny["text"]["ul2"]
+    assert emb.shape == (8, 32) and mask.tolist() == [True] * 8
+    still = decode_sample(samples["000000004"])
+    assert still["meta"]["bucket"] == "1x112x144" and still["latents"].shape == (16, 1, 14, 18)
+    assert decode_sample(samples["000000003"])["meta"]["bucket"] == "32x112x144"  # carphone 176x144 -> 4:3
+
+
+def test_energon_description_and_summary(encoded):
+    meta = encoded / ".nv-meta"
+    info = json.loads((meta / ".info.json").read_text())
+    assert info["shard_counts"] == {"shard-000000.tar": 2, "shard-000001.tar": 1, "shard-000002.tar": 1}
+    import yaml
+
+    assert yaml.safe_load((meta / ".info.yaml").read_text())["shard_counts"] == info["shard_counts"]
+    assert yaml.safe_load((meta / "dataset.yaml").read_text())["__class__"] == "CrudeWebdataset"
+    assert "train" in yaml.safe_load((meta / "split.yaml").read_text())["split_parts"]
+    summary = json.loads((encoded / "summary.json").read_text())
+    assert summary == {"samples": 4, "rejected": 1, "shards": 3,
+                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x176": 2}}
+
+
+def test_corrupt_file_lands_in_rejects(encoded, media):
+    rejects = [json.loads(line) for line in (encoded / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1
+    assert rejects[0]["path"] == str(media / "broken.mp4") and rejects[0]["index"] == 2
+    assert "DecodeError" in rejects[0]["reason"] and "broken.mp4" in rejects[0]["reason"]
+
+
+def test_loader_reads_back_shapes(encoded):
+    loader = LatentLoader(encoded, batch_size=2, image_fraction=0.0, seed=0)
+    batch = next(iter(loader))
+    assert batch.bucket == "32x96x176" and batch.latents.shape == (2, 16, 4, 12, 22)
+    assert {n: tuple(e.shape) for n, (e, _) in batch.text.items()} == {
+        "byt5": (2, 4, 16), "metaclip": (2, 8, 24), "ul2": (2, 8, 32)}
+    assert batch.text["ul2"][1].dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
+
+
+def test_energon_reads_the_shards(encoded):
+    energon = pytest.importorskip("megatron.energon")
+    from safetensors.torch import load
+
+    class Encoder(energon.DefaultTaskEncoder):
+        @energon.stateless
+        def cook(sample):
+            return {"key": sample["__key__"], "latents": load(sample["latents.safetensors"])["latents"]}
+
+        cookers = [energon.Cooker(cook)]
+
+        def batch(self, samples):
+            return samples
+
+    worker_config = energon.WorkerConfig(rank=0, world_size=1, num_workers=0)
+    dataset = energon.get_train_dataset(encoded, batch_size=1, shuffle_buffer_size=None,
+                                        max_samples_per_sequence=None, worker_config=worker_config,
+                                        task_encoder=Encoder())
+    loader = iter(energon.get_loader(dataset))
+    seen = {next(loader)[0]["key"] for _ in range(8)}
+    assert seen == {"000000000", "000000001", "000000003", "000000004"}
+
+
+def test_kill_and_resume_gives_the_same_samples(encoded, media, tmp_path):
+    def crash_after_three(n):
+        if n == 3:  # inside shard 1, after shard 0 was written
+            raise Crash()
+
+    with pytest.raises(Crash):
+        preencode(media, tmp_path, on_prepared=crash_after_three)
+    assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar"]
+    (tmp_path / ".shard-000001.tar.tmp-99999").write_bytes(b"partial tar of a killed run")
+    summary = preencode(media, tmp_path)
+    assert (summary.shards_skipped, summary.shards_written, summary.encoded) == (1, 2, 2)
+    assert not list(tmp_path.glob(".*tmp*"))
+    assert read_all(tmp_path) == read_all(encoded)
+    assert (tmp_path / "rejects.jsonl").read_text() == (encoded / "rejects.jsonl").read_text()
+
+
+def test_ranks_split_shards_and_together_match_one_process(encoded, media, tmp_path):
+    first = preencode(media, tmp_path, rank=0, world_size=2)
+    assert first.shards_written == 2 and not (tmp_path / "summary.json").exists()  # shard 1 is rank 1's
+    second = preencode(media, tmp_path, rank=1, world_size=2)
+    assert second.shards_written == 1 and (tmp_path / "summary.json").exists()
+    assert read_all(tmp_path) == read_all(encoded)
+
+
+def test_resume_refuses_a_different_config(encoded, media):
+    with pytest.raises(ConfigError, match="shard_size"):
+        preencode(media, encoded, shard_size=3)
+
+
+def test_rank_from_torchrun_or_slurm_env(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert rank_and_world() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert rank_and_world() == (3, 8)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_and_world() == (1, 2)
+
+
+def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "tools/preencode_latents.py", "--manifest", str(media), "--out", str(tmp_path / "o"),
+         "--dry-run", "--num-workers", "0", "--set", "buckets.resolution=128", "buckets.durations_s=[1,2]"],
+        cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["per_bucket"] == {"1x112x144": 1, "32x112x144": 1, "32x96x176": 2}
+    assert [r["index"] for r in report["rejected"]] == [2]
+    assert not (tmp_path / "o").exists()
+
+
+def test_decode_worker_processes_give_the_same_shards(encoded, media, tmp_path):
+    preencode(media, tmp_path, num_workers=2)
+    assert read_all(tmp_path) == read_all(encoded)
+
+
+def _preencode_on_rank(rank, world_size, media, out):
+    assert rank_and_world() == (rank, world_size)  # the harness sets torchrun's RANK / WORLD_SIZE
+    return preencode(media, Path(out), rank=rank, world_size=world_size).shards_written
+
+
+def test_concurrent_ranks_under_torchrun_env(encoded, media, tmp_path):
+    from tests.harness import run_distributed
+
+    assert run_distributed(_preencode_on_rank, world_size=2, args=(media, str(tmp_path))) == [2, 1]
+    assert read_all(tmp_path) == read_all(encoded)
+    assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 4

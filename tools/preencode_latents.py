@@ -1,0 +1,66 @@
+"""Turn videos/images and captions into latent shards for training (logic: megatron_moviegen.data.preencode).
+
+    python tools/preencode_latents.py --manifest clips.jsonl --out data/latents --encoders tiny \\
+        --set buckets.resolution=256 shard_size=128 --num-workers 8
+    torchrun --nproc-per-node 8 tools/preencode_latents.py ...   # each rank writes its share of the shards
+
+`--encoders tiny` uses the tiny deterministic test encoders (CPU quickstart); the real TAE and text encoders
+plug in through `megatron_moviegen.data.encoders.VideoEncoder` / `TextEncoder`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from megatron_moviegen.config.schema import apply_overrides, build
+from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True, help=".jsonl, .csv, or a folder of media with .txt captions")
+    parser.add_argument("--out", required=True, help="output folder of shards")
+    parser.add_argument("--encoders", choices=["tiny"], default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N manifest entries")
+    parser.add_argument("--shard-size", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="decode processes (0: in-process)")
+    parser.add_argument("--dry-run", action="store_true", help="report buckets and rejects; decode nothing")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    data = apply_overrides({}, list(args.set))
+    if args.shard_size is not None:
+        data["shard_size"] = args.shard_size
+    if args.num_workers is not None:
+        data["num_workers"] = args.num_workers
+    config = build(DataConfig, data)
+    entries = read_manifest(args.manifest)[: args.limit]
+    rank, world_size = rank_and_world()
+    preencoder = Preencoder(config, TinyVideoEncoder(device=args.device), TinyTextEncoders(), args.out,
+                            device=args.device, rank=rank, world_size=world_size)
+    if args.dry_run:
+        counts, rejects = preencoder.dry_run(entries)
+        print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),
+                          "rejected": [r.record() for r in rejects]}, indent=2))
+        return 0
+    summary = preencoder.run(entries)
+    print(json.dumps({"rank": rank, "encoded": summary.encoded, "rejected": summary.rejected,
+                      "shards_written": summary.shards_written, "shards_skipped": summary.shards_skipped,
+                      "seconds": round(summary.seconds, 2), "samples_per_s": round(summary.samples_per_s, 3),
+                      "per_bucket": dict(sorted(summary.per_bucket.items()))}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
