@@ -18,7 +18,11 @@ from megatron_moviegen.config.schema import (
     to_dict,
     to_yaml,
 )
+from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig, check_model_fits_layout
+from megatron_moviegen.text.config import TextEncodersConfig
+from megatron_moviegen.training.config import TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -28,6 +32,10 @@ class MovieGenConfig:
     name: str = "unnamed"
     model: DiTConfig = field(default_factory=DiTConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncodersConfig = field(default_factory=TextEncodersConfig)
 
     def validate(self) -> None:
         check_model_fits_layout(self.model, self.parallel)
@@ -49,6 +57,10 @@ __all__ = [
     "MovieGenConfig",
     "DiTConfig",
     "ParallelConfig",
+    "TrainConfig",
+    "DataConfig",
+    "FlowMatchingConfig",
+    "TextEncodersConfig",
     "load_config",
     "available_recipes",
     "to_dict",

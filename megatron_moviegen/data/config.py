@@ -69,7 +69,9 @@ class DataConfig:
     buckets: BucketConfig = field(default_factory=BucketConfig)
     shards: str = "data/latents"  # folder of WebDataset tar shards with .nv-meta/
     # Training loader.
-    batch_size: int = 1  # per data-parallel rank; every batch holds one bucket
+    # Standalone LatentLoader use. Training reads global_batch_size / DP samples of ONE bucket per step
+    # (SPEC: each batch holds one bucket) and splits them into microbatches; this field is then unused.
+    batch_size: int = 1
     image_fraction: float = 0.1  # share of batches that are images (paper stage 2: images 1:10)
     seed: int = 1234
     # Pre-encoding.

@@ -117,6 +117,10 @@ class MovieGenDiT(MegatronModule):
         mark_replicated(self.position_embedding, acts_on_sequence_shard=True)
         # The text is scattered over TP after projection; the scatter's backward all-gathers whole grads.
         mark_replicated(self.text_projection, acts_on_sequence_shard=False)
+        self.holds_conditioning_main_copy = parallel_state.get_pipeline_model_parallel_rank() == 0 and not vp_stage
+        for module in (self.time_embedding, self.position_embedding, self.text_projection):
+            for param in module.parameters():
+                param.shared = not self.holds_conditioning_main_copy  # count once in the grad norm
 
         chunks = config.pipeline_model_parallel_size * (config.virtual_pipeline_model_parallel_size or 1)
         num_local = config.num_layers // chunks
@@ -201,6 +205,10 @@ class MovieGenDiT(MegatronModule):
             return hidden.contiguous()  # sent to the next pipeline stage
         return self.unpatchify(hidden, time_embedding)
 
+    def tokens_per_sample(self, latent_shape) -> int:
+        t, h, w = self._grid(latent_shape)
+        return t * h * w
+
     def _grid(self, latent_shape) -> tuple[int, int, int]:
         if len(latent_shape) != 5 or latent_shape[1] != self.dit_config.latent_channels:
             raise ValueError(
@@ -211,6 +219,15 @@ class MovieGenDiT(MegatronModule):
         if t % pt or h % ph or w % pw:
             raise ValueError(f"latent shape (t={t}, h={h}, w={w}) is not divisible by patch_size {(pt, ph, pw)}")
         return t // pt, h // ph, w // pw
+
+    def _mark_pipeline_replicas(self, module_state: dict) -> None:
+        """The conditioning modules exist on every pipeline chunk; only the first chunk's copy is the main one."""
+        if self.holds_conditioning_main_copy:
+            return
+        vpp = self.config.virtual_pipeline_model_parallel_size or 1
+        chunk = parallel_state.get_pipeline_model_parallel_rank() * vpp + (self.vp_stage or 0)
+        for sharded in module_state.values():
+            sharded.replica_id = (chunk,) + tuple(sharded.replica_id[1:])
 
     def _recompute(self, index: int) -> bool:
         cfg = self.dit_config
@@ -227,7 +244,11 @@ class MovieGenDiT(MegatronModule):
         for name, module in self.named_children():
             if name == "layers":
                 continue
-            state.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata))
+            module_state = sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
+                                                      tp_group=parallel_state.get_tensor_model_parallel_group())
+            if name in ("time_embedding", "position_embedding", "text_projection"):
+                self._mark_pipeline_replicas(module_state)
+            state.update(module_state)
         for index, layer in enumerate(self.layers):
             state.update(layer.sharded_state_dict(f"{prefix}layers.{self.layer_offset + index}.", sharded_offsets,
                                                   metadata))

@@ -8,9 +8,13 @@ Megatron-Core hard-codes CUDA in a few places that the CPU path reaches:
   `torch.cuda.current_device()`;
 - with sequence parallelism, `tensor_parallel.layers` (backward all-gather), `tensor_parallel.mappings`
   (reduce-scatter) and `utils.GlobalMemoryBuffer` (forward all-gather) allocate their buffers on
-  `torch.cuda.current_device()`.
+  `torch.cuda.current_device()`;
+- `optimizer.optimizer.FP32Optimizer` keeps its loss scale on "cuda" (its grad clipping asserts CUDA
+  tensors; `training/optimizer.py` replaces the clipping, not by patching);
+- `dist_checkpointing.strategies.filesystem_async` calls `torch.cuda.synchronize()` before writing and
+  `strategies.state_dict_saver` all-reduces its success flags on "cuda".
 
-`apply_cpu_shim()` swaps the `torch` those six modules see for a proxy that maps "cuda" to "cpu",
+`apply_cpu_shim()` swaps the `torch` those nine modules see for a proxy that maps "cuda" to "cpu",
 and nothing else. It is a no-op when CUDA is available, and idempotent. Every other CPU concern (core
 attention, norms with sequence parallelism, the optimizer) is handled by our own modules, not by patching.
 """
@@ -86,7 +90,9 @@ def apply_cpu_shim() -> bool:
         return True
     from megatron.core import package_info
     from megatron.core import utils
+    from megatron.core.dist_checkpointing.strategies import filesystem_async, state_dict_saver
     from megatron.core.distributed import param_and_grad_buffer
+    from megatron.core.optimizer import optimizer
     from megatron.core.pipeline_parallel import p2p_communication, schedules
     from megatron.core.tensor_parallel import layers, mappings
 
@@ -96,7 +102,8 @@ def apply_cpu_shim() -> bool:
             f"{package_info.__version__}; pin megatron-core or update parallel/cpu_shim.py"
         )
     proxy = _CpuTorch()
-    for module in (schedules, p2p_communication, param_and_grad_buffer, layers, mappings, utils):
+    for module in (schedules, p2p_communication, param_and_grad_buffer, layers, mappings, utils,
+                   optimizer, filesystem_async, state_dict_saver):
         module.torch = proxy
     _applied = True
     return True

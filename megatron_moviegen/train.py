@@ -1,0 +1,59 @@
+"""Pretrain the Movie Gen DiT with flow matching on pre-encoded latent shards.
+
+    torchrun --nproc-per-node 8 -m megatron_moviegen.train --config t2iv_768 train.checkpoint_dir=/ckpt
+    python -m megatron_moviegen.train --config tiny --print-config
+
+Resumes from `train.checkpoint_dir/latest` when it exists (`train.resume=false` to refuse). SIGTERM/SIGUSR1
+save a checkpoint and exit 0 at the end of the current step, so SLURM requeues lose no work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe name (tiny, t2v_30b, t2i_256, ...) or YAML path")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10 parallel.tensor_model_parallel_size=2")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from megatron_moviegen.config import load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    import torch.distributed as dist
+
+    from megatron_moviegen.parallel.initialize import init_distributed
+    from megatron_moviegen.training.pretrain import pretrain
+
+    rank, world = init_distributed()
+    cfg.parallel.check_world_size(world)
+    if rank == 0:
+        print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
+    try:
+        result = pretrain(cfg)
+        if rank == world - 1:
+            print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
+                  + (" (preempted)" if result.preempted else ""), flush=True)
+    finally:
+        from megatron_moviegen.parallel.initialize import destroy
+
+        destroy()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

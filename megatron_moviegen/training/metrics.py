@@ -1,0 +1,142 @@
+"""Training metrics: loss, grad norm, LR, samples/s, tokens/s, TFLOP/s per GPU and MFU, memory.
+
+MFU = achieved model FLOPs per GPU per second / `train.peak_tflops_per_gpu`, where model FLOPs are the
+forward+backward FLOPs of utils/flops.py, attention included (at 73k tokens it is ~60% of the work).
+Activation recomputation is not counted as useful work. Logs go to the console (rank 0), a JSONL file beside
+the checkpoints, TensorBoard when `train.tensorboard_dir` is set and W&B when `train.wandb_project` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from tqdm import tqdm
+
+from megatron_moviegen.data.loader import Batch
+from megatron_moviegen.utils.flops import dit_training_flops
+
+log = logging.getLogger("megatron_moviegen.train")
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    grad_norm: float | None
+    lr: float
+    seconds: float
+    batch: Batch
+    tokens_per_sample: int
+
+
+def memory_gib() -> dict:
+    if torch.cuda.is_available():
+        return {"mem_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "mem_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    return {"mem_rss_gib": psutil.Process(os.getpid()).memory_info().rss / 2**30}
+
+
+class MetricsLogger:
+    def __init__(self, cfg, dp_size: int, num_microbatches: int):
+        self.cfg = cfg
+        self.world = dist.get_world_size()
+        self.is_logger = dist.get_rank() == dist.get_world_size() - 1  # last rank: holds the last PP stage
+        self.steps_logged = 0
+        self.window: list[dict] = []
+        self.history: list[dict] = []
+        self.jsonl = None
+        self.tensorboard = None
+        self.wandb = None
+        self.bar = None
+        if not self.is_logger:
+            return
+        out = Path(cfg.train.checkpoint_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out / "metrics.jsonl", "a")
+        if cfg.train.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self.tensorboard = SummaryWriter(cfg.train.tensorboard_dir)
+        if cfg.train.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.train.wandb_project, name=cfg.name, config=cfg.__dict__)
+        if cfg.train.progress_bar:
+            self.bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
+
+    def reduce_loss(self, losses: list[dict]) -> float:
+        """Mean loss of the step on every rank (only last-stage ranks hold losses)."""
+        local = torch.zeros(2, dtype=torch.float64)
+        if losses:
+            local[0] = sum(float(d["loss"]) for d in losses) / len(losses)
+            local[1] = 1.0
+        dist.all_reduce(local)
+        return (local[0] / local[1].clamp_min(1)).item()
+
+    def record(self, m: StepMetrics) -> None:
+        # Work of this data-parallel replica; summed over replicas through the DP group.
+        samples = m.batch.latents.shape[0]
+        flops = dit_training_flops(self.cfg.model, m.tokens_per_sample).total * samples
+        totals = torch.tensor([samples, samples * m.tokens_per_sample, flops], dtype=torch.float64)
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        self.steps_logged += 1
+        row = {
+            "step": m.step,
+            "loss": m.loss,
+            "grad_norm": float(m.grad_norm) if m.grad_norm is not None else None,
+            "lr": m.lr,
+            "step_s": m.seconds,
+            "samples_per_s": totals[0].item() / m.seconds,
+            "tokens_per_s": totals[1].item() / m.seconds,
+            "tflops_per_gpu": totals[2].item() / self.world / m.seconds / 1e12,
+            "bucket": m.batch.bucket,
+        }
+        row["mfu"] = row["tflops_per_gpu"] / self.cfg.train.peak_tflops_per_gpu
+        row.update(memory_gib())
+        self.history.append(row)
+        if not self.is_logger:
+            return
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tensorboard.add_scalar(f"train/{key}", value, m.step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "bucket"}, step=m.step)
+        if m.step % self.cfg.train.log_every == 0 or m.step == self.cfg.train.steps:
+            mem = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("mem_"))
+            self.note(
+                f"step {m.step}/{self.cfg.train.steps} | loss {m.loss:.5f} | grad norm {row['grad_norm'] or 0:.3f} | "
+                f"lr {m.lr:.3e} | {row['samples_per_s']:.2f} samples/s | {row['tokens_per_s']:.0f} tokens/s | "
+                f"{row['tflops_per_gpu']:.4g} TFLOP/s/GPU | MFU {row['mfu']:.3g} | {mem}"
+            )
+
+    def note(self, message: str) -> None:
+        if not self.is_logger:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,98 @@
+"""AdamW behind Megatron's optimizer interface, and its learning-rate schedule.
+
+On GPU this is Megatron's own `get_megatron_optimizer` (DistributedOptimizer when configured). Those
+optimizers are CUDA-only (fused kernels, CUDA grad clipping), so on CPU we use `CPUOptimizer`: Megatron's
+FP32Optimizer (same step/zero_grad/state_dict/sharded_state_dict) with a grad-norm clip that runs on CPU
+tensors; the norm covers each parameter once over the model-parallel group, exactly as Megatron counts it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.optimizer import FP32Optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_moviegen.training.config import TrainConfig
+
+
+def _optimizer_config(train: TrainConfig, use_distributed_optimizer: bool, bf16: bool) -> OptimizerConfig:
+    return OptimizerConfig(
+        optimizer="adam",
+        lr=train.lr,
+        min_lr=train.min_lr,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_eps=train.adam_eps,
+        clip_grad=train.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+
+
+class CPUOptimizer(FP32Optimizer):
+    """FP32Optimizer whose grad-norm clipping works on CPU tensors (Megatron's asserts CUDA)."""
+
+    @torch.no_grad()
+    def clip_grad_norm(self, clip_grad: float) -> float:
+        grads = self.get_main_grads_for_grad_norm()
+        local = torch.zeros(1, dtype=torch.float64)
+        for grad in grads:
+            local += grad.double().pow(2).sum()
+        dist.all_reduce(local, group=self.get_grad_stats_parallel_group())
+        total_norm = math.sqrt(local.item())
+        coeff = clip_grad / (total_norm + 1e-6)
+        if coeff < 1.0:
+            for param in self.get_parameters():
+                if param.grad is not None:
+                    param.grad.mul_(coeff)
+        return total_norm
+
+
+def build_optimizer(model_chunks, train: TrainConfig, use_distributed_optimizer: bool, bf16: bool):
+    config = _optimizer_config(train, use_distributed_optimizer and torch.cuda.is_available(), bf16)
+    if torch.cuda.is_available():
+        return get_megatron_optimizer(config, model_chunks)
+    params = [p for chunk in model_chunks for p in chunk.parameters() if p.requires_grad]
+    no_decay = [p for p in params if p.dim() == 1]
+    decay = [p for p in params if p.dim() > 1]
+    groups = [{"params": decay, "weight_decay": train.weight_decay, "wd_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}]  # no decay on norms, biases, tables
+    groups = [g for g in groups if g["params"]]
+    adamw = torch.optim.AdamW(groups, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_eps)
+    for group in adamw.param_groups:  # the fields Megatron's param groups carry (scheduler, checkpoint matching)
+        group.update(lr_mult=1.0, is_expert_parallel=False,
+                     is_decoupled_lr=False, default_config=True, max_lr=train.lr, min_lr=train.min_lr)
+    return CPUOptimizer(adamw, config, init_state_fn=_init_adam_state)
+
+
+def _init_adam_state(optimizer: torch.optim.Optimizer, config=None) -> None:
+    """Create empty Adam moments so a fresh optimizer has the state layout a checkpoint load expects."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if len(optimizer.state[param]) == 0:
+                optimizer.state[param]["exp_avg"] = torch.zeros_like(param.data)
+                optimizer.state[param]["exp_avg_sq"] = torch.zeros_like(param.data)
+                optimizer.state[param]["step"] = torch.zeros((), dtype=torch.float32)
+
+
+def build_scheduler(optimizer, train: TrainConfig) -> OptimizerParamScheduler:
+    decay_steps = train.lr_decay_steps or train.steps
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if train.lr_warmup_steps else train.lr,
+        max_lr=train.lr,
+        min_lr=train.min_lr,
+        lr_warmup_steps=train.lr_warmup_steps,
+        lr_decay_steps=max(decay_steps, train.lr_warmup_steps + 1),
+        lr_decay_style=train.lr_decay_style,
+        start_wd=train.weight_decay,
+        end_wd=train.weight_decay,
+        wd_incr_steps=max(decay_steps, 1),
+        wd_incr_style="constant",
+    )

@@ -1,0 +1,50 @@
+"""Moving from one training stage to the next (SPEC section 4): load the previous stage's weights and grow
+the position tables (256 px -> 2x for the joint stage -> 3x at 768 px; the temporal table as configured).
+
+A grown table is the old table linearly interpolated to the new length, so the learned positions keep their
+relative meaning; the optimizer and LR schedule start fresh.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing import ShardedTensor
+
+from megatron_moviegen.training.checkpointing import read_saved_config, resolve_checkpoint
+
+POSITION_TABLES = {"t": "max_frames", "h": "max_height", "w": "max_width"}
+
+
+def grow_table(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(n, d) -> (length, d) by linear interpolation along n (identity when the length is unchanged)."""
+    if table.shape[0] == length:
+        return table
+    if length < table.shape[0]:
+        raise ValueError(f"position table shrinks from {table.shape[0]} to {length}; stages only grow tables")
+    grown = F.interpolate(table.T[None].float(), size=length, mode="linear", align_corners=True)[0].T
+    return grown.to(table.dtype)
+
+
+def load_weights_for_new_stage(path: str, model_chunks) -> None:
+    """Load every weight of a previous stage's checkpoint into `model_chunks`, growing position tables."""
+    path = resolve_checkpoint(path)
+    saved_model = read_saved_config(path)["model"]
+    for index, chunk in enumerate(model_chunks):
+        chunk = getattr(chunk, "module", chunk)
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        state = chunk.sharded_state_dict()
+        tables = {name: state.pop(f"position_embedding.{name}") for name in POSITION_TABLES}
+        loaded = dist_checkpointing.load({key: state}, str(path))[key]
+        old_tables = {}
+        for name, field in POSITION_TABLES.items():
+            current: ShardedTensor = tables[name]
+            shape = (saved_model[field], current.data.shape[1])
+            holder = ShardedTensor.from_rank_offsets(current.key, torch.empty(shape, dtype=current.data.dtype),
+                                                     replica_id=current.replica_id)
+            old_tables[name] = holder
+        old = dist_checkpointing.load({key: old_tables}, str(path))[key]
+        for name in POSITION_TABLES:
+            loaded[f"position_embedding.{name}"] = grow_table(old[name], tables[name].data.shape[0])
+        chunk.load_state_dict(loaded, strict=True)
