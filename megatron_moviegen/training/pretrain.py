@@ -50,6 +50,7 @@ class TrainResult:
     last_loss: float
     preempted: bool
     checkpoint: str | None
+    history: list[dict]  # per-step metrics of this run (every rank)
 
 
 class PreemptionFlag:
@@ -228,8 +229,8 @@ def pretrain(cfg: MovieGenConfig) -> TrainResult:
                 metrics.note(f"saved checkpoint {checkpoint}")
             if preempted:
                 metrics.note(f"stopping at step {done} after a preemption signal")
-                return TrainResult(done, last_loss, True, checkpoint)
-        return TrainResult(cfg.train.steps, last_loss, False, checkpoint)
+                return TrainResult(done, last_loss, True, checkpoint, metrics.history)
+        return TrainResult(cfg.train.steps, last_loss, False, checkpoint, metrics.history)
     finally:
         preemption.restore()
         metrics.close()
