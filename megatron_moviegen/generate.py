@@ -35,6 +35,9 @@ from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfi
 from megatron_moviegen.parallel.initialize import destroy
 
 
+DEFAULTS = SamplingConfig()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate videos (or images) with a Movie Gen DiT.")
     prompts = parser.add_mutually_exclusive_group(required=True)
@@ -43,14 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--frames", type=int, help="frames to generate (1 = an image, written as PNG)")
     length.add_argument("--duration", type=float, help="seconds; frames = round(duration x fps)")
-    parser.add_argument("--fps", type=int, default=16, help="frame rate, also the prompt's FPS-<n> prefix")
-    parser.add_argument("--height", type=int, help="pixels (with --width); default 768 or from --aspect-ratio")
+    parser.add_argument("--fps", type=int, default=DEFAULTS.fps, help="frame rate, also the prompt's FPS-<n> prefix")
+    parser.add_argument("--height", type=int,
+                        help=f"pixels (with --width); default {DEFAULTS.height} or from --aspect-ratio")
     parser.add_argument("--width", type=int)
     parser.add_argument("--aspect-ratio", help="bucket 'width:height' (e.g. 16:9) at --resolution, instead of sizes")
-    parser.add_argument("--resolution", type=int, default=768, help="bucket side: height x width ~ resolution^2")
-    parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    parser.add_argument("--steps", type=int, default=50, help="Euler steps, linear-quadratic schedule")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--resolution", type=int, default=DEFAULTS.height,
+                        help="bucket side: height x width ~ resolution^2")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
+    parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
     parser.add_argument("--negative-prompt", default=None,
                         help="unconditional prompt; default: no text at all (as in training's text dropout)")
     parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
@@ -62,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
     if args.frames is None and args.duration is None:
-        args.frames = 256
+        args.frames = DEFAULTS.num_frames
     if (args.height is None) != (args.width is None):
         parser.error("give both --height and --width, or neither")
     if args.aspect_ratio and args.height is not None:
@@ -85,7 +90,7 @@ def sampling_config(args: argparse.Namespace, size_multiple: int) -> SamplingCon
     if args.aspect_ratio:
         height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
     else:
-        height, width = (args.height, args.width) if args.height is not None else (768, 768)
+        height, width = (args.height, args.width) if args.height is not None else (DEFAULTS.height, DEFAULTS.width)
     return SamplingConfig(num_frames=frames, height=height, width=width, fps=args.fps, steps=args.steps,
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
 

@@ -13,7 +13,7 @@ others), decodes with the TAE and writes the files.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -174,7 +174,7 @@ class MovieGenPipeline:
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
-            settings = SamplingConfig(**{**asdict(cfg), "seed": cfg.seed + index})
+            settings = replace(cfg, seed=cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress)
             suffix = ".png" if settings.num_frames == 1 else ".mp4"
             path = output_dir / f"{index:04d}-{slug(prompt)}{suffix}"
