@@ -1,0 +1,139 @@
+"""Text to video from an exported DiT: `python -m megatron_moviegen.generate` (or `tools/generate.py`).
+
+    python -m megatron_moviegen.generate --checkpoint runs/export --tae runs/tae/checkpoint \\
+        --prompt "a corgi surfing a wave" --duration 4 --fps 16 --height 768 --width 768 \\
+        --text ul2.path=/models/ul2 --text metaclip.path=/models/metaclip --text byt5.path=/models/byt5
+
+    # CPU demo: tiny checkpoint, tiny (random, fixed-seed) text encoders and an untrained tiny TAE
+    python -m megatron_moviegen.generate --checkpoint runs/tiny_export --tae tiny --text-encoders tiny \\
+        --prompt "a red ball" --frames 16 --height 64 --width 64 --steps 8
+
+    # tensor + context parallel sampling: torchrun --nproc-per-node 4 -m megatron_moviegen.generate ... \\
+    #     parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=2
+
+Trailing `section.field=value` arguments override the export's config (its parallel section starts at one
+process). bf16 weights on GPU, float32 on CPU. Rank 0 writes <output-dir>/<index>-<prompt words>.mp4 (.png for
+--frames 1) and a .json sidecar beside each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_moviegen.data.buckets import bucket_size
+from megatron_moviegen.data.config import parse_aspect_ratio
+from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
+from megatron_moviegen.inference.export import check_export_folder, load_exported_dit
+from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
+from megatron_moviegen.parallel.initialize import destroy
+
+
+DEFAULTS = SamplingConfig()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Generate videos (or images) with a Movie Gen DiT.")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt")
+    prompts.add_argument("--prompts-file", help="a text file, one prompt per non-empty line")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=int, help="frames to generate (1 = an image, written as PNG)")
+    length.add_argument("--duration", type=float, help="seconds; frames = round(duration x fps)")
+    parser.add_argument("--fps", type=int, default=DEFAULTS.fps, help="frame rate, also the prompt's FPS-<n> prefix")
+    parser.add_argument("--height", type=int,
+                        help=f"pixels (with --width); default {DEFAULTS.height} or from --aspect-ratio")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--aspect-ratio", help="bucket 'width:height' (e.g. 16:9) at --resolution, instead of sizes")
+    parser.add_argument("--resolution", type=int, default=DEFAULTS.height,
+                        help="bucket side: height x width ~ resolution^2")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
+    parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
+    parser.add_argument("--negative-prompt", default=None,
+                        help="unconditional prompt; default: no text at all (as in training's text dropout)")
+    parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
+    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained), or 'tiny' (untrained demo)")
+    parser.add_argument("--text-encoders", choices=("paper", TINY), default="paper")
+    parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
+                        help="TextEncodersConfig override, e.g. ul2.path=/models/ul2 (repeatable)")
+    parser.add_argument("--output-dir", default="outputs")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. parallel.tensor_model_parallel_size=2")
+    args = parser.parse_args(argv)
+    if args.frames is None and args.duration is None:
+        args.frames = DEFAULTS.num_frames
+    if (args.height is None) != (args.width is None):
+        parser.error("give both --height and --width, or neither")
+    if args.aspect_ratio and args.height is not None:
+        parser.error("--aspect-ratio and --height/--width are exclusive")
+    return args
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    lines = [line.strip() for line in Path(args.prompts_file).read_text().splitlines()]
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise ValueError(f"--prompts-file {args.prompts_file!r} has no non-empty line")
+    return prompts
+
+
+def sampling_config(args: argparse.Namespace, size_multiple: int) -> SamplingConfig:
+    frames = args.frames if args.frames is not None else max(1, round(args.duration * args.fps))
+    if args.aspect_ratio:
+        height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
+    else:
+        height, width = (args.height, args.width) if args.height is not None else (DEFAULTS.height, DEFAULTS.width)
+    return SamplingConfig(num_frames=frames, height=height, width=width, fps=args.fps, steps=args.steps,
+                          guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
+
+
+def _single_process_port() -> None:
+    """Outside torchrun, pick a free rendezvous port (the default 29500 may be taken on a shared machine)."""
+    if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    prompts = read_prompts(args)
+    check_export_folder(args.checkpoint)
+    started_distributed = not dist.is_initialized()
+    _single_process_port()
+    on_gpu = torch.cuda.is_available()
+    try:
+        cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, torch.bfloat16 if on_gpu else torch.float32)
+        dit = chunks[0].to(torch.bfloat16) if on_gpu else chunks[0]
+        rank = dist.get_rank()
+        device = next(dit.parameters()).device
+        text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
+        tae = load_tae(args.tae, device)
+        pipeline = MovieGenPipeline(dit, tae, text_encoders, sources={
+            "checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders})
+        settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1])
+        started = time.perf_counter()
+        paths = pipeline.generate(prompts, settings, args.output_dir)
+        if rank == 0:
+            seconds = time.perf_counter() - started
+            for path in paths:
+                print(f"wrote {path} (+ {path.with_suffix('.json').name})")
+            print(f"{len(paths)} x {settings.num_frames} frames at {settings.height}x{settings.width}, "
+                  f"{settings.steps} steps: {seconds:.1f} s")
+        return paths
+    finally:
+        destroy()
+        if started_distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The TAE and the text encoders that generation decodes and conditions with, by name or folder.
+
+- TAE: a folder written by `TAE.save_pretrained` (e.g. `runs/tae_tiny/checkpoint`), or "tiny": a DEMO decoder,
+  configs/tae/tae_tiny.yaml's model freshly initialised with a fixed seed. It is untrained: its videos show
+  the pipeline works end to end, not what the DiT learned.
+- Text encoders: "paper" (UL2, MetaCLIP, ByT5 from `TextEncodersConfig`, paths via dotted overrides such as
+  `ul2.path=/models/ul2`), or "tiny": `TinyTextEncoders` shaped to the checkpoint's text inputs (CPU demos,
+  tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megatron_moviegen.config.schema import apply_overrides, build
+from megatron_moviegen.data.encoders import TinyTextEncoders
+from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
+from megatron_moviegen.text import TextEncoders, TextEncodersConfig
+from megatron_moviegen.training.train_tae import load_tae_config
+
+TINY = "tiny"
+TINY_TAE_SEED = 0
+
+
+def tiny_tae(seed: int = TINY_TAE_SEED) -> TAE:
+    """configs/tae/tae_tiny.yaml's TAE with random weights from `seed` (an untrained demo decoder)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TAE(load_tae_config("tae_tiny").model)
+
+
+def load_tae(source: str, device: torch.device | str = "cpu") -> TAE:
+    """"tiny" or a save_pretrained folder -> the TAE in eval mode on `device`."""
+    if source == TINY:
+        tae = tiny_tae()
+    else:
+        folder = Path(source)
+        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"TAE {source!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                    f"(TAE.save_pretrained), missing {missing}; or use 'tiny' for a demo decoder")
+        tae = TAE.from_pretrained(folder)
+    return tae.to(device).eval().requires_grad_(False)
+
+
+def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
+    """"tiny" or "paper" (with `field=value` overrides of TextEncodersConfig) -> an object with
+    `.encode(prompts) -> {name: (embeddings (b, n, d), mask (b, n) bool)}` matching the DiT's text inputs."""
+    if kind == TINY:
+        if overrides:
+            raise ValueError(f"text-encoder overrides {overrides} apply to the paper encoders, not 'tiny'")
+        return TinyTextEncoders({name: (enc.width, enc.max_length) for name, enc in model.text_encoders.items()})
+    if kind != "paper":
+        raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'tiny'")
+    config = build(TextEncodersConfig, apply_overrides({}, overrides))
+    for name, enc in config.encoders().items():
+        expected = model.text_encoders.get(name)
+        if expected is None or expected.max_length != enc.max_length:
+            raise ValueError(f"text encoder {name}: max_length {enc.max_length}, but the checkpoint expects "
+                             f"{expected.max_length if expected else 'no such encoder'} "
+                             f"(model.text_encoders: {sorted(model.text_encoders)})")
+    return TextEncoders(config)

@@ -1,0 +1,209 @@
+"""Text-to-video sampling (SPEC sections 1-3): prompt -> text encoders -> Euler + CFG through the DiT -> TAE
+decode -> H.264 .mp4 (PNG for a 1-frame image) + JSON sidecar.
+
+    cfg, chunks = load_exported_dit("runs/export", layout_overrides)         # inference/export.py
+    pipeline = MovieGenPipeline(chunks[0], TAE.from_pretrained("tae/"), TextEncoders(TextEncodersConfig()))
+    paths = pipeline.generate(["a corgi surfing"], SamplingConfig(num_frames=128, fps=16), "outputs/")
+
+Every rank of the TP x CP layout runs the DiT on the same noise (drawn whole on every rank from one seeded
+CPU generator, so a seed gives the same video under any layout); rank 0 encodes the text (broadcast to the
+others), decodes with the TAE and writes the files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Protocol
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
+from megatron_moviegen.models.dit import MovieGenDiT
+from megatron_moviegen.models.tae import TAE
+from megatron_moviegen.text.prompts import add_fps_prefix
+from megatron_moviegen.utils.video_io import write_image, write_json, write_video
+
+TextEmbeddings = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (b, n, d), mask (b, n) bool)
+
+
+class TextEncoder(Protocol):
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        """b prompts -> {encoder name: (embeddings (b, n, d), mask (b, n) bool, True = real token)}."""
+
+
+@dataclass
+class SamplingConfig:
+    """What to generate and how. Defaults: the paper's 16 s at 16 fps, 768 px, 50 Euler steps, CFG 7.5."""
+
+    num_frames: int = 256
+    height: int = 768
+    width: int = 768
+    fps: int = 16
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    # None: the unconditional branch sees no text (every mask False), as when text is dropped in training;
+    # a string (e.g. ""): the unconditional branch sees that prompt's embeddings instead.
+    negative_prompt: Optional[str] = None
+
+    def validate(self) -> None:
+        for name in ("num_frames", "height", "width", "fps", "steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"guidance_scale: got {self.guidance_scale}, must be >= 0")
+
+
+def slug(prompt: str, max_length: int = 48) -> str:
+    """File-name-safe words of a prompt ("A cat, jumping!" -> "a-cat-jumping")."""
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    return "-".join(words)[:max_length].strip("-") or "video"
+
+
+class MovieGenPipeline:
+    def __init__(self, dit: MovieGenDiT, tae: TAE, text_encoders: Optional[TextEncoder],
+                 sources: Optional[dict[str, str]] = None):
+        """dit: this rank's (only) model chunk, eval mode; tae: on the output device (used on rank 0);
+        text_encoders: used on rank 0 only (None elsewhere is fine); sources: names recorded in the sidecar
+        (checkpoint, tae, text_encoders)."""
+        if not (dit.pre_process and dit.post_process):
+            raise ValueError(
+                f"sampling needs the whole model on every rank, got a pipeline stage (pipeline_model_parallel_size="
+                f"{parallel_state.get_pipeline_model_parallel_world_size()}); load the export with "
+                "parallel.pipeline_model_parallel_size=1 (any TP/CP layout works)"
+            )
+        if parallel_state.get_data_parallel_world_size() != 1:
+            raise ValueError(
+                f"world size {dist.get_world_size()} leaves data_parallel_size="
+                f"{parallel_state.get_data_parallel_world_size()}; sampling runs one model replica: set "
+                "tensor_model_parallel_size x context_parallel_size to the world size"
+            )
+        if tae.cfg.latent_channels != dit.dit_config.latent_channels:
+            raise ValueError(f"TAE latent_channels {tae.cfg.latent_channels} != DiT latent_channels "
+                             f"{dit.dit_config.latent_channels}")
+        self.dit, self.tae, self.text_encoders = dit, tae, text_encoders
+        self.sources = dict(sources or {})
+        first = next(dit.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+
+    # ---- shapes ------------------------------------------------------------------------------------------
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """(b, 16, ceil(frames / k), height / k, width / k), after checking the DiT's position tables hold it."""
+        k, model = self.tae.cfg.compression, self.dit.dit_config
+        pt, ph, pw = model.patch_size
+        if height % (k * ph) or width % (k * pw):
+            raise ValueError(f"height x width: got {height} x {width}, both must be multiples of "
+                             f"{k * ph} (TAE compression {k} x patch {ph})")
+        latent_t = self.tae.latent_frames(num_frames)
+        if latent_t % pt:
+            raise ValueError(f"num_frames: got {num_frames} -> {latent_t} latent frames, not a multiple of patch {pt}")
+        grid = (latent_t // pt, height // (k * ph), width // (k * pw))
+        limits = (model.max_frames, model.max_height, model.max_width)
+        if any(size > limit for size, limit in zip(grid, limits)):
+            raise ValueError(
+                f"{num_frames} frames at {height}x{width} px give a token grid (t, h, w) = {grid}, but the "
+                f"checkpoint's position tables hold at most {limits}: up to {model.max_frames * pt * k} frames "
+                f"and {model.max_height * ph * k}x{model.max_width * pw * k} px"
+            )
+        return batch, model.latent_channels, latent_t, height // k, width // k
+
+    # ---- text --------------------------------------------------------------------------------------------
+    def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str]) -> tuple[TextEmbeddings, ...]:
+        if self.text_encoders is None:
+            raise ValueError("text_encoders: rank 0 needs text encoders to encode the prompts")
+        cond = self.text_encoders.encode(prompts)
+        if negative_prompt is None:
+            uncond = {name: (torch.zeros_like(e), torch.zeros_like(m)) for name, (e, m) in cond.items()}
+        else:
+            uncond = self.text_encoders.encode([negative_prompt] * len(prompts))
+        return tuple({n: (e.cpu(), m.cpu()) for n, (e, m) in text.items()} for text in (cond, uncond))
+
+    def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None) -> tuple[dict, dict]:
+        """Prompts (FPS prefix already applied) -> (cond, uncond), each {"embeddings": {name: (b, n, d)},
+        "masks": {name: (b, n) bool}} on the DiT's device. Encoded on rank 0 and broadcast."""
+        payload = [self._encode_on_rank0(prompts, negative_prompt) if self.rank == 0 else None]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(payload, src=0)
+
+        def to_device(text: TextEmbeddings) -> dict:
+            return {"embeddings": {n: e.to(self.device) for n, (e, _) in text.items()},
+                    "masks": {n: m.to(self.device, torch.bool) for n, (_, m) in text.items()}}
+
+        cond, uncond = payload[0]
+        return to_device(cond), to_device(uncond)
+
+    # ---- sampling ----------------------------------------------------------------------------------------
+    def _velocity(self, latents: torch.Tensor, t: float, text: dict) -> torch.Tensor:
+        """(b, 16, t, h, w) float32 X_t, flow time t -> the full velocity (b, 16, t, h, w) float32 on every rank."""
+        timesteps = torch.full((latents.shape[0],), t, dtype=torch.float32, device=self.device)  # (b,)
+        tokens = self.dit(latents.to(self.dtype), timesteps, text["embeddings"], text["masks"])
+        return self.dit.gather_velocity(tokens, latents.shape).float()
+
+    @torch.inference_mode()
+    def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> torch.Tensor:
+        """Raw prompts -> clean latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
+        cfg.validate()
+        shape = self.latent_shape(len(prompts), cfg.num_frames, cfg.height, cfg.width)
+        cond, uncond = self.encode_text([add_fps_prefix(p, cfg.fps) for p in prompts], cfg.negative_prompt)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)  # X_0
+        velocity_fn = classifier_free_guidance(self._velocity, cond, uncond, cfg.guidance_scale)
+        timesteps = linear_quadratic_schedule(cfg.steps)
+        return euler_sample(velocity_fn, noise, timesteps, progress=progress and self.rank == 0)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Latents (b, 16, T, h, w) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
+        spatially tiled."""
+        device = next(self.tae.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pixels = self.tae.decode(latents.to(device), num_frames=num_frames, tiled=True)
+        return pixels.float().clamp(-1.0, 1.0)
+
+    # ---- files -------------------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
+                 progress: bool = True) -> list[Path]:
+        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i. Every rank must call it; returns the
+        media paths written (rank 0) or that rank 0 writes (other ranks)."""
+        output_dir = Path(output_dir)
+        paths = []
+        for index, prompt in enumerate(prompts):
+            settings = replace(cfg, seed=cfg.seed + index)
+            latents = self.sample_latents([prompt], settings, progress)
+            suffix = ".png" if settings.num_frames == 1 else ".mp4"
+            path = output_dir / f"{index:04d}-{slug(prompt)}{suffix}"
+            if self.rank == 0:
+                self._write(path, self.decode(latents, settings.num_frames)[0], prompt, settings, tuple(latents.shape))
+            paths.append(path)
+        if dist.is_initialized():
+            dist.barrier()
+        return paths
+
+    def _write(self, path: Path, pixels: torch.Tensor, prompt: str, cfg: SamplingConfig, latent_shape: tuple) -> None:
+        """pixels (3, t, h, w) in [-1, 1] -> the media file and its JSON sidecar (path with .json)."""
+        if cfg.num_frames == 1:
+            write_image(path, pixels)
+        else:
+            write_video(path, pixels, fps=cfg.fps)
+        write_json(path.with_suffix(".json"), {
+            "file": path.name,
+            "prompt": prompt,
+            "text_prompt": add_fps_prefix(prompt, cfg.fps),
+            "negative_prompt": cfg.negative_prompt,
+            "seed": cfg.seed,
+            "steps": cfg.steps,
+            "schedule": "linear_quadratic",
+            "guidance_scale": cfg.guidance_scale,
+            "fps": cfg.fps,
+            "frames": cfg.num_frames,
+            "height": cfg.height,
+            "width": cfg.width,
+            "latent_shape": list(latent_shape[1:]),
+            **self.sources,
+        })
