@@ -58,6 +58,8 @@ SDPA_OPS = {  # aten op -> backend label
     "aten::_scaled_dot_product_cudnn_attention": "cudnn",
     "aten::_scaled_dot_product_attention_math": "math",
 }
+FORCEABLE = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 ATTENTION_KERNEL_MARKS = ("flash", "fmha", "attention", "sdpa", "attn")
 GEMM_KERNEL_MARKS = ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul")
 CPU_GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
@@ -75,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impl", default="local", choices=["local", "transformer_engine", "auto"])
     p.add_argument("--dtype", default=None, help="bfloat16 (default on GPU) or float32 (default on CPU)")
     p.add_argument("--recompute", default="none,full", help="comma-separated: none, full")
-    p.add_argument("--self-attn-backend", default="flash", choices=["flash", "auto"],
-                   help="local spec: force torch SDPA's flash kernel for self-attention, or let torch choose")
+    p.add_argument("--self-attn-backend", default="flash", choices=[*FORCEABLE, "auto"],
+                   help="local spec: force this torch SDPA kernel for self-attention, or let torch choose")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-size", type=int, default=None, help="n of the n^3 matmul peak (8192 GPU, 1024 CPU)")
@@ -231,40 +233,40 @@ def sdpa_backends(events, scope: str) -> str:
 
 
 class AttentionScopes:
-    """Wraps each block's core attention in a profiler scope; with `force_flash`, self-attention runs under
-    sdpa_kernel(FLASH_ATTENTION), so a shape or dtype flash cannot take raises instead of falling back."""
+    """Wraps each block's core attention in a profiler scope; with `forced` (a torch SDPA backend), self-attention
+    runs under sdpa_kernel(forced), so a shape or dtype that kernel cannot take raises instead of falling back."""
 
-    def __init__(self, blocks, force_flash: bool):
-        self.force_flash = force_flash
+    def __init__(self, blocks, forced: SDPBackend | None):
+        self.forced = forced
         self.fallback: str | None = None
         for block in blocks:
-            self._wrap(block.self_attention.core_attention, "bench::self_attention", flash=True)
-            self._wrap(block.cross_attention.core_attention, "bench::cross_attention", flash=False)
+            self._wrap(block.self_attention.core_attention, "bench::self_attention", force=True)
+            self._wrap(block.cross_attention.core_attention, "bench::cross_attention", force=False)
 
-    def _wrap(self, module, scope: str, flash: bool) -> None:
+    def _wrap(self, module, scope: str, force: bool) -> None:
         inner = module.forward
 
         def forward(*args, **kwargs):
-            kernel = sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if flash and self.force_flash else contextlib.nullcontext()
+            kernel = sdpa_kernel([self.forced]) if force and self.forced is not None else contextlib.nullcontext()
             with record_function(scope), kernel:
                 return inner(*args, **kwargs)
 
         module.forward = forward
 
     def first_call(self, step) -> None:
-        """Run `step`; if forced flash is refused, note why and let torch choose the kernel from then on."""
-        if not self.force_flash:
+        """Run `step`; if the forced kernel is refused, note why and let torch choose from then on."""
+        if self.forced is None:
             return step()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 return step()
             except RuntimeError as err:
-                if isinstance(err, torch.OutOfMemoryError) or "kernel" not in str(err).lower():
+                if isinstance(err, torch.OutOfMemoryError) or not any(w in str(err).lower() for w in ("kernel", "backend")):
                     raise
-                reasons = [str(w.message) for w in caught if "flash" in str(w.message).lower()]
+                reasons = [str(w.message) for w in caught if "not used because" in str(w.message)]
                 self.fallback = " | ".join(reasons + [str(err).splitlines()[0]])
-                self.force_flash = False
+                self.forced = None
         return step()
 
 
@@ -475,9 +477,9 @@ def run(args) -> dict:
     for mode in modes:
         model, dit, cfg = build_model(args, mode, dtype)
         header = header or environment(args, dtype, peak_tflops, cfg)
-        force = args.self_attn_backend == "flash" and isinstance(dit.layers[0].self_attention.core_attention,
-                                                                  SDPACoreAttention)
-        scopes = AttentionScopes(dit.layers, force_flash=force)
+        local_attention = isinstance(dit.layers[0].self_attention.core_attention, SDPACoreAttention)
+        forced = FORCEABLE.get(args.self_attn_backend) if local_attention else None
+        scopes = AttentionScopes(dit.layers, forced)
         for tokens in token_counts:
             grid = token_grid(tokens, (cfg.model.max_frames, cfg.model.max_height, cfg.model.max_width))
             inputs = make_inputs(cfg, grid)
@@ -498,8 +500,8 @@ def run(args) -> dict:
         del model, dit, scopes
         release_memory()
         destroy()
-    header["self_attention_forced"] = args.self_attn_backend == "flash"
-    header["flash_fallback"] = fallback
+    header["self_attention_forced"] = args.self_attn_backend if forced is not None or fallback else None
+    header["forced_fallback"] = fallback
     return {"environment": header, "rows": rows}
 
 
@@ -513,8 +515,8 @@ def report(result: dict) -> str:
         f"timer {env['timer']}, {env['warmup']} warmup + {env['iters']} timed steps, median; memory: {env['memory']}",
     ]
     if env["self_attention_forced"]:
-        lines.append("self-attention flash forced: " + (f"FELL BACK ({env['flash_fallback']})"
-                                                         if env["flash_fallback"] else "yes, no fallback"))
+        lines.append(f"self-attention {env['self_attention_forced']} forced: "
+                     + (f"FELL BACK ({env['forced_fallback']})" if env["forced_fallback"] else "yes, no fallback"))
     shapes = {r["tokens"]: r["latent_shape"] for r in result["rows"]}
     lines.append("latents (b, c, t, h, w): " + ", ".join(f"{t} tokens <- {tuple(s)}" for t, s in shapes.items()))
     lines += ["", format_table(result["rows"]), ""] + recompute_summary(result["rows"])

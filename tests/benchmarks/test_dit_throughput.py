@@ -117,3 +117,17 @@ def test_token_grids_of_the_30b_recipe(bench):
 ])
 def test_kernels_are_bucketed_by_name(bench, name, bucket):
     assert bench.classify_kernel(name) == bucket
+
+
+def test_a_refused_forced_kernel_is_reported_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "fallback.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--tokens", "128", "--recompute", "none",
+                           "--self-attn-backend", "cudnn", "--json", str(out)],  # no cuDNN attention on CPU
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "self-attention cudnn forced: FELL BACK (" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["environment"]["forced_fallback"]
+    (row,) = result["rows"]
+    assert row["status"] == "ok" and row["self_attention_kernel"] != "cudnn" and row["ms_per_block"] > 0
