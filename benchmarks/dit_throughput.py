@@ -108,7 +108,8 @@ def token_grid(tokens: int, max_grid: tuple[int, int, int]) -> tuple[int, int, i
                 candidates.append((h == w, h * w, h, w))
     if not candidates:
         raise ValueError(f"{tokens} tokens do not fit a t x h x w grid within the position tables "
-                         f"(t <= {max_t}, h <= {max_h}, w <= {max_w}); pick a count that does, e.g. {max_t * max_h * max_w}")
+                         f"(t <= {max_t}, h <= {max_h}, w <= {max_w}); pick a count that does, "
+                         f"e.g. {max_t * max_h * max_w}")
     _, _, h, w = max(candidates)
     return tokens // (h * w), h, w
 
@@ -262,7 +263,8 @@ class AttentionScopes:
             try:
                 return step()
             except RuntimeError as err:
-                if isinstance(err, torch.OutOfMemoryError) or not any(w in str(err).lower() for w in ("kernel", "backend")):
+                refused = any(word in str(err).lower() for word in ("kernel", "backend"))
+                if isinstance(err, torch.OutOfMemoryError) or not refused:
                     raise
                 reasons = [str(w.message) for w in caught if "not used because" in str(w.message)]
                 self.fallback = " | ".join(reasons + [str(err).splitlines()[0]])
@@ -299,8 +301,9 @@ def make_inputs(cfg, grid: tuple[int, int, int]) -> dict:
     """Random latents of the given token grid, flow times and text embeddings with every token real."""
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(*latent_shape(cfg, grid), generator=gen)  # (b, c, t, h, w)
-    text = {name: torch.randn(1, enc.max_length, enc.width, generator=gen) for name, enc in cfg.model.text_encoders.items()}
-    masks = {name: torch.ones(1, enc.max_length, dtype=torch.bool) for name, enc in cfg.model.text_encoders.items()}
+    encoders = cfg.model.text_encoders.items()
+    text = {name: torch.randn(1, enc.max_length, enc.width, generator=gen) for name, enc in encoders}
+    masks = {name: torch.ones(1, enc.max_length, dtype=torch.bool) for name, enc in encoders}
     to = lambda x: x.to(device())  # noqa: E731
     return dict(latents=to(latents), timesteps=to(torch.rand(1, generator=gen)),
                 text={k: to(v) for k, v in text.items()}, masks={k: to(v) for k, v in masks.items()})
@@ -433,7 +436,8 @@ def recompute_summary(rows: list[dict]) -> list[str]:
     for tokens in sorted({r["tokens"] for r in rows}):
         none, full = ok.get((tokens, "none")), ok.get((tokens, "full"))
         if none and full:
-            out.append(f"recompute full vs none at {tokens} tokens: time x{full['ms_per_block'] / none['ms_per_block']:.2f}, "
+            ratio = full["ms_per_block"] / none["ms_per_block"]
+            out.append(f"recompute full vs none at {tokens} tokens: time x{ratio:.2f}, "
                        f"transient memory {full['act_gib_per_block']:.2f} vs {none['act_gib_per_block']:.2f} GiB/block")
     return out
 
@@ -444,11 +448,13 @@ def environment(args, dtype, peak_tflops: float, cfg) -> dict:
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     return {
-        "device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "megatron_core": package_info.__version__,
-        "recipe": args.recipe, "impl": resolve_transformer_impl(cfg.model.transformer_impl), "layers": args.layers, "dtype": str(dtype),
+        "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "megatron_core": package_info.__version__, "recipe": args.recipe,
+        "impl": resolve_transformer_impl(cfg.model.transformer_impl), "layers": args.layers, "dtype": str(dtype),
         "hidden": cfg.model.hidden_size, "heads": cfg.model.num_attention_heads, "head_dim": cfg.model.head_dim,
         "ffn": cfg.model.ffn_hidden_size, "text_tokens": cfg.model.text_length,
-        "peak_matmul_tflops": peak_tflops, "peak_matmul_size": args.peak_size, "spec_peak_tflops": args.spec_peak_tflops,
+        "peak_matmul_tflops": peak_tflops, "peak_matmul_size": args.peak_size,
+        "spec_peak_tflops": args.spec_peak_tflops,
         "memory": MemoryMeter.kind, "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",
         "warmup": args.warmup, "iters": args.iters,
     }
@@ -509,7 +515,8 @@ def report(result: dict) -> str:
     env = result["environment"]
     lines = [
         f"DiT block throughput: {env['recipe']} width (d={env['hidden']}, {env['heads']} heads x {env['head_dim']}, "
-        f"ffn {env['ffn']}, {env['text_tokens']} text tokens), {env['layers']} blocks, {env['impl']} spec, {env['dtype']}",
+        f"ffn {env['ffn']}, {env['text_tokens']} text tokens), {env['layers']} blocks, {env['impl']} spec, "
+        f"{env['dtype']}",
         f"device {env['device']}; torch {env['torch']} (cuda {env['cuda']}); megatron-core {env['megatron_core']}",
         f"matmul peak {env['peak_matmul_tflops']:.1f} TFLOP/s ({env['peak_matmul_size']}^3, best of several); "
         f"timer {env['timer']}, {env['warmup']} warmup + {env['iters']} timed steps, median; memory: {env['memory']}",
@@ -521,8 +528,9 @@ def report(result: dict) -> str:
     lines.append("latents (b, c, t, h, w): " + ", ".join(f"{t} tokens <- {tuple(s)}" for t, s in shapes.items()))
     lines += ["", format_table(result["rows"]), ""] + recompute_summary(result["rows"])
     if env["spec_peak_tflops"]:
-        lines += [f"MFU vs datasheet {env['spec_peak_tflops']} TFLOP/s at {r['tokens']} tokens, recompute {r['recompute']}: "
-                  f"{100 * r['mfu_spec']:.1f}%" for r in result["rows"] if r["status"] == "ok"]
+        ok = [r for r in result["rows"] if r["status"] == "ok"]
+        lines += [f"MFU vs datasheet {env['spec_peak_tflops']} TFLOP/s at {r['tokens']} tokens, "
+                  f"recompute {r['recompute']}: {100 * r['mfu_spec']:.1f}%" for r in ok]
     return "\n".join(lines)
 
 
