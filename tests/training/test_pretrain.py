@@ -116,3 +116,36 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(tiny_shards,
     message = run_distributed(_train_expecting_error, 1, args=(overrides,))[0]
     assert message.startswith("NonFiniteLossError") and "stopping without saving" in message
     assert not (tmp_path / "latest").exists()
+
+
+def _export(rank, world_size, checkpoint, out):
+    from megatron_moviegen.training.export import export_training_checkpoint
+
+    export_training_checkpoint(checkpoint, out)
+
+
+def test_export_of_a_tp2_checkpoint_generates_the_same_velocity(tiny_shards, tmp_path):
+    from safetensors.torch import load_file
+
+    run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "ckpt", 2, TP2_SP),))
+    run_distributed(_export, 1, args=(tmp_path / "ckpt", tmp_path / "export"))
+    weights = load_file(tmp_path / "export" / "model.safetensors")
+    assert "layers.3.mlp.linear_fc1.weight" in weights and weights["layers.3.mlp.linear_fc1.weight"].shape == (256, 64)
+    from_checkpoint = run_distributed(_velocity_after_load, 1, args=([], tmp_path / "ckpt"))[0]
+    from_export = run_distributed(_velocity_from_export, 1, args=(tmp_path / "export",))[0]
+    assert torch.equal(from_checkpoint, from_export)
+
+
+def _velocity_from_export(rank, world_size, folder):
+    from megatron_moviegen.inference.export import load_exported_dit
+    from megatron_moviegen.parallel.initialize import destroy
+
+    cfg, model = load_exported_dit(folder)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
+    text = {n: torch.randn(1, e.max_length, e.width, generator=gen) for n, e in cfg.model.text_encoders.items()}
+    masks = {n: torch.ones(1, e.max_length, dtype=torch.bool) for n, e in cfg.model.text_encoders.items()}
+    with torch.no_grad():
+        out = model[0].gather_velocity(model[0](latents, torch.tensor([0.3]), text, masks), latents.shape)
+    destroy()
+    return out
