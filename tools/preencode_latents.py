@@ -1,11 +1,14 @@
 """Turn videos/images and captions into latent shards for training (logic: megatron_moviegen.data.preencode).
 
-    python tools/preencode_latents.py --manifest clips.jsonl --out data/latents --encoders tiny \\
+    python tools/preencode_latents.py --manifest clips.jsonl --out data/latents \\
+        --tae runs/tae/checkpoint --text-encoders paper --text ul2.path=/models/ul2 \\
         --set buckets.resolution=256 shard_size=128 --num-workers 8
     torchrun --nproc-per-node 8 tools/preencode_latents.py ...   # each rank writes its share of the shards
 
-`--encoders tiny` uses the tiny deterministic test encoders (CPU quickstart); the real TAE and text encoders
-plug in through `megatron_moviegen.data.encoders.VideoEncoder` / `TextEncoder`.
+`--tae` is a TAE folder (TAE.save_pretrained), `tiny` (configs/tae/tae_tiny.yaml, untrained, seed 0: the
+decoder `generate --tae tiny` uses) or `conv` (a fixed random stride-8 conv: shapes only, fastest).
+`--text-encoders paper` loads UL2/MetaCLIP/ByT5 (paths via `--text FIELD=VALUE`); `tiny` uses byte-embedding
+encoders shaped like configs/tiny.yaml's text inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
-from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.data.encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder, rank_and_world
 
@@ -27,19 +30,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help=".jsonl, .csv, or a folder of media with .txt captions")
     parser.add_argument("--out", required=True, help="output folder of shards")
-    parser.add_argument("--encoders", choices=["tiny"], default="tiny")
+    parser.add_argument("--tae", default="conv", help="TAE folder, 'tiny' or 'conv' (see above)")
+    parser.add_argument("--text-encoders", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--text", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="TextEncodersConfig overrides for --text-encoders paper, e.g. ul2.path=/models/ul2")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N manifest entries")
     parser.add_argument("--shard-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="decode processes (0: in-process)")
     parser.add_argument("--dry-run", action="store_true", help="report buckets and rejects; decode nothing")
+    parser.add_argument("--config", default=None,
+                        help="take the data section (buckets, shard size, ...) from this training recipe")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
     return parser.parse_args(argv)
 
 
+def build_video_encoder(source: str, device: str):
+    if source == "conv":
+        return TinyVideoEncoder(device=device)
+    from megatron_moviegen.inference.components import load_tae
+
+    return TAEVideoEncoder(load_tae(source, device))
+
+
+def build_text_encoder(args):
+    if args.text_encoders == "tiny":
+        if args.text:
+            raise SystemExit(f"--text {args.text} applies to --text-encoders paper, not tiny")
+        return TinyTextEncoders()
+    from megatron_moviegen.text import TextEncoders, TextEncodersConfig
+
+    return TextEncoders(build(TextEncodersConfig, apply_overrides({}, list(args.text))))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    data = apply_overrides({}, list(args.set))
+    data = {}
+    if args.config is not None:
+        from megatron_moviegen.config import load_config, to_dict
+
+        data = to_dict(load_config(args.config).data)
+    data = apply_overrides(data, list(args.set))
     if args.shard_size is not None:
         data["shard_size"] = args.shard_size
     if args.num_workers is not None:
@@ -47,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build(DataConfig, data)
     entries = read_manifest(args.manifest)[: args.limit]
     rank, world_size = rank_and_world()
-    preencoder = Preencoder(config, TinyVideoEncoder(device=args.device), TinyTextEncoders(), args.out,
+    preencoder = Preencoder(config, build_video_encoder(args.tae, args.device), build_text_encoder(args), args.out,
                             device=args.device, rank=rank, world_size=world_size)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)

@@ -1,69 +1,27 @@
-"""The run configuration: one dataclass per concern, loaded from YAML recipes with dotted overrides.
+"""Configuration: YAML recipes (megatron_moviegen/configs/) -> validated dataclasses, with dotted overrides.
 
+    from megatron_moviegen.config import load_config, to_yaml
     cfg = load_config("tiny", ["model.num_layers=4", "parallel.tensor_model_parallel_size=2"])
     print(to_yaml(cfg))
+
+The section dataclasses live beside the code they configure (models/dit_config.py, data/config.py, ...) and
+import `config.schema`; the whole-run config is imported lazily here so that those imports stay acyclic.
 """
 
-from __future__ import annotations
+from megatron_moviegen.config.schema import ConfigError, to_dict, to_yaml
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from megatron_moviegen.config.schema import (
-    ConfigError,
-    apply_overrides,
-    build,
-    read_recipe,
-    resolve_recipe,
-    to_dict,
-    to_yaml,
-)
-from megatron_moviegen.data.config import DataConfig
-from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
-from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig, check_model_fits_layout
-from megatron_moviegen.text.config import TextEncodersConfig
-from megatron_moviegen.training.config import TrainConfig
-
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
+_RUN_CONFIG_NAMES = {
+    "MovieGenConfig", "DiTConfig", "ParallelConfig", "TrainConfig", "DataConfig", "FlowMatchingConfig",
+    "TextEncodersConfig", "load_config", "available_recipes", "RECIPE_DIR",
+}
 
 
-@dataclass
-class MovieGenConfig:
-    name: str = "unnamed"
-    model: DiTConfig = field(default_factory=DiTConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    text: TextEncodersConfig = field(default_factory=TextEncodersConfig)
+def __getattr__(name: str):
+    if name in _RUN_CONFIG_NAMES:
+        from megatron_moviegen.config import run_config
 
-    def validate(self) -> None:
-        check_model_fits_layout(self.model, self.parallel)
+        return getattr(run_config, name)
+    raise AttributeError(f"module 'megatron_moviegen.config' has no attribute {name!r}")
 
 
-def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
-    """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides."""
-    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
-    apply_overrides(data, list(overrides or []))
-    return build(MovieGenConfig, data)
-
-
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-
-
-__all__ = [
-    "ConfigError",
-    "MovieGenConfig",
-    "DiTConfig",
-    "ParallelConfig",
-    "TrainConfig",
-    "DataConfig",
-    "FlowMatchingConfig",
-    "TextEncodersConfig",
-    "load_config",
-    "available_recipes",
-    "to_dict",
-    "to_yaml",
-    "RECIPE_DIR",
-]
+__all__ = ["ConfigError", "to_dict", "to_yaml", *sorted(_RUN_CONFIG_NAMES)]

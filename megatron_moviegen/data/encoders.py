@@ -83,3 +83,16 @@ class TinyTextEncoders:
             embeddings = (byte_table[tokens] + positions) * mask.unsqueeze(-1)  # (b, n, d)
             out[name] = (embeddings, mask)
         return out
+
+
+class TAEVideoEncoder:
+    """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling."""
+
+    def __init__(self, tae, tiled: bool = True):
+        self.tae = tae
+        self.tiled = tiled
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        param = next(self.tae.parameters())
+        return self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode()

@@ -1,0 +1,52 @@
+"""The run configuration (`MovieGenConfig`): one dataclass per concern, loaded from YAML recipes with dotted overrides.
+
+    cfg = load_config("tiny", ["model.num_layers=4", "parallel.tensor_model_parallel_size=2"])
+    print(to_yaml(cfg))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_moviegen.config.schema import (
+    ConfigError,
+    apply_overrides,
+    build,
+    read_recipe,
+    resolve_recipe,
+    to_dict,
+    to_yaml,
+)
+from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
+from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig, check_model_fits_layout
+from megatron_moviegen.text.config import TextEncodersConfig
+from megatron_moviegen.training.config import TrainConfig
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class MovieGenConfig:
+    name: str = "unnamed"
+    model: DiTConfig = field(default_factory=DiTConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncodersConfig = field(default_factory=TextEncodersConfig)
+
+    def validate(self) -> None:
+        check_model_fits_layout(self.model, self.parallel)
+
+
+def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
+    """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides."""
+    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
+    apply_overrides(data, list(overrides or []))
+    return build(MovieGenConfig, data)
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
