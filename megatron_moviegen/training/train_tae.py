@@ -1,8 +1,14 @@
-"""Train the TAE (SPEC section 3): data parallel (torch DDP), image:video batches 1:3, L1 + perceptual + KL +
-OPL + hinge GAN after a configurable step, periodic atomic checkpoints with resume, losses and PSNR logged.
+"""Train the TAE (SPEC section 3): data parallel (DeepSpeed ZeRO-2 where deepspeed is installed, torch DDP
+otherwise), image:video batches 1:3, L1 + perceptual + KL + OPL + hinge GAN after a configurable step, periodic
+atomic checkpoints with resume, losses and PSNR logged.
 
     python tools/train_tae.py --config tae_tiny train.steps=200
-    torchrun --nproc-per-node 8 tools/train_tae.py --config tae_tiny
+    torchrun --nproc-per-node 8 tools/train_tae.py --config tae_tiny                       # auto: ZeRO-2 or DDP
+    DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 tools/train_tae.py --config tae_tiny train.data_parallel=deepspeed
+
+With ZeRO-2 the TAE's AdamW moments are partitioned across ranks; checkpoints gather them into torch AdamW's
+state_dict layout, so one checkpoint resumes under ZeRO-2 or DDP at any world size. The discriminator is small
+and stays under DDP in both modes.
 """
 
 from __future__ import annotations
@@ -71,7 +77,9 @@ class TAEOptimConfig:
     resume: bool = True
     # A diffusers AutoencoderKL folder to inflate the spatial weights from (SPEC section 3); None = random init.
     init_from_image_vae: str | None = None
-    data_parallel: Literal["ddp"] = "ddp"
+    # "deepspeed": the TAE as a ZeRO-2 engine; "ddp": torch DDP; "auto": deepspeed when importable. Applies when
+    # world size > 1; a single process trains unwrapped.
+    data_parallel: Literal["deepspeed", "ddp", "auto"] = "auto"
 
     def validate(self) -> None:
         for name in ("steps", "log_every", "checkpoint_every"):
@@ -113,26 +121,136 @@ def psnr(reconstruction: torch.Tensor, pixels: torch.Tensor) -> float:
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
 
-def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimizers: dict) -> None:
-    """`checkpoint/`: the TAE (save_pretrained) and `train_state.pt` (step, discriminator, optimizers)."""
+def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimizer_states: dict) -> None:
+    """`checkpoint/`: the TAE (save_pretrained) and `train_state.pt` (step, discriminator, optimizer state dicts)."""
     folder = out_dir / "checkpoint"
     model.save_pretrained(folder)
-    state = {"step": step, "discriminator": loss.discriminator.state_dict(),
-             "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()}}
+    state = {"step": step, "discriminator": loss.discriminator.state_dict(), "optimizers": optimizer_states}
     atomic_write(folder / "train_state.pt", lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(out_dir: Path, model: TAE, loss: TAELoss, optimizers: dict) -> int:
-    """Restore from `out_dir/checkpoint` if present; returns the step to continue from (0 if none)."""
+def load_checkpoint(out_dir: Path, model: TAE, loss: TAELoss) -> dict | None:
+    """Load the TAE and discriminator weights from `out_dir/checkpoint` if present; returns its train state
+    (step, optimizer state dicts) or None."""
     folder = out_dir / "checkpoint"
     if not (folder / "train_state.pt").exists():
-        return 0
+        return None
     model.load_state_dict(TAE.from_pretrained(folder).state_dict())
     state = torch.load(folder / "train_state.pt", weights_only=False)
     loss.discriminator.load_state_dict(state["discriminator"])
-    for key, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][key])
-    return state["step"]
+    return state
+
+
+# ---- data parallel ------------------------------------------------------------------------------------
+
+def import_deepspeed():
+    """The deepspeed module, or None when it is not installed. Without a GPU it runs on its CPU accelerator."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed
+    except ImportError:
+        return None
+    return deepspeed
+
+
+def resolve_data_parallel(choice: str) -> str:
+    """"deepspeed" or "ddp" for train.data_parallel ("auto" = deepspeed when importable)."""
+    if choice == "auto":
+        return "deepspeed" if import_deepspeed() is not None else "ddp"
+    if choice == "deepspeed" and import_deepspeed() is None:
+        raise ConfigError("train.data_parallel: got 'deepspeed' but deepspeed is not installed; "
+                          "pip install 'megatron_moviegen[deepspeed]' or use 'ddp' / 'auto'")
+    return choice
+
+
+def deepspeed_config(train: TAEOptimConfig, micro_batch_size: int, device: torch.device) -> dict:
+    """ZeRO-2 with fp32 master weights; bf16 autocast on GPU (the same numerics as the DDP path), fp32 on CPU."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": 2},
+        "torch_autocast": {"enabled": device.type == "cuda", "dtype": "bfloat16"},
+        "steps_per_print": 2**31 - 1,
+    }
+
+
+class DDPGenerator:
+    """The TAE under torch DDP (unwrapped on one process): AdamW, global-norm gradient clipping."""
+
+    def __init__(self, model: TAE, train: TAEOptimConfig, world_size: int):
+        self.model, self.grad_clip = model, train.grad_clip
+        self.module = DistributedDataParallel(model) if world_size > 1 else model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas)
+
+    def __call__(self, pixels: torch.Tensor):
+        return self.module(pixels)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+    def optimizer_state(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class ZeRO2Generator:
+    """The TAE as a DeepSpeed ZeRO-2 engine around torch AdamW (DeepSpeed's fused/CPU Adams need compiled ops).
+
+    Optimizer state moves in and out in torch AdamW's state_dict layout (one entry per model parameter), so
+    checkpoints are interchangeable with DDPGenerator's and independent of the world size."""
+
+    MOMENTS = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, model: TAE, train: TAEOptimConfig, micro_batch_size: int, device: torch.device):
+        deepspeed = import_deepspeed()
+        self.model = model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(train, micro_batch_size, device),
+            dist_init_required=False)
+
+    def __call__(self, pixels: torch.Tensor):
+        return self.engine(pixels)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def optimizer_state(self) -> dict:
+        """The partitioned AdamW moments gathered to full tensors on every rank (a collective: all ranks call it)."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        adamw = self.optimizer.optimizer  # torch AdamW over this rank's flat fp32 partitions
+        step = next(iter(adamw.state.values()))["step"]
+        params = list(self.model.parameters())
+        state = {i: {"step": step.clone(), **{k: safe_get_full_optimizer_state(p, k).cpu() for k in self.MOMENTS}}
+                 for i, p in enumerate(params)}
+        group = {k: v for k, v in adamw.param_groups[0].items() if k != "params"}
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Scatter full AdamW moments (torch AdamW layout) into this rank's partitions."""
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        params = list(self.model.parameters())
+        if len(state["state"]) != len(params):
+            raise ValueError(f"optimizer state: got {len(state['state'])} parameters, the TAE has {len(params)}")
+        adamw, step = self.optimizer.optimizer, state["state"][0]["step"]
+        # AdamW creates its state at the first step(); create it here so DeepSpeed can map partitions onto it.
+        for flat in self.optimizer.single_partition_of_fp32_groups:
+            adamw.state[flat] = {"step": torch.as_tensor(step, dtype=torch.float32).clone(),
+                                 **{k: torch.zeros_like(flat) for k in self.MOMENTS}}
+        self.optimizer._lazy_init_hp_params_optimizer_state()
+        for i, p in enumerate(params):
+            for k in self.MOMENTS:
+                safe_set_full_optimizer_state(p, state["state"][i][k].to(p.device, torch.float32), k)
 
 
 # ---- loop -----------------------------------------------------------------------------------------------
@@ -143,8 +261,10 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _wrap(module: torch.nn.Module, world_size: int) -> torch.nn.Module:
-    return DistributedDataParallel(module) if world_size > 1 else module
+def _build_generator(cfg: TAETrainConfig, model: TAE, world_size: int, device: torch.device):
+    if world_size > 1 and resolve_data_parallel(cfg.train.data_parallel) == "deepspeed":
+        return ZeRO2Generator(model, cfg.train, cfg.data.video_batch_size, device)
+    return DDPGenerator(model, cfg.train, world_size)
 
 
 def _batch(sampler: ClipSampler, cfg: TAEDataConfig, step: int, device: torch.device) -> torch.Tensor:
@@ -167,13 +287,16 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
     torch.manual_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
     model, loss = _build_model(cfg).to(device), TAELoss(cfg.loss).to(device)
-    optimizers = {
-        "tae": torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas),
-        "discriminator": torch.optim.AdamW(loss.discriminator.parameters(), lr=cfg.train.discriminator_lr,
-                                           betas=cfg.train.betas),
-    }
-    start = load_checkpoint(out_dir, model, loss, optimizers) if cfg.train.resume else 0
-    ddp_model, ddp_discriminator = _wrap(model, world_size), _wrap(loss.discriminator, world_size)
+    state = load_checkpoint(out_dir, model, loss) if cfg.train.resume else None
+    generator = _build_generator(cfg, model, world_size, device)
+    discriminator_optimizer = torch.optim.AdamW(loss.discriminator.parameters(), lr=cfg.train.discriminator_lr,
+                                                betas=cfg.train.betas)
+    ddp_discriminator = DistributedDataParallel(loss.discriminator) if world_size > 1 else loss.discriminator
+    start = 0
+    if state is not None:
+        generator.load_optimizer_state(state["optimizers"]["tae"])
+        discriminator_optimizer.load_state_dict(state["optimizers"]["discriminator"])
+        start = state["step"]
     sampler = ClipSampler([resolve_video(v) for v in cfg.data.videos], cfg.data.max_decoded_frames, cfg.data.size,
                           seed=cfg.train.seed + 1000 * rank, random_crop=cfg.data.random_crop)
     if rank == 0:
@@ -183,21 +306,21 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, disable=rank != 0 or not show_progress,
                desc=f"train_tae[{cfg.name}]")
     for step in bar:
+        # Randomness is a function of (seed, rank, step), so a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(cfg.train.seed + step)  # posterior sampling noise, the same on every rank
+        sampler.rng.seed(f"{cfg.train.seed}/{rank}/{step}")  # clip, start frame and crop of this rank
         pixels = _batch(sampler, cfg.data, step, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            reconstruction, posterior = ddp_model(pixels)
+            reconstruction, posterior = generator(pixels)
             latents = posterior.mean
             total, terms = loss.generator_loss(pixels, reconstruction, posterior, latents, step)
-        optimizers["tae"].zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizers["tae"].step()
+        generator.step(total)
         if loss.gan_active(step):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 d_loss = loss.discriminator_loss(pixels, reconstruction, ddp_discriminator)
-            optimizers["discriminator"].zero_grad(set_to_none=True)
+            discriminator_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
-            optimizers["discriminator"].step()
+            discriminator_optimizer.step()
             terms["discriminator"] = float(d_loss.detach())
         record = {"step": step + 1, "loss": float(total.detach()), "psnr": psnr(reconstruction, pixels),
                   "frames": pixels.shape[2], **terms}
@@ -207,8 +330,10 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
             with open(out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
+            optimizer_states = {"tae": generator.optimizer_state(),
+                                "discriminator": discriminator_optimizer.state_dict()}
             if rank == 0:
-                save_checkpoint(out_dir, step + 1, model, loss, optimizers)
+                save_checkpoint(out_dir, step + 1, model, loss, optimizer_states)
             if world_size > 1:
                 dist.barrier()
     return history
