@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     config = build(DataConfig, data)
     entries = read_manifest(args.manifest)[: args.limit]
     rank, world_size = rank_and_world()
-    preencoder = Preencoder(config, build_video_encoder(args.tae, args.device), build_text_encoder(args), args.out,
+    # A dry run decodes and encodes nothing, so it needs no model weights.
+    video_encoder = None if args.dry_run else build_video_encoder(args.tae, args.device)
+    text_encoder = None if args.dry_run else build_text_encoder(args)
+    preencoder = Preencoder(config, video_encoder, text_encoder, args.out,
                             device=args.device, rank=rank, world_size=world_size)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Pre-encode videos + captions into latent shards (TAE + UL2/MetaCLIP/ByT5), one rank per GPU. Each rank
+# writes its own shards; rerunning after a crash or preemption skips finished shards.
+#
+#   MANIFEST=/data/clips.jsonl OUT=/data/latents_768 TAE=/models/tae sbatch slurm/preencode.sh
+#   bash slurm/preencode.sh --dry-run      # bucket counts and rejects, nothing encoded (runs here)
+#SBATCH --job-name=moviegen-preencode
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=16
+#SBATCH --time=12:00:00
+#SBATCH --requeue
+#SBATCH --output=logs/%x-%j.out
+set -euo pipefail
+
+RECIPE=${RECIPE:-t2iv_768}
+MANIFEST=${MANIFEST:?set MANIFEST to a .jsonl/.csv manifest or a folder of media with .txt captions}
+OUT=${OUT:?set OUT to the shard folder}
+TAE=${TAE:?set TAE to a TAE folder (TAE.save_pretrained)}
+TEXT_ARGS=${TEXT_ARGS:-"ul2.path=/models/ul2 metaclip.path=/models/metaclip byt5.path=/models/byt5-large"}
+CONTAINER_IMAGE=${CONTAINER_IMAGE:-megatron-moviegen:latest}
+CONTAINER_MOUNTS=${CONTAINER_MOUNTS:-/data:/data,/models:/models}
+REPO=${REPO:-/workspace/megatron_moviegen}
+
+ARGS=(--config "$RECIPE" --manifest "$MANIFEST" --out "$OUT" --tae "$TAE" --text-encoders paper --text $TEXT_ARGS)
+if [[ "${1:-}" == "--dry-run" ]]; then
+    cd "$(dirname "$0")/.."
+    python tools/preencode_latents.py "${ARGS[@]}" --dry-run "${@:2}"
+    exit 0
+fi
+mkdir -p logs
+srun --kill-on-bad-exit=1 \
+    --container-image="$CONTAINER_IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$REPO" \
+    python tools/preencode_latents.py "${ARGS[@]}" --num-workers 8 "$@"
