@@ -1,0 +1,37 @@
+import pytest
+
+from megatron_moviegen.config import load_config
+from megatron_moviegen.utils.memory import estimate_memory, parameter_counts
+
+H100_GIB = 80e9 / 2**30
+
+
+def test_closed_form_parameter_count_matches_the_built_model():
+    # tools/model_summary.py builds t2v_30b on the meta device: 29,377,597,504 parameters.
+    blocks, replicated = parameter_counts(load_config("t2v_30b").model)
+    assert blocks + replicated == 29_377_597_504
+
+
+def test_closed_form_matches_the_tiny_model_parameter_by_parameter():
+    from megatron_moviegen.models.summary import summarize
+
+    cfg = load_config("tiny")
+    blocks, replicated = parameter_counts(cfg.model)
+    assert blocks + replicated == summarize(cfg, frames=8, height=64, width=64)["params_total"]
+
+
+def test_stage3_layout_fits_an_h100_only_with_recomputation():
+    cfg = load_config("t2iv_768")
+    fits = estimate_memory(cfg.model, cfg.parallel, data_parallel_size=768, tokens=73_728)
+    assert fits.total_gib < H100_GIB
+    cfg.model.recompute_granularity = None
+    assert estimate_memory(cfg.model, cfg.parallel, 768, 73_728).total_gib > H100_GIB
+
+
+def test_sharding_reduces_static_memory_as_expected():
+    cfg = load_config("t2v_30b")
+    tp4 = estimate_memory(cfg.model, cfg.parallel, 8, 8192)
+    cfg.parallel.tensor_model_parallel_size = 8
+    tp8 = estimate_memory(cfg.model, cfg.parallel, 8, 8192)
+    assert tp8.weights_gib < tp4.weights_gib < 2 * tp8.weights_gib
+    assert tp4.activations_gib == pytest.approx(2 * tp8.activations_gib, rel=0.05)
