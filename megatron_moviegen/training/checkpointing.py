@@ -101,7 +101,6 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        (tmp / "rank_state").mkdir()
     dist.barrier()
 
     chunks = _unwrap(model_chunks)
@@ -111,7 +110,8 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     state["step"] = step
     state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
-    dist_checkpointing.save(state, str(tmp))
+    dist_checkpointing.save(state, str(tmp))  # into an empty folder: it warns about anything already there
+    (tmp / "rank_state").mkdir(exist_ok=True)
 
     if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_pipeline_model_parallel_rank() == 0 \
             and parallel_state.get_context_parallel_rank() == 0 and loader is not None:

@@ -52,14 +52,19 @@ def _velocity_after_load(rank, world_size, overrides, checkpoint):
     init_model_parallel(cfg.parallel)
     model = build_dit_chunks(cfg)
     load_checkpoint(checkpoint, model)
+    out = _fixed_velocity(cfg, model[0])
+    destroy()
+    return out
+
+
+def _fixed_velocity(cfg, dit) -> torch.Tensor:
+    """The full velocity prediction for one fixed random input."""
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
     text = {n: torch.randn(1, e.max_length, e.width, generator=gen) for n, e in cfg.model.text_encoders.items()}
     masks = {n: torch.ones(1, e.max_length, dtype=torch.bool) for n, e in cfg.model.text_encoders.items()}
     with torch.no_grad():
-        out = model[0].gather_velocity(model[0](latents, torch.tensor([0.3]), text, masks), latents.shape)
-    destroy()
-    return out
+        return dit.gather_velocity(dit(latents, torch.tensor([0.3]), text, masks), latents.shape)
 
 
 def test_a_tp2_checkpoint_loads_at_tp1_with_equal_outputs(tiny_shards, tmp_path):
@@ -141,11 +146,6 @@ def _velocity_from_export(rank, world_size, folder):
     from megatron_moviegen.parallel.initialize import destroy
 
     cfg, model = load_exported_dit(folder)
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
-    text = {n: torch.randn(1, e.max_length, e.width, generator=gen) for n, e in cfg.model.text_encoders.items()}
-    masks = {n: torch.ones(1, e.max_length, dtype=torch.bool) for n, e in cfg.model.text_encoders.items()}
-    with torch.no_grad():
-        out = model[0].gather_velocity(model[0](latents, torch.tensor([0.3]), text, masks), latents.shape)
+    out = _fixed_velocity(cfg, model[0])
     destroy()
     return out
