@@ -27,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from megatron_moviegen.config import load_config, to_yaml
+    from megatron_moviegen.config import ConfigError, load_config, to_yaml
 
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     if args.print_config:
         print(to_yaml(cfg))
         return 0
