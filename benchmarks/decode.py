@@ -30,7 +30,7 @@ from megatron_moviegen.data.decode import (
     PyAVDecoder,
     resize_center_crop,
 )
-from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import ManifestEntry
 from megatron_moviegen.data.preencode import Preencoder
 

@@ -34,12 +34,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megatron_moviegen.config import load_config  # noqa: E402
+from megatron_moviegen.recipes import load_config  # noqa: E402
 from megatron_moviegen.models.dit_layer_specs import resolve_transformer_impl  # noqa: E402
 from megatron_moviegen.models.local_layers import SDPACoreAttention  # noqa: E402
 from megatron_moviegen.parallel.build import build_dit_chunks  # noqa: E402
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed  # noqa: E402
-from megatron_moviegen.utils.flops import dit_training_flops  # noqa: E402
+from megatron_moviegen.planning.flops import dit_training_flops  # noqa: E402
 
 GIB = 2**30
 SINGLE_DEVICE = [
@@ -379,7 +379,7 @@ def release_memory() -> None:
 # ---- one row --------------------------------------------------------------------------------------------
 def block_row(cfg, layers: int, tokens: int, grid, recompute: str, full: StepMeasurement, stem: StepMeasurement,
               peak_tflops: float, spec_peak_tflops: float | None) -> dict:
-    """Per-block figures: (whole model - stem) / layers; FLOPs from utils/flops.py for one block."""
+    """Per-block figures: (whole model - stem) / layers; FLOPs from planning/flops.py for one block."""
     flops = dit_training_flops(cfg.model, tokens, num_layers=1)
     per_block = lambda a, b: (a - b) / layers  # noqa: E731
     ms = per_block(full.ms, stem.ms)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
-from megatron_moviegen.inference.export import check_export_folder, load_exported_dit
+from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
 

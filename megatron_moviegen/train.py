@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from megatron_moviegen.config import ConfigError, load_config, to_yaml
+    from megatron_moviegen.config import ConfigError, to_yaml
+    from megatron_moviegen.recipes import load_config
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megatron_moviegen.parallel.initialize import init_distributed
-    from megatron_moviegen.training.export import export_training_checkpoint
+    from megatron_moviegen.checkpoints.export import export_training_checkpoint
 
     rank, _ = init_distributed()
     out = export_training_checkpoint(args.checkpoint, args.out, args.overrides)

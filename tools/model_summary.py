@@ -19,8 +19,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    from megatron_moviegen.config import load_config
-    from megatron_moviegen.models.summary import format_table, summarize
+    from megatron_moviegen.recipes import load_config
+    from megatron_moviegen.planning.summary import format_table, summarize
 
     summary = summarize(load_config(args.config, args.overrides), args.frames, args.height, args.width)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))

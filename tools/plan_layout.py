@@ -19,9 +19,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from megatron_moviegen.config import load_config
-    from megatron_moviegen.utils.flops import dit_training_flops, num_tokens
-    from megatron_moviegen.utils.memory import estimate_memory, format_estimate
+    from megatron_moviegen.recipes import load_config
+    from megatron_moviegen.planning.flops import dit_training_flops, num_tokens
+    from megatron_moviegen.planning.memory import estimate_memory, format_estimate
 
     cfg = load_config(args.config, args.overrides)
     p = cfg.parallel
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
           f"x DP {dp}")
     print(f"  sample {args.frames}x{args.height}x{args.width} -> {tokens:,} tokens, {flops.total:.3e} FLOPs fwd+bwd "
           f"({flops.attention_fraction:.0%} attention)")
-    print(f"per-GPU memory estimate (megatron_moviegen/utils/memory.py):")
+    print(f"per-GPU memory estimate (megatron_moviegen/planning/memory.py):")
     print(format_estimate(est, args.gpu_memory_gb * 1e9 / 2**30))
     return 0
 

@@ -21,7 +21,7 @@ import torch
 
 from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
-from megatron_moviegen.data.encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder, rank_and_world
 
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     data = {}
     if args.config is not None:
-        from megatron_moviegen.config import load_config, to_dict
+        from megatron_moviegen.config import to_dict
+        from megatron_moviegen.recipes import load_config
 
         data = to_dict(load_config(args.config).data)
     data = apply_overrides(data, list(args.set))

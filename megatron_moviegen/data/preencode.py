@@ -30,7 +30,7 @@ from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
 from megatron_moviegen.data.config import BucketConfig, DataConfig
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.data.encoders import TextEncoder, VideoEncoder
+from megatron_moviegen.models.toy_encoders import TextEncoder, VideoEncoder
 from megatron_moviegen.data.manifest import ManifestEntry
 from megatron_moviegen.data.shards import (
     EncodedSample,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from megatron_moviegen.config.schema import apply_overrides, build
-from megatron_moviegen.data.encoders import TinyTextEncoders
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
 from megatron_moviegen.text import TextEncoders, TextEncodersConfig

@@ -1,7 +1,7 @@
 """Text-to-video sampling (SPEC sections 1-3): prompt -> text encoders -> Euler + CFG through the DiT -> TAE
 decode -> H.264 .mp4 (PNG for a 1-frame image) + JSON sidecar.
 
-    cfg, chunks = load_exported_dit("runs/export", layout_overrides)         # inference/export.py
+    cfg, chunks = load_exported_dit("runs/export", layout_overrides)         # checkpoints/export.py
     pipeline = MovieGenPipeline(chunks[0], TAE.from_pretrained("tae/"), TextEncoders(TextEncodersConfig()))
     paths = pipeline.generate(["a corgi surfing"], SamplingConfig(num_frames=128, fps=16), "outputs/")
 

@@ -27,7 +27,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from torch.utils.checkpoint import checkpoint
 
-from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig
+from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.models.embeddings import (
     FactorizedPositionEmbedding,
     PatchEmbed,

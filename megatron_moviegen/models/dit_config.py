@@ -1,4 +1,4 @@
-"""Configuration of the Movie Gen DiT (SPEC section 1) and of how it is laid out over GPUs."""
+"""Configuration of the Movie Gen DiT (SPEC section 1) and the rules between it and its parallel layout."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.parallel.config import ParallelConfig
 
 
 @dataclass
@@ -83,46 +84,6 @@ class DiTConfig:
         for name in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")
-
-
-@dataclass
-class ParallelConfig:
-    """Megatron-Core model parallel layout; data parallel size is what remains of the world size."""
-
-    tensor_model_parallel_size: int = 1
-    sequence_parallel: bool = False
-    context_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: Optional[int] = None
-    use_distributed_optimizer: bool = True
-    # "p2p" is TE's ring; the local path all-gathers K/V over the CP group (exact softmax either way).
-    cp_comm_type: Literal["p2p", "all_gather", "a2a"] = "p2p"
-
-    @property
-    def model_parallel_size(self) -> int:
-        return self.tensor_model_parallel_size * self.context_parallel_size * self.pipeline_model_parallel_size
-
-    def validate(self) -> None:
-        for name in ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
-        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
-            raise ConfigError("sequence_parallel: requires tensor_model_parallel_size > 1")
-        vpp = self.virtual_pipeline_model_parallel_size
-        if vpp is not None and (vpp < 1 or self.pipeline_model_parallel_size < 2):
-            raise ConfigError(
-                f"virtual_pipeline_model_parallel_size: got {vpp}; needs >= 1 and pipeline_model_parallel_size > 1"
-            )
-
-    def check_world_size(self, world_size: int) -> int:
-        """Return the data-parallel size, or raise naming the sizes that do not divide."""
-        if world_size % self.model_parallel_size:
-            raise ConfigError(
-                f"parallel: world size {world_size} is not divisible by tensor({self.tensor_model_parallel_size}) x "
-                f"context({self.context_parallel_size}) x pipeline({self.pipeline_model_parallel_size}) = "
-                f"{self.model_parallel_size}"
-            )
-        return world_size // self.model_parallel_size
 
 
 def check_model_fits_layout(model: DiTConfig, parallel: ParallelConfig) -> None:

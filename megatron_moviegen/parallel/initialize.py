@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_moviegen.models.dit_config import ParallelConfig
+from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.parallel.cpu_shim import apply_cpu_shim
 
 

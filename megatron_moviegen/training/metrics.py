@@ -1,7 +1,7 @@
 """Training metrics: loss, grad norm, LR, samples/s, tokens/s, TFLOP/s per GPU and MFU, memory.
 
 MFU = achieved model FLOPs per GPU per second / `train.peak_tflops_per_gpu`, where model FLOPs are the
-forward+backward FLOPs of utils/flops.py, attention included (at 73k tokens it is ~60% of the work).
+forward+backward FLOPs of planning/flops.py, attention included (at 73k tokens it is ~60% of the work).
 Activation recomputation is not counted as useful work. Logs go to the console (rank 0), a JSONL file beside
 the checkpoints, TensorBoard when `train.tensorboard_dir` is set and W&B when `train.wandb_project` is set.
 """
@@ -21,7 +21,7 @@ from megatron.core import parallel_state
 from tqdm import tqdm
 
 from megatron_moviegen.data.loader import Batch
-from megatron_moviegen.utils.flops import dit_training_flops
+from megatron_moviegen.planning.flops import dit_training_flops
 
 log = logging.getLogger("megatron_moviegen.train")
 

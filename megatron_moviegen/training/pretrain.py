@@ -22,7 +22,8 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_moviegen.config import ConfigError, MovieGenConfig
+from megatron_moviegen.config import ConfigError
+from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.loader import Batch, LatentLoader
 from megatron_moviegen.diffusion.flow_matching import (
     interpolate,
@@ -32,10 +33,10 @@ from megatron_moviegen.diffusion.flow_matching import (
 )
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
-from megatron_moviegen.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_moviegen.checkpoints.distributed import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
 from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
-from megatron_moviegen.training.stages import load_weights_for_new_stage
+from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 
 log = logging.getLogger("megatron_moviegen.train")
 

@@ -1,8 +1,9 @@
 import pytest
 
-from megatron_moviegen.config import ConfigError, available_recipes, load_config, to_yaml
+from megatron_moviegen.config import ConfigError, to_yaml
+from megatron_moviegen.recipes import available_recipes, load_config
 from megatron_moviegen.config.schema import build
-from megatron_moviegen.config import MovieGenConfig
+from megatron_moviegen.recipes import MovieGenConfig
 
 
 def test_recipes_load_and_round_trip_through_yaml():

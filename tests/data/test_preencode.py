@@ -10,7 +10,7 @@ import torch
 
 from megatron_moviegen.config.schema import ConfigError, build
 from megatron_moviegen.data.config import DataConfig
-from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder, rank_and_world

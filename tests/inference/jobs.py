@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from megatron_moviegen.config import load_config
-from megatron_moviegen.data.encoders import TinyTextEncoders
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.generate import main
-from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig, export_dit, load_exported_dit
+from megatron_moviegen.checkpoints.export import load_exported_dit
+from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed

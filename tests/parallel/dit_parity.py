@@ -15,10 +15,10 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_moviegen.config import load_config
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
-from megatron_moviegen.parallel.weights import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
 
 NUM_MICROBATCHES = 2
 LATENT_SHAPE = (1, 16, 2, 8, 8)  # per microbatch: 2 x 4 x 4 = 32 tokens

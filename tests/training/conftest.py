@@ -5,7 +5,7 @@ import pytest
 
 from megatron_moviegen.config.schema import build
 from megatron_moviegen.data.config import DataConfig
-from megatron_moviegen.data.encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder
 

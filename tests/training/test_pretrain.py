@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from megatron_moviegen.config import ConfigError, load_config
+from megatron_moviegen.config import ConfigError
+from megatron_moviegen.recipes import load_config
 from tests.harness import run_distributed
 
 TP2_SP = ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"]
@@ -46,7 +47,7 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tmp_path
 def _velocity_after_load(rank, world_size, overrides, checkpoint):
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-    from megatron_moviegen.training.checkpointing import load_checkpoint
+    from megatron_moviegen.checkpoints.distributed import load_checkpoint
 
     cfg = load_config("tiny", overrides)
     init_model_parallel(cfg.parallel)
@@ -124,7 +125,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(tiny_shards,
 
 
 def _export(rank, world_size, checkpoint, out):
-    from megatron_moviegen.training.export import export_training_checkpoint
+    from megatron_moviegen.checkpoints.export import export_training_checkpoint
 
     export_training_checkpoint(checkpoint, out)
 
@@ -142,7 +143,7 @@ def test_export_of_a_tp2_checkpoint_generates_the_same_velocity(tiny_shards, tmp
 
 
 def _velocity_from_export(rank, world_size, folder):
-    from megatron_moviegen.inference.export import load_exported_dit
+    from megatron_moviegen.checkpoints.export import load_exported_dit
     from megatron_moviegen.parallel.initialize import destroy
 
     cfg, model = load_exported_dit(folder)

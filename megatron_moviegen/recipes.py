@@ -20,11 +20,12 @@ from megatron_moviegen.config.schema import (
 )
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
-from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig, check_model_fits_layout
+from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
+from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.text.config import TextEncodersConfig
 from megatron_moviegen.training.config import TrainConfig
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
+RECIPE_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass

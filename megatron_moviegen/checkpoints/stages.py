@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedTensor
 
-from megatron_moviegen.training.checkpointing import read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.distributed import read_saved_config, resolve_checkpoint
 
 POSITION_TABLES = {"t": "max_frames", "h": "max_height", "w": "max_width"}
 

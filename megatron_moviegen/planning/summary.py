@@ -9,9 +9,9 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
-from megatron_moviegen.config import MovieGenConfig
-from megatron_moviegen.models.dit_config import ParallelConfig
-from megatron_moviegen.utils.flops import dit_training_flops, latent_shape, num_tokens
+from megatron_moviegen.recipes import MovieGenConfig
+from megatron_moviegen.parallel.config import ParallelConfig
+from megatron_moviegen.planning.flops import dit_training_flops, latent_shape, num_tokens
 
 COMPONENTS = OrderedDict(
     patch_embed="patch embedding (3D conv)",

@@ -1,7 +1,7 @@
 import pytest
 
-from megatron_moviegen.config import load_config
-from megatron_moviegen.utils.memory import estimate_memory, parameter_counts
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.planning.memory import estimate_memory, parameter_counts
 
 H100_GIB = 80e9 / 2**30
 
@@ -13,7 +13,7 @@ def test_closed_form_parameter_count_matches_the_built_model():
 
 
 def test_closed_form_matches_the_tiny_model_parameter_by_parameter():
-    from megatron_moviegen.models.summary import summarize
+    from megatron_moviegen.planning.summary import summarize
 
     cfg = load_config("tiny")
     blocks, replicated = parameter_counts(cfg.model)

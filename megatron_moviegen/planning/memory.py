@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_moviegen.models.dit_config import DiTConfig, ParallelConfig
+from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.parallel.config import ParallelConfig
 
 GIB = 2**30
 ACT_BYTES_PER_TOKEN_DIM = 46  # per block, bf16, SP + flash attention (see module docstring)

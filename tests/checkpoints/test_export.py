@@ -2,9 +2,10 @@
 
 import pytest
 
-from megatron_moviegen.config import load_config, to_yaml
+from megatron_moviegen.config import to_yaml
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.config.schema import ConfigError
-from megatron_moviegen.inference.export import check_export_folder, read_exported_config
+from megatron_moviegen.checkpoints.export import check_export_folder, read_exported_config
 
 
 def test_missing_folder_and_missing_files_are_named(tmp_path):

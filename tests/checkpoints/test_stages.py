@@ -2,8 +2,8 @@
 
 import torch
 
-from megatron_moviegen.config import load_config
-from megatron_moviegen.training.stages import grow_table
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.checkpoints.stages import grow_table
 from tests.harness import run_distributed
 
 
@@ -19,9 +19,9 @@ def test_grown_table_keeps_its_endpoints_and_interpolates_between():
 def _stage(rank, world_size, old_dir):
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-    from megatron_moviegen.training.checkpointing import save_checkpoint
+    from megatron_moviegen.checkpoints.distributed import save_checkpoint
     from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
-    from megatron_moviegen.training.stages import load_weights_for_new_stage
+    from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 
     small = load_config("tiny", ["model.max_height=8", "model.max_width=8"])
     init_model_parallel(small.parallel)

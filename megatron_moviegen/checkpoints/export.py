@@ -1,4 +1,5 @@
-"""The exported DiT: one folder that loads under any TP/CP/PP layout.
+"""The exported DiT: one folder that loads under any TP/CP/PP layout, and the conversion of a training checkpoint
+(Megatron dist checkpoint, any TP/PP layout) into it.
 
     folder/config.yaml         a MovieGenConfig (`megatron_moviegen.config.to_yaml`), parallel section at defaults
     folder/model.safetensors   whole tensors keyed by global parameter names (`layers.<i>.` over all stages)
@@ -18,12 +19,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from safetensors.torch import load_file, save_file
 
-from megatron_moviegen.config import MovieGenConfig, to_yaml
+from megatron_moviegen.config import to_yaml
+from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.parallel.build import build_dit_chunks
-from megatron_moviegen.parallel.initialize import init_model_parallel
-from megatron_moviegen.parallel.weights import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
 from megatron_moviegen.utils.video_io import atomic_output
 
 CONFIG_NAME = "config.yaml"
@@ -103,3 +106,18 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
         with atomic_output(folder / WEIGHTS_NAME) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in sorted(merged.items())}, str(tmp))
     dist.barrier()
+
+
+def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None
+                               ) -> Path:
+    """Load `checkpoint` under the current process group (TP=PP=1 unless overridden) and write `out`."""
+    step_dir = resolve_checkpoint(checkpoint)
+    saved = read_saved_config(step_dir)
+    saved["parallel"] = {}
+    cfg = build(MovieGenConfig, apply_overrides(saved, list(layout_overrides or [])))
+    init_model_parallel(cfg.parallel)
+    chunks = build_dit_chunks(cfg)
+    step = load_checkpoint(step_dir, chunks, restore_rng=False)
+    export_dit(chunks, out, name=f"{cfg.name}@{step}")
+    destroy()
+    return Path(out)

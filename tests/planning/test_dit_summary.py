@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from megatron_moviegen.config import load_config
-from megatron_moviegen.models.summary import summarize
-from megatron_moviegen.utils.flops import dit_training_flops
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.planning.summary import summarize
+from megatron_moviegen.planning.flops import dit_training_flops
 
 
 @pytest.fixture(scope="module")
