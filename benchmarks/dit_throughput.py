@@ -35,10 +35,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_moviegen.recipes import load_config  # noqa: E402
-from megatron_moviegen.models.dit_layer_specs import resolve_transformer_impl  # noqa: E402
 from megatron_moviegen.models.local_layers import SDPACoreAttention  # noqa: E402
 from megatron_moviegen.parallel.build import build_dit_chunks  # noqa: E402
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed  # noqa: E402
+from megatron_moviegen.runtime import Runtime  # noqa: E402
+from megatron_moviegen.conditioning import Conditioning, Tokens  # noqa: E402
 from megatron_moviegen.planning.flops import dit_training_flops  # noqa: E402
 
 GIB = 2**30
@@ -281,9 +282,11 @@ def build_model(args, recompute: str, dtype: torch.dtype):
         f"model.recompute_granularity={'full' if recompute == 'full' else 'null'}",
     ] + args.override
     cfg = load_config(args.recipe, overrides)
-    init_model_parallel(cfg.parallel)
-    set_seed(1234)
-    dit = build_dit_chunks(cfg, params_dtype=dtype)[0]
+    runtime = Runtime.resolve("bf16" if dtype == torch.bfloat16 else "fp32", cfg.model.transformer_impl,
+                              distributed_optimizer=False)
+    init_model_parallel(cfg.parallel, runtime)
+    set_seed(1234, runtime)
+    dit = build_dit_chunks(cfg, runtime)[0]
     if dtype == torch.float32:
         return dit, dit, cfg
     from megatron.core.transformer.module import Float16Module
@@ -301,12 +304,12 @@ def make_inputs(cfg, grid: tuple[int, int, int]) -> dict:
     """Random latents of the given token grid, flow times and text embeddings with every token real."""
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(*latent_shape(cfg, grid), generator=gen)  # (b, c, t, h, w)
-    encoders = cfg.model.text_encoders.items()
-    text = {name: torch.randn(1, enc.max_length, enc.width, generator=gen) for name, enc in encoders}
-    masks = {name: torch.ones(1, enc.max_length, dtype=torch.bool) for name, enc in encoders}
+    tokens = {name: Tokens(torch.randn(1, source.max_length, source.width, generator=gen),
+                           torch.ones(1, source.max_length, dtype=torch.bool))
+              for name, source in cfg.model.context_sources().items()}
     to = lambda x: x.to(device())  # noqa: E731
     return dict(latents=to(latents), timesteps=to(torch.rand(1, generator=gen)),
-                text={k: to(v) for k, v in text.items()}, masks={k: to(v) for k, v in masks.items()})
+                conditioning=Conditioning(tokens).to(device()))
 
 
 @contextlib.contextmanager
@@ -337,7 +340,7 @@ def measure_step(model, inputs: dict, scopes: AttentionScopes, args) -> StepMeas
 
     def step():
         nonlocal grad_out
-        out = model(inputs["latents"], inputs["timesteps"], inputs["text"], inputs["masks"])
+        out = model(inputs["latents"], inputs["timesteps"], inputs["conditioning"])
         if grad_out is None:
             grad_out = torch.randn_like(out)
         out.backward(grad_out)
@@ -450,9 +453,9 @@ def environment(args, dtype, peak_tflops: float, cfg) -> dict:
     return {
         "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "megatron_core": package_info.__version__, "recipe": args.recipe,
-        "impl": resolve_transformer_impl(cfg.model.transformer_impl), "layers": args.layers, "dtype": str(dtype),
+        "impl": Runtime.resolve(transformer_impl=cfg.model.transformer_impl).transformer_impl, "layers": args.layers, "dtype": str(dtype),
         "hidden": cfg.model.hidden_size, "heads": cfg.model.num_attention_heads, "head_dim": cfg.model.head_dim,
-        "ffn": cfg.model.ffn_hidden_size, "text_tokens": cfg.model.text_length,
+        "ffn": cfg.model.ffn_hidden_size, "text_tokens": cfg.model.context_length,
         "peak_matmul_tflops": peak_tflops, "peak_matmul_size": args.peak_size,
         "spec_peak_tflops": args.spec_peak_tflops,
         "memory": MemoryMeter.kind, "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",

@@ -33,6 +33,7 @@ from megatron_moviegen.inference.components import TINY, load_tae, load_text_enc
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.runtime import Runtime
 
 
 DEFAULTS = SamplingConfig()
@@ -109,12 +110,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     check_export_folder(args.checkpoint)
     started_distributed = not dist.is_initialized()
     _single_process_port()
-    on_gpu = torch.cuda.is_available()
+    runtime = Runtime.resolve(distributed_optimizer=False)
     try:
-        cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, torch.bfloat16 if on_gpu else torch.float32)
-        dit = chunks[0].to(torch.bfloat16) if on_gpu else chunks[0]
+        cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
+        dit = chunks[0]
         rank = dist.get_rank()
-        device = next(dit.parameters()).device
+        device = runtime.device
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
         tae = load_tae(args.tae, device)
         pipeline = MovieGenPipeline(dit, tae, text_encoders, sources={

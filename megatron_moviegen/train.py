@@ -41,14 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     from megatron_moviegen.parallel.initialize import init_distributed
+    from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.training.pretrain import pretrain
 
-    rank, world = init_distributed()
+    runtime = Runtime.for_config(cfg)
+    rank, world = init_distributed(runtime)
     cfg.parallel.check_world_size(world)
     if rank == 0:
         print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
     try:
-        result = pretrain(cfg)
+        result = pretrain(cfg, runtime)
         if rank == world - 1:
             print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
                   + (" (preempted)" if result.preempted else ""), flush=True)

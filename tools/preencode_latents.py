@@ -23,7 +23,8 @@ from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+from megatron_moviegen.data.preencode import Preencoder
+from megatron_moviegen.runtime import rank_and_world_from_env
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         data["num_workers"] = args.num_workers
     config = build(DataConfig, data)
     entries = read_manifest(args.manifest)[: args.limit]
-    rank, world_size = rank_and_world()
+    rank, world_size = rank_and_world_from_env()
     # A dry run decodes and encodes nothing, so it needs no model weights.
     video_encoder = None if args.dry_run else build_video_encoder(args.tae, args.device)
     text_encoder = None if args.dry_run else build_text_encoder(args)

@@ -25,6 +25,7 @@ from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
 from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
 from megatron_moviegen.utils.video_io import atomic_output
@@ -56,12 +57,14 @@ def read_exported_config(folder: str | Path, overrides: list[str] | None = None)
 
 
 def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None,
-                      params_dtype: torch.dtype = torch.float32) -> tuple[MovieGenConfig, list[MovieGenDiT]]:
+                      runtime: Runtime | None = None) -> tuple[MovieGenConfig, list[MovieGenDiT]]:
     """Build this rank's DiT chunks for the layout in `cfg_overrides` (parallel.* fields; torch.distributed and
-    Megatron's groups are set up here) and fill them from the export folder. Chunks come back in eval mode."""
+    Megatron's groups are set up here) on the runtime's device and dtype (default: CPU fp32), and fill them from
+    the export folder. Chunks come back in eval mode."""
     cfg = read_exported_config(folder, cfg_overrides)
-    init_model_parallel(cfg.parallel)
-    chunks = build_dit_chunks(cfg, params_dtype)
+    runtime = runtime or Runtime.resolve("fp32", "local", cuda=False)
+    init_model_parallel(cfg.parallel, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
     full = load_file(str(Path(folder) / WEIGHTS_NAME))
     for chunk in chunks:
         load_full_state_dict(chunk, full, chunk.layer_offset)
@@ -115,8 +118,9 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     saved = read_saved_config(step_dir)
     saved["parallel"] = {}
     cfg = build(MovieGenConfig, apply_overrides(saved, list(layout_overrides or [])))
-    init_model_parallel(cfg.parallel)
-    chunks = build_dit_chunks(cfg)
+    runtime = Runtime.resolve("fp32", "local", distributed_optimizer=False)
+    init_model_parallel(cfg.parallel, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)
     export_dit(chunks, out, name=f"{cfg.name}@{step}")
     destroy()

@@ -23,15 +23,15 @@ from typing import Iterator
 
 import torch
 
+from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.config.schema import ConfigError
-from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.data.shards import INDEX_DIR, META_DIR, ShardIndex, decode_sample, read_member
 
 
 @dataclass
 class Batch:
     latents: torch.Tensor  # (b, 16, t, h, w), the stored dtype (bf16 by default)
-    text: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (b, n, d), mask (b, n) bool)
+    conditioning: Conditioning  # batch-first
     bucket: str
     is_image: bool
     keys: list[str]
@@ -57,11 +57,6 @@ class LatentLoader:
             raise ConfigError(f"{self.dir}: {len(self.shards)} shards cannot be split over {dp_size} data-parallel ranks")
         self.epoch, self.step = 0, 0
         self._plan: tuple[int, list[list[SampleRef]]] | None = None
-
-    @classmethod
-    def from_config(cls, config: DataConfig, dp_rank: int = 0, dp_size: int = 1) -> "LatentLoader":
-        config.validate()
-        return cls(config.shards, config.batch_size, config.image_fraction, config.seed, dp_rank, dp_size)
 
     def _read_indexes(self) -> dict[str, list[dict]]:
         info_path = self.dir / META_DIR / ".info.json"
@@ -123,11 +118,9 @@ class LatentLoader:
 
     def read_batch(self, refs: list[SampleRef]) -> Batch:
         samples = [self.read_sample(shard, record) for shard, record in refs]
-        names = sorted(samples[0]["text"])
         return Batch(
             latents=torch.stack([s["latents"] for s in samples]),
-            text={n: (torch.stack([s["text"][n][0] for s in samples]), torch.stack([s["text"][n][1] for s in samples]))
-                  for n in names},
+            conditioning=Conditioning.stack([s["conditioning"] for s in samples]),
             bucket=refs[0][1]["bucket"],
             is_image=refs[0][1]["is_image"],
             keys=[record["key"] for _, record in refs],

@@ -20,18 +20,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Union
 
 import av
 import torch
 from tqdm import tqdm
 
+from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
 from megatron_moviegen.data.config import BucketConfig, DataConfig
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.models.toy_encoders import TextEncoder, VideoEncoder
 from megatron_moviegen.data.manifest import ManifestEntry
+from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.data.shards import (
     EncodedSample,
     ShardIndex,
@@ -46,6 +47,13 @@ from megatron_moviegen.data.shards import (
 )
 
 INPUT_ERRORS = (DecodeError, OSError, ValueError, av.FFmpegError)
+
+
+class VideoEncoder(Protocol):
+    """What pre-encoding needs of the TAE (`models.toy_encoders.TAEVideoEncoder`, or a toy one)."""
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, t, h, w) in [-1, 1] -> latents (b, 16, ceil(t/8), h/8, w/8)."""
 
 
 @dataclass
@@ -85,14 +93,6 @@ class RunSummary:
     @property
     def samples_per_s(self) -> float:
         return self.encoded / self.seconds if self.seconds else 0.0
-
-
-def rank_and_world() -> tuple[int, int]:
-    """From torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_NTASKS); (0, 1) otherwise."""
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and world_var in os.environ:
-            return int(os.environ[rank_var]), int(os.environ[world_var])
-    return 0, 1
 
 
 def file_sha256(path: str | Path) -> str:
@@ -160,11 +160,6 @@ def ordered_map(fn: Callable, items: Iterable, num_workers: int, bucket_config: 
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def prompt_for(caption: str, fps: float, is_image: bool) -> str:
-    """The text the encoders see: videos are prefixed with "FPS-<n>" (SPEC section 1, FPS control)."""
-    return caption if is_image else f"FPS-{round(fps)} {caption}"
 
 
 class Preencoder:
@@ -259,13 +254,13 @@ class Preencoder:
         """One bucket's decoded samples -> latents and text embeddings, moved to CPU."""
         pixels = torch.stack([to_unit_range(p.frames) for p in batch]).to(self.device)  # (b, 3, t, h, w)
         latents = self.video_encoder.encode(pixels).cpu()  # (b, 16, t', h', w')
-        prompts = [prompt_for(p.entry.caption, p.fps, p.bucket.is_image) for p in batch]
-        text = {name: (emb.cpu(), mask.cpu()) for name, (emb, mask) in self.text_encoder.encode(prompts).items()}
+        prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
+        conditioning = Conditioning(tokens=self.text_encoder.encode(prompts)).to("cpu")
         return [
             EncodedSample(
                 key=sample_key(p.index),
                 latents=latents[i],
-                text={name: (emb[i], mask[i]) for name, (emb, mask) in text.items()},
+                conditioning=conditioning.map(lambda tensor, i=i: tensor[i]),
                 meta={
                     "caption": p.entry.caption,
                     "prompt": prompts[i],

@@ -1,12 +1,13 @@
 """The on-disk format of pre-encoded samples: WebDataset tar shards plus the description energon reads.
 
-    <out>/shard-000012.tar            # WebDataset: members <key>.latents.safetensors, <key>.text.safetensors, <key>.json
+    <out>/shard-000012.tar            # WebDataset: <key>.latents.safetensors, <key>.conditioning.safetensors, <key>.json
     <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
     <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
     <out>/rejects.jsonl, summary.json
 
-Per sample: latents (c, t, h, w) bf16; per text encoder `<name>.embeddings` (n, d) bf16 and `<name>.mask`
-(n,) bool; the JSON holds caption, prompt, fps, frame count, bucket, source path and the source's sha256.
+Per sample: latents (c, t, h, w) bf16; its `Conditioning` (conditioning.py: per token source
+`tokens.<name>.embeddings` (n, d) bf16 and `tokens.<name>.mask` (n,) bool; `channels`, `task` when present);
+the JSON holds caption, prompt, fps, frame count, bucket, source path and the source's sha256.
 Every file is written under a temporary name and renamed into place.
 """
 
@@ -27,10 +28,13 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from megatron_moviegen.conditioning import Conditioning
+
 INDEX_DIR = "index"
 META_DIR = ".nv-meta"
 FINALIZE_LOCK = ".finalize.lock"
-MEMBERS = ("latents.safetensors", "text.safetensors", "json")
+MEMBERS = ("latents.safetensors", "conditioning.safetensors", "json")
+LEGACY_TEXT_MEMBER = "text.safetensors"  # shards written before the Conditioning type: `<name>.embeddings/.mask`
 
 
 def shard_name(shard_id: int) -> str:
@@ -56,17 +60,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 class EncodedSample:
     key: str
     latents: torch.Tensor  # (c, t, h, w)
-    text: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (n, d), mask (n,))
+    conditioning: Conditioning  # one sample's (no batch dim)
     meta: dict[str, Any]  # caption, prompt, fps, num_frames, bucket, is_image, source, sha256
 
     def members(self, latent_dtype: torch.dtype) -> dict[str, bytes]:
-        text = {}
-        for name, (embeddings, mask) in self.text.items():
-            text[f"{name}.embeddings"] = embeddings.to(latent_dtype).contiguous()
-            text[f"{name}.mask"] = mask.to(torch.bool).contiguous()
         return {
             "latents.safetensors": save_safetensors({"latents": self.latents.to(latent_dtype).contiguous()}),
-            "text.safetensors": save_safetensors(text),
+            "conditioning.safetensors": save_safetensors(self.conditioning.to_tensors(latent_dtype)),
             "json": json.dumps(self.meta, sort_keys=True).encode(),
         }
 
@@ -140,12 +140,15 @@ def read_member(shard_path: Path, offset: int, size: int) -> bytes:
 
 
 def decode_sample(members: dict[str, bytes]) -> dict[str, Any]:
-    """Raw member bytes -> {"latents": (c, t, h, w), "text": {name: (emb (n, d), mask (n,))}, "meta": {...}}."""
-    tensors = load_safetensors(members["text.safetensors"])
-    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    """Raw member bytes -> {"latents": (c, t, h, w), "conditioning": Conditioning (no batch dim), "meta": {...}}."""
+    if LEGACY_TEXT_MEMBER in members:
+        tensors = load_safetensors(members[LEGACY_TEXT_MEMBER])
+        tensors = {f"tokens.{key}": value for key, value in tensors.items()}
+    else:
+        tensors = load_safetensors(members["conditioning.safetensors"])
     return {
         "latents": load_safetensors(members["latents.safetensors"])["latents"],
-        "text": {n: (tensors[f"{n}.embeddings"], tensors[f"{n}.mask"]) for n in names},
+        "conditioning": Conditioning.from_tensors(tensors),
         "meta": json.loads(members["json"]),
     }
 

@@ -6,6 +6,7 @@ from megatron_moviegen.diffusion.flow_matching import (
     interpolate,
     sample_text_keep_mask,
     sample_timesteps,
+    sequence_flow_matching_loss,
     velocity_target,
 )
 from megatron_moviegen.diffusion.sampling import (
@@ -25,5 +26,6 @@ __all__ = [
     "linear_schedule",
     "sample_text_keep_mask",
     "sample_timesteps",
+    "sequence_flow_matching_loss",
     "velocity_target",
 ]

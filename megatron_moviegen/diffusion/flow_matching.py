@@ -9,11 +9,14 @@ t = 0 is pure noise and t = 1 is data (up to sigma_min * X_0), as in the sampler
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 
 from megatron_moviegen.config.schema import ConfigError
+
+if TYPE_CHECKING:
+    from megatron_moviegen.parallel.layout import SequenceLayout
 
 SIGMA_MIN = 1e-5
 
@@ -110,3 +113,16 @@ def sample_text_keep_mask(batch: int, drop_prob: float, generator: Optional[torc
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob: got {drop_prob}, must be in [0, 1]")
     return torch.rand(batch, generator=generator, device=device) >= drop_prob
+
+
+def sequence_flow_matching_loss(velocity_tokens: torch.Tensor, target_tokens: torch.Tensor,
+                                layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE of this rank's predicted velocity tokens (s_local, b, e) against its tokens of the whole target
+    (s, b, e), normalised by the whole target's element count, so the partial losses of the ranks that share a
+    sequence add up to the mean. Returns (this rank's partial loss for backward, the whole mean for reporting)."""
+    local_target = layout.split(target_tokens)
+    if velocity_tokens.shape != local_target.shape:
+        raise ValueError(f"velocity tokens {tuple(velocity_tokens.shape)} do not match this rank's target tokens "
+                         f"{tuple(local_target.shape)}")
+    loss = (velocity_tokens.float() - local_target.float()).pow(2).sum() / target_tokens.numel()
+    return loss, layout.sum_partials(loss)

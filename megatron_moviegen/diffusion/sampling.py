@@ -16,8 +16,10 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from megatron_moviegen.conditioning import Conditioning
+
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
-Conditioning = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+ModelConditioning = Union[Conditioning, torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 def linear_schedule(num_steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -91,8 +93,11 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, timesteps: Union[
     return x
 
 
-def _concat_batch(cond: Conditioning, uncond: Conditioning) -> Conditioning:
-    """[cond; uncond] along the batch dimension, for a tensor or a dict of tensors with the same keys."""
+def _concat_batch(cond: ModelConditioning, uncond: ModelConditioning) -> ModelConditioning:
+    """[cond; uncond] along the batch dimension, for a Conditioning, a tensor or a dict of tensors with the same
+    keys."""
+    if isinstance(cond, Conditioning) and isinstance(uncond, Conditioning):
+        return Conditioning.cat([cond, uncond])
     if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
         if cond.shape != uncond.shape:
             raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond shape {tuple(cond.shape)}")
@@ -106,8 +111,8 @@ def _concat_batch(cond: Conditioning, uncond: Conditioning) -> Conditioning:
     )
 
 
-def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, Conditioning], torch.Tensor],
-                             cond: Conditioning, uncond: Conditioning, scale: float) -> VelocityFn:
+def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor],
+                             cond: ModelConditioning, uncond: ModelConditioning, scale: float) -> VelocityFn:
     """A velocity field v = v_uncond + scale * (v_cond - v_uncond) from one batched model call per step.
 
     model_fn(x, t, conditioning) -> velocity, called on x: (2b, ...) = [x; x] with conditioning [cond; uncond]

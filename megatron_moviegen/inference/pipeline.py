@@ -15,26 +15,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
 from megatron_moviegen.models.dit import MovieGenDiT
+from megatron_moviegen.models.embeddings import unpatchify_tokens
 from megatron_moviegen.models.tae import TAE
-from megatron_moviegen.text.prompts import add_fps_prefix
+from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.utils.video_io import write_image, write_json, write_video
-
-TextEmbeddings = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (b, n, d), mask (b, n) bool)
-
-
-class TextEncoder(Protocol):
-    def encode(self, prompts: list[str]) -> TextEmbeddings:
-        """b prompts -> {encoder name: (embeddings (b, n, d), mask (b, n) bool, True = real token)}."""
-
 
 @dataclass
 class SamplingConfig:
@@ -114,43 +108,47 @@ class MovieGenPipeline:
         return batch, model.latent_channels, latent_t, height // k, width // k
 
     # ---- text --------------------------------------------------------------------------------------------
-    def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str]) -> tuple[TextEmbeddings, ...]:
+    def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str]
+                         ) -> tuple[Conditioning, Conditioning]:
         if self.text_encoders is None:
             raise ValueError("text_encoders: rank 0 needs text encoders to encode the prompts")
-        cond = self.text_encoders.encode(prompts)
+        cond = Conditioning(tokens=self.text_encoders.encode(prompts))
         if negative_prompt is None:
-            uncond = {name: (torch.zeros_like(e), torch.zeros_like(m)) for name, (e, m) in cond.items()}
+            uncond = cond.without_tokens()  # as when text is dropped in training
         else:
-            uncond = self.text_encoders.encode([negative_prompt] * len(prompts))
-        return tuple({n: (e.cpu(), m.cpu()) for n, (e, m) in text.items()} for text in (cond, uncond))
+            uncond = Conditioning(tokens=self.text_encoders.encode([negative_prompt] * len(prompts)))
+        return cond.to("cpu"), uncond.to("cpu")
 
-    def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None) -> tuple[dict, dict]:
-        """Prompts (FPS prefix already applied) -> (cond, uncond), each {"embeddings": {name: (b, n, d)},
-        "masks": {name: (b, n) bool}} on the DiT's device. Encoded on rank 0 and broadcast."""
+    def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None
+                    ) -> tuple[Conditioning, Conditioning]:
+        """Prompts (FPS rule already applied) -> (cond, uncond) on the DiT's device. Encoded on rank 0 and
+        broadcast (as CPU tensors: the object broadcast pickles them)."""
         payload = [self._encode_on_rank0(prompts, negative_prompt) if self.rank == 0 else None]
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast_object_list(payload, src=0)
-
-        def to_device(text: TextEmbeddings) -> dict:
-            return {"embeddings": {n: e.to(self.device) for n, (e, _) in text.items()},
-                    "masks": {n: m.to(self.device, torch.bool) for n, (_, m) in text.items()}}
-
+            dist.broadcast_object_list(payload, src=0, device=self.device)
         cond, uncond = payload[0]
-        return to_device(cond), to_device(uncond)
+        return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
 
     # ---- sampling ----------------------------------------------------------------------------------------
-    def _velocity(self, latents: torch.Tensor, t: float, text: dict) -> torch.Tensor:
+    def _velocity(self, latents: torch.Tensor, t: float, conditioning: Conditioning) -> torch.Tensor:
         """(b, 16, t, h, w) float32 X_t, flow time t -> the full velocity (b, 16, t, h, w) float32 on every rank."""
         timesteps = torch.full((latents.shape[0],), t, dtype=torch.float32, device=self.device)  # (b,)
-        tokens = self.dit(latents.to(self.dtype), timesteps, text["embeddings"], text["masks"])
-        return self.dit.gather_velocity(tokens, latents.shape).float()
+        tokens = self.dit(latents.to(self.dtype), timesteps, conditioning)  # (s_local, b, 16 * patch)
+        whole = self.dit.layout.gather(tokens)  # (s, b, 16 * patch)
+        grid = self.dit.token_grid(latents.shape)
+        return unpatchify_tokens(whole, grid, tuple(self.dit.dit_config.patch_size)).float()
+
+    @staticmethod
+    def text_prompt(prompt: str, cfg: SamplingConfig) -> str:
+        """What the text encoders see: the FPS rule of pre-encoding (no prefix for a 1-frame image)."""
+        return conditioning_prompt(prompt, None if cfg.num_frames == 1 else cfg.fps)
 
     @torch.inference_mode()
     def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> torch.Tensor:
         """Raw prompts -> clean latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
         cfg.validate()
         shape = self.latent_shape(len(prompts), cfg.num_frames, cfg.height, cfg.width)
-        cond, uncond = self.encode_text([add_fps_prefix(p, cfg.fps) for p in prompts], cfg.negative_prompt)
+        cond, uncond = self.encode_text([self.text_prompt(p, cfg) for p in prompts], cfg.negative_prompt)
         generator = torch.Generator().manual_seed(cfg.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)  # X_0
         velocity_fn = classifier_free_guidance(self._velocity, cond, uncond, cfg.guidance_scale)
@@ -194,7 +192,7 @@ class MovieGenPipeline:
         write_json(path.with_suffix(".json"), {
             "file": path.name,
             "prompt": prompt,
-            "text_prompt": add_fps_prefix(prompt, cfg.fps),
+            "text_prompt": self.text_prompt(prompt, cfg),
             "negative_prompt": cfg.negative_prompt,
             "seed": cfg.seed,
             "steps": cfg.steps,

@@ -2,15 +2,15 @@
 
 Data path of one forward, Megatron layout (s, b, d):
 
-    latents (b, 16, t, h, w) --PatchEmbed--> tokens (s, b, d), s = t * h/2 * w/2
-        -> this rank's chunk: context-parallel chunk, then (with sequence parallelism) the TP chunk
-    t (b,) --TimestepEmbedding--> time embedding (b, d), shared modulation (b, 6, d)
-    text {encoder: (b, n_i, d_i)} --TextProjection--> context (n, b, d), mask (b, n)
+    [latents (b, 16, t, h, w); conditioning.channels] --PatchEmbed--> tokens (s, b, d), s = t * h/2 * w/2
+        -> this rank's chunk (SequenceLayout.split: context-parallel chunk, then the sequence-parallel chunk)
+    t (b,), conditioning.task --TimestepEmbedding--> time embedding (b, d), shared modulation (b, 6, d)
+    conditioning.tokens {source: (b, n_i, d_i)} --ContextProjection--> context (n, b, d), mask (b, n)
     N x MovieGenDiTLayer(tokens + pos, modulation, context)
     --Unpatchify--> velocity tokens (s_local, b, 16 * 1*2*2)
 
-The model never gathers its sequence during training: the flow-matching loss is computed on the local
-chunk (`local_target`). `gather_velocity` assembles the full prediction for sampling.
+The model never gathers its sequence: the flow-matching loss splits its target with the same layout, and the
+sampler gathers the prediction with it (parallel/layout.py).
 With pipeline parallelism the conditioning modules live on every stage (marked `pipeline_parallel`, their
 grads all-reduced over PP by Megatron's finalize_model_grads, config.has_cond_embedder).
 """
@@ -27,24 +27,25 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from torch.utils.checkpoint import checkpoint
 
+from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.models.dit_config import DiTConfig
-from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.models.embeddings import (
+    ContextProjection,
     FactorizedPositionEmbedding,
     PatchEmbed,
-    TextProjection,
     TimestepEmbedding,
     Unpatchify,
-    mark_replicated,
-    patchify_target,
+    mark_replicated_on_every_stage,
 )
-from megatron_moviegen.parallel.context_parallel import gather_sequence_for_replicated_use, local_chunk
+from megatron_moviegen.parallel.config import ParallelConfig
+from megatron_moviegen.parallel.layout import SequenceLayout
+from megatron_moviegen.runtime import Runtime
 
 
-def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, params_dtype: torch.dtype = torch.float32,
-                             **overrides) -> TransformerConfig:
+def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime: Runtime, **overrides
+                             ) -> TransformerConfig:
     """Megatron TransformerConfig for the DiT blocks."""
-    on_gpu = torch.cuda.is_available()
+    params_dtype = runtime.params_dtype
     kwargs = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -70,7 +71,7 @@ def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, params_
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=not runtime.on_gpu,
         perform_initialization=True,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
@@ -96,12 +97,14 @@ class MovieGenDiT(MegatronModule):
         config: TransformerConfig,
         dit_config: DiTConfig,
         layer_spec: ModuleSpec,
+        layout: SequenceLayout,
         pre_process: bool = True,
         post_process: bool = True,
         vp_stage: int | None = None,
     ):
         super().__init__(config=config)
         self.dit_config = dit_config
+        self.layout = layout
         self.pre_process, self.post_process, self.vp_stage = pre_process, post_process, vp_stage
         self.input_tensor: torch.Tensor | None = None
         self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
@@ -112,16 +115,18 @@ class MovieGenDiT(MegatronModule):
             for param in self.patch_embed.parameters():
                 param.sequence_parallel = True  # applied to this rank's SP chunk of tokens
         self.time_embedding = TimestepEmbedding(dit_config)
-        self.text_projection = TextProjection(dit_config)
+        self.context_projection = ContextProjection(dit_config)
         self.position_embedding = FactorizedPositionEmbedding(dit_config, std=dit_config.init_std)
-        mark_replicated(self.time_embedding, acts_on_sequence_shard=True)
-        mark_replicated(self.position_embedding, acts_on_sequence_shard=True)
-        # The text is scattered over TP after projection; the scatter's backward all-gathers whole grads.
-        mark_replicated(self.text_projection, acts_on_sequence_shard=False)
-        self.holds_conditioning_main_copy = parallel_state.get_pipeline_model_parallel_rank() == 0 and not vp_stage
-        for module in (self.time_embedding, self.position_embedding, self.text_projection):
+        mark_replicated_on_every_stage(self.time_embedding, grads_partial_over_tp=True)
+        mark_replicated_on_every_stage(self.position_embedding, grads_partial_over_tp=True)
+        # The context is scattered over TP after projection; the scatter's backward all-gathers whole grads.
+        mark_replicated_on_every_stage(self.context_projection, grads_partial_over_tp=False)
+        # The first pipeline chunk holds the main copy of the modules every chunk replicates: it alone counts
+        # them in the grad norm and is their main replica in checkpoints.
+        self.is_first_chunk = parallel_state.get_pipeline_model_parallel_rank() == 0 and not vp_stage
+        for module in self.replicated_modules():
             for param in module.parameters():
-                param.shared = not self.holds_conditioning_main_copy  # count once in the grad norm
+                param.shared = not self.is_first_chunk
 
         chunks = config.pipeline_model_parallel_size * (config.virtual_pipeline_model_parallel_size or 1)
         num_local = config.num_layers // chunks
@@ -140,61 +145,25 @@ class MovieGenDiT(MegatronModule):
             input_tensor = input_tensor[0]
         self.input_tensor = input_tensor
 
-    # ---- sequence layout ---------------------------------------------------------------------------------
-    def _split_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        cp = (parallel_state.get_context_parallel_rank(), parallel_state.get_context_parallel_world_size())
-        sp = (0, 1)
-        if self.config.sequence_parallel:
-            sp = (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
-        return cp, sp
-
-    def local_sequence(self, full: torch.Tensor) -> torch.Tensor:
-        """(s, ...) -> this rank's (s / (cp * sp), ...) chunk: CP chunk first, then the SP chunk within it."""
-        (cp_rank, cp_size), (sp_rank, sp_size) = self._split_sizes()
-        if full.shape[0] % (cp_size * sp_size):
-            raise ValueError(
-                f"sequence of {full.shape[0]} tokens is not divisible by context_parallel_size {cp_size} x "
-                f"sequence-parallel TP size {sp_size}; choose a latent shape whose token count divides"
-            )
-        return local_chunk(local_chunk(full, 0, cp_rank, cp_size), 0, sp_rank, sp_size)
-
-    def local_target(self, target_latents: torch.Tensor) -> torch.Tensor:
-        """(b, c, t, h, w) target -> this rank's tokens (s_local, b, c*pt*ph*pw), aligned with forward's output."""
-        return self.local_sequence(patchify_target(target_latents, tuple(self.dit_config.patch_size)))
-
-    def gather_velocity(self, local_tokens: torch.Tensor, latent_shape: torch.Size) -> torch.Tensor:
-        """(s_local, b, c*p) output tokens -> full (b, c, t, h, w) prediction on every rank (for sampling)."""
-        if self.config.sequence_parallel:
-            local_tokens = gather_sequence_for_replicated_use(
-                local_tokens, parallel_state.get_tensor_model_parallel_group())
-        if parallel_state.get_context_parallel_world_size() > 1:
-            local_tokens = gather_sequence_for_replicated_use(local_tokens, parallel_state.get_context_parallel_group())
-        pt, ph, pw = self.dit_config.patch_size
-        _, _, t, h, w = latent_shape
-        return self.unpatchify.to_latents(local_tokens, (t // pt, h // ph, w // pw))
-
     # ---- forward -----------------------------------------------------------------------------------------
-    def forward(
-        self,
-        latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        text_embeddings: dict[str, torch.Tensor],
-        text_masks: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """latents (b, 16, t, h, w) noisy X_t; timesteps (b,) in [0, 1]; text {name: (b, n_i, d_i)} with masks
-        {name: (b, n_i) bool, True = real token}. Returns this rank's velocity tokens (s_local, b, 16*pt*ph*pw)
-        on the last pipeline stage, hidden states (s_local, b, d) elsewhere."""
-        grid = self._grid(latents.shape)
+    def replicated_modules(self) -> tuple[torch.nn.Module, ...]:
+        return self.time_embedding, self.position_embedding, self.context_projection
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """latents (b, 16, t, h, w) noisy X_t; timesteps (b,) in [0, 1]; conditioning with the model's context
+        sources (and condition channels / task when it has them). Returns this rank's velocity tokens
+        (s_local, b, 16*pt*ph*pw) on the last pipeline stage, hidden states (s_local, b, d) elsewhere."""
+        grid = self.token_grid(latents.shape)
         if self.pre_process:
-            hidden = self.local_sequence(self.patch_embed(latents))  # (s_local, b, d)
+            hidden = self.layout.split(self.patch_embed(self._with_condition_channels(latents, conditioning)))
         else:
-            hidden = self.input_tensor
-        time_embedding, modulation = self.time_embedding(timesteps)
-        context, keep = self.text_projection(text_embeddings, text_masks)  # (n, b, d), (b, n)
+            hidden = self.input_tensor  # (s_local, b, d)
+        time_embedding, modulation = self.time_embedding(timesteps, conditioning.task)
+        context, real = self.context_projection(conditioning.tokens)  # (n, b, d), (b, n)
         if self.config.sequence_parallel:
             context = tensor_parallel.scatter_to_sequence_parallel_region(context)
-        context_mask = ~keep[:, None, None, :]  # (b, 1, 1, n), True = masked (Megatron convention)
-        position = self.local_sequence(self.position_embedding(grid)).to(hidden.dtype)
+        context_mask = ~real[:, None, None, :]  # (b, 1, 1, n), True = masked (Megatron convention)
+        position = self.layout.split(self.position_embedding(grid)).to(hidden.dtype)
 
         for index, layer in enumerate(self.layers):
             if self._recompute(index):
@@ -206,11 +175,26 @@ class MovieGenDiT(MegatronModule):
             return hidden.contiguous()  # sent to the next pipeline stage
         return self.unpatchify(hidden, time_embedding)
 
+    def _with_condition_channels(self, latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """(b, 16, t, h, w) -> (b, 16 + condition_channels, t, h, w)."""
+        expected = self.dit_config.condition_channels
+        channels = conditioning.channels
+        if (channels.shape[1] if channels is not None else 0) != expected:
+            got = "none" if channels is None else f"{channels.shape[1]}"
+            raise ValueError(f"conditioning.channels: got {got}, the model takes {expected} condition channels")
+        if channels is None:
+            return latents
+        if channels.shape[0] != latents.shape[0] or channels.shape[2:] != latents.shape[2:]:
+            raise ValueError(f"conditioning.channels: shape {tuple(channels.shape)} does not match the latents' "
+                             f"(b, t, h, w) of {tuple(latents.shape)}")
+        return torch.cat([latents, channels.to(latents.dtype)], dim=1)
+
     def tokens_per_sample(self, latent_shape) -> int:
-        t, h, w = self._grid(latent_shape)
+        t, h, w = self.token_grid(latent_shape)
         return t * h * w
 
-    def _grid(self, latent_shape) -> tuple[int, int, int]:
+    def token_grid(self, latent_shape) -> tuple[int, int, int]:
+        """(b, 16, t, h, w) latent shape -> the (t', h', w') token grid after patchify."""
         if len(latent_shape) != 5 or latent_shape[1] != self.dit_config.latent_channels:
             raise ValueError(
                 f"latents must be (b, {self.dit_config.latent_channels}, t, h, w), got {tuple(latent_shape)}"
@@ -222,8 +206,8 @@ class MovieGenDiT(MegatronModule):
         return t // pt, h // ph, w // pw
 
     def _mark_pipeline_replicas(self, module_state: dict) -> None:
-        """The conditioning modules exist on every pipeline chunk; only the first chunk's copy is the main one."""
-        if self.holds_conditioning_main_copy:
+        """The replicated modules exist on every pipeline chunk; only the first chunk's copy is the main one."""
+        if self.is_first_chunk:
             return
         vpp = self.config.virtual_pipeline_model_parallel_size or 1
         chunk = parallel_state.get_pipeline_model_parallel_rank() * vpp + (self.vp_stage or 0)
@@ -247,7 +231,7 @@ class MovieGenDiT(MegatronModule):
                 continue
             module_state = sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
                                                       tp_group=parallel_state.get_tensor_model_parallel_group())
-            if name in ("time_embedding", "position_embedding", "text_projection"):
+            if module in self.replicated_modules():
                 self._mark_pipeline_replicas(module_state)
             state.update(module_state)
         for index, layer in enumerate(self.layers):

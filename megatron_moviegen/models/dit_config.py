@@ -10,18 +10,19 @@ from megatron_moviegen.parallel.config import ParallelConfig
 
 
 @dataclass
-class TextEncoderSpec:
-    """One text encoder as the DiT sees it: its output width and the number of tokens it contributes."""
+class ContextSource:
+    """One source of cross-attention tokens as the DiT sees it (a text encoder, a reference image's vision
+    tower): the width of its embeddings and the number of tokens it contributes (padded to this length)."""
 
     width: int
     max_length: int
 
 
-def _paper_text_encoders() -> dict[str, TextEncoderSpec]:
+def _paper_text_encoders() -> dict[str, ContextSource]:
     return {
-        "ul2": TextEncoderSpec(width=4096, max_length=300),
-        "metaclip": TextEncoderSpec(width=1024, max_length=256),
-        "byt5": TextEncoderSpec(width=1536, max_length=100),
+        "ul2": ContextSource(width=4096, max_length=300),
+        "metaclip": ContextSource(width=1024, max_length=256),
+        "byt5": ContextSource(width=1536, max_length=100),
     }
 
 
@@ -40,7 +41,13 @@ class DiTConfig:
     max_frames: int = 32
     max_height: int = 48
     max_width: int = 48
-    text_encoders: dict[str, TextEncoderSpec] = field(default_factory=_paper_text_encoders)
+    text_encoders: dict[str, ContextSource] = field(default_factory=_paper_text_encoders)
+    # Conditioning beyond text (conditioning.py): cross-attention sources after the text (e.g. a reference
+    # image's vision tokens), input channels concatenated to the noisy latent (the upsampler's low-res latent,
+    # editing's source video), and the size of a learned task-embedding table added to the flow-time embedding.
+    extra_context: dict[str, ContextSource] = field(default_factory=dict)
+    condition_channels: int = 0
+    num_tasks: int = 0
     timestep_embedding_dim: int = 256
     qk_norm: bool = True
     norm_epsilon: float = 1e-6
@@ -60,9 +67,18 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def context_sources(self) -> dict[str, ContextSource]:
+        """Every cross-attention source, in the order their tokens are concatenated: text encoders, then extras."""
+        return {**self.text_encoders, **self.extra_context}
+
     @property
-    def text_length(self) -> int:
-        return sum(enc.max_length for enc in self.text_encoders.values())
+    def context_length(self) -> int:
+        return sum(source.max_length for source in self.context_sources().values())
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the patch embedding reads: the noisy latent's, then the condition channels."""
+        return self.latent_channels + self.condition_channels
 
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "latent_channels",
@@ -78,9 +94,16 @@ class DiTConfig:
             raise ConfigError(f"patch_size: got {self.patch_size}, every entry must be >= 1")
         if not self.text_encoders:
             raise ConfigError("text_encoders: at least one text encoder is required")
-        for name, enc in self.text_encoders.items():
-            if enc.width < 1 or enc.max_length < 1:
-                raise ConfigError(f"text_encoders.{name}: width and max_length must be >= 1, got {enc}")
+        for section in ("text_encoders", "extra_context"):
+            for name, source in getattr(self, section).items():
+                if source.width < 1 or source.max_length < 1:
+                    raise ConfigError(f"{section}.{name}: width and max_length must be >= 1, got {source}")
+        clash = set(self.text_encoders) & set(self.extra_context)
+        if clash:
+            raise ConfigError(f"extra_context: {sorted(clash)} already name text encoders")
+        for name in ("condition_channels", "num_tasks"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 0")
         for name in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")
@@ -105,9 +128,10 @@ def check_model_fits_layout(model: DiTConfig, parallel: ParallelConfig) -> None:
             f"{chunks} pipeline chunks"
         )
     if parallel.sequence_parallel:
-        for name, enc in model.text_encoders.items():
-            if enc.max_length % tp:
+        for name, source in model.context_sources().items():
+            if source.max_length % tp:
+                section = "text_encoders" if name in model.text_encoders else "extra_context"
                 raise ConfigError(
-                    f"model.text_encoders.{name}.max_length: {enc.max_length} must be divisible by "
-                    f"tensor_model_parallel_size {tp} with sequence_parallel (text tokens are scattered too)"
+                    f"model.{section}.{name}.max_length: {source.max_length} must be divisible by "
+                    f"tensor_model_parallel_size {tp} with sequence_parallel (context tokens are scattered too)"
                 )

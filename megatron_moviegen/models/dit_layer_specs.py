@@ -1,14 +1,12 @@
 """The DiT block as Megatron `ModuleSpec`s: a TransformerEngine spec for GPUs and a local (torch) spec.
 
 The block code (dit_layer.py) is the same for both; only the modules plugged into it differ. The spec is
-chosen at run time by `get_dit_layer_spec(impl)`: "auto" takes TE when TE and CUDA are both present.
+chosen at run time by `get_dit_layer_spec(runtime.transformer_impl)` (runtime.py resolves "auto": TE when TE and
+CUDA are both present).
 """
 
 from __future__ import annotations
 
-import importlib.util
-
-import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import (
     CrossAttention,
@@ -72,23 +70,11 @@ def get_dit_layer_te_spec(qk_norm: bool = True) -> ModuleSpec:
     return _layer_spec(TENorm, TEColumnParallelLinear, TERowParallelLinear, TEDotProductAttention, qk_norm)
 
 
-def transformer_engine_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
-
-
-def resolve_transformer_impl(impl: str) -> str:
-    if impl == "auto":
-        return "transformer_engine" if transformer_engine_available() else "local"
-    if impl == "transformer_engine" and not transformer_engine_available():
-        raise RuntimeError(
-            "model.transformer_impl=transformer_engine needs CUDA and transformer_engine; "
-            f"cuda available={torch.cuda.is_available()}, transformer_engine installed="
-            f"{importlib.util.find_spec('transformer_engine') is not None}. Use model.transformer_impl=local."
-        )
-    return impl
-
-
-def get_dit_layer_spec(impl: str, qk_norm: bool = True) -> ModuleSpec:
-    if resolve_transformer_impl(impl) == "transformer_engine":
+def get_dit_layer_spec(transformer_impl: str, qk_norm: bool = True) -> ModuleSpec:
+    """The block spec for a resolved implementation (`Runtime.transformer_impl`): "transformer_engine" or "local"."""
+    if transformer_impl == "transformer_engine":
         return get_dit_layer_te_spec(qk_norm)
-    return get_dit_layer_local_spec(qk_norm)
+    if transformer_impl == "local":
+        return get_dit_layer_local_spec(qk_norm)
+    raise ValueError(f"transformer_impl: got {transformer_impl!r}, expected 'local' or 'transformer_engine' "
+                     "(resolve 'auto' with Runtime.resolve)")

@@ -1,4 +1,5 @@
-"""What surrounds the DiT blocks: patchify, position tables, the flow-time embedding and the text projections."""
+"""What surrounds the DiT blocks: patchify, position tables, the flow-time (and task) embedding and the
+projections of the cross-attention context (text encoders, then any extra source)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_moviegen.conditioning import Tokens
 from megatron_moviegen.models.dit_config import DiTConfig
 
 
-def mark_replicated(module: nn.Module, acts_on_sequence_shard: bool) -> None:
-    """Parameters held whole on every pipeline stage and every TP rank.
+def mark_replicated_on_every_stage(module: nn.Module, grads_partial_over_tp: bool) -> None:
+    """Flag parameters held whole on every pipeline stage and every TP rank for Megatron's grad reduction.
 
     `pipeline_parallel` makes Megatron all-reduce their grads over PP (they are replicated on every stage,
     config.has_cond_embedder). `sequence_parallel` makes it all-reduce them over TP when SP is on: needed
@@ -20,24 +22,18 @@ def mark_replicated(module: nn.Module, acts_on_sequence_shard: bool) -> None:
     """
     for param in module.parameters():
         param.pipeline_parallel = True
-        param.sequence_parallel = acts_on_sequence_shard
+        param.sequence_parallel = grads_partial_over_tp
 
 
 class PatchEmbed(nn.Module):
-    """3D conv patchify, kernel = stride = patch_size: (b, c, t, h, w) -> (t'*h'*w', b, d) tokens."""
+    """3D conv patchify, kernel = stride = patch_size: (b, c, t, h, w) -> (t'*h'*w', b, d) tokens. c is the
+    latent's channels followed by the condition channels (DiTConfig.input_channels)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.patch_size = tuple(cfg.patch_size)
-        self.proj = nn.Conv3d(cfg.latent_channels, cfg.hidden_size, kernel_size=self.patch_size,
+        self.proj = nn.Conv3d(cfg.input_channels, cfg.hidden_size, kernel_size=self.patch_size,
                               stride=self.patch_size)
-
-    def grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
-        _, _, t, h, w = latents.shape
-        pt, ph, pw = self.patch_size
-        if t % pt or h % ph or w % pw:
-            raise ValueError(f"latent shape (t={t}, h={h}, w={w}) is not divisible by patch_size {self.patch_size}")
-        return t // pt, h // ph, w // pw
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.proj(latents)  # (b, d, t', h', w')
@@ -45,15 +41,13 @@ class PatchEmbed(nn.Module):
 
 
 class Unpatchify(nn.Module):
-    """Final adaLN norm + linear to patch pixels, and the inverse of PatchEmbed's token order."""
+    """Final adaLN norm + linear to patch values, in `patchify_latents` token layout."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        self.patch_size = tuple(cfg.patch_size)
-        self.channels = cfg.latent_channels
         self.norm_eps = cfg.norm_epsilon
         self.modulation = nn.Linear(cfg.hidden_size, 2 * cfg.hidden_size)
-        self.proj = nn.Linear(cfg.hidden_size, cfg.latent_channels * math.prod(self.patch_size))
+        self.proj = nn.Linear(cfg.hidden_size, cfg.latent_channels * math.prod(cfg.patch_size))
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
@@ -63,23 +57,27 @@ class Unpatchify(nn.Module):
         x = F.layer_norm(x.float(), x.shape[-1:], eps=self.norm_eps).to(x.dtype)
         return self.proj(x * (1 + scale) + shift)
 
-    def to_latents(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(s, b, c*pt*ph*pw) -> (b, c, t, h, w)."""
-        t, h, w = grid
-        pt, ph, pw = self.patch_size
-        b = tokens.shape[1]
-        x = tokens.permute(1, 0, 2).reshape(b, t, h, w, self.channels, pt, ph, pw)
-        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (b, c, t, pt, h, ph, w, pw)
-        return x.reshape(b, self.channels, t * pt, h * ph, w * pw)
 
 
-def patchify_target(latents: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
-    """(b, c, t, h, w) -> (s, b, c*pt*ph*pw): the token layout Unpatchify.proj produces."""
+def patchify_latents(latents: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """(b, c, t, h, w) -> (s, b, c*pt*ph*pw): the token layout Unpatchify.proj produces (for targets)."""
     b, c, t, h, w = latents.shape
     pt, ph, pw = patch_size
     x = latents.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
     x = x.permute(2, 4, 6, 0, 1, 3, 5, 7)  # (t', h', w', b, c, pt, ph, pw)
     return x.reshape((t // pt) * (h // ph) * (w // pw), b, c * pt * ph * pw)
+
+
+def unpatchify_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: tuple[int, int, int]
+                      ) -> torch.Tensor:
+    """(s, b, c*pt*ph*pw) whole-sequence tokens on a (t', h', w') grid -> (b, c, t'*pt, h'*ph, w'*pw); the
+    inverse of `patchify_latents`."""
+    t, h, w = grid
+    pt, ph, pw = patch_size
+    b = tokens.shape[1]
+    x = tokens.permute(1, 0, 2).reshape(b, t, h, w, -1, pt, ph, pw)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (b, c, t, pt, h, ph, w, pw)
+    return x.reshape(b, -1, t * pt, h * ph, w * pw)
 
 
 class FactorizedPositionEmbedding(nn.Module):
@@ -114,7 +112,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 
 
 class TimestepEmbedding(nn.Module):
-    """Flow time t -> (time embedding (b, d), shared adaLN modulation (b, 6, d)) (SPEC: one MLP giving 6*D)."""
+    """Flow time t (and a task index) -> (time embedding (b, d), shared adaLN modulation (b, 6, d)) (SPEC: one
+    MLP giving 6*D). The task table (editing's task embedding) starts at zero, so a model given one adds
+    nothing until it is trained."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -125,36 +125,47 @@ class TimestepEmbedding(nn.Module):
         self.adaln = nn.Linear(cfg.hidden_size, 6 * cfg.hidden_size)
         nn.init.zeros_(self.adaln.weight)  # adaLN-Zero: blocks start as identity
         nn.init.zeros_(self.adaln.bias)
+        self.task = nn.Embedding(cfg.num_tasks, cfg.hidden_size) if cfg.num_tasks else None
+        if self.task is not None:
+            nn.init.zeros_(self.task.weight)
 
-    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, t: torch.Tensor, task: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (b,) in [0, 1], task (b,) long or None."""
         emb = self.mlp(sinusoidal_embedding(t, self.frequency_dim).to(self.adaln.weight.dtype))  # (b, d)
+        if (task is None) != (self.task is None):
+            raise ValueError(f"task: got {'none' if task is None else 'task ids'}, the model has "
+                             f"{'no task table' if self.task is None else f'{self.task.num_embeddings} tasks'}")
+        if task is not None:
+            if int(task.min()) < 0 or int(task.max()) >= self.task.num_embeddings:
+                raise ValueError(f"task: ids {task.tolist()} outside [0, {self.task.num_embeddings})")
+            emb = emb + self.task(task)
         modulation = self.adaln(F.silu(emb)).unflatten(-1, (6, -1))  # (b, 6, d)
         return emb, modulation
 
 
-class TextProjection(nn.Module):
-    """Per encoder Linear + LayerNorm to the model width; outputs concatenated along the sequence (SPEC)."""
+class ContextProjection(nn.Module):
+    """Per source (text encoder, reference image) Linear + LayerNorm to the model width; outputs concatenated
+    along the sequence in `DiTConfig.context_sources()` order (SPEC: one projection per text encoder)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        self.names = list(cfg.text_encoders)
-        self.max_lengths = {name: enc.max_length for name, enc in cfg.text_encoders.items()}
-        self.proj = nn.ModuleDict({name: nn.Linear(enc.width, cfg.hidden_size) for name, enc in cfg.text_encoders.items()})
-        self.norm = nn.ModuleDict({name: nn.LayerNorm(cfg.hidden_size) for name in self.names})
+        sources = cfg.context_sources()
+        self.max_lengths = {name: source.max_length for name, source in sources.items()}
+        self.proj = nn.ModuleDict({name: nn.Linear(source.width, cfg.hidden_size) for name, source in sources.items()})
+        self.norm = nn.ModuleDict({name: nn.LayerNorm(cfg.hidden_size) for name in sources})
 
-    def forward(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
-        """{name: (b, n_i, d_i)}, {name: (b, n_i) bool, True = real token} -> (n, b, d), (b, n) bool."""
-        missing = [n for n in self.names if n not in embeddings or n not in masks]
-        if missing:
-            raise KeyError(f"text embeddings/masks missing for encoder(s) {missing}; expected {self.names}")
-        tokens, keep = [], []
-        for name in self.names:
-            emb, mask = embeddings[name], masks[name]
-            if emb.shape[1] != self.max_lengths[name] or mask.shape != emb.shape[:2]:
+    def forward(self, tokens: dict[str, Tokens]) -> tuple[torch.Tensor, torch.Tensor]:
+        """{source: Tokens((b, n_i, d_i), (b, n_i) bool)} -> context (n, b, d), mask (b, n) bool, True = real."""
+        if set(tokens) != set(self.max_lengths):
+            raise KeyError(f"context tokens: got sources {sorted(tokens)}, the model expects {sorted(self.max_lengths)}")
+        context, real = [], []
+        for name, max_length in self.max_lengths.items():
+            emb, mask = tokens[name].embeddings, tokens[name].mask
+            if emb.shape[1] != max_length or mask.shape != emb.shape[:2]:
                 raise ValueError(
-                    f"text encoder {name!r}: embeddings {tuple(emb.shape)} / mask {tuple(mask.shape)} do not match "
-                    f"(b, {self.max_lengths[name]}, width)"
+                    f"context source {name!r}: embeddings {tuple(emb.shape)} / mask {tuple(mask.shape)} do not match "
+                    f"(b, {max_length}, width)"
                 )
-            tokens.append(self.norm[name](self.proj[name](emb.to(self.proj[name].weight.dtype))))
-            keep.append(mask.bool())
-        return torch.cat(tokens, dim=1).transpose(0, 1).contiguous(), torch.cat(keep, dim=1)
+            context.append(self.norm[name](self.proj[name](emb.to(self.proj[name].weight.dtype))))
+            real.append(mask.bool())
+        return torch.cat(context, dim=1).transpose(0, 1).contiguous(), torch.cat(real, dim=1)

@@ -1,27 +1,14 @@
-"""What pre-encoding needs from the TAE and the text encoders, and tiny deterministic encoders for tests.
-
-The real models (`models/tae.py`'s `TAE`, `text/`'s `TextEncoders`) satisfy these protocols; the tiny ones
-are real computations with fixed random weights (seeded), small enough for CPU tests and the quickstart.
+"""Toy encoders for tests and the CPU quickstart: real computations with fixed random weights (seeded), with the
+shapes of the TAE and the text encoders, not their quality. Plus the TAE behind pre-encoding's VideoEncoder
+protocol.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 
-TextEmbeddings = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (embeddings (b, n, d), mask (b, n))
-
-
-class VideoEncoder(Protocol):
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(b, 3, t, h, w) in [-1, 1] -> latents (b, 16, ceil(t/8), h/8, w/8)."""
-
-
-class TextEncoder(Protocol):
-    def encode(self, prompts: list[str]) -> TextEmbeddings:
-        """b prompts -> {encoder name: (embeddings (b, n, d), mask (b, n) bool)}."""
+from megatron_moviegen.conditioning import Tokens
 
 
 class TinyVideoEncoder:
@@ -70,7 +57,7 @@ class TinyTextEncoders:
             self.tables[name] = (torch.randn(256, width, generator=gen), 0.1 * torch.randn(max_length, width, generator=gen))
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> TextEmbeddings:
+    def encode(self, prompts: list[str]) -> dict[str, Tokens]:
         out = {}
         for name, (width, max_length) in self.shapes.items():
             tokens = torch.zeros(len(prompts), max_length, dtype=torch.long)
@@ -81,7 +68,7 @@ class TinyTextEncoders:
                 mask[i, : len(data)] = True
             byte_table, positions = self.tables[name]
             embeddings = (byte_table[tokens] + positions) * mask.unsqueeze(-1)  # (b, n, d)
-            out[name] = (embeddings, mask)
+            out[name] = Tokens(embeddings, mask)
         return out
 
 

@@ -107,7 +107,3 @@ def apply_cpu_shim() -> bool:
         module.torch = proxy
     _applied = True
     return True
-
-
-def is_applied() -> bool:
-    return _applied

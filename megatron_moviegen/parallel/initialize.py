@@ -2,7 +2,7 @@
 
 Works under torchrun (RANK/WORLD_SIZE/LOCAL_RANK), under SLURM's srun (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID,
 MASTER_ADDR/MASTER_PORT from the sbatch script), or in an already initialised process group (tests).
-NCCL on GPU, gloo on CPU.
+The backend and the device come from the `Runtime` (NCCL and cuda:<local rank> on GPU, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -18,34 +18,28 @@ from megatron.core import parallel_state
 
 from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.parallel.cpu_shim import apply_cpu_shim
+from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if name in os.environ:
-            return int(os.environ[name])
-    return default
-
-
-def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
-    """Initialise the default process group if needed; returns (rank, world_size)."""
+def init_distributed(runtime: Runtime, timeout_minutes: int = 30) -> tuple[int, int]:
+    """Initialise the default process group if needed (the runtime's backend, its device made current);
+    returns (rank, world_size)."""
     if not dist.is_initialized():
-        rank = _env_int("RANK", "SLURM_PROCID", default=0)
-        world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-        local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+        rank, world_size = rank_and_world_from_env()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=timeout_minutes))
+        if runtime.on_gpu:
+            torch.cuda.set_device(runtime.device)
+        dist.init_process_group(runtime.backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
 
 
-def init_model_parallel(parallel: ParallelConfig) -> int:
-    """Create Megatron's TP/CP/PP/DP groups (CPU shim applied first if CUDA is absent); returns the DP size."""
-    apply_cpu_shim()
-    _, world_size = init_distributed()
+def init_model_parallel(parallel: ParallelConfig, runtime: Runtime) -> int:
+    """Create Megatron's TP/CP/PP/DP groups (CPU shim applied first on a CPU runtime); returns the DP size."""
+    if not runtime.on_gpu:
+        apply_cpu_shim()
+    _, world_size = init_distributed(runtime)
     dp_size = parallel.check_world_size(world_size)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
@@ -54,12 +48,12 @@ def init_model_parallel(parallel: ParallelConfig) -> int:
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
-        create_gloo_process_groups=torch.cuda.is_available(),
+        create_gloo_process_groups=runtime.on_gpu,
     )
     return dp_size
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, runtime: Runtime) -> None:
     """Seed python, numpy and torch; on GPU also Megatron's model-parallel CUDA RNG tracker.
 
     On CPU the tracker is not used: dropout is 0 in Movie Gen, and activation recomputation uses
@@ -68,7 +62,7 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if runtime.on_gpu:
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
         model_parallel_cuda_manual_seed(seed)

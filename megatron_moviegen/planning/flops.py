@@ -54,7 +54,7 @@ def dit_training_flops(cfg: DiTConfig, tokens: int, text_tokens: int | None = No
                        ) -> FlopCount:
     """Forward + backward FLOPs of one sample of `tokens` video tokens through `num_layers` blocks."""
     s, d, f = tokens, cfg.hidden_size, cfg.ffn_hidden_size
-    n = cfg.text_length if text_tokens is None else text_tokens
+    n = cfg.context_length if text_tokens is None else text_tokens
     layers = cfg.num_layers if num_layers is None else num_layers
     matmul = 8 * s * d * d + 4 * s * d * d + 4 * n * d * d + 6 * s * d * f
     attention = 4 * s * s * d + 4 * s * n * d

@@ -29,13 +29,13 @@ def parameter_counts(model: DiTConfig) -> tuple[int, int]:
     d, f = model.hidden_size, model.ffn_hidden_size
     per_block = 8 * d * d + 3 * d * f + 9 * d + 2 * model.head_dim
     blocks = model.num_layers * per_block
-    text = sum(enc.width * d + d + 2 * d for enc in model.text_encoders.values())
-    time = model.timestep_embedding_dim * d + d + d * d + d + 6 * d * d + 6 * d
+    context = sum(source.width * d + d + 2 * d for source in model.context_sources().values())
+    time = model.timestep_embedding_dim * d + d + d * d + d + 6 * d * d + 6 * d + model.num_tasks * d
     pt, ph, pw = model.patch_size
-    patch = model.latent_channels * pt * ph * pw * d + d
+    patch = model.input_channels * pt * ph * pw * d + d
     final = 2 * d * d + 2 * d + d * model.latent_channels * pt * ph * pw + model.latent_channels * pt * ph * pw
     positions = (model.max_frames + model.max_height + model.max_width) * d
-    return blocks, text + time + patch + final + positions
+    return blocks, context + time + patch + final + positions
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ COMPONENTS = OrderedDict(
     patch_embed="patch embedding (3D conv)",
     position_embedding="position tables (t, h, w)",
     time_embedding="flow-time MLP + shared adaLN",
-    text_projection="text projections (Linear+LayerNorm)",
+    context_projection="context projections (Linear+LayerNorm)",
     layers="transformer blocks",
     unpatchify="final adaLN + projection",
 )
@@ -26,6 +26,7 @@ COMPONENTS = OrderedDict(
 def _build_on_meta(cfg: MovieGenConfig):
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.runtime import Runtime
 
     single = MovieGenConfig(name=cfg.name, model=cfg.model, parallel=ParallelConfig(use_distributed_optimizer=False))
     own_group = not dist.is_initialized()
@@ -34,9 +35,10 @@ def _build_on_meta(cfg: MovieGenConfig):
         store.close()
         dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
     try:
-        init_model_parallel(single.parallel)
+        runtime = Runtime.resolve("bf16", "local", distributed_optimizer=False, cuda=False)
+        init_model_parallel(single.parallel, runtime)
         with torch.device("meta"):
-            model = build_dit_chunks(single, params_dtype=torch.bfloat16)[0]
+            model = build_dit_chunks(single, runtime)[0]
         destroy()
         return model
     finally:
@@ -66,7 +68,7 @@ def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict
         "video": {"frames": frames, "height": height, "width": width},
         "latent_shape": list(latent_shape(frames, height, width, cfg.model.latent_channels)),
         "tokens": tokens,
-        "text_tokens": cfg.model.text_length,
+        "text_tokens": cfg.model.context_length,
         "flops_per_sample": flops.total,
         "flops_matmul": flops.matmul,
         "flops_attention": flops.attention,

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from transformers import ByT5Tokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
+from megatron_moviegen.conditioning import Tokens
 from megatron_moviegen.text.config import EncoderConfig, TextEncodersConfig
 from megatron_moviegen.text.metaclip import extend_clip_context
 from megatron_moviegen.text.prompts import add_fps_prefix, byt5_text
@@ -162,10 +163,8 @@ class TextEncoders:
             self.encoders[name] = FrozenTextEncoder(name, tokenizer, model, cfg.max_length, _TEXT_FNS[name])
 
     @torch.no_grad()
-    def encode(
-        self, prompts: list[str], fps: int | Sequence[int] | None = None
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """prompts -> {name: (embeddings (b, max_length, d), mask (b, max_length) bool, True = real token)}
+    def encode(self, prompts: list[str], fps: int | Sequence[int] | None = None) -> dict[str, Tokens]:
+        """prompts -> {name: Tokens(embeddings (b, max_length, d), mask (b, max_length) bool, True = real token)}
         on `self.device`. `fps` (one int, or one per prompt) adds the "FPS-<n>" prefix (see prompts.py)."""
         if isinstance(prompts, str):
             raise TypeError("prompts: got one str, expected a list of str")
@@ -176,7 +175,7 @@ class TextEncoders:
                 encoder.encode_batch(prompts[i : i + self.config.batch_size])
                 for i in range(0, max(len(prompts), 1), self.config.batch_size)
             ]
-            out[name] = (
+            out[name] = Tokens(
                 torch.cat([e for e, _ in chunks]).to(self.device),
                 torch.cat([m for _, m in chunks]).to(self.device),
             )

@@ -1,7 +1,7 @@
 """Prompt text rules shared by pre-encoding and generation: the FPS prefix and the quoted "visual text".
 
-FPS (SPEC section 1, paper): the prompt is prefixed with "FPS-<n>". `add_fps_prefix` is the one place that
-writes it; the encoders that read the whole prompt (UL2 and MetaCLIP) therefore see it, while ByT5 sees only
+FPS (SPEC section 1, paper): a video's prompt is prefixed with "FPS-<n>"; an image's is not, in pre-encoding
+and in sampling alike (`conditioning_prompt`). `add_fps_prefix` is the one place that writes the prefix; the encoders that read the whole prompt (UL2 and MetaCLIP) therefore see it, while ByT5 sees only
 the quoted text, which the prefix never contains.
 
 Quoted text (ByT5's input): the substrings between straight double quotes "..." or curly double quotes
@@ -25,6 +25,12 @@ def add_fps_prefix(prompt: str, fps: int) -> str:
     if _FPS_PREFIX.match(prompt):
         raise ValueError(f"prompt already starts with an FPS prefix: {prompt[:32]!r}")
     return f"FPS-{fps} {prompt}"
+
+
+def conditioning_prompt(caption: str, fps: float | None) -> str:
+    """The text the encoders see for a caption: "FPS-<round(fps)> caption" for a video, the caption itself for an
+    image (fps None). Pre-encoding and sampling both call this, so a prompt trains and samples the same way."""
+    return caption if fps is None else add_fps_prefix(caption, round(fps))
 
 
 def extract_quoted_text(prompt: str) -> list[str]:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from megatron_moviegen.data.loader import Batch
 from megatron_moviegen.planning.flops import dit_training_flops
+from megatron_moviegen.runtime import Runtime
 
 log = logging.getLogger("megatron_moviegen.train")
 
@@ -37,16 +36,10 @@ class StepMetrics:
     tokens_per_sample: int
 
 
-def memory_gib() -> dict:
-    if torch.cuda.is_available():
-        return {"mem_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "mem_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
-    return {"mem_rss_gib": psutil.Process(os.getpid()).memory_info().rss / 2**30}
-
-
 class MetricsLogger:
-    def __init__(self, cfg, dp_size: int, num_microbatches: int):
+    def __init__(self, cfg, runtime: Runtime, dp_size: int, num_microbatches: int):
         self.cfg = cfg
+        self.runtime = runtime
         self.world = dist.get_world_size()
         self.is_logger = dist.get_rank() == dist.get_world_size() - 1  # last rank: holds the last PP stage
         self.steps_logged = 0
@@ -74,7 +67,7 @@ class MetricsLogger:
 
     def reduce_loss(self, losses: list[dict]) -> float:
         """Mean loss of the step on every rank (only last-stage ranks hold losses)."""
-        local = torch.zeros(2, dtype=torch.float64)
+        local = torch.zeros(2, dtype=torch.float64, device=self.runtime.device)
         if losses:
             local[0] = sum(float(d["loss"]) for d in losses) / len(losses)
             local[1] = 1.0
@@ -85,7 +78,8 @@ class MetricsLogger:
         # Work of this data-parallel replica; summed over replicas through the DP group.
         samples = m.batch.latents.shape[0]
         flops = dit_training_flops(self.cfg.model, m.tokens_per_sample).total * samples
-        totals = torch.tensor([samples, samples * m.tokens_per_sample, flops], dtype=torch.float64)
+        totals = torch.tensor([samples, samples * m.tokens_per_sample, flops], dtype=torch.float64,
+                              device=self.runtime.device)
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         self.steps_logged += 1
         row = {
@@ -100,7 +94,7 @@ class MetricsLogger:
             "bucket": m.batch.bucket,
         }
         row["mfu"] = row["tflops_per_gpu"] / self.cfg.train.peak_tflops_per_gpu
-        row.update(memory_gib())
+        row.update(self.runtime.memory_stats())
         self.history.append(row)
         if not self.is_logger:
             return

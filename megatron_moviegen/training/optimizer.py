@@ -16,6 +16,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.optimizer import FP32Optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.training.config import TrainConfig
 
 
@@ -54,9 +55,10 @@ class CPUOptimizer(FP32Optimizer):
         return total_norm
 
 
-def build_optimizer(model_chunks, train: TrainConfig, use_distributed_optimizer: bool, bf16: bool):
-    config = _optimizer_config(train, use_distributed_optimizer and torch.cuda.is_available(), bf16)
-    if torch.cuda.is_available():
+def build_optimizer(model_chunks, train: TrainConfig, runtime: Runtime):
+    """Megatron's optimizer on GPU (distributed when the runtime says so), `CPUOptimizer` on CPU."""
+    config = _optimizer_config(train, runtime.distributed_optimizer, runtime.bf16)
+    if runtime.on_gpu:
         return get_megatron_optimizer(config, model_chunks)
     params = [p for chunk in model_chunks for p in chunk.parameters() if p.requires_grad]
     no_decay = [p for p in params if p.dim() == 1]

@@ -29,10 +29,14 @@ from megatron_moviegen.diffusion.flow_matching import (
     interpolate,
     sample_text_keep_mask,
     sample_timesteps,
+    sequence_flow_matching_loss,
     velocity_target,
 )
+from megatron_moviegen.models.embeddings import patchify_latents
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
+from megatron_moviegen.parallel.layout import SequenceLayout
+from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
 from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
@@ -67,9 +71,10 @@ class PreemptionFlag:
         log.warning("received signal %d: saving a checkpoint after this step and exiting", signum)
         self.requested = True
 
-    def agreed(self) -> bool:
-        """True on every rank if any rank was signalled (ranks may receive the signal at different times)."""
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank if any rank was signalled (ranks may receive the signal at different times).
+        `device`: the runtime's, the one the default process group's backend takes (NCCL refuses CPU tensors)."""
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -78,17 +83,12 @@ class PreemptionFlag:
             signal.signal(sig, handler)
 
 
-def resolve_bf16(cfg: MovieGenConfig) -> bool:
-    if cfg.train.precision == "auto":
-        return torch.cuda.is_available()
-    return cfg.train.precision == "bf16"
-
-
-def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbatches: int) -> list[dict]:
-    """Split one bucket's samples into microbatches with their noise, flow times and text-drop masks."""
+def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbatches: int,
+                      device: torch.device) -> list[dict]:
+    """Split one bucket's samples into microbatches with their noise, flow times and text-drop masks, on `device`."""
     dp_rank = parallel_state.get_data_parallel_rank()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     latents = batch.latents.float()
+    text_sources = list(cfg.model.text_encoders)
     size = latents.shape[0] // num_microbatches
     microbatches = []
     for index in range(num_microbatches):
@@ -98,63 +98,53 @@ def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbat
         t = sample_timesteps(x1.shape[0], gen, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
                              std=cfg.flow.logit_normal_std)
         keep = sample_text_keep_mask(x1.shape[0], cfg.flow.text_drop_prob, gen)
-        text, masks = {}, {}
-        for name, (emb, mask) in batch.text.items():
-            text[name] = emb[index * size:(index + 1) * size].float().to(device)
-            masks[name] = (mask[index * size:(index + 1) * size] & keep[:, None]).to(device)
+        conditioning = batch.conditioning.batch(index * size, (index + 1) * size).keep_tokens(keep, text_sources)
         microbatches.append(dict(
             noisy=interpolate(x0, x1, t, cfg.flow.sigma_min).to(device),
-            target=velocity_target(x0, x1, cfg.flow.sigma_min).to(device),
+            target_tokens=patchify_latents(velocity_target(x0, x1, cfg.flow.sigma_min), cfg.model.patch_size).to(device),
             timesteps=t.to(device),
-            text=text,
-            masks=masks,
+            conditioning=conditioning.to(device, torch.float32),
         ))
     return microbatches
 
 
-def _sequence_split_groups() -> list:
-    groups = []
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        groups.append(("sp", parallel_state.get_tensor_model_parallel_group()))
-    if parallel_state.get_context_parallel_world_size() > 1:
-        groups.append(("cp", parallel_state.get_context_parallel_group()))
-    return groups
-
-
-def flow_matching_loss_func(dit, microbatch: dict, sequence_parallel: bool, output: torch.Tensor):
-    """MSE between predicted and target velocity over this rank's tokens, normalised by the whole sample's
-    element count so that the partial losses of SP/CP ranks add up to the mean (Megatron multiplies a
-    2-tuple loss by the CP size; DDP averages over DP x CP)."""
-    target = dit.local_target(microbatch["target"]).to(output.dtype)
-    loss = (output.float() - target.float()).pow(2).sum() / microbatch["target"].numel()
-    reported = loss.detach().clone()
-    for kind, group in _sequence_split_groups():
-        if kind == "cp" or sequence_parallel:
-            dist.all_reduce(reported, group=group)
-    return loss, {"loss": reported}
-
-
-def _forward_step(sequence_parallel: bool, data_iterator, ddp_chunk):
+def _forward_step(layout: SequenceLayout, data_iterator, ddp_chunk):
+    """Megatron's forward step: the loss closure knows only its target tokens and the sequence layout.
+    (Megatron multiplies a 2-tuple loss by the CP size; DDP averages over DP x CP.)"""
     microbatch = next(data_iterator)
-    dit = ddp_chunk.module
-    output = ddp_chunk(microbatch["noisy"], microbatch["timesteps"], microbatch["text"], microbatch["masks"])
-    return output, partial(flow_matching_loss_func, dit, microbatch, sequence_parallel)
+    output = ddp_chunk(microbatch["noisy"], microbatch["timesteps"], microbatch["conditioning"])
+
+    def loss_func(output_tensor):
+        loss, reported = sequence_flow_matching_loss(output_tensor, microbatch["target_tokens"], layout)
+        return loss, {"loss": reported}
+
+    return output, loss_func
 
 
-def check_text_encoders(cfg: MovieGenConfig, batch: Batch) -> None:
-    expected = set(cfg.model.text_encoders)
-    if set(batch.text) != expected:
+def check_conditioning(cfg: MovieGenConfig, batch: Batch) -> None:
+    """The shards' conditioning has the sources, shapes, channels and task the model takes."""
+    sources = cfg.model.context_sources()
+    tokens = batch.conditioning.tokens
+    if set(tokens) != set(sources):
         raise ConfigError(
-            f"data.shards: samples carry text embeddings {sorted(batch.text)}, model.text_encoders expects "
-            f"{sorted(expected)}"
+            f"data.shards: samples carry context tokens {sorted(tokens)}, the model expects {sorted(sources)} "
+            "(model.text_encoders + model.extra_context)"
         )
-    for name, (emb, _) in batch.text.items():
-        spec = cfg.model.text_encoders[name]
-        if emb.shape[1:] != (spec.max_length, spec.width):
+    for name, (emb, _) in tokens.items():
+        source = sources[name]
+        if emb.shape[1:] != (source.max_length, source.width):
+            section = "text_encoders" if name in cfg.model.text_encoders else "extra_context"
             raise ConfigError(
-                f"model.text_encoders.{name}: shards hold embeddings of shape {tuple(emb.shape[1:])}, the model "
-                f"expects ({spec.max_length}, {spec.width})"
+                f"model.{section}.{name}: shards hold embeddings of shape {tuple(emb.shape[1:])}, the model "
+                f"expects ({source.max_length}, {source.width})"
             )
+    channels = batch.conditioning.channels
+    if (0 if channels is None else channels.shape[1]) != cfg.model.condition_channels:
+        raise ConfigError(f"model.condition_channels: {cfg.model.condition_channels}, shards hold "
+                          f"{0 if channels is None else channels.shape[1]} condition channels")
+    if (batch.conditioning.task is None) != (cfg.model.num_tasks == 0):
+        raise ConfigError(f"model.num_tasks: {cfg.model.num_tasks}, shards "
+                          f"{'hold no task ids' if batch.conditioning.task is None else 'hold task ids'}")
 
 
 def build_loader(cfg: MovieGenConfig, num_microbatches: int) -> LatentLoader:
@@ -164,16 +154,18 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int) -> LatentLoader:
                         dp_size=parallel_state.get_data_parallel_world_size())
 
 
-def pretrain(cfg: MovieGenConfig) -> TrainResult:
-    """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`."""
-    dp_size = init_model_parallel(cfg.parallel)
+def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
+    """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
+    `runtime` defaults to the one the config resolves to here."""
+    runtime = runtime or Runtime.for_config(cfg)
+    dp_size = init_model_parallel(cfg.parallel, runtime)
+    layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
-    set_seed(cfg.train.seed)
-    bf16 = resolve_bf16(cfg)
-    chunks = build_dit_chunks(cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32)
-    model = wrap_ddp(chunks, use_distributed_optimizer=cfg.parallel.use_distributed_optimizer and torch.cuda.is_available())
-    optimizer = build_optimizer(model, cfg.train, cfg.parallel.use_distributed_optimizer, bf16)
+    set_seed(cfg.train.seed, runtime)
+    chunks = build_dit_chunks(cfg, runtime, layout)
+    model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)
+    optimizer = build_optimizer(model, cfg.train, runtime)
     scheduler = build_scheduler(optimizer, cfg.train)
     transformer_config = chunks[0].config
     transformer_config.finalize_model_grads_func = finalize_model_grads
@@ -189,7 +181,7 @@ def pretrain(cfg: MovieGenConfig) -> TrainResult:
         load_weights_for_new_stage(cfg.train.load_from, chunks)
         log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
 
-    metrics = MetricsLogger(cfg, dp_size, num_microbatches)
+    metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)
     preemption = PreemptionFlag()
     forward_backward = get_forward_backward_func()
     data = iter(loader)
@@ -199,15 +191,15 @@ def pretrain(cfg: MovieGenConfig) -> TrainResult:
             start = time.perf_counter()
             batch = next(data)
             if metrics.steps_logged == 0:
-                check_text_encoders(cfg, batch)
-            microbatches = make_microbatches(batch, cfg, step, num_microbatches)
+                check_conditioning(cfg, batch)
+            microbatches = make_microbatches(batch, cfg, step, num_microbatches, runtime.device)
             for chunk in model:
                 chunk.zero_grad_buffer()
             optimizer.zero_grad()
             iterators = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
             tokens = chunks[0].tokens_per_sample(batch.latents.shape)
             losses = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.parallel.sequence_parallel),
+                forward_step_func=partial(_forward_step, layout),
                 data_iterator=iterators, model=model, num_microbatches=num_microbatches,
                 seq_length=tokens, micro_batch_size=cfg.train.micro_batch_size, forward_only=False,
             )
@@ -224,7 +216,7 @@ def pretrain(cfg: MovieGenConfig) -> TrainResult:
                                        time.perf_counter() - start, batch, tokens))
             done = step + 1
             save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
-            preempted = preemption.agreed()
+            preempted = preemption.agreed(runtime.device)
             if save_now or preempted:
                 checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg))
                 metrics.note(f"saved checkpoint {checkpoint}")

@@ -18,20 +18,21 @@ def test_grown_table_keeps_its_endpoints_and_interpolates_between():
 
 def _stage(rank, world_size, old_dir):
     from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
     from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 
     small = load_config("tiny", ["model.max_height=8", "model.max_width=8"])
-    init_model_parallel(small.parallel)
+    init_model_parallel(small.parallel, Runtime.resolve())
     torch.manual_seed(0)
-    old = build_dit_chunks(small)
-    optimizer = build_optimizer(old, small.train, False, False)
+    old = build_dit_chunks(small, Runtime.resolve())
+    optimizer = build_optimizer(old, small.train, Runtime.resolve(distributed_optimizer=False))
     save_checkpoint(old_dir, 1, old, optimizer, build_scheduler(optimizer, small.train), None, small)
     big = load_config("tiny", ["model.max_height=16", "model.max_width=16"])
     torch.manual_seed(1)
-    new = build_dit_chunks(big)
+    new = build_dit_chunks(big, Runtime.resolve())
     load_weights_for_new_stage(str(old_dir), new)
     result = {"old": {k: v.detach().clone() for k, v in old[0].named_parameters()},
               "new": {k: v.detach().clone() for k, v in new[0].named_parameters()}}

@@ -13,7 +13,8 @@ from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+from megatron_moviegen.data.preencode import Preencoder
+from megatron_moviegen.runtime import rank_and_world_from_env
 from megatron_moviegen.data.shards import decode_sample
 from tests.data.conftest import write_garbage, write_png
 
@@ -174,13 +175,13 @@ def test_resume_refuses_a_different_config(encoded, media):
 def test_rank_from_torchrun_or_slurm_env(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
-    assert rank_and_world() == (0, 1)
+    assert rank_and_world_from_env() == (0, 1)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "8")
-    assert rank_and_world() == (3, 8)
+    assert rank_and_world_from_env() == (3, 8)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert rank_and_world() == (1, 2)
+    assert rank_and_world_from_env() == (1, 2)
 
 
 def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
@@ -201,7 +202,7 @@ def test_decode_worker_processes_give_the_same_shards(encoded, media, tmp_path):
 
 
 def _preencode_on_rank(rank, world_size, media, out):
-    assert rank_and_world() == (rank, world_size)  # the harness sets torchrun's RANK / WORLD_SIZE
+    assert rank_and_world_from_env() == (rank, world_size)  # the harness sets torchrun's RANK / WORLD_SIZE
     return preencode(media, Path(out), rank=rank, world_size=world_size).shards_written
 
 

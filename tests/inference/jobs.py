@@ -15,6 +15,7 @@ from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
+from megatron_moviegen.runtime import Runtime
 from tests.parallel.dit_parity import randomize_well_conditioned
 
 PROMPT = 'a red ball bouncing on a sign that says "HI"'
@@ -29,9 +30,10 @@ SAMPLING_LAYOUTS = {
 def make_tiny_export(folder: Path, seed: int = 1234) -> None:
     """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder`."""
     cfg = load_config("tiny")
-    init_model_parallel(cfg.parallel)
-    set_seed(seed)
-    chunks = build_dit_chunks(cfg)
+    runtime = Runtime.resolve()
+    init_model_parallel(cfg.parallel, runtime)
+    set_seed(seed, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
     export_dit(chunks, folder, name="tiny-random")
 

@@ -15,10 +15,13 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_moviegen.recipes import load_config
+from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.conditioning import Conditioning, Tokens
+from megatron_moviegen.models.embeddings import patchify_latents, unpatchify_tokens
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
-from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.runtime import Runtime
 
 NUM_MICROBATCHES = 2
 LATENT_SHAPE = (1, 16, 2, 8, 8)  # per microbatch: 2 x 4 x 4 = 32 tokens
@@ -28,14 +31,15 @@ def make_microbatches(cfg, seed: int = 7) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for index in range(NUM_MICROBATCHES):
-        text = {n: torch.randn(1, e.max_length, e.width, generator=gen) for n, e in cfg.model.text_encoders.items()}
-        masks = {n: torch.rand(1, e.max_length, generator=gen) > 0.3 for n, e in cfg.model.text_encoders.items()}
+        tokens = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
+                            torch.rand(1, e.max_length, generator=gen) > 0.3)
+                  for n, e in cfg.model.text_encoders.items()}
         if index == 1:
-            masks["byt5"][:] = False  # a prompt without quoted text: one encoder fully masked
+            tokens["byt5"].mask[:] = False  # a prompt without quoted text: one encoder fully masked
         batches.append(dict(
             latents=torch.randn(*LATENT_SHAPE, generator=gen),
             timesteps=torch.rand(1, generator=gen),
-            text=text, masks=masks,
+            conditioning=Conditioning(tokens),
             weight=torch.randn(*LATENT_SHAPE, generator=gen),
         ))
     return batches
@@ -56,9 +60,10 @@ def randomize_well_conditioned(model: torch.nn.Module) -> None:
 
 def run_step(rank: int, world_size: int, overrides: list[str], reference: dict | None) -> dict:
     cfg = load_config("tiny", overrides)
-    init_model_parallel(cfg.parallel)
-    set_seed(1234)
-    chunks = build_dit_chunks(cfg)
+    runtime = Runtime.resolve()
+    init_model_parallel(cfg.parallel, runtime)
+    set_seed(1234, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
     if reference is None:
         randomize_well_conditioned(chunks[0])
         weights = gather_full_tensors(chunks[0], dict(chunks[0].named_parameters()))
@@ -79,14 +84,16 @@ def run_step(rank: int, world_size: int, overrides: list[str], reference: dict |
     def loss_func(dit, batch, output):
         # sum(v * w) over this rank's tokens. Megatron's schedule multiplies a 2-tuple loss by the CP size,
         # which undoes DDP's averaging over DP x CP: the CP ranks' partial sums add up to the whole.
-        loss = (output * dit.local_target(batch["weight"])).sum()
-        outputs.append(dit.gather_velocity(output.detach(), batch["latents"].shape))
+        patch = tuple(cfg.model.patch_size)
+        loss = (output * dit.layout.split(patchify_latents(batch["weight"], patch))).sum()
+        grid = dit.token_grid(batch["latents"].shape)
+        outputs.append(unpatchify_tokens(dit.layout.gather(output.detach()), grid, patch))
         return loss, {"loss": loss.detach()}
 
     def forward_step(data_iterator, ddp_chunk):
         batch = next(data_iterator)
         dit = ddp_chunk.module
-        output = ddp_chunk(batch["latents"], batch["timesteps"], batch["text"], batch["masks"])
+        output = ddp_chunk(batch["latents"], batch["timesteps"], batch["conditioning"])
         return output, partial(loss_func, dit, batch)
 
     batches = make_microbatches(cfg)

@@ -46,12 +46,13 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tmp_path
 
 def _velocity_after_load(rank, world_size, overrides, checkpoint):
     from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.checkpoints.distributed import load_checkpoint
 
     cfg = load_config("tiny", overrides)
-    init_model_parallel(cfg.parallel)
-    model = build_dit_chunks(cfg)
+    init_model_parallel(cfg.parallel, Runtime.resolve())
+    model = build_dit_chunks(cfg, Runtime.resolve())
     load_checkpoint(checkpoint, model)
     out = _fixed_velocity(cfg, model[0])
     destroy()

@@ -1,0 +1,153 @@
+"""What a DiT sample is conditioned on, besides its noisy latent and flow time: one type from the shards to the
+model.
+
+    cond = Conditioning(tokens={"ul2": Tokens(emb, mask), ...})             # text-to-video
+    cond = Conditioning(tokens=..., channels=low_res_latents)               # spatial upsampler, editing source
+    cond = Conditioning(tokens={..., "reference_image": Tokens(...)})       # personalization (vision tokens)
+    cond = Conditioning(tokens=..., channels=source_latents, task=task_ids) # editing
+
+- `tokens`: cross-attention context, one `Tokens` per source (the text encoders, then any extra source such as a
+  reference image's vision tokens), in the order `DiTConfig.context_sources()` lists them.
+- `channels`: extra input channels concatenated to the noisy latent before patchify.
+- `task`: an index into the DiT's learned task-embedding table, added to the flow-time embedding.
+
+Batch-first throughout: a batch of b samples has tensors with a leading b; one sample (as stored in a shard)
+has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional, Protocol
+
+import torch
+
+
+class Tokens(NamedTuple):
+    """One source of cross-attention tokens: embeddings (b, n, d) and mask (b, n) bool, True = a real token."""
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Tokens":
+        return Tokens(fn(self.embeddings), fn(self.mask))
+
+
+class TextEncoder(Protocol):
+    """What pre-encoding and generation need of text encoders (`text.TextEncoders`, or the toy ones)."""
+
+    def encode(self, prompts: list[str]) -> dict[str, Tokens]:
+        """b prompts (FPS prefix applied) -> {encoder name: Tokens((b, max_length, d), (b, max_length) bool)}."""
+
+
+@dataclass
+class Conditioning:
+    tokens: dict[str, Tokens] = field(default_factory=dict)
+    channels: Optional[torch.Tensor] = None  # (b, c_cond, t, h, w), the latent's grid
+    task: Optional[torch.Tensor] = None  # (b,) long
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+        """The same conditioning with `fn` applied to every tensor (slicing, moving, pinning)."""
+        return Conditioning(
+            tokens={name: tokens.map(fn) for name, tokens in self.tokens.items()},
+            channels=None if self.channels is None else fn(self.channels),
+            task=None if self.task is None else fn(self.task),
+        )
+
+    def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Conditioning":
+        """Moved to `device`; floating tensors (embeddings, channels) cast to `dtype` when given."""
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            cast = dtype if dtype is not None and tensor.is_floating_point() else None
+            return tensor.to(device, cast)
+
+        return self.map(move)
+
+    def batch(self, start: int, stop: int) -> "Conditioning":
+        """Samples start..stop-1 of a batch."""
+        return self.map(lambda tensor: tensor[start:stop])
+
+    def keep_tokens(self, keep: torch.Tensor, sources: Optional[list[str]] = None) -> "Conditioning":
+        """Drop the tokens of `sources` (default: all) for the samples where `keep` (b,) is False: their masks
+        become all False, as for the unconditional branch of classifier-free guidance."""
+        names = set(self.tokens) if sources is None else set(sources)
+        tokens = {
+            name: Tokens(t.embeddings, t.mask & keep.to(t.mask.device)[:, None]) if name in names else t
+            for name, t in self.tokens.items()
+        }
+        return Conditioning(tokens, self.channels, self.task)
+
+    def without_tokens(self, sources: Optional[list[str]] = None) -> "Conditioning":
+        """Every sample's tokens of `sources` (default: all) masked out; channels and task are kept."""
+        any_tokens = next(iter(self.tokens.values()), None)
+        if any_tokens is None:
+            return self
+        keep = torch.zeros(any_tokens.mask.shape[0], dtype=torch.bool)
+        return self.keep_tokens(keep, sources)
+
+    @property
+    def batch_size(self) -> int:
+        for tensor in self._tensors():
+            return tensor.shape[0]
+        raise ValueError("an empty Conditioning has no batch size")
+
+    def _tensors(self):
+        for tokens in self.tokens.values():
+            yield tokens.embeddings
+        if self.channels is not None:
+            yield self.channels
+        if self.task is not None:
+            yield self.task
+
+    # ---- stacking samples and batches ---------------------------------------------------------------------
+    @staticmethod
+    def stack(samples: list["Conditioning"]) -> "Conditioning":
+        """Per-sample conditionings (no batch dim) -> one batch (b leading)."""
+        return _combine(samples, torch.stack)
+
+    @staticmethod
+    def cat(batches: list["Conditioning"]) -> "Conditioning":
+        """Batches -> one batch, concatenated along dim 0 (e.g. [cond; uncond] for guidance)."""
+        return _combine(batches, torch.cat)
+
+    # ---- storage ------------------------------------------------------------------------------------------
+    def to_tensors(self, float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Flat {key: tensor} for a safetensors file (one sample or a batch); floats stored as `float_dtype`."""
+        out = {}
+        for name, tokens in self.tokens.items():
+            out[f"tokens.{name}.embeddings"] = tokens.embeddings.to(float_dtype).contiguous()
+            out[f"tokens.{name}.mask"] = tokens.mask.to(torch.bool).contiguous()
+        if self.channels is not None:
+            out["channels"] = self.channels.to(float_dtype).contiguous()
+        if self.task is not None:
+            out["task"] = self.task.to(torch.long).contiguous()
+        return out
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor]) -> "Conditioning":
+        """Inverse of `to_tensors`."""
+        names = sorted({key.split(".")[1] for key in tensors if key.startswith("tokens.")})
+        return Conditioning(
+            tokens={n: Tokens(tensors[f"tokens.{n}.embeddings"], tensors[f"tokens.{n}.mask"]) for n in names},
+            channels=tensors.get("channels"),
+            task=tensors.get("task"),
+        )
+
+
+def _combine(parts: list[Conditioning], join) -> Conditioning:
+    if not parts:
+        raise ValueError("no conditionings to combine")
+    first = parts[0]
+    for other in parts[1:]:
+        if set(other.tokens) != set(first.tokens):
+            raise ValueError(f"token sources differ: {sorted(other.tokens)} vs {sorted(first.tokens)}")
+        if (other.channels is None) != (first.channels is None) or (other.task is None) != (first.task is None):
+            raise ValueError("some conditionings carry channels or a task and others do not")
+    return Conditioning(
+        tokens={
+            name: Tokens(join([p.tokens[name].embeddings for p in parts]), join([p.tokens[name].mask for p in parts]))
+            for name in first.tokens
+        },
+        channels=None if first.channels is None else join([p.channels for p in parts]),
+        task=None if first.task is None else join([p.task for p in parts]),
+    )
