@@ -17,8 +17,6 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import socket
 import statistics
 import sys
 import threading
@@ -39,6 +37,7 @@ from megatron_moviegen.models.local_layers import SDPACoreAttention  # noqa: E40
 from megatron_moviegen.parallel.build import build_dit_chunks  # noqa: E402
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed  # noqa: E402
 from megatron_moviegen.runtime import Runtime  # noqa: E402
+from megatron_moviegen.utils.io import atomic_write_text  # noqa: E402
 from megatron_moviegen.conditioning import Conditioning, Tokens  # noqa: E402
 from megatron_moviegen.planning.flops import dit_training_flops  # noqa: E402
 
@@ -463,13 +462,6 @@ def environment(args, dtype, peak_tflops: float, cfg) -> dict:
     }
 
 
-def ensure_master_port() -> None:
-    if "MASTER_PORT" not in os.environ:  # a free port: other processes on the machine may hold 29500
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-
-
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -479,7 +471,6 @@ def run(args) -> dict:
     modes = [m.strip() for m in args.recompute.split(",")]
     if bad := [m for m in modes if m not in ("none", "full")]:
         raise ValueError(f"--recompute: got {bad}, each must be 'none' or 'full'")
-    ensure_master_port()
     peak_tflops = matmul_peak_tflops(args.peak_size, dtype, args.peak_repeats)
 
     rows, stems, header, fallback = [], {}, None, None
@@ -538,10 +529,7 @@ def report(result: dict) -> str:
 
 
 def write_json(result: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,12 +19,9 @@ process). bf16 weights on GPU, float32 on CPU. Rank 0 writes <output-dir>/<index
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
@@ -96,20 +93,11 @@ def sampling_config(args: argparse.Namespace, size_multiple: int) -> SamplingCon
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
 
 
-def _single_process_port() -> None:
-    """Outside torchrun, pick a free rendezvous port (the default 29500 may be taken on a shared machine)."""
-    if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-
-
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     prompts = read_prompts(args)
     check_export_folder(args.checkpoint)
     started_distributed = not dist.is_initialized()
-    _single_process_port()
     runtime = Runtime.resolve(distributed_optimizer=False)
     try:
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)

@@ -9,15 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_moviegen.config.schema import (
-    ConfigError,
-    apply_overrides,
-    build,
-    read_recipe,
-    resolve_recipe,
-    to_dict,
-    to_yaml,
-)
+from megatron_moviegen.config.schema import apply_overrides, build, read_recipe, resolve_recipe
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout

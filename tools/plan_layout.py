@@ -38,7 +38,7 @@ def main(argv=None) -> int:
           f"x DP {dp}")
     print(f"  sample {args.frames}x{args.height}x{args.width} -> {tokens:,} tokens, {flops.total:.3e} FLOPs fwd+bwd "
           f"({flops.attention_fraction:.0%} attention)")
-    print(f"per-GPU memory estimate (megatron_moviegen/planning/memory.py):")
+    print("per-GPU memory estimate (megatron_moviegen/planning/memory.py):")
     print(format_estimate(est, args.gpu_memory_gb * 1e9 / 2**30))
     return 0
 

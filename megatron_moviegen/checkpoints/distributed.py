@@ -23,6 +23,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_moviegen.config.schema import to_dict
+from megatron_moviegen.utils.io import atomic_output
 
 LATEST = "latest"
 
@@ -54,9 +55,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state() -> dict:

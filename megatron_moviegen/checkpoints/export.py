@@ -28,7 +28,7 @@ from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
 from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
-from megatron_moviegen.utils.video_io import atomic_output
+from megatron_moviegen.utils.io import atomic_output
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"

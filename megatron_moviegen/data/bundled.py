@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from megatron_moviegen.utils.io import atomic_write_text
+
 CAPTIONS = {
     "bigbuckbunny.mp4": "a big white rabbit stepping out of its burrow in a green meadow",
     "bikes.mp4": "bicycles parked along a sunny city street",
@@ -31,9 +33,7 @@ def write_bundled_manifest(path: str | Path) -> Path:
              if (clips / name).exists()]
     if not lines:
         raise FileNotFoundError(f"no bundled clips found in {clips}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

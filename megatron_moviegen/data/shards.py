@@ -29,6 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from megatron_moviegen.conditioning import Conditioning
+from megatron_moviegen.utils.io import atomic_write_text, temporary_path
 
 INDEX_DIR = "index"
 META_DIR = ".nv-meta"
@@ -44,16 +45,6 @@ def shard_name(shard_id: int) -> str:
 def sample_key(manifest_index: int) -> str:
     """A key unique over the whole dataset (energon rejects duplicates): the entry's manifest position."""
     return f"{manifest_index:09d}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 @dataclass
@@ -90,7 +81,7 @@ def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], reje
     name = shard_name(shard_id)
     index = ShardIndex(shard=name, rejects=rejects)
     if samples:
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+        tmp = temporary_path(out_dir / name)
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 for suffix, data in sample.members(latent_dtype).items():
@@ -126,7 +117,7 @@ def completed_shards(out_dir: Path) -> set[str]:
 def remove_partial_files(out_dir: Path, shard_ids: list[int]) -> None:
     """Temporary files a killed run left behind for these shards (only these: other ranks may be writing)."""
     for k in shard_ids:
-        for tmp in list(out_dir.glob(f".{shard_name(k)}.tmp-*")) + list((out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.tmp-*")):
+        for tmp in list(out_dir.glob(f".{shard_name(k)}.*.tmp")) + list((out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.*.tmp")):
             tmp.unlink(missing_ok=True)
 
 

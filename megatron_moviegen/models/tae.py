@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +33,7 @@ from megatron_moviegen.models.tae_blocks import (
     Upsample,
     upsampled_lengths,
 )
+from megatron_moviegen.utils.io import atomic_output, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -331,9 +330,10 @@ class TAE(nn.Module):
         """Write config.json and model.safetensors into folder `path` (each atomically)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(to_dict(self.cfg), indent=2)))
+        atomic_write_text(path / CONFIG_NAME, json.dumps(to_dict(self.cfg), indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        with atomic_output(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TAE":
@@ -355,12 +355,3 @@ class TAE(nn.Module):
         return model
 
 
-def atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

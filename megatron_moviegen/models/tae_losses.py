@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from megatron_moviegen.config.schema import ConfigError, build, to_dict
-from megatron_moviegen.models.tae import atomic_write
+from megatron_moviegen.utils.io import atomic_output, atomic_write_text
 from megatron_moviegen.models.tae_blocks import to_frames
 
 
@@ -96,9 +96,10 @@ class PerceptualNet(nn.Module):
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(to_dict(self.cfg))))
+        atomic_write_text(path / "config.json", json.dumps(to_dict(self.cfg)))
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
+        with atomic_output(path / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> "PerceptualNet":

@@ -1,7 +1,8 @@
 """Start torch.distributed and Megatron's parallel state from a ParallelConfig.
 
 Works under torchrun (RANK/WORLD_SIZE/LOCAL_RANK), under SLURM's srun (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID,
-MASTER_ADDR/MASTER_PORT from the sbatch script), or in an already initialised process group (tests).
+MASTER_ADDR/MASTER_PORT from the sbatch script), alone (an in-memory store, no port), or in an already
+initialised process group (tests).
 The backend and the device come from the `Runtime` (NCCL and cuda:<local rank> on GPU, gloo on CPU).
 """
 
@@ -26,12 +27,16 @@ def init_distributed(runtime: Runtime, timeout_minutes: int = 30) -> tuple[int, 
     returns (rank, world_size)."""
     if not dist.is_initialized():
         rank, world_size = rank_and_world_from_env()
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
         if runtime.on_gpu:
             torch.cuda.set_device(runtime.device)
-        dist.init_process_group(runtime.backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(minutes=timeout_minutes))
+        timeout = timedelta(minutes=timeout_minutes)
+        if world_size == 1 and "MASTER_PORT" not in os.environ:
+            # One process needs no rendezvous: an in-memory store, so no port can be taken by someone else.
+            dist.init_process_group(runtime.backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        else:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            dist.init_process_group(runtime.backend, rank=rank, world_size=world_size, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 
 import torch
@@ -31,9 +29,7 @@ def _build_on_meta(cfg: MovieGenConfig):
     single = MovieGenConfig(name=cfg.name, model=cfg.model, parallel=ParallelConfig(use_distributed_optimizer=False))
     own_group = not dist.is_initialized()
     if own_group:
-        store = tempfile.NamedTemporaryFile(prefix="moviegen_summary_", delete=False)
-        store.close()
-        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         runtime = Runtime.resolve("bf16", "local", distributed_optimizer=False, cuda=False)
         init_model_parallel(single.parallel, runtime)
@@ -44,7 +40,6 @@ def _build_on_meta(cfg: MovieGenConfig):
     finally:
         if own_group:
             dist.destroy_process_group()
-            os.unlink(store.name)
 
 
 def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict:

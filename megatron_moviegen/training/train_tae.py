@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe, to_yaml
-from megatron_moviegen.models.tae import TAE, TAEConfig, atomic_write
+from megatron_moviegen.models.tae import TAE, TAEConfig
+from megatron_moviegen.utils.io import atomic_output, atomic_write_text
 from megatron_moviegen.models.tae_losses import TAELoss, TAELossConfig
 from megatron_moviegen.training.tae_data import ClipSampler
 
@@ -126,7 +127,8 @@ def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimiz
     folder = out_dir / "checkpoint"
     model.save_pretrained(folder)
     state = {"step": step, "discriminator": loss.discriminator.state_dict(), "optimizers": optimizer_states}
-    atomic_write(folder / "train_state.pt", lambda tmp: torch.save(state, tmp))
+    with atomic_output(folder / "train_state.pt") as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(out_dir: Path, model: TAE, loss: TAELoss) -> dict | None:
@@ -301,7 +303,7 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
                           seed=cfg.train.seed + 1000 * rank, random_crop=cfg.data.random_crop)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+        atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
     history = []
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, disable=rank != 0 or not show_progress,
                desc=f"train_tae[{cfg.name}]")

@@ -5,33 +5,16 @@ Pixels come in as tensors (3, t, h, w) in [-1, 1] (RGB), the layout the TAE deco
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import av
 import numpy as np
 import torch
 from PIL import Image
 
-PathLike = Union[str, os.PathLike]
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success move it to `path` (os.replace), on error delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
+from megatron_moviegen.utils.io import PathLike, atomic_output
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """(3, t, h, w) in [-1, 1] -> (t, h, w, 3) uint8 RGB; values outside [-1, 1] are clipped."""

@@ -6,6 +6,7 @@ import torch
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.preencode import finalize
+from megatron_moviegen.conditioning import Conditioning, Tokens
 from megatron_moviegen.data.shards import EncodedSample, sample_key, write_shard
 
 # (bucket, latent frames, count): two video buckets and one image bucket.
@@ -22,7 +23,8 @@ def synthetic_shards(out: Path, shard_size: int = 8) -> int:
             samples.append(EncodedSample(
                 key=sample_key(index),
                 latents=torch.full((16, frames, h, w), float(index)),
-                text={"ul2": (torch.full((3, 4), float(index)), torch.tensor([True, True, False]))},
+                conditioning=Conditioning({"ul2": Tokens(torch.full((3, 4), float(index)),
+                                                         torch.tensor([True, True, False]))}),
                 meta={"bucket": bucket, "is_image": frames == 1, "fps": 0.0 if frames == 1 else 24.0,
                       "num_frames": int(bucket.split("x")[0]), "caption": f"sample {index}"}))
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
@@ -50,7 +52,8 @@ def test_batches_hold_one_bucket_and_the_right_samples(shards):
         bucket = [b for b in LAYOUT if b[0] == batch.bucket][0]
         assert batch.latents.shape[:3] == (3, 16, bucket[1])
         assert batch.latents[:, 0, 0, 0, 0].tolist() == [float(k) for k in batch.keys]  # read the right bytes
-        assert batch.text["ul2"][0].shape == (3, 3, 4) and batch.text["ul2"][1][:, 2].tolist() == [False] * 3
+        ul2 = batch.conditioning.tokens["ul2"]
+        assert ul2.embeddings.shape == (3, 3, 4) and ul2.mask[:, 2].tolist() == [False] * 3
         assert batch.is_image == (bucket[1] == 1)
 
 

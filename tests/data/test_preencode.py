@@ -83,7 +83,7 @@ def test_shards_hold_latents_text_and_metadata(encoded, media):
     assert bunny["latents"].shape == (16, 4, 12, 22) and bunny["latents"].dtype == torch.bfloat16
     assert bunny["meta"]["prompt"] == 'FPS-25 a video of "bigbuckbunny"'
     assert bunny["meta"]["source"] == str(media / "bigbuckbunny.mp4") and len(bunny["meta"]["sha256"]) == 64
-    emb, mask = bunny["text"]["ul2"]
+    emb, mask = bunny["conditioning"].tokens["ul2"]
     assert emb.shape == (8, 32) and mask.tolist() == [True] * 8
     still = decode_sample(samples["000000004"])
     assert still["meta"]["bucket"] == "1x112x144" and still["latents"].shape == (16, 1, 14, 18)
@@ -115,9 +115,9 @@ def test_loader_reads_back_shapes(encoded):
     loader = LatentLoader(encoded, batch_size=2, image_fraction=0.0, seed=0)
     batch = next(iter(loader))
     assert batch.bucket == "32x96x176" and batch.latents.shape == (2, 16, 4, 12, 22)
-    assert {n: tuple(e.shape) for n, (e, _) in batch.text.items()} == {
+    assert {n: tuple(e.shape) for n, (e, _) in batch.conditioning.tokens.items()} == {
         "byt5": (2, 4, 16), "metaclip": (2, 8, 24), "ul2": (2, 8, 32)}
-    assert batch.text["ul2"][1].dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
+    assert batch.conditioning.tokens["ul2"].mask.dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
 
 
 def test_energon_reads_the_shards(encoded):

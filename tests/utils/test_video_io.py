@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from megatron_moviegen.utils.video_io import atomic_output, to_uint8_frames, write_image, write_json, write_video
+from megatron_moviegen.utils.io import atomic_output
+from megatron_moviegen.utils.video_io import to_uint8_frames, write_image, write_json, write_video
 
 torch.set_num_threads(1)
 
