@@ -31,6 +31,7 @@ from megatron_moviegen.data.decode import (
     resize_center_crop,
 )
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.manifest import ManifestEntry
 from megatron_moviegen.data.preencode import Preencoder
 
@@ -96,7 +97,8 @@ def preencode_row(videos: list[Path], resolution: int, num_samples: int, num_wor
                                 "encode_batch_size": 2, "num_workers": num_workers})
     entries = [ManifestEntry(str(videos[i % len(videos)]), f"clip {i}") for i in range(num_samples)]
     out = workdir / f"preencode-{resolution}-{num_workers}"
-    summary = Preencoder(config, TinyVideoEncoder(), TinyTextEncoders(), out).run(entries)
+    text_encoders = TinyTextEncoders.for_model(load_config("tiny").model)
+    summary = Preencoder(config, TinyVideoEncoder(), text_encoders, out).run(entries)
     return (f"pre-encode tiny, {resolution}px 32-frame clips, {num_workers} decode workers",
             summary.encoded, summary.seconds, summary.samples_per_s)
 

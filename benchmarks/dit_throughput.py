@@ -452,7 +452,8 @@ def environment(args, dtype, peak_tflops: float, cfg) -> dict:
     return {
         "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "megatron_core": package_info.__version__, "recipe": args.recipe,
-        "impl": Runtime.resolve(transformer_impl=cfg.model.transformer_impl).transformer_impl, "layers": args.layers, "dtype": str(dtype),
+        "impl": Runtime.resolve(transformer_impl=cfg.model.transformer_impl).transformer_impl,
+        "layers": args.layers, "dtype": str(dtype),
         "hidden": cfg.model.hidden_size, "heads": cfg.model.num_attention_heads, "head_dim": cfg.model.head_dim,
         "ffn": cfg.model.ffn_hidden_size, "text_tokens": cfg.model.context_length,
         "peak_matmul_tflops": peak_tflops, "peak_matmul_size": args.peak_size,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_moviegen.config.schema import apply_overrides, build, read_recipe, resolve_recipe
+from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
@@ -28,10 +28,23 @@ class MovieGenConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    text: TextEncodersConfig = field(default_factory=TextEncodersConfig)
 
     def validate(self) -> None:
         check_model_fits_layout(self.model, self.parallel)
+
+
+def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
+    """The text encoders about to run produce what the DiT reads: the same encoders, each with the DiT's
+    `model.text_encoders.<name>.max_length` (the one source of those lengths)."""
+    running, expected = set(text.encoders()), set(model.text_encoders)
+    if running != expected:
+        raise ConfigError(f"text encoders: enabled {sorted(running)}, the model reads {sorted(expected)} "
+                          "(model.text_encoders)")
+    for name, encoder in text.encoders().items():
+        wanted = model.text_encoders[name].max_length
+        if encoder.max_length != wanted:
+            raise ConfigError(f"text encoder {name}: max_length {encoder.max_length}, but "
+                              f"model.text_encoders.{name}.max_length is {wanted}")
 
 
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:

@@ -58,10 +58,16 @@ def build_text_encoder(args):
     if args.text_encoders == "tiny":
         if args.text:
             raise SystemExit(f"--text {args.text} applies to --text-encoders paper, not tiny")
-        return TinyTextEncoders()
+        from megatron_moviegen.recipes import load_config
+
+        return TinyTextEncoders.for_model(load_config(args.config or "tiny").model)
+    from megatron_moviegen.recipes import check_text_encoders, load_config
     from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 
-    return TextEncoders(build(TextEncodersConfig, apply_overrides({}, list(args.text))))
+    config = build(TextEncodersConfig, apply_overrides({}, list(args.text)))
+    if args.config is not None:  # the recipe's model reads these embeddings: their lengths must match
+        check_text_encoders(config, load_config(args.config).model)
+    return TextEncoders(config)
 
 
 def main(argv: list[str] | None = None) -> int:

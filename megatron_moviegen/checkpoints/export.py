@@ -97,10 +97,11 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     tensors = {}
     for chunk in model_chunks:  # the TP all-gather: every rank takes part
         tensors.update(gather_full_tensors(chunk, dict(chunk.named_parameters()), chunk.layer_offset))
-    first_of_everything_but_pp = (parallel_state.get_tensor_model_parallel_rank() == 0
-                                  and parallel_state.get_context_parallel_rank() == 0
-                                  and parallel_state.get_data_parallel_rank() == 0)
-    merged = _gather_stages(tensors) if first_of_everything_but_pp else None
+    # TP, CP and DP rank 0 of each pipeline stage sends that stage's whole tensors to the first stage.
+    collects_this_stage = (parallel_state.get_tensor_model_parallel_rank() == 0
+                           and parallel_state.get_context_parallel_rank() == 0
+                           and parallel_state.get_data_parallel_rank() == 0)
+    merged = _gather_stages(tensors) if collects_this_stage else None
     if dist.get_rank() == 0:
         folder = Path(folder)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config)  # the layout is not part of an export

@@ -55,8 +55,8 @@ def load_weights_for_new_stage(path: str, model_chunks) -> None:
         new = {name: state.pop(name) for name in list(state) if state[name].key not in saved_shapes}
         reshaped = {f"position_embedding.{name}" for name in POSITION_TABLES} | {PATCH_EMBED_WEIGHT}
         reshaped = {name: state.pop(name) for name in reshaped if name in state}
-        for name, tensor in state.items():
-            if saved_shapes[tensor.key] != tuple(getattr(tensor, "global_shape", ())):
+        for name, tensor in state.items():  # factories (SwiGLU's fc1) are checked by the load itself
+            if isinstance(tensor, ShardedTensor) and saved_shapes[tensor.key] != tuple(tensor.global_shape):
                 raise ValueError(f"{path}: {tensor.key} has shape {saved_shapes[tensor.key]}, the new stage's model "
                                  f"{tuple(tensor.global_shape)}; only position tables and input channels may grow")
         loaded = dist_checkpointing.load({key: state}, str(path))[key]

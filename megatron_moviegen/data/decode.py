@@ -11,7 +11,6 @@ naming the file.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -84,7 +83,20 @@ def cover_size(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int
 
 
 def center_crop_offsets(h: int, w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
-    return (h - dst_h) // 2, (w - dst_w) // 2
+    return crop_offsets(h, w, dst_h, dst_w)
+
+
+def crop_offsets(h: int, w: int, dst_h: int, dst_w: int, top: float = 0.5, left: float = 0.5) -> tuple[int, int]:
+    """(top, left) pixel offset of a (dst_h, dst_w) crop at relative position (top, left) in [0, 1]; 0.5 is the
+    centre crop pre-encoding takes."""
+    return int((h - dst_h) * top), int((w - dst_w) * left)
+
+
+def cover_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """One decoded frame resized (swscale, area) to the smallest size with its aspect ratio that covers
+    (height, width): (cover_h, cover_w, 3) uint8. The resize every pre-encoded and TAE-training clip gets."""
+    cover_h, cover_w = cover_size(frame.height, frame.width, height, width)
+    return frame.to_ndarray(format="rgb24", width=cover_w, height=cover_h, interpolation="AREA")
 
 
 def to_unit_range(frames: torch.Tensor) -> torch.Tensor:
@@ -233,9 +245,8 @@ class PyAVDecoder:
                 if size is None:
                     arrays[id(frame)] = frame.to_ndarray(format="rgb24")
                 else:
-                    cover_h, cover_w = cover_size(frame.height, frame.width, *size)
-                    rgb = frame.to_ndarray(format="rgb24", width=cover_w, height=cover_h, interpolation="AREA")
-                    top, left = center_crop_offsets(cover_h, cover_w, *size)
+                    rgb = cover_rgb(frame, *size)
+                    top, left = center_crop_offsets(rgb.shape[0], rgb.shape[1], *size)
                     arrays[id(frame)] = rgb[top : top + size[0], left : left + size[1]]
             out.append(arrays[id(frame)])
         if not out:
@@ -311,11 +322,3 @@ def build_decoder(name: str) -> Decoder:
     if name in ("dali-gpu", "dali-cpu"):
         return DaliDecoder(device=name.split("-")[1])
     raise ValueError(f"decoder: got {name!r}, expected one of 'pyav', 'dali-gpu', 'dali-cpu'")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 255.0) -> float:
-    """Peak signal-to-noise ratio in dB between two same-shape frame tensors (inf when identical)."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    mse = torch.mean((a.double().cpu() - b.double().cpu()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)

@@ -1,6 +1,6 @@
 """The on-disk format of pre-encoded samples: WebDataset tar shards plus the description energon reads.
 
-    <out>/shard-000012.tar            # WebDataset: <key>.latents.safetensors, <key>.conditioning.safetensors, <key>.json
+    <out>/shard-000012.tar            # WebDataset: <key>.latents.safetensors, .conditioning.safetensors, .json
     <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
     <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
     <out>/rejects.jsonl, summary.json
@@ -117,7 +117,9 @@ def completed_shards(out_dir: Path) -> set[str]:
 def remove_partial_files(out_dir: Path, shard_ids: list[int]) -> None:
     """Temporary files a killed run left behind for these shards (only these: other ranks may be writing)."""
     for k in shard_ids:
-        for tmp in list(out_dir.glob(f".{shard_name(k)}.*.tmp")) + list((out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.*.tmp")):
+        leftovers = list(out_dir.glob(f".{shard_name(k)}.*.tmp"))
+        leftovers += (out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.*.tmp")
+        for tmp in leftovers:
             tmp.unlink(missing_ok=True)
 
 

@@ -18,6 +18,7 @@ from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
+from megatron_moviegen.recipes import check_text_encoders
 from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 from megatron_moviegen.training.train_tae import load_tae_config
 
@@ -52,14 +53,9 @@ def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
     if kind == TINY:
         if overrides:
             raise ValueError(f"text-encoder overrides {overrides} apply to the paper encoders, not 'tiny'")
-        return TinyTextEncoders({name: (enc.width, enc.max_length) for name, enc in model.text_encoders.items()})
+        return TinyTextEncoders.for_model(model)
     if kind != "paper":
         raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'tiny'")
     config = build(TextEncodersConfig, apply_overrides({}, overrides))
-    for name, enc in config.encoders().items():
-        expected = model.text_encoders.get(name)
-        if expected is None or expected.max_length != enc.max_length:
-            raise ValueError(f"text encoder {name}: max_length {enc.max_length}, but the checkpoint expects "
-                             f"{expected.max_length if expected else 'no such encoder'} "
-                             f"(model.text_encoders: {sorted(model.text_encoders)})")
+    check_text_encoders(config, model)
     return TextEncoders(config)

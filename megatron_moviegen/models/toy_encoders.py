@@ -38,23 +38,24 @@ class TinyVideoEncoder:
         return F.conv3d(pixels.to(self.weight), self.weight, self.bias, stride=k)  # (b, 16, ceil(t/8), h/8, w/8)
 
 
-def _tiny_text_shapes() -> dict[str, tuple[int, int]]:
-    # (width, max_length) of configs/tiny.yaml's text encoders.
-    return {"ul2": (32, 8), "metaclip": (24, 8), "byt5": (16, 4)}
-
-
 class TinyTextEncoders:
     """Per encoder, a fixed random embedding table over UTF-8 bytes plus a learned-position-like table.
 
     Prompts are truncated to each encoder's max_length bytes and right-padded; the mask marks real bytes.
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, int]] | None = None, seed: int = 0):
-        self.shapes = shapes or _tiny_text_shapes()
+    def __init__(self, shapes: dict[str, tuple[int, int]], seed: int = 0):
+        """shapes: {encoder name: (width, max_length)}; `for_model` takes them from a DiT config."""
+        self.shapes = dict(shapes)
         gen = torch.Generator().manual_seed(seed)
         self.tables = {}
         for name, (width, max_length) in self.shapes.items():
             self.tables[name] = (torch.randn(256, width, generator=gen), 0.1 * torch.randn(max_length, width, generator=gen))
+
+    @classmethod
+    def for_model(cls, model, seed: int = 0) -> "TinyTextEncoders":
+        """Shaped to a `DiTConfig`'s text encoders (the one source of their widths and lengths)."""
+        return cls({name: (enc.width, enc.max_length) for name, enc in model.text_encoders.items()}, seed)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> dict[str, Tokens]:

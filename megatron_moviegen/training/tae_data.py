@@ -1,6 +1,6 @@
-"""Clips for TAE training: decode frames with PyAV, resize the short side, crop, scale to [-1, 1].
-
-A small self-contained reader; the project's full decoding stack (bucketing, GPU decode) lives elsewhere.
+"""Clips for TAE training, decoded and resized exactly as pre-encoding does (data/decode.py): swscale area
+resize to cover the size, then a crop (random, or the centre crop pre-encoding takes), scaled to [-1, 1]. A TAE
+trained here therefore sees the pixels it will encode.
 """
 
 from __future__ import annotations
@@ -8,49 +8,43 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from megatron_moviegen.data.decode import PyAVDecoder, cover_rgb, crop_offsets, to_unit_range
 
 
-def read_frames(path: str | Path, start: int, num_frames: int) -> np.ndarray:
-    """Frames [start, start + num_frames) of a video as uint8 (t, h, w, 3); fewer if the video ends first."""
+def read_frames(path: str | Path, start: int, num_frames: int, size: int) -> np.ndarray:
+    """Frames [start, start + num_frames) resized to cover (size, size): uint8 (t, cover_h, cover_w, 3); fewer
+    frames if the video ends first."""
     frames = []
-    with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index >= start + num_frames:
-                break
-            if index >= start:
-                frames.append(frame.to_ndarray(format="rgb24"))
+    for index, frame in enumerate(PyAVDecoder().decoded_frames(path)):
+        if index >= start + num_frames:
+            break
+        if index >= start:
+            frames.append(cover_rgb(frame, size, size))
     if not frames:
         raise ValueError(f"{path}: no frames at or after frame {start}")
     return np.stack(frames)
 
 
 def to_pixels(frames: np.ndarray, size: int, crop_top: float = 0.5, crop_left: float = 0.5) -> torch.Tensor:
-    """uint8 (t, h, w, 3) -> float (3, t, size, size) in [-1, 1]: resize the short side to `size`, then crop
-    at the relative offset (crop_top, crop_left) in [0, 1]."""
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (t, 3, h, w)
-    h, w = video.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = round((new_h - size) * crop_top), round((new_w - size) * crop_left)
-    video = video[:, :, top:top + size, left:left + size]
-    return (video / 127.5 - 1.0).clamp(-1.0, 1.0).transpose(0, 1).contiguous()
+    """uint8 (t, h, w, 3) covering (size, size) -> float (3, t, size, size) in [-1, 1], cropped at the relative
+    offset (crop_top, crop_left) in [0, 1]."""
+    top, left = crop_offsets(frames.shape[1], frames.shape[2], size, size, crop_top, crop_left)
+    return to_unit_range(torch.from_numpy(np.ascontiguousarray(frames[:, top:top + size, left:left + size])))
 
 
 def read_clip(path: str | Path, num_frames: int, size: int, start: int = 0) -> torch.Tensor:
     """A centre-cropped clip (3, t, size, size) in [-1, 1]; t = num_frames unless the video is shorter."""
-    return to_pixels(read_frames(path, start, num_frames), size)
+    return to_pixels(read_frames(path, start, num_frames, size), size)
 
 
 class ClipSampler:
     """Random clips of a fixed length and size from a list of videos, the frames of each video decoded once."""
 
     def __init__(self, paths: list[str | Path], max_frames: int, size: int, seed: int, random_crop: bool = True):
-        self.videos = [read_frames(p, 0, max_frames) for p in paths]
+        self.videos = [read_frames(p, 0, max_frames, size) for p in paths]
         self.size = size
         self.random_crop = random_crop
         self.rng = random.Random(seed)

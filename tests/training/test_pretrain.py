@@ -64,7 +64,8 @@ def _fixed_velocity(cfg, dit) -> torch.Tensor:
     """The full velocity prediction for one fixed random input."""
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
-    tokens = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen), torch.ones(1, e.max_length, dtype=torch.bool))
+    tokens = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
+                        torch.ones(1, e.max_length, dtype=torch.bool))
               for n, e in cfg.model.text_encoders.items()}
     with torch.no_grad():
         whole = dit.layout.gather(dit(latents, torch.tensor([0.3]), Conditioning(tokens)))

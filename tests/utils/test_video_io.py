@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from megatron_moviegen.utils import quality
 from megatron_moviegen.utils.io import atomic_output
 from megatron_moviegen.utils.video_io import to_uint8_frames, write_image, write_json, write_video
 
@@ -33,11 +34,6 @@ def _decode(path: Path) -> tuple[np.ndarray, Fraction, str]:
         return frames, stream.average_rate, stream.codec_context.name
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
-
-
 def test_video_decodes_back_with_its_frame_count_size_fps_and_pixels(tmp_path):
     video = _real_clip(12)
     path = tmp_path / "out" / "clip.mp4"
@@ -45,7 +41,7 @@ def test_video_decodes_back_with_its_frame_count_size_fps_and_pixels(tmp_path):
     frames, fps, codec = _decode(path)
     assert frames.shape == (12, 144, 176, 3)
     assert fps == 16 and codec == "h264"
-    psnr = _psnr(frames, to_uint8_frames(video))
+    psnr = quality.psnr(torch.from_numpy(frames), torch.from_numpy(to_uint8_frames(video)))
     assert psnr > 30.0, psnr
     assert os.listdir(path.parent) == ["clip.mp4"]  # no temporary left behind
 
