@@ -18,6 +18,7 @@ from megatron_moviegen.config.schema import (
     to_dict,
     to_yaml,
 )
+from megatron_moviegen.data.buckets import check_buckets_fit_model
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
@@ -40,6 +41,7 @@ class MovieGenConfig:
 
     def validate(self) -> None:
         check_model_fits_layout(self.model, self.parallel)
+        check_buckets_fit_model(self.data.buckets, self.model)
 
 
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:

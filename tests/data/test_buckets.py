@@ -22,9 +22,15 @@ def test_paper_table_is_5_aspects_by_5_durations_plus_images(table):
     assert sorted({b.num_frames for b in videos}) == [64, 112, 160, 208, 256]  # 4..16 s at 16 fps
     for b in buckets:
         assert b.height % 16 == 0 and b.width % 16 == 0
-        assert abs(b.height * b.width / 768**2 - 1) < 0.08
+        assert 0.97 < b.height * b.width / 768**2 <= 1  # never more pixels (tokens) than the square bucket
     assert bucket_size(1.0, 768, 16) == (768, 768)
     assert bucket_size(16 / 9, 768, 16) == (576, 1024)
+    assert bucket_size(9 / 16, 768, 16) == (1024, 576)
+    # Rounding each side to the nearest 16 gave 672x880 (73,920 tokens at 16 s); the nearest ratio within
+    # 768^2 pixels is 656x880 (1.341 vs 4/3), and 3:4 is its transpose.
+    assert bucket_size(4 / 3, 768, 16) == (656, 880)
+    assert bucket_size(3 / 4, 768, 16) == (880, 656)
+    assert bucket_size(16 / 9, 256, 16) == (192, 336)
 
 
 def test_landscape_1080p_goes_to_16_9_longest_fitting_duration(table):
