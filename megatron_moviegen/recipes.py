@@ -41,14 +41,18 @@ class MovieGenConfig:
 
     def validate(self) -> None:
         check_model_fits_layout(self.model, self.parallel)
-        check_buckets_fit_model(self.data.buckets, self.model)
 
 
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
-    """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides."""
+    """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides.
+
+    A recipe is a training run, so its model must hold every bucket it trains (checked here, not in
+    MovieGenConfig.validate: an export folder's config is only a model, whatever data it was trained on)."""
     data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
     apply_overrides(data, list(overrides or []))
-    return build(MovieGenConfig, data)
+    cfg = build(MovieGenConfig, data)
+    check_buckets_fit_model(cfg.data.buckets, cfg.model)
+    return cfg
 
 
 def available_recipes() -> list[str]:
