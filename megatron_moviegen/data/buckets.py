@@ -7,12 +7,17 @@ too short for the shortest bucket, or too small to cover its bucket without enla
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from megatron_moviegen.data.config import BucketConfig, parse_aspect_ratio
+from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.decode import ClipRequest, MediaInfo
+from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.planning.flops import latent_shape
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,23 @@ class Rejection:
     reason: str
 
 
+@functools.lru_cache(maxsize=None)
 def bucket_size(aspect_ratio: float, resolution: int, multiple: int) -> tuple[int, int]:
-    """(height, width) with about resolution**2 pixels at `aspect_ratio` = width / height, multiples of `multiple`."""
-    height = max(multiple, round(resolution / math.sqrt(aspect_ratio) / multiple) * multiple)
-    width = max(multiple, round(resolution * math.sqrt(aspect_ratio) / multiple) * multiple)
-    return height, width
+    """(height, width), multiples of `multiple`, at most resolution**2 pixels, nearest `aspect_ratio` = width / height.
+
+    Never more pixels than the square bucket, so no aspect ratio has more tokens per frame than 1:1 (rounding
+    each side to the nearest multiple gave the 768 px 4:3 bucket 672x880: 73,920 tokens at 16 s, above 73,728).
+    Among equally near ratios the larger area wins.
+    """
+    area = resolution * resolution
+    sides = range(multiple, area // multiple + 1, multiple)
+
+    def other(side: int) -> int:  # the largest multiple with side * other <= area
+        return area // side // multiple * multiple
+
+    candidates = [(h, other(h)) for h in sides] + [(other(w), w) for w in sides]
+    fits = [(h, w) for h, w in candidates if h >= multiple and w >= multiple]
+    return min(fits, key=lambda hw: (round(abs(math.log(hw[1] / hw[0] / aspect_ratio)), 12), -hw[0] * hw[1]))
 
 
 class BucketTable:
@@ -68,11 +85,23 @@ class BucketTable:
         height, width = bucket_size(ratio, self.config.resolution, self.config.size_multiple)
         return Bucket(text, height, width, num_frames)
 
-    def sampling_fps(self, native_fps: float) -> float:
-        fps = max(native_fps, self.config.min_fps)
-        return min(fps, self.config.max_fps) if self.config.max_fps is not None else fps
+    def sampling_fps(self, native_fps: float, span_s: float = math.inf, key: str = "") -> float:
+        """The rate to sample a clip of `span_s` seconds at (see BucketConfig.min_fps and sample_fps)."""
+        if not self.config.sample_fps:
+            fps = max(native_fps, self.config.min_fps)
+            return min(fps, self.config.max_fps) if self.config.max_fps is not None else fps
+        rates = sorted(self.config.sample_fps)
+        rates = [r for r in rates if r <= native_fps + 1e-6] or rates[:1]  # no rate above native, if avoidable
+        longest = {r: max([n for n in self.frame_counts if n / r <= span_s + 1e-6], default=0) for r in rates}
+        if not max(longest.values()):
+            return rates[-1]  # too short at every rate: the rejection reports the rate giving the most frames
+        rates = [r for r in rates if longest[r] == max(longest.values())]
+        digest = hashlib.sha256(key.encode()).digest()
+        return rates[int.from_bytes(digest[:8], "big") % len(rates)]
 
-    def assign(self, info: MediaInfo, start_s: float = 0.0, end_s: Optional[float] = None) -> Union[Assignment, Rejection]:
+    def assign(self, info: MediaInfo, start_s: float = 0.0, end_s: Optional[float] = None,
+               key: str = "") -> Union[Assignment, Rejection]:
+        """`key` (the file and start time) picks among equally good `sample_fps` rates."""
         text, ratio = min(self.aspects, key=lambda a: abs(math.log(info.width / info.height) - math.log(a[1])))
         if info.is_image:
             if not self.config.include_images:
@@ -82,7 +111,7 @@ class BucketTable:
             return Rejection("video, and buckets.durations_s is empty")
         end = info.duration_s if end_s is None else min(end_s, info.duration_s)
         span = end - start_s
-        fps = self.sampling_fps(info.fps)
+        fps = self.sampling_fps(info.fps, span, f"{key}@{start_s}")
         fitting = [n for n in self.frame_counts if n / fps <= span + 1e-6]
         if not fitting:
             return Rejection(
@@ -100,3 +129,30 @@ class BucketTable:
             )
         sized = ClipRequest(clip.start_s, clip.fps, clip.num_frames, bucket.height, bucket.width)
         return Assignment(bucket, sized)
+
+
+def token_grid(bucket: Bucket, model: DiTConfig) -> tuple[int, int, int]:
+    """A bucket's (t, h, w) token grid after the TAE (8x in t, h, w) and the DiT's patchify."""
+    _, t, h, w = latent_shape(bucket.num_frames, bucket.height, bucket.width, model.latent_channels)
+    pt, ph, pw = model.patch_size
+    if t % pt or h % ph or w % pw:
+        raise ConfigError(f"data.buckets: bucket {bucket.aspect_ratio} {bucket.name} has latent grid (t={t}, h={h}, "
+                          f"w={w}), not divisible by model.patch_size {tuple(model.patch_size)}")
+    return t // pt, h // ph, w // pw
+
+
+def check_buckets_fit_model(buckets: BucketConfig, model: DiTConfig) -> None:
+    """Every bucket's token grid within the position tables and its token count within model.max_video_tokens."""
+    for bucket in BucketTable(buckets).buckets():
+        grid = token_grid(bucket, model)
+        for size, field in zip(grid, ("max_frames", "max_height", "max_width")):
+            if size > getattr(model, field):
+                raise ConfigError(
+                    f"model.{field}: {getattr(model, field)} is smaller than the token grid (t, h, w) = {grid} of "
+                    f"bucket {bucket.aspect_ratio} {bucket.name} (frames x height x width) in data.buckets"
+                )
+        if math.prod(grid) > model.max_video_tokens:
+            raise ConfigError(
+                f"model.max_video_tokens: bucket {bucket.aspect_ratio} {bucket.name} in data.buckets has "
+                f"{math.prod(grid):,} tokens (grid {grid}), above the budget {model.max_video_tokens:,}"
+            )

@@ -33,9 +33,13 @@ class BucketConfig:
     aspect_ratios: list[str] = field(default_factory=_paper_aspect_ratios)  # width:height
     durations_s: list[float] = field(default_factory=_paper_durations)
     frame_rate: float = 16.0
-    # Clips are sampled at their native fps clamped to [min_fps, max_fps] (paper: native, at least 16).
+    # Clips are sampled at their native fps clamped to [min_fps, max_fps] (paper: native, at least 16)...
     min_fps: float = 16.0
     max_fps: Optional[float] = None
+    # ...or, when listed, at one of these fixed rates (paper SFT: 16 and 24 fps). Per clip: the rates at or
+    # below its native fps (else the lowest), then those filling the longest bucket, then a stable hash of the
+    # file and start time picks one, so both rates are used and a rerun picks the same.
+    sample_fps: list[float] = field(default_factory=list)
     size_multiple: int = 16  # TAE 8x times the DiT's 2x2 patch
     # Reject a source that must be enlarged by more than this factor to cover its bucket.
     max_upscale: float = 1.0
@@ -58,6 +62,8 @@ class BucketConfig:
             raise ConfigError(f"frame_rate/min_fps: got {self.frame_rate}/{self.min_fps}, must be > 0")
         if self.max_fps is not None and self.max_fps < self.min_fps:
             raise ConfigError(f"max_fps: got {self.max_fps}, must be >= min_fps {self.min_fps}")
+        if any(f <= 0 for f in self.sample_fps) or len(set(self.sample_fps)) != len(self.sample_fps):
+            raise ConfigError(f"sample_fps: got {self.sample_fps}, need distinct rates > 0")
         if self.max_upscale < 1.0:
             raise ConfigError(f"max_upscale: got {self.max_upscale}, must be >= 1.0")
 

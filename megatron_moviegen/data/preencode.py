@@ -110,7 +110,7 @@ def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: 
         return Rejected(index, entry.path, f"{type(exc).__name__}: {exc}")
     if entry.fps is not None and not info.is_image:
         info = replace(info, fps=entry.fps)
-    result = table.assign(info, entry.start_s, entry.end_s)
+    result = table.assign(info, entry.start_s, entry.end_s, key=entry.path)
     return Rejected(index, entry.path, result.reason) if isinstance(result, Rejection) else result
 
 

@@ -36,11 +36,14 @@ class DiTConfig:
     num_attention_heads: int = 48
     latent_channels: int = 16
     patch_size: tuple[int, int, int] = (1, 2, 2)
-    # Factorized learnable position tables, in tokens (after patchify): 32 latent frames, and 48 x 48
-    # tokens = 768 px at 8x TAE compression and 2x2 patches (SPEC: 3x the 256 px table).
+    # Factorized learnable position tables, in tokens (after patchify), sized for the recipe's buckets (checked
+    # against data.buckets at load): 32 latent frames (16 s at 16 fps), and 64 rows and columns for the long
+    # side of the 768 px 16:9 and 9:16 buckets (576x1024 px -> 36 x 64 tokens at 8x TAE and 2x2 patches).
     max_frames: int = 32
-    max_height: int = 48
-    max_width: int = 48
+    max_height: int = 64
+    max_width: int = 64
+    # The most video tokens one sample may have (SPEC: 73,728 = 16 s at 768x768); the memory plan assumes it.
+    max_video_tokens: int = 73728
     text_encoders: dict[str, ContextSource] = field(default_factory=_paper_text_encoders)
     # Conditioning beyond text (conditioning.py): cross-attention sources after the text (e.g. a reference
     # image's vision tokens), input channels concatenated to the noisy latent (the upsampler's low-res latent,
@@ -82,7 +85,7 @@ class DiTConfig:
 
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "latent_channels",
-                     "max_frames", "max_height", "max_width", "timestep_embedding_dim"):
+                     "max_frames", "max_height", "max_width", "max_video_tokens", "timestep_embedding_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
         if self.hidden_size % self.num_attention_heads:

@@ -31,6 +31,8 @@ class TrainConfig:
     save_every: int = 1000
     resume: bool = True  # continue from checkpoint_dir/latest if it exists
     load_from: Optional[str] = None  # start a new stage from this checkpoint (weights only)
+    # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
+    ema_decay: Optional[float] = None
     # Logging.
     log_every: int = 10
     tensorboard_dir: Optional[str] = None
@@ -55,6 +57,8 @@ class TrainConfig:
             raise ConfigError(f"lr/min_lr: got {self.lr}/{self.min_lr}, need 0 <= min_lr <= lr and lr > 0")
         if self.lr_warmup_steps < 0 or self.lr_warmup_steps > self.steps:
             raise ConfigError(f"lr_warmup_steps: got {self.lr_warmup_steps}, must be in [0, steps={self.steps}]")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: got {self.ema_decay}, must be in [0, 1) (or null for no EMA)")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: got {self.clip_grad}, must be >= 0")
         if self.peak_tflops_per_gpu <= 0:

@@ -178,7 +178,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
         step = load_checkpoint(resume_from, model, optimizer, scheduler, loader)
         log.info("resumed from %s at step %d", resume_from, step)
     elif cfg.train.load_from:
-        load_weights_for_new_stage(cfg.train.load_from, chunks)
+        load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
         log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
 
     metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)

@@ -62,3 +62,31 @@ def test_recipe_inheritance_merges_sections(tmp_path):
     child.write_text("base: tiny\nname: child\nmodel:\n  num_layers: 2\n")
     cfg = load_config(str(child))
     assert cfg.name == "child" and cfg.model.num_layers == 2 and cfg.model.hidden_size == 64
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_bucket_of_every_recipe_fits_its_position_tables_and_token_budget(name):
+    import math
+
+    from megatron_moviegen.data.buckets import BucketTable, token_grid
+
+    cfg = load_config(name)
+    model = cfg.model
+    buckets = BucketTable(cfg.data.buckets).buckets()
+    assert buckets
+    for bucket in buckets:
+        t, h, w = token_grid(bucket, model)
+        assert t <= model.max_frames and h <= model.max_height and w <= model.max_width, (name, bucket)
+        assert t * h * w <= model.max_video_tokens, (name, bucket)
+    if name in ("t2iv_768", "sft", "t2v_30b"):  # the longest 768 px clip is the paper's 73,728-token sample
+        assert max(math.prod(token_grid(b, model)) for b in buckets) == 73728
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.max_width=48", r"model\.max_width: 48 .* bucket 4:3 1x656x880"),
+    ("model.max_frames=16", r"model\.max_frames: 16 .* bucket 9:16 160x1024x576"),
+    ("model.max_video_tokens=70000", r"model\.max_video_tokens: bucket 9:16 256x1024x576 .* 73,728 tokens"),
+])
+def test_a_bucket_the_model_cannot_hold_is_refused_at_load_naming_it(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("t2iv_768", [override])

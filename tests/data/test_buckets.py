@@ -22,9 +22,15 @@ def test_paper_table_is_5_aspects_by_5_durations_plus_images(table):
     assert sorted({b.num_frames for b in videos}) == [64, 112, 160, 208, 256]  # 4..16 s at 16 fps
     for b in buckets:
         assert b.height % 16 == 0 and b.width % 16 == 0
-        assert abs(b.height * b.width / 768**2 - 1) < 0.08
+        assert 0.97 < b.height * b.width / 768**2 <= 1  # never more pixels (tokens) than the square bucket
     assert bucket_size(1.0, 768, 16) == (768, 768)
     assert bucket_size(16 / 9, 768, 16) == (576, 1024)
+    assert bucket_size(9 / 16, 768, 16) == (1024, 576)
+    # Rounding each side to the nearest 16 gave 672x880 (73,920 tokens at 16 s); the nearest ratio within
+    # 768^2 pixels is 656x880 (1.341 vs 4/3), and 3:4 is its transpose.
+    assert bucket_size(4 / 3, 768, 16) == (656, 880)
+    assert bucket_size(3 / 4, 768, 16) == (880, 656)
+    assert bucket_size(16 / 9, 256, 16) == (192, 336)
 
 
 def test_landscape_1080p_goes_to_16_9_longest_fitting_duration(table):
@@ -104,3 +110,34 @@ def test_data_config_validates_nested_and_own_fields():
         build(DataConfig, {"buckets": {"resolution": 8}})
     with pytest.raises(ConfigError, match="image_fraction"):
         build(DataConfig, {"buckets": {"include_images": False}})
+
+
+def _sft_table():
+    return BucketTable(BucketConfig(durations_s=[16.0], include_images=False, sample_fps=[16.0, 24.0]))
+
+
+def test_fixed_rates_fill_the_256_frame_bucket_with_16_s_at_16_fps_or_10_67_s_at_24_fps():
+    table = _sft_table()
+    picks = {table.assign(video(1920, 1080, 30.0, 20.0), key=f"clip{i}.mp4").clip.fps for i in range(40)}
+    assert picks == {16.0, 24.0}  # long clips are spread over both rates
+    again = table.assign(video(1920, 1080, 30.0, 20.0), key="clip3.mp4").clip.fps
+    assert again == table.assign(video(1920, 1080, 30.0, 20.0), key="clip3.mp4").clip.fps  # stable
+    # 12 s fills 256 frames only at 24 fps (10.67 s); a 20 fps source is not sampled above its rate.
+    short = table.assign(video(1920, 1080, 30.0, 12.0), key="a.mp4")
+    assert (short.clip.fps, short.bucket.num_frames) == (24.0, 256)
+    assert table.assign(video(1920, 1080, 20.0, 20.0), key="a.mp4").clip.fps == 16.0
+    too_short = table.assign(video(1920, 1080, 30.0, 9.0), key="a.mp4")
+    assert isinstance(too_short, Rejection) and "at 24 fps" in too_short.reason
+
+
+def test_sample_fps_must_be_distinct_positive_rates():
+    with pytest.raises(ConfigError, match=r"sample_fps: got \[24.0, 24.0\]"):
+        build(BucketConfig, {"sample_fps": [24.0, 24.0]})
+
+
+def test_sft_recipe_samples_at_16_and_24_fps():
+    from megatron_moviegen.recipes import load_config
+
+    buckets = load_config("sft").data.buckets
+    assert sorted(buckets.sample_fps) == [16.0, 24.0]
+    assert {b.num_frames for b in BucketTable(buckets).buckets()} == {256}

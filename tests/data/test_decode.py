@@ -141,3 +141,25 @@ def test_dali_matches_pyav(clips, tmp_path, device):
     request = ClipRequest(0.25, 16.0, 16, 0, 0)
     dali = DaliDecoder(device=device).native_frames(path, request)
     assert psnr(dali.cpu(), PyAVDecoder().native_frames(path, request)) >= 40.0
+
+
+@pytest.mark.parametrize("fps", [16.0, 24.0])
+def test_a_clip_sampled_at_a_fixed_rate_has_duration_times_fps_frames(clips, fps):
+    """bikes.mp4 (25 fps, 10 s) through bucketing and decoding at the SFT rates: 10 s -> 160 / 240 frames."""
+    from megatron_moviegen.data.buckets import BucketTable
+    from megatron_moviegen.data.config import BucketConfig
+    from megatron_moviegen.data.manifest import ManifestEntry
+    from megatron_moviegen.data.preencode import prepare_entry
+
+    path = clips / "bikes.mp4"
+    duration = PyAVDecoder().probe(path).duration_s
+    table = BucketTable(BucketConfig(resolution=64, aspect_ratios=["16:9"], durations_s=[duration], frame_rate=fps,
+                                     sample_fps=[fps], include_images=False))
+    prepared = prepare_entry(0, ManifestEntry(str(path), "bikes"), table, PyAVDecoder())
+    assert prepared.fps == fps
+    assert prepared.frames.shape[0] == round(duration * fps) == {16.0: 160, 24.0: 240}[fps]
+    times, _ = all_frames(path)
+    native = PyAVDecoder().native_frames(path, ClipRequest(0.0, fps, prepared.frames.shape[0], 0, 0))
+    expected = torch.from_numpy(select_frame_indices(times, np.arange(len(native)) / fps, path))
+    assert len(set(expected.tolist())) == len(native)  # 25 -> 16 or 24 fps: every picked frame is distinct
+    assert expected[-1] == int((len(native) - 1) / fps * 25 + 1e-6)  # the last frame is the one at 9.9x s

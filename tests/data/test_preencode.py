@@ -79,9 +79,9 @@ def test_shards_hold_latents_text_and_metadata(encoded, media):
     samples = read_all(encoded)
     assert sorted(samples) == ["000000000", "000000001", "000000003", "000000004"]  # 2 is the corrupt file
     bunny = decode_sample(samples["000000000"])
-    # 1280x720 at 25 fps, 5.28 s -> 16:9 bucket of 2 s x 16 = 32 frames at 96x176 -> latents (16, 4, 12, 22)
-    assert bunny["meta"]["bucket"] == "32x96x176" and bunny["meta"]["fps"] == 25.0
-    assert bunny["latents"].shape == (16, 4, 12, 22) and bunny["latents"].dtype == torch.bfloat16
+    # 1280x720 at 25 fps, 5.28 s -> 16:9 bucket of 2 s x 16 = 32 frames at 96x160 -> latents (16, 4, 12, 20)
+    assert bunny["meta"]["bucket"] == "32x96x160" and bunny["meta"]["fps"] == 25.0
+    assert bunny["latents"].shape == (16, 4, 12, 20) and bunny["latents"].dtype == torch.bfloat16
     assert bunny["meta"]["prompt"] == 'FPS-25 a video of "bigbuckbunny"'
     assert bunny["meta"]["source"] == str(media / "bigbuckbunny.mp4") and len(bunny["meta"]["sha256"]) == 64
     emb, mask = bunny["conditioning"].tokens["ul2"]
@@ -102,7 +102,7 @@ def test_energon_description_and_summary(encoded):
     assert "train" in yaml.safe_load((meta / "split.yaml").read_text())["split_parts"]
     summary = json.loads((encoded / "summary.json").read_text())
     assert summary == {"samples": 4, "rejected": 1, "shards": 3,
-                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x176": 2}}
+                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2}}
 
 
 def test_corrupt_file_lands_in_rejects(encoded, media):
@@ -115,7 +115,7 @@ def test_corrupt_file_lands_in_rejects(encoded, media):
 def test_loader_reads_back_shapes(encoded):
     loader = LatentLoader(encoded, batch_size=2, image_fraction=0.0, seed=0)
     batch = next(iter(loader))
-    assert batch.bucket == "32x96x176" and batch.latents.shape == (2, 16, 4, 12, 22)
+    assert batch.bucket == "32x96x160" and batch.latents.shape == (2, 16, 4, 12, 20)
     assert {n: tuple(e.shape) for n, (e, _) in batch.conditioning.tokens.items()} == {
         "byt5": (2, 4, 16), "metaclip": (2, 8, 24), "ul2": (2, 8, 32)}
     assert batch.conditioning.tokens["ul2"].mask.dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
@@ -192,7 +192,7 @@ def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
         cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["per_bucket"] == {"1x112x144": 1, "32x112x144": 1, "32x96x176": 2}
+    assert report["per_bucket"] == {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2}
     assert [r["index"] for r in report["rejected"]] == [2]
     assert not (tmp_path / "o").exists()
 
