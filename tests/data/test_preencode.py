@@ -152,7 +152,7 @@ def test_kill_and_resume_gives_the_same_samples(encoded, media, tmp_path):
     with pytest.raises(Crash):
         preencode(media, tmp_path, on_prepared=crash_after_three)
     assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar"]
-    (tmp_path / ".shard-000001.tar.tmp-99999").write_bytes(b"partial tar of a killed run")
+    (tmp_path / ".shard-000001.tar.99999.tmp").write_bytes(b"partial tar of a killed run")
     summary = preencode(media, tmp_path)
     assert (summary.shards_skipped, summary.shards_written, summary.encoded) == (1, 2, 2)
     assert not list(tmp_path.glob(".*tmp*"))
