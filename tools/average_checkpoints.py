@@ -32,8 +32,9 @@ def main(argv=None) -> int:
                 continue
             from megatron_moviegen.checkpoints.export import export_training_checkpoint
             from megatron_moviegen.parallel.initialize import init_distributed
+            from megatron_moviegen.runtime import Runtime
 
-            init_distributed()
+            init_distributed(Runtime.resolve(distributed_optimizer=False))
             folders.append(str(export_training_checkpoint(item, Path(scratch) / f"input{index}")))
         out = average_exports(folders, args.out, args.weights)
     print(f"averaged {len(folders)} models -> {out}")

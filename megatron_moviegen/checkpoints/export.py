@@ -59,10 +59,10 @@ def read_exported_config(folder: str | Path, overrides: list[str] | None = None)
 def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None,
                       runtime: Runtime | None = None) -> tuple[MovieGenConfig, list[MovieGenDiT]]:
     """Build this rank's DiT chunks for the layout in `cfg_overrides` (parallel.* fields; torch.distributed and
-    Megatron's groups are set up here) on the runtime's device and dtype (default: CPU fp32), and fill them from
-    the export folder. Chunks come back in eval mode."""
+    Megatron's groups are set up here) on the runtime's device and dtype (default: this machine's, fp32), and fill
+    them from the export folder. Chunks come back in eval mode."""
     cfg = read_exported_config(folder, cfg_overrides)
-    runtime = runtime or Runtime.resolve("fp32", "local", cuda=False)
+    runtime = runtime or Runtime.resolve("fp32", cfg.model.transformer_impl, distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     full = load_file(str(Path(folder) / WEIGHTS_NAME))
@@ -119,7 +119,7 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     saved = read_saved_config(step_dir)
     saved["parallel"] = {}
     cfg = build(MovieGenConfig, apply_overrides(saved, list(layout_overrides or [])))
-    runtime = Runtime.resolve("fp32", "local", distributed_optimizer=False)
+    runtime = Runtime.resolve("fp32", cfg.model.transformer_impl, distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)

@@ -8,6 +8,7 @@ from typing import Literal, Optional
 import torch
 
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.runtime import Runtime
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -52,8 +53,9 @@ class TextEncodersConfig:
         return {name: getattr(self, name) for name in self.NAMES if getattr(self, name).enabled}
 
     def torch_device(self) -> torch.device:
+        """"auto": this process's runtime device (cuda:<local rank> on GPU, so ranks of a node don't share one)."""
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return Runtime.resolve().device
         return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
