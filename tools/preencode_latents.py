@@ -24,7 +24,7 @@ from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+from megatron_moviegen.data.preencode import Preencoder, rank_and_world, use_local_device
 
 
 TOY_TAES = ("toy-tae", "toy-conv")
@@ -40,7 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--text-encoders", help=f"{' or '.join(TEXT_ENCODERS)}; required")
     parser.add_argument("--text", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig overrides for --text-encoders paper, e.g. ul2.path=/models/ul2")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda (= cuda:<LOCAL_RANK or SLURM_LOCALID>: one GPU per rank) or cuda:N")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N manifest entries")
     parser.add_argument("--shard-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="decode processes (0: in-process)")
@@ -77,14 +78,15 @@ def build_video_encoder(source: str, device: torch.device):
     return TAEVideoEncoder(load_tae(TINY if source == "toy-tae" else source, device))
 
 
-def build_text_encoder(args):
+def build_text_encoder(args, device: torch.device):
     if args.text_encoders == "toy":
         if args.text:
             raise SystemExit(f"--text {args.text} applies to --text-encoders paper, not toy")
         return TinyTextEncoders()
     from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 
-    return TextEncoders(build(TextEncodersConfig, apply_overrides({}, list(args.text))))
+    config = apply_overrides({"device": str(device)}, list(args.text))  # `--text device=...` still wins
+    return TextEncoders(build(TextEncodersConfig, config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     config = build(DataConfig, data)
     entries = read_manifest(args.manifest)[: args.limit]
     rank, world_size = rank_and_world()
-    # A dry run decodes and encodes nothing, so it needs no model weights.
-    video_encoder = None if args.dry_run else build_video_encoder(args.tae, args.device)
-    text_encoder = None if args.dry_run else build_text_encoder(args)
+    # A dry run decodes and encodes nothing, so it needs no model weights (and no GPU).
+    device = torch.device("cpu") if args.dry_run else use_local_device(args.device)
+    video_encoder = None if args.dry_run else build_video_encoder(args.tae, device)
+    text_encoder = None if args.dry_run else build_text_encoder(args, device)
     preencoder = Preencoder(config, video_encoder, text_encoder, args.out,
-                            device=args.device, rank=rank, world_size=world_size)
+                            device=device, rank=rank, world_size=world_size)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)
         print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import av
 import torch
@@ -93,6 +93,30 @@ def rank_and_world() -> tuple[int, int]:
         if rank_var in os.environ and world_var in os.environ:
             return int(os.environ[rank_var]), int(os.environ[world_var])
     return 0, 1
+
+
+def local_device(requested: str, env: Mapping[str, str], gpu_count: int) -> torch.device:
+    """`--device` -> this process's device. A bare "cuda" means the GPU of this node-local rank (torchrun's
+    LOCAL_RANK, else srun's SLURM_LOCALID, else 0), so eight ranks on a node use eight GPUs, not all cuda:0;
+    a process that sees one GPU (srun --gpus-per-task=1 binds each task to its own) uses that one."""
+    device = torch.device(requested)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    var = next((v for v in ("LOCAL_RANK", "SLURM_LOCALID") if v in env), None)
+    local_rank = int(env[var]) if var else 0
+    if gpu_count == 1 or local_rank < gpu_count:
+        return torch.device("cuda", min(local_rank, gpu_count - 1))
+    raise ValueError(f"{var}: got local rank {local_rank}, but this process sees {gpu_count} GPU(s); "
+                     f"need one rank per GPU (local rank < {gpu_count}) or one GPU per process")
+
+
+def use_local_device(requested: str) -> torch.device:
+    """`local_device` for this process, made current (torch.cuda.set_device) so that code asking for a plain
+    "cuda" (text encoders, TAE) lands on the same GPU."""
+    device = local_device(requested, os.environ, torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def file_sha256(path: str | Path) -> str:
@@ -171,7 +195,7 @@ class Preencoder:
     """Writes the shards of one rank. `on_prepared(n)` is called after each decoded sample (tests inject crashes)."""
 
     def __init__(self, config: DataConfig, video_encoder: VideoEncoder, text_encoder: TextEncoder, out_dir: str | Path,
-                 device: str = "cpu", rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                  on_prepared: Optional[Callable[[int], None]] = None):
         config.validate()
         if not 0 <= rank < world_size:

@@ -14,7 +14,7 @@ from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder, rank_and_world
+from megatron_moviegen.data.preencode import Preencoder, local_device, rank_and_world
 from megatron_moviegen.data.shards import decode_sample
 from tests.data.conftest import write_garbage, write_png
 
@@ -182,6 +182,26 @@ def test_rank_from_torchrun_or_slurm_env(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert rank_and_world() == (1, 2)
+
+
+@pytest.mark.parametrize("requested, env, gpus, expected", [
+    ("cuda", {"LOCAL_RANK": "3"}, 8, "cuda:3"),  # torchrun --nproc-per-node 8
+    ("cuda", {"SLURM_LOCALID": "5", "SLURM_PROCID": "13"}, 8, "cuda:5"),  # srun, rank 13 = node 1 local 5
+    ("cuda", {"LOCAL_RANK": "2", "SLURM_LOCALID": "0"}, 8, "cuda:2"),  # torchrun inside an srun task
+    ("cuda", {"SLURM_LOCALID": "6"}, 1, "cuda:0"),  # srun --gpus-per-task=1: the task sees only its GPU
+    ("cuda", {}, 8, "cuda:0"),
+    ("cuda:7", {"LOCAL_RANK": "3"}, 8, "cuda:7"),  # an explicit index is kept
+    ("cpu", {"LOCAL_RANK": "3"}, 0, "cpu"),
+])
+def test_local_device_gives_each_rank_of_a_node_its_own_gpu(requested, env, gpus, expected):
+    assert local_device(requested, env, gpus) == torch.device(expected)
+
+
+def test_local_device_refuses_more_ranks_than_gpus():
+    with pytest.raises(ValueError, match=r"LOCAL_RANK: got local rank 4, but this process sees 4 GPU\(s\)"):
+        local_device("cuda", {"LOCAL_RANK": "4"}, 4)
+    with pytest.raises(ValueError, match=r"sees 0 GPU\(s\)"):
+        local_device("cuda", {}, 0)
 
 
 def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
