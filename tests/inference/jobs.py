@@ -10,7 +10,7 @@ import torch
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.generate import main
-from megatron_moviegen.checkpoints.export import load_exported_dit
+from megatron_moviegen.checkpoints.export import export_dit, load_exported_dit
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.parallel.build import build_dit_chunks
@@ -26,14 +26,14 @@ SAMPLING_LAYOUTS = {
 }
 
 
-def make_tiny_export(folder: Path, seed: int = 1234) -> None:
-    """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder`."""
+def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16) -> None:
+    """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`."""
     cfg = load_config("tiny")
     init_model_parallel(cfg.parallel)
     set_seed(seed)
     chunks = build_dit_chunks(cfg)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name="tiny-random")
+    export_dit(chunks, folder, name="tiny-random", dtype=dtype)
 
 
 def sample(folder: Path, overrides: list[str]) -> torch.Tensor:
