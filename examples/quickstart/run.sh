@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU quickstart, end to end on this machine (2 gloo ranks, the tiny recipe, real bundled clips):
 #   real clips -> toy TAE + toy text encoders (untrained, fixed seeds) -> latent shards -> train the DiT with TP=2 + SP
-#   -> dist checkpoint -> single-file export -> generate one .mp4.
+#   -> dist checkpoint -> export (bf16 safetensors + index) -> generate one .mp4.
 # Outputs land in $OUT (default outputs/quickstart). Rerunning resumes training from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +20,7 @@ echo "== 3/5 train the tiny DiT on 2 gloo ranks (TP=2, sequence parallel)"
 torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config quickstart \
     train.checkpoint_dir="$OUT/checkpoints" data.shards="$OUT/shards" "$@"
 
-echo "== 4/5 export the checkpoint to one file"
+echo "== 4/5 export the checkpoint (bf16 safetensors + model.safetensors.index.json)"
 python tools/export_checkpoint.py --checkpoint "$OUT/checkpoints" --out "$OUT/export"
 
 echo "== 5/5 generate a clip"
