@@ -6,7 +6,7 @@ Rows: PyAV decode-only (every frame decoded, nothing converted: the ceiling for 
 (every frame decoded + resized to cover the 16:9 bucket + center-cropped by swscale, uint8; then also
 converted to the model's float layout), PyAV decode + torch
 resize, DALI CPU on a VP9 transcode and DALI GPU (NVDEC) when DALI and a GPU are present; then
-pre-encoding samples/s with the tiny encoders. Frames/s count output frames at the native frame rate.
+pre-encoding samples/s with the toy encoders. Frames/s count output frames at the native frame rate.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def preencode_row(videos: list[Path], resolution: int, num_samples: int, num_wor
     out = workdir / f"preencode-{resolution}-{num_workers}"
     text_encoders = TinyTextEncoders.for_model(load_config("tiny").model)
     summary = Preencoder(config, TinyVideoEncoder(), text_encoders, out).run(entries)
-    return (f"pre-encode tiny, {resolution}px 32-frame clips, {num_workers} decode workers",
+    return (f"pre-encode toy encoders, {resolution}px 32-frame clips, {num_workers} decode workers",
             summary.encoded, summary.seconds, summary.samples_per_s)
 
 

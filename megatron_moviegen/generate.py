@@ -4,8 +4,8 @@
         --prompt "a corgi surfing a wave" --duration 4 --fps 16 --height 768 --width 768 \\
         --text ul2.path=/models/ul2 --text metaclip.path=/models/metaclip --text byt5.path=/models/byt5
 
-    # CPU demo: tiny checkpoint, tiny (random, fixed-seed) text encoders and an untrained tiny TAE
-    python -m megatron_moviegen.generate --checkpoint runs/tiny_export --tae tiny --text-encoders tiny \\
+    # CPU demo: tiny checkpoint, toy (random, fixed-seed) text encoders and an untrained toy TAE
+    python -m megatron_moviegen.generate --checkpoint runs/tiny_export --tae toy-tae --text-encoders toy \\
         --prompt "a red ball" --frames 16 --height 64 --width 64 --steps 8
 
     # tensor + context parallel sampling: torchrun --nproc-per-node 4 -m megatron_moviegen.generate ... \\
@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.data.config import parse_aspect_ratio
-from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
+from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
@@ -57,8 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negative-prompt", default=None,
                         help="unconditional prompt; default: no text at all (as in training's text dropout)")
     parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
-    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained), or 'tiny' (untrained demo)")
-    parser.add_argument("--text-encoders", choices=("paper", TINY), default="paper")
+    parser.add_argument("--tae", required=True,
+                        help=f"TAE folder (TAE.save_pretrained), or {TOY_TAE!r} (untrained demo)")
+    parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig override, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--output-dir", default="outputs")

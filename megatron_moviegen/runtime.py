@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 
@@ -29,11 +29,11 @@ def rank_and_world_from_env() -> tuple[int, int]:
     return 0, 1
 
 
-def local_rank_from_env() -> int:
+def local_rank_from_env(env: Mapping[str, str] = os.environ) -> int:
     """This process's index on its node: torchrun's LOCAL_RANK, else SLURM's SLURM_LOCALID, else 0."""
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if name in os.environ:
-            return int(os.environ[name])
+        if name in env:
+            return int(env[name])
     return 0
 
 

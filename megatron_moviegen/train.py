@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch.distributed as dist
 
+    from megatron_moviegen.checkpoints.distributed import finalize_async_saves
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.training.pretrain import pretrain
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
     try:
         result = pretrain(cfg, runtime)
+        finalize_async_saves()  # an asynchronous save is published (`latest`) before the process exits
         if rank == world - 1:
             print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
                   + (" (preempted)" if result.preempted else ""), flush=True)

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Pre-encode videos + captions into latent shards (TAE + UL2/MetaCLIP/ByT5), one rank per GPU. Each rank
-# writes its own shards; rerunning after a crash or preemption skips finished shards.
+# writes its own shards; rerunning after a crash or preemption skips finished shards. 2 minutes before the
+# time limit SLURM sends SIGUSR1 to this batch shell (B:); the trap stops the srun step (unfinished shards
+# are redone on the next run) and requeues the job, which carries on with the shards still missing.
 #
 #   MANIFEST=/data/clips.jsonl OUT=/data/latents_768 TAE=/models/tae sbatch slurm/preencode.sh
 #   bash slurm/preencode.sh --dry-run      # bucket counts and rejects, nothing encoded (runs here)
@@ -10,6 +12,7 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=16
 #SBATCH --time=12:00:00
+#SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
@@ -30,6 +33,23 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     exit 0
 fi
 mkdir -p logs
+# srun relays SIGUSR1 to its tasks, whose default action is to exit: finished shards stay, the rest are redone.
+signalled=0 step=
+forward_usr1() {
+    signalled=1
+    echo "SIGUSR1: stopping the pre-encoding step"
+    kill -USR1 "$step" 2>/dev/null || true
+}
+trap forward_usr1 USR1
 srun --kill-on-bad-exit=1 \
     --container-image="$CONTAINER_IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$REPO" \
-    python tools/preencode_latents.py "${ARGS[@]}" --num-workers 8 "$@"
+    python tools/preencode_latents.py "${ARGS[@]}" --num-workers 8 "$@" &
+step=$!
+while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done
+status=0
+wait "$step" || status=$?
+if (( signalled )); then
+    echo "requeueing job $SLURM_JOB_ID to encode the remaining shards"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -7,8 +7,9 @@
 #
 # Layout (recipe t2iv_768, 73,728-token samples): TP=4 with sequence parallelism, CP=2, PP=1, full activation
 # recomputation, distributed optimizer; ~54 GiB/GPU estimated (see --dry-run). The job resumes from
-# train.checkpoint_dir/latest; SIGUSR1 arrives 5 minutes before the time limit, the job saves and exits,
-# and --requeue starts it again from that checkpoint.
+# train.checkpoint_dir/latest. 5 minutes before the time limit SLURM sends SIGUSR1 to this batch shell only
+# (B:); the trap below forwards it to the srun step, every rank saves at the end of its step and exits 0,
+# and the script requeues the job (--requeue alone does not bring back a job that hit its time limit).
 #SBATCH --job-name=moviegen-t2v-30b
 #SBATCH --nodes=64
 #SBATCH --ntasks-per-node=8
@@ -43,8 +44,26 @@ export NCCL_NVLS_ENABLE=0
 export TORCH_NCCL_AVOID_RECORD_STREAMS=1
 mkdir -p logs
 
-# srun forwards SIGUSR1 (from --signal=B:USR1) to every task; each rank saves at the end of its step.
+# srun relays the signals it receives to its tasks, so SIGUSR1 sent to srun reaches every rank.
+signalled=0 step=
+forward_usr1() {
+    signalled=1
+    echo "SIGUSR1: asking the training step to save and exit"
+    kill -USR1 "$step" 2>/dev/null || true
+}
+trap forward_usr1 USR1
 srun --kill-on-bad-exit=1 \
     --container-image="$CONTAINER_IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$REPO" \
     python -m megatron_moviegen.train --config "$RECIPE" "$@" &
-wait $!
+step=$!
+# The trap cuts `wait` short; keep waiting while the ranks write their checkpoint.
+while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done
+status=0
+wait "$step" || status=$?
+if (( signalled && status == 0 )); then
+    echo "checkpoint saved; requeueing job $SLURM_JOB_ID to resume from it"
+    scontrol requeue "$SLURM_JOB_ID"
+elif (( signalled )); then
+    echo "the training step exited with $status after SIGUSR1; not requeueing (fix the error, then resubmit)" >&2
+fi
+exit "$status"

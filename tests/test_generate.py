@@ -50,7 +50,7 @@ def test_sidecar_records_prompt_seed_and_settings(runs):
         "file": f"{STEM}.mp4", "prompt": PROMPT, "text_prompt": f"FPS-8 {PROMPT}", "negative_prompt": None,
         "seed": 3, "steps": 4, "schedule": "linear_quadratic", "guidance_scale": 7.5, "fps": 8, "frames": 16,
         "height": 64, "width": 64, "latent_shape": [16, 2, 8, 8], "checkpoint": str(root / "export"),
-        "tae": "tiny", "text_encoders": "tiny",
+        "tae": "toy-tae", "text_encoders": "toy",
     }
 
 
@@ -94,11 +94,11 @@ def test_sizes_the_position_tables_cannot_hold_are_refused(runs):
 def test_missing_checkpoint_folder_is_named(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="checkpoint folder .*nowhere.* does not exist"):
-        main(["--checkpoint", str(missing), "--tae", "tiny", "--text-encoders", "tiny", "--prompt", "x"])
+        main(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
     missing.mkdir()
     (missing / "config.yaml").write_text("name: x\n")
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
-        main(["--checkpoint", str(missing), "--tae", "tiny", "--text-encoders", "tiny", "--prompt", "x"])
+        main(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
 
 
 @pytest.mark.parametrize("run", [lambda: runpy.run_module("megatron_moviegen.generate", run_name="__main__"),
@@ -115,10 +115,10 @@ def test_entry_points_parse_the_command_line(run, monkeypatch, capsys):
 
 
 def test_duration_and_aspect_ratio_bucket_set_frames_and_size():
-    args = parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p", "--duration", "2.5", "--fps", "24",
+    args = parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--duration", "2.5", "--fps", "24",
                        "--aspect-ratio", "16:9", "--resolution", "256"])
     cfg = sampling_config(args, size_multiple=16)
     assert (cfg.num_frames, cfg.height, cfg.width, cfg.fps) == (60, 192, 336, 24)
-    defaults = sampling_config(parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p"]), 16)
+    defaults = sampling_config(parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p"]), 16)
     assert (defaults.num_frames, defaults.height, defaults.width, defaults.steps, defaults.guidance_scale) == \
         (256, 768, 768, 50, 7.5)

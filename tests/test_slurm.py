@@ -1,7 +1,15 @@
-"""The SLURM scripts parse, and their dry runs resolve the layout without launching anything."""
+"""The SLURM scripts parse, their dry runs resolve the layout without launching anything, and under fake
+srun/scontrol they forward the pre-time-limit SIGUSR1 to the step and requeue the job."""
 
 import os
+import signal
 import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, env=None):
@@ -34,3 +42,78 @@ def test_preencode_dry_run_reports_buckets_without_model_weights(tmp_path):
                        "RECIPE": "quickstart"})
     assert result.returncode == 0, result.stderr
     assert '"entries": 4' in result.stdout
+
+
+FAKE_SRUN = """#!/bin/bash
+# Records its arguments; on SIGUSR1 takes a while to "save", then exits with $FAKE_EXIT_AFTER_USR1.
+echo "$*" > "$FAKE_LOG/srun.args"
+trap 'echo USR1 >> "$FAKE_LOG/srun.signals"; sleep 0.5; touch "$FAKE_LOG/srun.saved"; exit "$FAKE_EXIT_AFTER_USR1"' USR1
+touch "$FAKE_LOG/srun.started"
+[[ "$FAKE_SRUN" == finish ]] && exit 0
+while true; do sleep 0.05; done
+"""
+# Records each call and whether the step had finished saving by then; `show hostnames` prints a node.
+FAKE_SCONTROL = """#!/bin/bash
+echo "$* saved=$([[ -e $FAKE_LOG/srun.saved ]] && echo yes || echo no)" >> "$FAKE_LOG/scontrol.calls"
+[[ "$1" == show ]] && echo node001
+exit 0
+"""
+FAKE_SCANCEL = """#!/bin/bash
+echo "$*" >> "$FAKE_LOG/scancel.calls"
+"""
+SCRIPTS = {"pretrain": "slurm/pretrain_t2v_30b.sh", "preencode": "slurm/preencode.sh"}
+
+
+def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int = 0, signal_it: bool = True):
+    """Runs `script` as SLURM would (fake srun/scontrol/scancel on PATH), optionally sending the batch shell
+    SIGUSR1 once the step runs; returns (exit code, {log name: lines})."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("scancel", FAKE_SCANCEL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_SRUN": srun,
+           "FAKE_EXIT_AFTER_USR1": str(exit_after_usr1), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]",
+           "MANIFEST": "/data/clips.jsonl", "OUT": "/data/latents", "TAE": "/models/tae"}
+    proc = subprocess.Popen(["bash", str(REPO / script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (log / "srun.started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        if signal_it:
+            proc.send_signal(signal.SIGUSR1)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    logs = {p.name: p.read_text().splitlines() for p in log.iterdir() if p.is_file()}
+    return proc.returncode, logs, stdout + stderr
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_usr1_reaches_the_srun_step_and_the_job_is_requeued_after_it_exits(tmp_path, name):
+    code, logs, output = _batch_job(tmp_path, SCRIPTS[name])
+    assert code == 0, output
+    assert logs["srun.signals"] == ["USR1"]
+    assert "requeue 4242 saved=yes" in logs["scontrol.calls"], logs["scontrol.calls"]
+    command = {"pretrain": "python -m megatron_moviegen.train --config t2iv_768",
+               "preencode": "python tools/preencode_latents.py --config t2iv_768"}[name]
+    assert command in logs["srun.args"][0]
+    assert "scancel.calls" not in logs
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_a_step_that_finishes_is_not_requeued(tmp_path, name):
+    code, logs, output = _batch_job(tmp_path, SCRIPTS[name], srun="finish", signal_it=False)
+    assert code == 0, output
+    assert "srun.signals" not in logs
+    assert not [call for call in logs.get("scontrol.calls", []) if call.startswith("requeue")]
+
+
+def test_training_that_fails_after_usr1_is_not_requeued(tmp_path):
+    code, logs, output = _batch_job(tmp_path, SCRIPTS["pretrain"], exit_after_usr1=3)
+    assert code == 3 and logs["srun.signals"] == ["USR1"]
+    assert not [call for call in logs["scontrol.calls"] if call.startswith("requeue")]
+    assert "exited with 3 after SIGUSR1; not requeueing" in output

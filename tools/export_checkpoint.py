@@ -1,7 +1,10 @@
-"""Convert a training checkpoint (any TP/PP layout) into a single-file export for generation and sharing.
+"""Convert a training checkpoint (any TP/PP layout) into an export for generation and sharing: bf16 (or
+--dtype fp32) safetensors files of at most --max-shard-size each, with a model.safetensors.index.json.
 
     python tools/export_checkpoint.py --checkpoint outputs/checkpoints --out outputs/export
-    torchrun --nproc-per-node 2 tools/export_checkpoint.py --checkpoint ... --out ... parallel.tensor_model_parallel_size=2
+    # 30B: load under a sharded layout so that no rank builds the whole float32 model (117 GB)
+    torchrun --nproc-per-node 8 tools/export_checkpoint.py --checkpoint ... --out ... \\
+        parallel.tensor_model_parallel_size=4 parallel.pipeline_model_parallel_size=2
 """
 
 import argparse
@@ -12,18 +15,25 @@ import warnings
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a step folder, or a checkpoint dir with `latest`")
-    parser.add_argument("--out", required=True, help="export folder to write (config.yaml + model.safetensors)")
+    parser.add_argument("--out", required=True, help="export folder to write (config.yaml, index, safetensors files)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the exported tensors")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest file, e.g. 5GB, 500MB, 2GiB")
     parser.add_argument("overrides", nargs="*", help="layout to load under, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import torch.distributed as dist
 
-    from megatron_moviegen.checkpoints.export import export_training_checkpoint
+    from megatron_moviegen.checkpoints.export import EXPORT_DTYPES, export_training_checkpoint, parse_byte_size
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
 
+    try:
+        max_shard_bytes = parse_byte_size(args.max_shard_size)
+    except ValueError as exc:
+        parser.error(f"--max-shard-size: {exc}")
     rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
-    out = export_training_checkpoint(args.checkpoint, args.out, args.overrides)
+    out = export_training_checkpoint(args.checkpoint, args.out, args.overrides, EXPORT_DTYPES[args.dtype],
+                                     max_shard_bytes)
     if rank == 0:
         print(f"exported {args.checkpoint} -> {out}")
     dist.destroy_process_group()

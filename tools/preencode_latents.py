@@ -5,10 +5,11 @@
         --set buckets.resolution=256 shard_size=128 --num-workers 8
     torchrun --nproc-per-node 8 tools/preencode_latents.py ...   # each rank writes its share of the shards
 
-`--tae` is a TAE folder (TAE.save_pretrained), `tiny` (configs/tae/tae_tiny.yaml, untrained, seed 0: the
-decoder `generate --tae tiny` uses) or `conv` (a fixed random stride-8 conv: shapes only, fastest).
-`--text-encoders paper` loads UL2/MetaCLIP/ByT5 (paths via `--text FIELD=VALUE`); `tiny` uses byte-embedding
-encoders shaped like configs/tiny.yaml's text inputs.
+Both encoders must be named (no defaults: forgetting one must not silently write random latents).
+`--tae` is a TAE folder (TAE.save_pretrained) or a toy: `toy-tae` (configs/tae/tae_tiny.yaml, untrained,
+seed 0: the decoder `generate --tae tiny` uses) or `toy-conv` (a fixed random stride-8 conv: shapes only,
+fastest). `--text-encoders paper` loads UL2/MetaCLIP/ByT5 (paths via `--text FIELD=VALUE`); `toy` uses
+random byte-embedding encoders shaped like configs/tiny.yaml's text inputs. Toys are for tests and demos.
 """
 
 from __future__ import annotations
@@ -23,19 +24,25 @@ from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder
-from megatron_moviegen.runtime import rank_and_world_from_env
+from megatron_moviegen.data.preencode import Preencoder, use_local_device
+from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
+
+
+TOY_TAES = ("toy-tae", "toy-conv")
+TEXT_ENCODERS = ("paper", "toy")
+RENAMED = {("--tae", "tiny"): "toy-tae", ("--tae", "conv"): "toy-conv", ("--text-encoders", "tiny"): "toy"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help=".jsonl, .csv, or a folder of media with .txt captions")
     parser.add_argument("--out", required=True, help="output folder of shards")
-    parser.add_argument("--tae", default="conv", help="TAE folder, 'tiny' or 'conv' (see above)")
-    parser.add_argument("--text-encoders", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--tae", help=f"TAE folder, or {' / '.join(TOY_TAES)} (see above); required")
+    parser.add_argument("--text-encoders", help=f"{' or '.join(TEXT_ENCODERS)}; required")
     parser.add_argument("--text", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig overrides for --text-encoders paper, e.g. ul2.path=/models/ul2")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=Runtime.resolve().device.type,
+                        help="cpu, cuda (= cuda:<LOCAL_RANK or SLURM_LOCALID>: one GPU per rank) or cuda:N")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N manifest entries")
     parser.add_argument("--shard-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="decode processes (0: in-process)")
@@ -43,28 +50,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", default=None,
                         help="take the data section (buckets, shard size, ...) from this training recipe")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # A dry run encodes nothing, so it may leave the encoders out.
+    problem = encoder_choice_error(args.tae, args.text_encoders, required=not args.dry_run)
+    if problem:
+        parser.error(problem)
+    return args
 
 
-def build_video_encoder(source: str, device: str):
-    if source == "conv":
+def encoder_choice_error(tae: str | None, text_encoders: str | None, required: bool = True) -> str | None:
+    """Why this --tae / --text-encoders pair cannot run, or None when it can."""
+    for flag, value, needed in (("--tae", tae, f"a TAE folder or {' / '.join(TOY_TAES)}"),
+                                ("--text-encoders", text_encoders, " or ".join(TEXT_ENCODERS))):
+        if value is None and required:
+            return f"{flag} is required: give {needed} (the toys write random latents/embeddings)"
+        if (flag, value) in RENAMED:
+            return f"{flag} {value}: renamed, use {flag} {RENAMED[flag, value]} (a toy encoder with random weights)"
+    if text_encoders not in (None, *TEXT_ENCODERS):
+        return f"--text-encoders: got {text_encoders!r}, expected one of {list(TEXT_ENCODERS)}"
+    return None
+
+
+def build_video_encoder(source: str, device: torch.device):
+    if source == "toy-conv":
         return TinyVideoEncoder(device=device)
-    from megatron_moviegen.inference.components import load_tae
+    from megatron_moviegen.inference.components import TINY, load_tae
 
-    return TAEVideoEncoder(load_tae(source, device))
+    return TAEVideoEncoder(load_tae(TINY if source == "toy-tae" else source, device))
 
 
-def build_text_encoder(args):
-    if args.text_encoders == "tiny":
+def build_text_encoder(args, device: torch.device):
+    if args.text_encoders == "toy":
         if args.text:
-            raise SystemExit(f"--text {args.text} applies to --text-encoders paper, not tiny")
+            raise SystemExit(f"--text {args.text} applies to --text-encoders paper, not toy")
         from megatron_moviegen.recipes import load_config
 
         return TinyTextEncoders.for_model(load_config(args.config or "tiny").model)
     from megatron_moviegen.recipes import check_text_encoders, load_config
     from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 
-    config = build(TextEncodersConfig, apply_overrides({}, list(args.text)))
+    config = build(TextEncodersConfig, apply_overrides({"device": str(device)}, list(args.text)))  # --text wins
     if args.config is not None:  # the recipe's model reads these embeddings: their lengths must match
         check_text_encoders(config, load_config(args.config).model)
     return TextEncoders(config)
@@ -86,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     config = build(DataConfig, data)
     entries = read_manifest(args.manifest)[: args.limit]
     rank, world_size = rank_and_world_from_env()
-    # A dry run decodes and encodes nothing, so it needs no model weights.
-    video_encoder = None if args.dry_run else build_video_encoder(args.tae, args.device)
-    text_encoder = None if args.dry_run else build_text_encoder(args)
+    # A dry run decodes and encodes nothing, so it needs no model weights (and no GPU).
+    device = torch.device("cpu") if args.dry_run else use_local_device(args.device)
+    video_encoder = None if args.dry_run else build_video_encoder(args.tae, device)
+    text_encoder = None if args.dry_run else build_text_encoder(args, device)
     preencoder = Preencoder(config, video_encoder, text_encoder, args.out,
-                            device=args.device, rank=rank, world_size=world_size)
+                            device=device, rank=rank, world_size=world_size)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)
         print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),

@@ -8,6 +8,12 @@
 
 A save goes to `iter_XXXXXXX.tmp/` and is renamed once every rank has written, so a crash mid-save leaves
 the previous checkpoint and `latest` untouched; a leftover `.tmp` is removed by the next save.
+
+Saves are fully parallel: Megatron's `FullyParallelSaveStrategyWrapper` spreads the writing of replicated
+tensors over the data-parallel (x context-parallel) replicas instead of leaving it all to DP rank 0, so a
+checkpoint of hundreds of GB is written by every rank at once. With `train.async_save` the tensor files are
+written by a background process while training goes on; the rename and `latest` happen when it has finished
+on every rank (`finalize_async_saves`: at the next save, and before the process exits).
 """
 
 from __future__ import annotations
@@ -15,12 +21,22 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.serialization import (
+    get_default_load_sharded_strategy,
+    get_default_save_sharded_strategy,
+)
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+    FullyParallelLoadStrategyWrapper,
+    FullyParallelSaveStrategyWrapper,
+)
 
 from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.utils.io import atomic_output
@@ -90,8 +106,43 @@ def _unwrap(chunks):
     return [getattr(chunk, "module", chunk) for chunk in chunks]
 
 
+_async_saves: AsyncCallsQueue | None = None
+
+
+def _replica_group():
+    """The ranks holding the same model shard: data-parallel x context-parallel replicas."""
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def save_strategy() -> FullyParallelSaveStrategyWrapper:
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy("torch_dist"), _replica_group())
+
+
+def finalize_async_saves() -> None:
+    """Wait for an asynchronous save still being written, then publish it (rename, `latest`). Every rank must
+    call it; a no-op when nothing is pending. Call before the process exits."""
+    if _async_saves is not None:
+        _async_saves.maybe_finalize_async_calls(blocking=True)
+
+
+def _publish(checkpoint_dir: Path, tmp: Path, final: Path) -> None:
+    """Once every rank has written: `iter_X.tmp` -> `iter_X`, then `latest` -> `iter_X` (rank 0)."""
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = checkpoint_dir / (LATEST + ".tmp")
+        pointer_tmp.write_text(final.name)
+        os.replace(pointer_tmp, checkpoint_dir / LATEST)
+    dist.barrier()
+
+
 def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg) -> Path:
-    """Save everything needed to continue exactly at `step`; returns the step folder."""
+    """Save everything needed to continue exactly at `step`; returns the step folder (which, with
+    cfg.train.async_save, exists once `finalize_async_saves` has run)."""
+    global _async_saves
+    finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
     final = checkpoint_dir / step_dir_name(step)
     tmp = checkpoint_dir / (final.name + ".tmp")
@@ -110,7 +161,8 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     state["step"] = step
     state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
-    dist_checkpointing.save(state, str(tmp))  # into an empty folder: it warns about anything already there
+    # Into an empty folder: dist_checkpointing warns about anything already there.
+    request = dist_checkpointing.save(state, str(tmp), save_strategy(), async_sharded_save=cfg.train.async_save)
     (tmp / "rank_state").mkdir(exist_ok=True)
 
     if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_pipeline_model_parallel_rank() == 0 \
@@ -118,15 +170,12 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         dp_rank = parallel_state.get_data_parallel_rank()
         _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
     _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
-    dist.barrier()
-    if rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = checkpoint_dir / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name)
-        os.replace(pointer_tmp, checkpoint_dir / LATEST)
-    dist.barrier()
+    if request is None:
+        _publish(checkpoint_dir, tmp, final)
+    else:
+        request.add_finalize_fn(partial(_publish, checkpoint_dir, tmp, final))
+        _async_saves = _async_saves or AsyncCallsQueue()
+        _async_saves.schedule_async_request(request)
     return final
 
 
@@ -143,7 +192,10 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"] if len(chunks) == 1 else {k: v for k, v in state.items() if k.startswith("model")},
             is_loading=True)
-    loaded = dist_checkpointing.load(state, str(path))
+    strategy = get_default_load_sharded_strategy(str(path))
+    if torch.cuda.is_available():  # its exchange of loaded shards allocates on CUDA
+        strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
+    loaded = dist_checkpointing.load(state, str(path), strategy)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
     if optimizer is not None:

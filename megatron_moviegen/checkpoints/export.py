@@ -1,23 +1,32 @@
 """The exported DiT: one folder that loads under any TP/CP/PP layout, and the conversion of a training checkpoint
 (Megatron dist checkpoint, any TP/PP layout) into it.
 
-    folder/config.yaml         a MovieGenConfig (`megatron_moviegen.config.to_yaml`), parallel section at defaults
-    folder/model.safetensors   whole tensors keyed by global parameter names (`layers.<i>.` over all stages)
+    folder/config.yaml                          a MovieGenConfig (`to_yaml`), parallel section at defaults
+    folder/model-00001-of-00012.safetensors     whole tensors keyed by global names (`layers.<i>.` over all
+    ...                                         stages), bf16 unless asked otherwise, each file <= 5 GB
+    folder/model.safetensors.index.json         {"metadata": {"total_size": bytes}, "weight_map": {name: file}}
+                                                (the Hugging Face convention), written last
 
-    export_dit(chunks, "runs/export")                                  # every rank calls it; rank 0 writes
+    export_dit(chunks, "runs/export")                                  # every rank calls it
     cfg, chunks = load_exported_dit("runs/export", ["parallel.tensor_model_parallel_size=2"])
 
+Exporting streams: tensors are gathered over TP one at a time and written by the first rank of each pipeline
+stage, so no rank holds more than one file's worth. Loading reads only this rank's TP slice of each tensor
+(`safe_open(...).get_slice`). Folders from before the index (one `model.safetensors`) still load.
 Training checkpoints (Megatron dist-checkpointing) are converted into this format; generation reads only it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from megatron_moviegen.config import to_yaml
 from megatron_moviegen.recipes import MovieGenConfig
@@ -27,11 +36,25 @@ from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
-from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.checkpoints.tp_shards import global_name, shard_index, tp_partition_dim, unshard_tensor
 from megatron_moviegen.utils.io import atomic_output
 
 CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_FILE_NAME = "model.safetensors"  # exports written before the index; still read
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_byte_size(text: str) -> int:
+    """"5GB" -> 5_000_000_000, "512MiB" -> 536_870_912, "1000" -> 1000."""
+    match = _SIZE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"size: got {text!r}, expected a positive number of bytes such as 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def check_export_folder(folder: str | Path) -> Path:
@@ -39,12 +62,33 @@ def check_export_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist; expected an export folder "
-                                f"with {CONFIG_NAME} and {WEIGHTS_NAME} (written by export_dit)")
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+                                f"with {CONFIG_NAME} and {INDEX_NAME} (written by export_dit)")
+    missing = [name for name in (CONFIG_NAME, INDEX_NAME) if not (folder / name).is_file()]
+    if INDEX_NAME in missing and (folder / SINGLE_FILE_NAME).is_file():
+        missing.remove(INDEX_NAME)  # a single-file export
     if missing:
         raise FileNotFoundError(f"checkpoint folder {str(folder)!r} has no {' and no '.join(missing)}; "
-                                f"an export folder holds {CONFIG_NAME} and {WEIGHTS_NAME} (written by export_dit)")
+                                f"an export folder holds {CONFIG_NAME} and {INDEX_NAME} with its shards, or "
+                                f"a single {SINGLE_FILE_NAME} (written by export_dit)")
     return folder
+
+
+def read_weight_map(folder: str | Path) -> dict[str, str]:
+    """{tensor name: file in `folder`} from the index, or from a single-file export's header."""
+    folder = check_export_folder(folder)
+    if (folder / INDEX_NAME).is_file():
+        return json.loads((folder / INDEX_NAME).read_text())["weight_map"]
+    with safe_open(str(folder / SINGLE_FILE_NAME), framework="pt") as handle:
+        return {name: SINGLE_FILE_NAME for name in handle.keys()}
+
+
+def read_export_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every whole tensor of an export, as stored (for inspection and tests; loading reads TP slices)."""
+    tensors = {}
+    for name, file in read_weight_map(folder).items():
+        with safe_open(str(Path(folder) / file), framework="pt") as handle:
+            tensors[name] = handle.get_tensor(name)
+    return tensors
 
 
 def read_exported_config(folder: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
@@ -65,56 +109,133 @@ def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None
     runtime = runtime or Runtime.resolve("fp32", cfg.model.transformer_impl, distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
-    full = load_file(str(Path(folder) / WEIGHTS_NAME))
+    weight_map = read_weight_map(folder)
     for chunk in chunks:
-        load_full_state_dict(chunk, full, chunk.layer_offset)
+        load_export_slices(chunk, folder, weight_map, chunk.layer_offset)
         chunk.eval()
     return cfg, chunks
 
 
-def _gather_stages(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """Union of every pipeline stage's whole tensors on the first stage (None elsewhere). Called only by the
-    ranks of the pipeline group that holds global rank 0 (TP, CP and DP rank 0)."""
-    world = parallel_state.get_pipeline_model_parallel_world_size()
-    if world == 1:
-        return tensors
-    group = parallel_state.get_pipeline_model_parallel_group()
-    first = dist.get_global_rank(group, 0)
-    stages = [None] * world if dist.get_rank() == first else None
-    dist.gather_object({k: v.cpu() for k, v in tensors.items()}, stages, dst=first, group=group)
-    if stages is None:
-        return None
-    merged = {}
-    for stage in stages:
-        merged.update(stage)  # the conditioning modules are replicated on every stage: same values
-    return merged
+@torch.no_grad()
+def load_export_slices(model: torch.nn.Module, folder: str | Path, weight_map: dict[str, str],
+                       layer_offset: int = 0) -> None:
+    """Copy this rank's TP shard of every parameter of `model` from the export, reading only that slice of each
+    tensor from disk (cast to the parameter's dtype and device)."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_world = parallel_state.get_tensor_model_parallel_world_size()
+    files = {}
+    for name, param in model.named_parameters():
+        key = global_name(name, layer_offset)
+        if key not in weight_map:
+            raise KeyError(f"export {str(folder)!r} has no tensor {key!r} (for parameter {name!r})")
+        if weight_map[key] not in files:
+            files[weight_map[key]] = safe_open(str(Path(folder) / weight_map[key]), framework="pt")
+        stored = files[weight_map[key]].get_slice(key)
+        pieces = [stored[index] for index in shard_index(key, tuple(stored.get_shape()), tp_partition_dim(param),
+                                                         tp_rank, tp_world)]
+        shard = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+        if shard.shape != param.shape:
+            raise ValueError(f"{key}: export shard {tuple(shard.shape)} does not fit parameter {tuple(param.shape)}")
+        param.copy_(shard)
+
+
+def _tensors_to_write(model_chunks: list[MovieGenDiT]) -> list[tuple[str, torch.Tensor, int | None, int]]:
+    """(global name, local tensor, TP partition dim, whole numel) of every tensor this pipeline stage exports.
+    Later stages skip their replicas of the conditioning modules (`shared`): the first stage writes those."""
+    tp_world = parallel_state.get_tensor_model_parallel_world_size()
+    out = []
+    for chunk in model_chunks:
+        for name, param in chunk.named_parameters():
+            if getattr(param, "shared", False):
+                continue
+            split = tp_partition_dim(param)
+            out.append((global_name(name, chunk.layer_offset), param, split,
+                        param.numel() * (tp_world if split is not None else 1)))
+    return out
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Consecutive tensors grouped into files of at most `max_shard_bytes` (a bigger tensor gets its own)."""
+    shards, current, used = [], [], 0
+    for name, nbytes in sizes:
+        if current and used + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += nbytes
+    return shards + ([current] if current else [])
+
+
+def _gather_whole(name: str, local: torch.Tensor, split: int | None) -> torch.Tensor | None:
+    """The whole tensor on TP rank 0 (None on the other TP ranks, which only send)."""
+    world = parallel_state.get_tensor_model_parallel_world_size()
+    if split is None or world == 1:
+        return local
+    group = parallel_state.get_tensor_model_parallel_group()
+    first = parallel_state.get_tensor_model_parallel_rank() == 0
+    shards = [torch.empty_like(local) for _ in range(world)] if first else None
+    dist.gather(local.contiguous(), shards, dst=dist.get_global_rank(group, 0), group=group)
+    return unshard_tensor(name, shards, split) if first else None
 
 
 @torch.no_grad()
-def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = "export") -> None:
-    """Write the export folder from this rank's chunks (any TP/CP/PP layout). Every rank must call it; global
-    rank 0 writes config.yaml and model.safetensors (each atomically)."""
-    tensors = {}
-    for chunk in model_chunks:  # the TP all-gather: every rank takes part
-        tensors.update(gather_full_tensors(chunk, dict(chunk.named_parameters()), chunk.layer_offset))
-    # TP, CP and DP rank 0 of each pipeline stage sends that stage's whole tensors to the first stage.
-    collects_this_stage = (parallel_state.get_tensor_model_parallel_rank() == 0
-                           and parallel_state.get_context_parallel_rank() == 0
-                           and parallel_state.get_data_parallel_rank() == 0)
-    merged = _gather_stages(tensors) if collects_this_stage else None
+def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = "export",
+               dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
+    must call it. The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global
+    rank 0 writes config.yaml and, last, the index. Each file is written atomically, and the folder has no
+    index (is not an export) while the files are being replaced."""
+    folder = Path(folder)
     if dist.get_rank() == 0:
-        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX_NAME).unlink(missing_ok=True)
+    dist.barrier()
+    in_writer_group = parallel_state.get_context_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0
+    writes = in_writer_group and parallel_state.get_tensor_model_parallel_rank() == 0
+    tensors = _tensors_to_write(model_chunks)
+    shards = plan_shards([(key, numel * dtype.itemsize) for key, _, _, numel in tensors], max_shard_bytes)
+    plans = [None] * dist.get_world_size()
+    stage_bytes = sum(numel for *_, numel in tensors) * dtype.itemsize
+    mine = (parallel_state.get_pipeline_model_parallel_rank(), shards, stage_bytes) if writes else None
+    dist.all_gather_object(plans, mine)
+    stages = sorted(plan for plan in plans if plan is not None)  # one per pipeline stage, in stage order
+    all_shards = [keys for _, stage, _ in stages for keys in stage]
+    first = sum(len(stage) for _, stage, _ in stages[: parallel_state.get_pipeline_model_parallel_rank()])
+    files = [f"model-{i + 1:05d}-of-{len(all_shards):05d}.safetensors" for i in range(len(all_shards))]
+    if in_writer_group:
+        by_name = {key: (local, split) for key, local, split, _ in tensors}
+        for number, keys in enumerate(shards, start=first):
+            content = {}
+            for key in keys:  # one tensor at a time: TP peers send their part, rank 0 of TP keeps it
+                whole = _gather_whole(key, by_name[key][0].detach(), by_name[key][1])
+                if writes:
+                    content[key] = whole.to(device="cpu", dtype=dtype).contiguous()
+            if writes:
+                with atomic_output(folder / files[number]) as tmp:
+                    save_file(content, str(tmp), metadata={"format": "pt"})
+    dist.barrier()
+    if dist.get_rank() == 0:
+        weight_map = {key: files[i] for i, keys in enumerate(all_shards) for key in keys}
+        total = sum(nbytes for *_, nbytes in stages)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config)  # the layout is not part of an export
         with atomic_output(folder / CONFIG_NAME) as tmp:
             tmp.write_text(to_yaml(cfg))
-        with atomic_output(folder / WEIGHTS_NAME) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in sorted(merged.items())}, str(tmp))
+        with atomic_output(folder / INDEX_NAME) as tmp:
+            tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                                      indent=2))
+        for stale in set(folder.glob("model*.safetensors")) - {folder / f for f in files}:
+            stale.unlink()  # files of an earlier export into this folder
     dist.barrier()
 
 
-def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None
-                               ) -> Path:
-    """Load `checkpoint` under the current process group (TP=PP=1 unless overridden) and write `out`."""
+def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None,
+                               dtype: torch.dtype = torch.bfloat16,
+                               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Load `checkpoint` under the current process group (TP=PP=1 unless overridden) and write `out`.
+
+    Each rank builds its chunks of the layout in float32, so at TP=PP=1 one process holds the whole model
+    (30B: 117 GB); run it under the training layout (e.g. 8 ranks with parallel.tensor_model_parallel_size=4
+    parallel.pipeline_model_parallel_size=2) and each rank holds 1/(TP x PP) of it."""
     step_dir = resolve_checkpoint(checkpoint)
     saved = read_saved_config(step_dir)
     saved["parallel"] = {}
@@ -123,6 +244,6 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)
-    export_dit(chunks, out, name=f"{cfg.name}@{step}")
+    export_dit(chunks, out, name=f"{cfg.name}@{step}", dtype=dtype, max_shard_bytes=max_shard_bytes)
     destroy()
     return Path(out)

@@ -25,18 +25,38 @@ def global_name(local_name: str, layer_offset: int) -> str:
     return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", local_name)
 
 
-def _tp_split(param: torch.nn.Parameter) -> int | None:
+def tp_partition_dim(param: torch.nn.Parameter) -> int | None:
     if getattr(param, "tensor_model_parallel", False):
         return param.partition_dim
     return None
 
 
-def shard_tensor(name: str, full: torch.Tensor, partition_dim: int | None, rank: int, world: int) -> torch.Tensor:
+def shard_index(name: str, full_shape: tuple[int, ...], partition_dim: int | None, rank: int, world: int
+                ) -> list[tuple[slice, ...]]:
+    """Index tuples whose pieces, concatenated along dim 0, are TP rank `rank`'s shard of the whole tensor:
+    one piece, or two for the SwiGLU fc1 ([gate_r; up_r]). Works on tensors and on safetensors slices alike."""
+    whole = [slice(None)] * len(full_shape)
     if partition_dim is None or world == 1:
-        return full
-    if is_swiglu_fc1(name):
-        return torch.cat([half.chunk(world, dim=partition_dim)[rank] for half in full.chunk(2, dim=0)], dim=0)
-    return full.chunk(world, dim=partition_dim)[rank]
+        return [tuple(whole)]
+    halves = 2 if is_swiglu_fc1(name) else 1
+    rows = full_shape[0] // halves
+    split = rows if partition_dim == 0 else full_shape[partition_dim]
+    if split % world:
+        raise ValueError(f"{name}: dim {partition_dim} of {tuple(full_shape)} does not split over TP={world}")
+    size = split // world
+    pieces = []
+    for half in range(halves):
+        index = list(whole)
+        index[0] = slice(half * rows, (half + 1) * rows)
+        base = half * rows if partition_dim == 0 else 0
+        index[partition_dim] = slice(base + rank * size, base + (rank + 1) * size)
+        pieces.append(tuple(index))
+    return pieces
+
+
+def shard_tensor(name: str, full: torch.Tensor, partition_dim: int | None, rank: int, world: int) -> torch.Tensor:
+    pieces = [full[index] for index in shard_index(name, tuple(full.shape), partition_dim, rank, world)]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
 
 def unshard_tensor(name: str, shards: list[torch.Tensor], partition_dim: int | None) -> torch.Tensor:
@@ -57,7 +77,7 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
         key = global_name(name, layer_offset)
         if key not in full:
             raise KeyError(f"checkpoint has no tensor {key!r} (for parameter {name!r})")
-        shard = shard_tensor(key, full[key], _tp_split(param), tp_rank, tp_world)
+        shard = shard_tensor(key, full[key], tp_partition_dim(param), tp_rank, tp_world)
         if shard.shape != param.shape:
             raise ValueError(f"{key}: checkpoint shard {tuple(shard.shape)} does not fit parameter {tuple(param.shape)}")
         param.copy_(shard)
@@ -71,7 +91,7 @@ def gather_full_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
     params = dict(model.named_parameters())
     out = {}
     for name, local in tensors.items():
-        split = _tp_split(params[name])
+        split = tp_partition_dim(params[name])
         key = global_name(name, layer_offset)
         if split is None or world == 1:
             out[key] = local.detach().clone()

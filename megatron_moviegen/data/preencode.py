@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Union
 
 import av
 import torch
@@ -32,6 +32,7 @@ from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Reje
 from megatron_moviegen.data.config import BucketConfig, DataConfig
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry
+from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.data.shards import (
     EncodedSample,
@@ -93,6 +94,29 @@ class RunSummary:
     @property
     def samples_per_s(self) -> float:
         return self.encoded / self.seconds if self.seconds else 0.0
+
+
+def local_device(requested: str, env: Mapping[str, str], gpu_count: int) -> torch.device:
+    """`--device` -> this process's device. A bare "cuda" means the GPU of this node-local rank (torchrun's
+    LOCAL_RANK, else srun's SLURM_LOCALID, else 0), so eight ranks on a node use eight GPUs, not all cuda:0;
+    a process that sees one GPU (srun --gpus-per-task=1 binds each task to its own) uses that one."""
+    device = torch.device(requested)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    local_rank = local_rank_from_env(env)
+    if gpu_count == 1 or local_rank < gpu_count:
+        return torch.device("cuda", min(local_rank, gpu_count - 1))
+    raise ValueError(f"local rank {local_rank} (LOCAL_RANK / SLURM_LOCALID), but this process sees {gpu_count} "
+                     f"GPU(s); need one rank per GPU (local rank < {gpu_count}) or one GPU per process")
+
+
+def use_local_device(requested: str) -> torch.device:
+    """`local_device` for this process, made current (torch.cuda.set_device) so that code asking for a plain
+    "cuda" (text encoders, TAE) lands on the same GPU."""
+    device = local_device(requested, os.environ, torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def file_sha256(path: str | Path) -> str:
@@ -166,7 +190,7 @@ class Preencoder:
     """Writes the shards of one rank. `on_prepared(n)` is called after each decoded sample (tests inject crashes)."""
 
     def __init__(self, config: DataConfig, video_encoder: VideoEncoder, text_encoder: TextEncoder, out_dir: str | Path,
-                 device: str = "cpu", rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                  on_prepared: Optional[Callable[[int], None]] = None):
         config.validate()
         if not 0 <= rank < world_size:

@@ -1,10 +1,10 @@
 """The TAE and the text encoders that generation decodes and conditions with, by name or folder.
 
-- TAE: a folder written by `TAE.save_pretrained` (e.g. `runs/tae_tiny/checkpoint`), or "tiny": a DEMO decoder,
+- TAE: a folder written by `TAE.save_pretrained` (e.g. `runs/tae_tiny/checkpoint`), or "toy-tae": a DEMO decoder,
   configs/tae/tae_tiny.yaml's model freshly initialised with a fixed seed. It is untrained: its videos show
   the pipeline works end to end, not what the DiT learned.
 - Text encoders: "paper" (UL2, MetaCLIP, ByT5 from `TextEncodersConfig`, paths via dotted overrides such as
-  `ul2.path=/models/ul2`), or "tiny": `TinyTextEncoders` shaped to the checkpoint's text inputs (CPU demos,
+  `ul2.path=/models/ul2`), or "toy": `TinyTextEncoders` shaped to the checkpoint's text inputs (CPU demos,
   tests).
 """
 
@@ -22,7 +22,7 @@ from megatron_moviegen.recipes import check_text_encoders
 from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 from megatron_moviegen.training.train_tae import load_tae_config
 
-TINY = "tiny"
+TOY_TAE, TOY_TEXT_ENCODERS = "toy-tae", "toy"  # the names pre-encoding uses for the same toys
 TINY_TAE_SEED = 0
 
 
@@ -34,28 +34,28 @@ def tiny_tae(seed: int = TINY_TAE_SEED) -> TAE:
 
 
 def load_tae(source: str, device: torch.device | str = "cpu") -> TAE:
-    """"tiny" or a save_pretrained folder -> the TAE in eval mode on `device`."""
-    if source == TINY:
+    """"toy-tae" or a save_pretrained folder -> the TAE in eval mode on `device`."""
+    if source == TOY_TAE:
         tae = tiny_tae()
     else:
         folder = Path(source)
         missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"TAE {source!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                    f"(TAE.save_pretrained), missing {missing}; or use 'tiny' for a demo decoder")
+                                    f"(TAE.save_pretrained), missing {missing}; or use 'toy-tae' for an untrained demo decoder")
         tae = TAE.from_pretrained(folder)
     return tae.to(device).eval().requires_grad_(False)
 
 
 def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
-    """"tiny" or "paper" (with `field=value` overrides of TextEncodersConfig) -> an object with
+    """"toy" or "paper" (with `field=value` overrides of TextEncodersConfig) -> an object with
     `.encode(prompts) -> {name: (embeddings (b, n, d), mask (b, n) bool)}` matching the DiT's text inputs."""
-    if kind == TINY:
+    if kind == TOY_TEXT_ENCODERS:
         if overrides:
-            raise ValueError(f"text-encoder overrides {overrides} apply to the paper encoders, not 'tiny'")
+            raise ValueError(f"text-encoder overrides {overrides} apply to the paper encoders, not 'toy'")
         return TinyTextEncoders.for_model(model)
     if kind != "paper":
-        raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'tiny'")
+        raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'toy'")
     config = build(TextEncodersConfig, apply_overrides({}, overrides))
     check_text_encoders(config, model)
     return TextEncoders(config)

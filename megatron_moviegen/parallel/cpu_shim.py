@@ -12,9 +12,11 @@ Megatron-Core hard-codes CUDA in a few places that the CPU path reaches:
 - `optimizer.optimizer.FP32Optimizer` keeps its loss scale on "cuda" (its grad clipping asserts CUDA
   tensors; `training/optimizer.py` replaces the clipping, not by patching);
 - `dist_checkpointing.strategies.filesystem_async` calls `torch.cuda.synchronize()` before writing and
-  `strategies.state_dict_saver` all-reduces its success flags on "cuda".
+  `strategies.state_dict_saver` all-reduces its success flags on "cuda";
+- `dist_checkpointing.strategies.async_utils` (asynchronous saves, `train.async_save`) synchronizes CUDA
+  before forking its writer and all-reduces its completion flags on `torch.cuda.current_device()`.
 
-`apply_cpu_shim()` swaps the `torch` those nine modules see for a proxy that maps "cuda" to "cpu",
+`apply_cpu_shim()` swaps the `torch` those ten modules see for a proxy that maps "cuda" to "cpu",
 and nothing else. It is a no-op when CUDA is available, and idempotent. Every other CPU concern (core
 attention, norms with sequence parallelism, the optimizer) is handled by our own modules, not by patching.
 """
@@ -90,7 +92,7 @@ def apply_cpu_shim() -> bool:
         return True
     from megatron.core import package_info
     from megatron.core import utils
-    from megatron.core.dist_checkpointing.strategies import filesystem_async, state_dict_saver
+    from megatron.core.dist_checkpointing.strategies import async_utils, filesystem_async, state_dict_saver
     from megatron.core.distributed import param_and_grad_buffer
     from megatron.core.optimizer import optimizer
     from megatron.core.pipeline_parallel import p2p_communication, schedules
@@ -103,7 +105,7 @@ def apply_cpu_shim() -> bool:
         )
     proxy = _CpuTorch()
     for module in (schedules, p2p_communication, param_and_grad_buffer, layers, mappings, utils,
-                   optimizer, filesystem_async, state_dict_saver):
+                   optimizer, filesystem_async, state_dict_saver, async_utils):
         module.torch = proxy
     _applied = True
     return True

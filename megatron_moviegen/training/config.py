@@ -30,6 +30,9 @@ class TrainConfig:
     checkpoint_dir: str = "outputs/checkpoints"
     save_every: int = 1000
     resume: bool = True  # continue from checkpoint_dir/latest if it exists
+    # Write checkpoint tensors from a background process while training continues; the checkpoint becomes
+    # `latest` once written everywhere (at the next save or at exit). Off by default: not tried on GPUs yet.
+    async_save: bool = False
     load_from: Optional[str] = None  # start a new stage from this checkpoint (weights only)
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None

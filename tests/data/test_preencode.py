@@ -1,4 +1,5 @@
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEnc
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Preencoder
+from megatron_moviegen.data.preencode import Preencoder, local_device
 from megatron_moviegen.runtime import rank_and_world_from_env
 from megatron_moviegen.data.shards import decode_sample
 from tests.data.conftest import write_garbage, write_png
@@ -185,6 +186,26 @@ def test_rank_from_torchrun_or_slurm_env(monkeypatch):
     assert rank_and_world_from_env() == (1, 2)
 
 
+@pytest.mark.parametrize("requested, env, gpus, expected", [
+    ("cuda", {"LOCAL_RANK": "3"}, 8, "cuda:3"),  # torchrun --nproc-per-node 8
+    ("cuda", {"SLURM_LOCALID": "5", "SLURM_PROCID": "13"}, 8, "cuda:5"),  # srun, rank 13 = node 1 local 5
+    ("cuda", {"LOCAL_RANK": "2", "SLURM_LOCALID": "0"}, 8, "cuda:2"),  # torchrun inside an srun task
+    ("cuda", {"SLURM_LOCALID": "6"}, 1, "cuda:0"),  # srun --gpus-per-task=1: the task sees only its GPU
+    ("cuda", {}, 8, "cuda:0"),
+    ("cuda:7", {"LOCAL_RANK": "3"}, 8, "cuda:7"),  # an explicit index is kept
+    ("cpu", {"LOCAL_RANK": "3"}, 0, "cpu"),
+])
+def test_local_device_gives_each_rank_of_a_node_its_own_gpu(requested, env, gpus, expected):
+    assert local_device(requested, env, gpus) == torch.device(expected)
+
+
+def test_local_device_refuses_more_ranks_than_gpus():
+    with pytest.raises(ValueError, match=r"LOCAL_RANK: got local rank 4, but this process sees 4 GPU\(s\)"):
+        local_device("cuda", {"LOCAL_RANK": "4"}, 4)
+    with pytest.raises(ValueError, match=r"sees 0 GPU\(s\)"):
+        local_device("cuda", {}, 0)
+
+
 def test_tool_dry_run_reports_buckets_and_rejects(media, tmp_path):
     out = subprocess.run(
         [sys.executable, "tools/preencode_latents.py", "--manifest", str(media), "--out", str(tmp_path / "o"),
@@ -213,3 +234,37 @@ def test_concurrent_ranks_under_torchrun_env(encoded, media, tmp_path):
     assert run_distributed(_preencode_on_rank, world_size=2, args=(media, str(tmp_path))) == [2, 1]
     assert read_all(tmp_path) == read_all(encoded)
     assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 4
+
+
+
+TOOL = runpy.run_path(str(REPO / "tools" / "preencode_latents.py"))
+
+
+@pytest.mark.parametrize("encoders, message", [
+    ([], "--tae is required"),
+    (["--tae", "toy-conv"], "--text-encoders is required"),
+    (["--tae", "conv", "--text-encoders", "toy"], "--tae conv: renamed, use --tae toy-conv"),
+    (["--tae", "tiny", "--text-encoders", "toy"], "--tae tiny: renamed, use --tae toy-tae"),
+    (["--tae", "toy-tae", "--text-encoders", "tiny"], "--text-encoders tiny: renamed, use --text-encoders toy"),
+    (["--tae", "toy-tae", "--text-encoders", "t5"], "--text-encoders: got 't5', expected one of ['paper', 'toy']"),
+], ids=["no-tae", "no-text", "old-conv", "old-tiny-tae", "old-tiny-text", "unknown-text"])
+def test_tool_refuses_to_encode_without_naming_both_encoders(capsys, encoders, message):
+    with pytest.raises(SystemExit) as exit_info:
+        TOOL["parse_args"](["--manifest", "m.jsonl", "--out", "o", *encoders])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tool_dry_run_needs_no_encoders():
+    assert TOOL["parse_args"](["--manifest", "m.jsonl", "--out", "o", "--dry-run"]).tae is None
+
+
+def test_tool_with_the_toy_encoders_writes_what_the_library_writes(encoded, media, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "tools/preencode_latents.py", "--manifest", str(media), "--out", str(tmp_path),
+         "--tae", "toy-conv", "--text-encoders", "toy", "--device", "cpu", "--num-workers", "0",
+         "--set", "buckets.resolution=128", "buckets.durations_s=[1.0,2.0]", "shard_size=2", "encode_batch_size=2",
+         "batch_size=1", "image_fraction=0.0"],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert read_all(tmp_path) == read_all(encoded)

@@ -27,15 +27,15 @@ SAMPLING_LAYOUTS = {
 }
 
 
-def make_tiny_export(folder: Path, seed: int = 1234) -> None:
-    """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder`."""
+def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16) -> None:
+    """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`."""
     cfg = load_config("tiny")
     runtime = Runtime.resolve()
     init_model_parallel(cfg.parallel, runtime)
     set_seed(seed, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name="tiny-random")
+    export_dit(chunks, folder, name="tiny-random", dtype=dtype)
 
 
 def sample(folder: Path, overrides: list[str]) -> torch.Tensor:
@@ -68,7 +68,7 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     """`generate.main` runs on a tiny random export; returns the messages of the errors it must raise."""
     root = Path(root)
     make_tiny_export(root / "export")
-    common = ["--checkpoint", str(root / "export"), "--tae", "tiny", "--text-encoders", "tiny",
+    common = ["--checkpoint", str(root / "export"), "--tae", "toy-tae", "--text-encoders", "toy",
               "--height", str(SAMPLING["height"]), "--width", str(SAMPLING["width"]), "--fps", str(SAMPLING["fps"]),
               "--steps", str(SAMPLING["steps"])]
     video = common + ["--frames", str(SAMPLING["num_frames"])]

@@ -24,9 +24,11 @@ def _overrides(shards, ckpt, steps, extra=()):
 
 
 def _train(rank, world_size, overrides):
+    from megatron_moviegen.checkpoints.distributed import finalize_async_saves
     from megatron_moviegen.training.pretrain import pretrain
 
     result = pretrain(load_config("tiny", overrides))
+    finalize_async_saves()  # as megatron_moviegen.train does before exiting
     return {"history": result.history, "step": result.step}
 
 
@@ -43,6 +45,34 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tmp_path
         assert _losses(resumed)[step] == _losses(whole)[step]
     # And the loss falls on real clips.
     assert _losses(whole)[4][0] < _losses(whole)[1][0]
+
+
+@pytest.fixture(scope="module")
+def dp2_runs(tiny_shards, tmp_path_factory):
+    """On 2 ranks at TP=1 (DP=2): 4 steps saving synchronously, and 2 + 2 resumed steps saving asynchronously."""
+    root = tmp_path_factory.mktemp("dp2")
+    whole = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "sync", 4),))[-1]
+    run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 2, ["train.async_save=true"]),))
+    resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 4, ["train.async_save=true"]),))
+    return root, whole, resumed[-1]
+
+
+def test_data_parallel_replicas_share_the_checkpoint_writing(dp2_runs):
+    root, _, _ = dp2_runs
+    # torch_dist names each rank's files __<rank>_<n>.distcp. Unwrapped, DP rank 1 holds only replicas and
+    # writes (almost) nothing; the fully parallel strategy gives it about half of the bytes.
+    for step_dir in (root / "sync" / "iter_0000002", root / "async" / "iter_0000004"):
+        written = {rank: sum(f.stat().st_size for f in step_dir.glob(f"__{rank}_*.distcp")) for rank in (0, 1)}
+        assert min(written.values()) > 0.35 * sum(written.values()), (step_dir, written)
+
+
+def test_async_saves_are_published_before_exit_and_resume_exactly(dp2_runs):
+    root, whole, resumed = dp2_runs
+    assert (root / "async" / "latest").read_text() == "iter_0000004"
+    assert sorted(p.name for p in (root / "async").glob("iter_*")) == ["iter_0000002", "iter_0000004"]  # no .tmp
+    assert sorted(_losses(resumed)) == [3, 4]
+    for step in (3, 4):
+        assert _losses(resumed)[step] == _losses(whole)[step]
 
 
 def _velocity_after_load(rank, world_size, overrides, checkpoint):
@@ -131,15 +161,15 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(tiny_shards,
 def _export(rank, world_size, checkpoint, out):
     from megatron_moviegen.checkpoints.export import export_training_checkpoint
 
-    export_training_checkpoint(checkpoint, out)
+    export_training_checkpoint(checkpoint, out, dtype=torch.float32)  # float32: velocities compared exactly
 
 
 def test_export_of_a_tp2_checkpoint_generates_the_same_velocity(tiny_shards, tmp_path):
-    from safetensors.torch import load_file
+    from megatron_moviegen.checkpoints.export import read_export_tensors
 
     run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "ckpt", 2, TP2_SP),))
     run_distributed(_export, 1, args=(tmp_path / "ckpt", tmp_path / "export"))
-    weights = load_file(tmp_path / "export" / "model.safetensors")
+    weights = read_export_tensors(tmp_path / "export")
     assert "layers.3.mlp.linear_fc1.weight" in weights and weights["layers.3.mlp.linear_fc1.weight"].shape == (256, 64)
     from_checkpoint = run_distributed(_velocity_after_load, 1, args=([], tmp_path / "ckpt"))[0]
     from_export = run_distributed(_velocity_from_export, 1, args=(tmp_path / "export",))[0]
