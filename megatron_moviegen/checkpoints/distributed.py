@@ -118,11 +118,12 @@ def save_strategy() -> FullyParallelSaveStrategyWrapper:
     return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy("torch_dist"), _replica_group())
 
 
-def finalize_async_saves() -> None:
-    """Wait for an asynchronous save still being written, then publish it (rename, `latest`). Every rank must
-    call it; a no-op when nothing is pending. Call before the process exits."""
+def finalize_async_saves(blocking: bool = True) -> None:
+    """Publish (rename, `latest`) an asynchronous save once every rank has written it; with `blocking`, wait for
+    it. Every rank must call it; a no-op when nothing is pending. The training loop calls it non-blocking after
+    every step, and blocking before the process exits."""
     if _async_saves is not None:
-        _async_saves.maybe_finalize_async_calls(blocking=True)
+        _async_saves.maybe_finalize_async_calls(blocking=blocking)
 
 
 def _publish(checkpoint_dir: Path, tmp: Path, final: Path) -> None:
@@ -138,9 +139,10 @@ def _publish(checkpoint_dir: Path, tmp: Path, final: Path) -> None:
     dist.barrier()
 
 
-def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg) -> Path:
-    """Save everything needed to continue exactly at `step`; returns the step folder (which, with
-    cfg.train.async_save, exists once `finalize_async_saves` has run)."""
+def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg,
+                    ema=None) -> Path:
+    """Save everything needed to continue exactly at `step` (with `ema`, this rank's EMA shards too); returns the
+    step folder (which, with cfg.train.async_save, exists once `finalize_async_saves` has run)."""
     global _async_saves
     finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
@@ -170,6 +172,8 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         dp_rank = parallel_state.get_data_parallel_rank()
         _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
     _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
+    if ema is not None:
+        _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
     if request is None:
         _publish(checkpoint_dir, tmp, final)
     else:
@@ -179,9 +183,14 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     return final
 
 
+def ema_file(step_dir: Path, rank: int) -> Path:
+    """This rank's EMA shards (training/ema.py), tied to the layout they were saved under."""
+    return step_dir / "rank_state" / f"ema{rank:05d}.pt"
+
+
 def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=None, loader=None,
-                    restore_rng: bool = True) -> int:
-    """Load model (and, if given, optimizer/scheduler/loader/RNG) state; returns the saved step.
+                    restore_rng: bool = True, ema=None) -> int:
+    """Load model (and, if given, optimizer/scheduler/loader/RNG/EMA) state; returns the saved step.
 
     The model loads under any TP/PP layout; the loader position and RNG only when the layout matches.
     """
@@ -213,6 +222,12 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
     rng_file = path / "rank_state" / f"rank{dist.get_rank():05d}.pt"
     if restore_rng and rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=False))
+    if ema is not None:
+        saved_ema = ema_file(path, dist.get_rank())
+        if not saved_ema.exists():
+            raise FileNotFoundError(f"{saved_ema}: this checkpoint has no EMA of the weights (train.ema_decay was "
+                                    "not set when it was saved); unset train.ema_decay or start a new run")
+        ema.load_state_dict(torch.load(saved_ema, weights_only=False))
     return int(loaded["step"])
 
 

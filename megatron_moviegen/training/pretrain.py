@@ -37,7 +37,13 @@ from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.checkpoints.distributed import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_moviegen.checkpoints.distributed import (
+    finalize_async_saves,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
 from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
@@ -164,6 +170,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
+    ema = ModelEMA(chunks, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)
     optimizer = build_optimizer(model, cfg.train, runtime)
     scheduler = build_scheduler(optimizer, cfg.train)
@@ -175,11 +182,13 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     step = 0
     resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
     if resume_from is not None:
-        step = load_checkpoint(resume_from, model, optimizer, scheduler, loader)
+        step = load_checkpoint(resume_from, model, optimizer, scheduler, loader, ema=ema)
         log.info("resumed from %s at step %d", resume_from, step)
     elif cfg.train.load_from:
         load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
         log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
+        if ema is not None:
+            ema = ModelEMA(chunks, cfg.train.ema_decay)  # the average starts from the loaded weights
 
     metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)
     preemption = PreemptionFlag()
@@ -206,6 +215,8 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             updated, grad_norm, _ = optimizer.step()
             if updated:
                 scheduler.step(increment=1)
+                if ema is not None:
+                    ema.update()
             last_loss = metrics.reduce_loss(losses)
             if not math.isfinite(last_loss):
                 raise NonFiniteLossError(
@@ -218,8 +229,10 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:
-                checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg))
+                checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg,
+                                                 ema=ema))
                 metrics.note(f"saved checkpoint {checkpoint}")
+            finalize_async_saves(blocking=False)  # publish an asynchronous save once every rank has written it
             if preempted:
                 metrics.note(f"stopping at step {done} after a preemption signal")
                 return TrainResult(done, last_loss, True, checkpoint, metrics.history)
