@@ -1,0 +1,161 @@
+"""Pre-encoding under faults: transient and permanent I/O errors, bad manifest entries, changed encoders and
+the bad-input matrix of docs/reliability.md. Nothing may be lost: every entry ends as a sample or a reject."""
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data import preencode as preencode_module
+from megatron_moviegen.data import shards as shards_module
+from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.preencode import IORetry, Preencoder
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
+from tests.data.conftest import write_garbage
+from tests.data.test_preencode import read_all, small_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_manifest(folder: Path, rows: list[dict], name: str = "manifest.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def run(manifest: Path, out: Path, retry_rejects: bool = False, video_encoder=None, **overrides):
+    config = small_config(**overrides)
+    return Preencoder(config, video_encoder or TinyVideoEncoder(), TinyTextEncoders(), out).run(
+        read_manifest(manifest), retry_rejects=retry_rejects)
+
+
+def rejects(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "tools/preencode_latents.py", "--num-workers", "0", "--set", "buckets.resolution=128",
+         "buckets.durations_s=[1,2]", "io_retry_delay_s=0", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture
+def no_sleep(monkeypatch) -> list[float]:
+    """Record the retry waits instead of sleeping through them."""
+    waits: list[float] = []
+    monkeypatch.setattr(preencode_module.time, "sleep", waits.append)
+    return waits
+
+
+def flaky_av_open(monkeypatch, path_suffix: str, failures: int) -> list[str]:
+    """av.open raises EIO for files ending in `path_suffix` the first `failures` times (an NFS hiccup)."""
+    real_open = av.open
+    failed: list[str] = []
+
+    def open_(path, *args, **kwargs):
+        if str(path).endswith(path_suffix) and len(failed) < failures:
+            failed.append(str(path))
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", open_)
+    return failed
+
+
+def test_io_retry_waits_double_and_the_last_error_propagates(no_sleep):
+    calls = []
+
+    def always_fails():
+        calls.append(1)
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):
+        IORetry(retries=3, first_delay_s=0.5).call(always_fails)
+    assert len(calls) == 4 and no_sleep == [0.5, 1.0, 2.0]
+
+
+def test_transient_read_error_is_retried_and_the_sample_kept(clips, tmp_path, monkeypatch, no_sleep):
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "clip.mp4")
+    manifest = write_manifest(tmp_path, [{"path": "clip.mp4", "caption": "a phone call"}])
+    failed = flaky_av_open(monkeypatch, "clip.mp4", failures=2)
+    summary = run(manifest, tmp_path / "out")
+    assert len(failed) == 2 and no_sleep == [0.5, 1.0]
+    assert (summary.encoded, summary.rejected) == (1, 0)
+    assert list(read_all(tmp_path / "out")) == ["000000000"]
+
+
+def test_decoder_refusal_is_not_retried(tmp_path, no_sleep):
+    write_garbage(tmp_path / "noise.mp4")
+    manifest = write_manifest(tmp_path, [{"path": "noise.mp4", "caption": "noise"}])
+    run(manifest, tmp_path / "out")
+    assert no_sleep == []
+    assert [(r["kind"], r["index"]) for r in rejects(tmp_path / "out")] == [("decode", 0)]
+
+
+@pytest.fixture
+def three_entries(clips, tmp_path) -> Path:
+    """Shard 0: a clip, then a clip whose file is not there yet; shard 1: a garbage file."""
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "a.mp4")
+    write_garbage(tmp_path / "noise.mp4")
+    return write_manifest(tmp_path, [{"path": "a.mp4", "caption": "first"},
+                                     {"path": "later.mp4", "caption": "second"},
+                                     {"path": "noise.mp4", "caption": "noise"}])
+
+
+def test_unreadable_file_is_an_io_reject_and_retry_rejects_keeps_it(three_entries, tmp_path, clips, no_sleep):
+    out = tmp_path / "out"
+    run(three_entries, out)
+    assert [(r["index"], r["kind"]) for r in rejects(out)] == [(1, "io"), (2, "decode")]
+    assert "after 4 tries" in rejects(out)[0]["reason"] and "later.mp4" in rejects(out)[0]["reason"]
+    before = read_all(out)
+    other_shard = (out / "shard-000001.tar").read_bytes() if (out / "shard-000001.tar").exists() else None
+    other_index = (out / "index" / "shard-000001.tar.json").read_bytes()
+
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "later.mp4")  # the file system is back
+    plain = run(three_entries, out)
+    assert (plain.shards_written, plain.shards_skipped) == (0, 2)  # without the flag nothing is re-read
+
+    summary = run(three_entries, out, retry_rejects=True)
+    assert (summary.shards_written, summary.shards_skipped, summary.encoded) == (1, 1, 1)
+    after = read_all(out)
+    assert sorted(after) == ["000000000", "000000001"]
+    assert after["000000000"] == before["000000000"]  # the kept sample is copied byte for byte
+    assert [(r["index"], r["kind"]) for r in rejects(out)] == [(2, "decode")]
+    assert (out / "index" / "shard-000001.tar.json").read_bytes() == other_index
+    assert ((out / "shard-000001.tar").read_bytes() if other_shard is not None else None) == other_shard
+    assert json.loads((out / "summary.json").read_text())["samples"] == 2
+    fresh = tmp_path / "fresh"
+    run(three_entries, fresh)
+    assert read_all(fresh) == after  # as if the file had been readable the first time
+    assert not list(out.glob(".*tmp*")) and not list((out / "index").glob(".*tmp*"))
+
+
+def test_a_crash_while_rewriting_leaves_the_shard_to_be_redone(three_entries, tmp_path, clips, no_sleep,
+                                                                  monkeypatch):
+    out = tmp_path / "out"
+    run(three_entries, out)
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "later.mp4")
+    real_write = shards_module.atomic_write_text
+
+    def crash_on_index(path, text):
+        if path.parent.name == "index":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(shards_module, "atomic_write_text", crash_on_index)
+    with pytest.raises(OSError, match="No space"):
+        run(three_entries, out, retry_rejects=True)
+    assert not (out / "index" / "shard-000000.tar.json").exists()  # incomplete, not described by a stale index
+    monkeypatch.setattr(shards_module, "atomic_write_text", real_write)
+    summary = run(three_entries, out)  # a plain rerun redoes the incomplete shard
+    assert summary.shards_written == 1 and sorted(read_all(out)) == ["000000000", "000000001"]
+    assert [r["index"] for r in rejects(out)] == [2]
