@@ -8,7 +8,7 @@ file exists; a rerun skips complete shards and redoes the rest from scratch, so 
 no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
 energon's `.nv-meta/`.
 
-Every reject has a kind: "io" (the file could not be read,
+Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
 after `io_retries` retries), "decode" (read, but not media we can decode) or "bucket" (no bucket fits it).
 `run(..., retry_rejects=True)` reads the "io" rejects of complete shards again and rewrites exactly the
 shards that gain samples, keeping their other samples byte for byte.
@@ -22,7 +22,7 @@ import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -36,7 +36,7 @@ from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Reje
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.models.toy_encoders import TextEncoder, VideoEncoder
-from megatron_moviegen.data.manifest import ManifestEntry
+from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
 from megatron_moviegen.data.shards import (
     EncodedSample,
     INDEX_DIR,
@@ -148,7 +148,10 @@ def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Deco
 def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
             io: IORetry) -> Union[Prepared, Assignment, Rejected]:
     """`step` on one manifest entry, with every problem of the input turned into a Rejected of its kind:
-    an unreadable file (after `io`'s retries), a file the decoder refuses."""
+    unusable fields, an unreadable file (after `io`'s retries), a file the decoder refuses."""
+    problem = entry_problem(entry)
+    if problem is not None:
+        return Rejected(index, entry.path, "manifest", problem)
     try:
         return io.call(lambda: step(index, entry, table, decoder))
     except OSError as exc:
@@ -345,19 +348,31 @@ class Preencoder:
         ]
 
     def _check_run_config(self, entries: list[ManifestEntry]) -> None:
-        """Refuse to resume into a folder written from another manifest or config (shards would not line up)."""
+        """Refuse to resume into a folder written from another manifest or config (shards would not line up)
+        or with other encoders (one dataset would hold latents or embeddings of two models)."""
         manifest_hash = hashlib.sha256(json.dumps([e.__dict__ for e in entries]).encode()).hexdigest()
         record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
                   "latent_dtype": self.config.latent_dtype}
+        encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
         path = self.out_dir / "preencode.json"
-        if path.exists():
-            previous = json.loads(path.read_text())
-            changed = sorted(k for k in record if previous.get(k) != record[k])
-            if changed:
-                raise ConfigError(f"{self.out_dir} was written with different {changed}; use a new output folder")
-        else:
-            atomic_write_text(path, json.dumps(record, indent=2))
+        if not path.exists():
+            atomic_write_text(path, json.dumps({**record, "encoders": encoders}, indent=2))
+            return
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in record if previous.get(k) != record[k])
+        if changed:
+            raise ConfigError(f"{self.out_dir} was written with different {changed}; use a new output folder")
+        if "encoders" not in previous:  # written before encoders were recorded: from now on they are
+            atomic_write_text(path, json.dumps({**previous, "encoders": encoders}, indent=2))
+            return
+        for role in ("video", "text"):
+            was, now = previous["encoders"][role], encoders[role]
+            if was != now:
+                raise ConfigError(
+                    f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
+                    f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
+                    f"cannot mix encoders: resume with the same encoder or use a new output folder")
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -369,6 +384,39 @@ def check_output_folder(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"output folder {str(out_dir)!r} is not writable: {exc.strerror or exc}") from None
+
+
+def encoder_record(encoder: object) -> dict:
+    """{"name": class name, "sha256": hash of its weights and settings}, to tell two encoders apart."""
+    digest = hashlib.sha256()
+    _hash_into(digest, vars(encoder) if hasattr(encoder, "__dict__") else encoder)
+    return {"name": type(encoder).__name__, "sha256": digest.hexdigest()}
+
+
+def _hash_into(digest, value) -> None:
+    """Weights (tensors, module state dicts) by their bytes, settings (numbers, strings, dataclasses) by value;
+    other objects (tokenizers, functions) by their type or qualified name only."""
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            _hash_into(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _hash_into(digest, item)
+    elif isinstance(value, (str, int, float, bool, type(None), torch.dtype, torch.device)):
+        digest.update(repr(value).encode())
+    elif is_dataclass(value) and not isinstance(value, type):
+        digest.update(type(value).__name__.encode())
+        _hash_into(digest, {f.name: getattr(value, f.name) for f in fields(value)})
+    else:
+        digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
 
 
 def finalize_once(out_dir: Path, num_shards: int) -> None:

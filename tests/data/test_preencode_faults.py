@@ -159,3 +159,58 @@ def test_a_crash_while_rewriting_leaves_the_shard_to_be_redone(three_entries, tm
     summary = run(three_entries, out)  # a plain rerun redoes the incomplete shard
     assert summary.shards_written == 1 and sorted(read_all(out)) == ["000000000", "000000001"]
     assert [r["index"] for r in rejects(out)] == [2]
+
+
+@pytest.fixture
+def poisoned_manifest(clips, tmp_path) -> Path:
+    """A good clip between entries whose own fields are unusable."""
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "a.mp4")
+    path = write_manifest(tmp_path, [{"path": "a.mp4", "caption": "good"},
+                                     {"path": "a.mp4", "caption": "lone \ud800 surrogate"},
+                                     {"path": "a.mp4", "caption": "x", "fps": "nan"},
+                                     {"path": "a.mp4", "caption": "x", "fps": -25}])
+    with open(path, "ab") as fh:
+        fh.write(b'{"path": "a.mp4", "caption": "caf\xe9 in latin-1"}\n')
+    return path
+
+
+POISON_REASONS = [(1, "caption is not valid UTF-8 (character 5: '\\ud800')"),
+                  (2, "fps: got nan, need a finite number > 0"),
+                  (3, "fps: got -25.0, need a finite number > 0"),
+                  (4, "caption is not valid UTF-8 (character 3: '\\udce9')")]
+
+
+def test_poisoned_manifest_entries_are_rejected_not_fatal(poisoned_manifest, tmp_path):
+    summary = run(poisoned_manifest, tmp_path / "out")
+    assert (summary.encoded, summary.rejected) == (1, 4)
+    assert [(r["index"], r["reason"]) for r in rejects(tmp_path / "out")] == POISON_REASONS
+    assert {r["kind"] for r in rejects(tmp_path / "out")} == {"manifest"}
+
+
+def test_tool_rejects_poisoned_entries_without_a_traceback(poisoned_manifest, tmp_path):
+    out = run_tool("--manifest", str(poisoned_manifest), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert json.loads(out.stdout)["rejected"] == 4
+    assert [(r["index"], r["reason"]) for r in rejects(tmp_path / "out")] == POISON_REASONS
+
+
+def test_resume_with_another_encoder_is_refused_naming_both(three_entries, tmp_path, no_sleep):
+    out = tmp_path / "out"
+    run(three_entries, out, shard_size=1)
+    (out / "index" / "shard-000002.tar.json").unlink()  # as if killed before the last shard
+    with pytest.raises(ConfigError) as refused:
+        run(three_entries, out, shard_size=1, video_encoder=TinyVideoEncoder(seed=1))
+    message = str(refused.value)
+    first, second = (preencode_module.encoder_record(TinyVideoEncoder(seed=s))["sha256"][:12] for s in (0, 1))
+    assert f"from TinyVideoEncoder (weights sha256 {first})" in message
+    assert f"video encoder is TinyVideoEncoder (sha256 {second})" in message
+    assert not (out / "index" / "shard-000002.tar.json").exists()  # nothing written with the other encoder
+    assert run(three_entries, out, shard_size=1).shards_written == 1  # the same encoder resumes
+
+
+def test_encoder_record_changes_with_weights_or_shapes():
+    same = [preencode_module.encoder_record(TinyTextEncoders(seed=0)) for _ in range(2)]
+    assert same[0] == same[1] and same[0]["name"] == "TinyTextEncoders"
+    assert preencode_module.encoder_record(TinyTextEncoders(seed=1)) != same[0]
+    shapes = {"ul2": (32, 16), "metaclip": (24, 8), "byt5": (16, 4)}
+    assert preencode_module.encoder_record(TinyTextEncoders(shapes=shapes)) != same[0]
