@@ -214,3 +214,112 @@ def test_encoder_record_changes_with_weights_or_shapes():
     assert preencode_module.encoder_record(TinyTextEncoders(seed=1)) != same[0]
     shapes = {"ul2": (32, 16), "metaclip": (24, 8), "byt5": (16, 4)}
     assert preencode_module.encoder_record(TinyTextEncoders(shapes=shapes)) != same[0]
+
+
+def write_mp4(path: Path, num_frames: int, height: int = 144, width: int = 176, fps: int = 25) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 5 * i % 256, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def remux_faststart(src: Path, dst: Path) -> Path:
+    """The same packets with the header (moov) first, as web downloads have it."""
+    with av.open(str(src)) as source, av.open(str(dst), "w", options={"movflags": "faststart"}) as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    return dst
+
+
+# (file, caption, kind, what the reason says): the rows of docs/reliability.md's pre-encoding matrix.
+BAD_MEDIA = [
+    ("good.mp4", "a phone call", None, None),
+    ("missing.mp4", "gone", "io", "No such file or directory"),
+    ("zero.mp4", "empty file", "decode", "Invalid data found"),
+    ("half.mp4", "truncated", "decode", "Invalid data found"),
+    ("cut_faststart.mp4", "header first, cut", "decode", "but the video ends at"),
+    ("text.mp4", "not a video", "decode", "Invalid data found"),
+    ("one_frame.mp4", "one frame", "bucket", "gives 1 frames; the shortest bucket needs 16"),
+    ("short.mp4", "ten frames", "bucket", "gives 10 frames; the shortest bucket needs 16"),
+    ("tiny.mp4", "32x32 pixels", "bucket", "upscale"),
+    ("good.mp4", "", "manifest", "caption is empty"),
+    ("good.mp4", "y" * 10_000, None, None),
+]
+
+
+@pytest.fixture
+def bad_media(clips, tmp_path) -> Path:
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "good.mp4")
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    whole = (clips / "bigbuckbunny.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(whole[: len(whole) // 2])
+    cut = remux_faststart(clips / "carphone_pristine.mp4", tmp_path / "faststart.mp4").read_bytes()
+    (tmp_path / "cut_faststart.mp4").write_bytes(cut[: len(cut) // 10])  # header whole, most frames missing
+    (tmp_path / "text.mp4").write_text("this is a text file, not a video\n")
+    write_mp4(tmp_path / "one_frame.mp4", 1)
+    write_mp4(tmp_path / "short.mp4", 10)
+    write_mp4(tmp_path / "tiny.mp4", 40, height=32, width=32)
+    path = write_manifest(tmp_path, [{"path": name, "caption": caption} for name, caption, _, _ in BAD_MEDIA])
+    with open(path, "ab") as fh:
+        fh.write(b'{"path": "good.mp4", "caption": "caf\xe9 in latin-1"}\n')
+    return path
+
+
+def test_tool_bad_input_matrix_rejects_each_with_a_reason_and_retry_keeps_the_missing_one(bad_media, tmp_path,
+                                                                                           clips):
+    out = tmp_path / "out"
+    first = run_tool("--manifest", str(bad_media), "--out", str(out), "--shard-size", "4")
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr
+    got = {r["index"]: r for r in rejects(out)}
+    for index, (name, _, kind, says) in enumerate(BAD_MEDIA):
+        if kind is None:
+            assert index not in got
+        else:
+            assert got[index]["kind"] == kind and says in got[index]["reason"], got[index]
+    latin1 = len(BAD_MEDIA)
+    assert got[latin1]["kind"] == "manifest" and "not valid UTF-8" in got[latin1]["reason"]
+    samples = read_all(out)
+    assert sorted(samples) == ["000000000", "000000010"]  # nothing else encoded, nothing lost
+    assert json.loads(samples["000000010"]["json"])["caption"] == "y" * 10_000  # kept whole; encoders truncate
+
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "missing.mp4")
+    again = run_tool("--manifest", str(bad_media), "--out", str(out), "--shard-size", "4", "--retry-rejects")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["shards_written"] == 1  # only the shard that held the io reject
+    assert sorted(read_all(out)) == ["000000000", "000000001", "000000010"]
+    assert 1 not in {r["index"] for r in rejects(out)}
+
+
+@pytest.mark.parametrize("case", ["malformed line", "missing manifest", "output under a file", "bad override"])
+def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "good.mp4")
+    manifest = write_manifest(tmp_path, [{"path": "good.mp4", "caption": "fine"}])
+    out = tmp_path / "out"
+    args, says = {
+        "malformed line": ([], f"{tmp_path / 'bad.jsonl'}:2: not valid JSON"),
+        "missing manifest": ([], "no such manifest file or folder"),
+        "output under a file": ([], "is not writable: Not a directory"),
+        "bad override": (["--set", "shard_size=0"], "shard_size: got 0, must be >= 1"),
+    }[case]
+    if case == "malformed line":
+        manifest = tmp_path / "bad.jsonl"
+        manifest.write_text('{"path": "good.mp4", "caption": "fine"}\n{"path": "good.mp4", "caption": \n')
+    if case == "missing manifest":
+        manifest = tmp_path / "absent.jsonl"
+    if case == "output under a file":
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "out"
+    result = run_tool("--manifest", str(manifest), "--out", str(out), *args)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    assert len(lines) == 1 and lines[0].startswith("preencode_latents: error: ") and says in lines[0], result.stderr
+    assert not out.exists()
