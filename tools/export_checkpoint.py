@@ -21,11 +21,20 @@ def main(argv=None) -> int:
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.checkpoints.export import export_training_checkpoint
 
+    from megatron_moviegen.checkpoints.distributed import CheckpointError
+    from megatron_moviegen.config.schema import ConfigError
+
     rank, _ = init_distributed()
-    out = export_training_checkpoint(args.checkpoint, args.out, args.overrides)
+    try:
+        out = export_training_checkpoint(args.checkpoint, args.out, args.overrides)
+    except (CheckpointError, ConfigError, FileNotFoundError) as exc:
+        if rank == 0:
+            print(f"export_checkpoint: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        dist.destroy_process_group()
     if rank == 0:
         print(f"exported {args.checkpoint} -> {out}")
-    dist.destroy_process_group()
     return 0
 
 

@@ -25,8 +25,8 @@ from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
-from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
+from megatron_moviegen.checkpoints.distributed import natural_order, load_checkpoint, read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch, gather_full_tensors, load_full_state_dict
 from megatron_moviegen.utils.video_io import atomic_output
 
 CONFIG_NAME = "config.yaml"
@@ -63,10 +63,26 @@ def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None
     init_model_parallel(cfg.parallel)
     chunks = build_dit_chunks(cfg, params_dtype)
     full = load_file(str(Path(folder) / WEIGHTS_NAME))
+    used: set[str] = set()
     for chunk in chunks:
-        load_full_state_dict(chunk, full, chunk.layer_offset)
+        used |= load_full_state_dict(chunk, full, chunk.layer_offset)
         chunk.eval()
+    refuse_unused(folder, full, used)
     return cfg, chunks
+
+
+def refuse_unused(folder: str | Path, full: dict[str, torch.Tensor], used: set[str]) -> None:
+    """An export tensor no rank loaded belongs to a bigger model (more layers, another module): refuse rather
+    than drop it. Every rank must call it (pipeline stages load different tensors)."""
+    everyone = [used]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, used)
+    unused = sorted(set(full).difference(*everyone), key=natural_order)
+    if unused:
+        raise ShapeMismatch(f"{Path(folder) / WEIGHTS_NAME}: tensor {unused[0]!r} {tuple(full[unused[0]].shape)} is "
+                            f"not in the model of {CONFIG_NAME} plus overrides ({len(unused)} tensors would be "
+                            "dropped); the weights are another model's or an override shrank the model")
 
 
 def _gather_stages(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

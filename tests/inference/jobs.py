@@ -10,7 +10,7 @@ import torch
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.generate import main
-from megatron_moviegen.checkpoints.export import load_exported_dit
+from megatron_moviegen.checkpoints.export import export_dit, load_exported_dit
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.parallel.build import build_dit_chunks
