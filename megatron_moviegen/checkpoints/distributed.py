@@ -116,11 +116,13 @@ def natural_order(key: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def check_model_matches(step_dir: Path, model_states: list[dict], model_config=None) -> None:
+def check_model_matches(step_dir: Path, model_states: list[dict], model_config=None,
+                        loaded_apart: frozenset[str] = frozenset()) -> None:
     """Refuse to load a model that is not the saved one: a tensor whose global shape differs, or saved model
-    tensors that no rank of this model asks for (they would be silently dropped). Every rank must call it."""
+    tensors that no rank of this model asks for (they would be silently dropped). `loaded_apart`: saved keys
+    the caller loads itself (the stage loader's position tables). Every rank must call it."""
     saved = {key: tuple(t.global_shape) for key, t in dist_checkpointing.load_tensors_metadata(str(step_dir)).items()
-             if not key.startswith("optimizer.")}
+             if not key.startswith("optimizer.") and key not in loaded_apart}
     wanted = {t.key: tuple(t.global_shape) for t in _sharded_tensors(model_states)}
     hint = _config_hint(step_dir, model_config)
     for key in sorted(wanted, key=natural_order):

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedTensor
 
-from megatron_moviegen.checkpoints.distributed import read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.distributed import (
+    check_complete,
+    check_model_matches,
+    read_saved_config,
+    resolve_checkpoint,
+)
 
 POSITION_TABLES = {"t": "max_frames", "h": "max_height", "w": "max_width"}
 
@@ -30,12 +35,15 @@ def grow_table(table: torch.Tensor, length: int) -> torch.Tensor:
 def load_weights_for_new_stage(path: str, model_chunks) -> None:
     """Load every weight of a previous stage's checkpoint into `model_chunks`, growing position tables."""
     path = resolve_checkpoint(path)
+    check_complete(path)
     saved_model = read_saved_config(path)["model"]
-    for index, chunk in enumerate(model_chunks):
-        chunk = getattr(chunk, "module", chunk)
+    chunks = [getattr(chunk, "module", chunk) for chunk in model_chunks]
+    states = [chunk.sharded_state_dict() for chunk in chunks]
+    tables_of = [{name: state.pop(f"position_embedding.{name}") for name in POSITION_TABLES} for state in states]
+    check_model_matches(path, states, chunks[0].dit_config,
+                        loaded_apart=frozenset(f"position_embedding.{name}" for name in POSITION_TABLES))
+    for index, (chunk, state, tables) in enumerate(zip(chunks, states, tables_of)):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
-        state = chunk.sharded_state_dict()
-        tables = {name: state.pop(f"position_embedding.{name}") for name in POSITION_TABLES}
         loaded = dist_checkpointing.load({key: state}, str(path))[key]
         old_tables = {}
         for name, field in POSITION_TABLES.items():
