@@ -82,6 +82,7 @@ class DataConfig:
     latent_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     # An OSError reading a source (an NFS/Lustre hiccup) is retried this many times, after waits of
     # io_retry_delay_s, 2x, 4x, ... (defaults: 0.5, 1, 2 s), before the entry is rejected with kind "io".
+    # A missing file or a permission error is rejected at once (still "io": --retry-rejects reads it again).
     io_retries: int = 3
     io_retry_delay_s: float = 0.5
 

@@ -78,6 +78,11 @@ class Rejected:
         return {"index": self.index, "path": self.path, "kind": self.kind, "reason": self.reason}
 
 
+# The file system's answer rather than a hiccup: waiting seconds does not change it (a later --retry-rejects
+# may), and a dataset with many missing files must not wait 3.5 s for each.
+ANSWERED = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 @dataclass(frozen=True)
 class IORetry:
     """How often and how patiently an OSError reading a source is retried (DataConfig.io_retries)."""
@@ -85,13 +90,18 @@ class IORetry:
     retries: int = 3
     first_delay_s: float = 0.5
 
+    @staticmethod
+    def worth_waiting(exc: OSError) -> bool:
+        return not isinstance(exc.__cause__ or exc, ANSWERED)
+
     def call(self, fn: Callable[[], object]):
-        """`fn()`, retried on OSError after waits of first_delay_s, 2x, 4x, ...; the last OSError propagates."""
+        """`fn()`, retried on OSError (but not ANSWERED ones) after waits of first_delay_s, 2x, 4x, ...;
+        the last OSError propagates."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except OSError:
-                if attempt == self.retries:
+            except OSError as exc:
+                if attempt == self.retries or not self.worth_waiting(exc):
                     raise
                 time.sleep(self.first_delay_s * 2**attempt)
 
@@ -155,7 +165,8 @@ def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable
     try:
         return io.call(lambda: step(index, entry, table, decoder))
     except OSError as exc:
-        return Rejected(index, entry.path, "io", f"{type(exc).__name__}: {exc} (after {io.retries + 1} tries)")
+        tries = io.retries + 1 if io.worth_waiting(exc) else 1
+        return Rejected(index, entry.path, "io", f"{type(exc).__name__}: {exc} ({tries} {'try' if tries == 1 else 'tries'})")
     except DECODE_ERRORS as exc:
         return Rejected(index, entry.path, "decode", f"{type(exc).__name__}: {exc}")
 

@@ -93,6 +93,18 @@ def test_transient_read_error_is_retried_and_the_sample_kept(clips, tmp_path, mo
     assert list(read_all(tmp_path / "out")) == ["000000000"]
 
 
+def test_lasting_read_error_is_an_io_reject_after_the_retries(clips, tmp_path, monkeypatch, no_sleep):
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "clip.mp4")
+    manifest = write_manifest(tmp_path, [{"path": "clip.mp4", "caption": "a phone call"}])
+    flaky_av_open(monkeypatch, "clip.mp4", failures=100)
+    run(manifest, tmp_path / "out")
+    assert no_sleep == [0.5, 1.0, 2.0]
+    (reject,) = rejects(tmp_path / "out")
+    clip = tmp_path / "clip.mp4"
+    assert reject["kind"] == "io"
+    assert reject["reason"] == f"MediaReadError: {clip}: cannot read ([Errno 5] Input/output error: '{clip}') (4 tries)"
+
+
 def test_decoder_refusal_is_not_retried(tmp_path, no_sleep):
     write_garbage(tmp_path / "noise.mp4")
     manifest = write_manifest(tmp_path, [{"path": "noise.mp4", "caption": "noise"}])
@@ -115,7 +127,8 @@ def test_unreadable_file_is_an_io_reject_and_retry_rejects_keeps_it(three_entrie
     out = tmp_path / "out"
     run(three_entries, out)
     assert [(r["index"], r["kind"]) for r in rejects(out)] == [(1, "io"), (2, "decode")]
-    assert "after 4 tries" in rejects(out)[0]["reason"] and "later.mp4" in rejects(out)[0]["reason"]
+    assert "No such file" in rejects(out)[0]["reason"] and rejects(out)[0]["reason"].endswith("(1 try)")
+    assert no_sleep == []  # a missing file is the file system's answer: no waiting, --retry-rejects reads it
     before = read_all(out)
     other_shard = (out / "shard-000001.tar").read_bytes() if (out / "shard-000001.tar").exists() else None
     other_index = (out / "index" / "shard-000001.tar.json").read_bytes()
