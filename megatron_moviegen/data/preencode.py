@@ -51,6 +51,8 @@ from megatron_moviegen.data.shards import (
     write_shard,
 )
 
+FINALIZE_WAIT_S = 600.0  # how long a rank that rewrote shards waits for another rank's finalize
+
 # Raised by a source the decoder cannot use; OSErrors (the file could not be read) are retried first.
 DECODE_ERRORS = (DecodeError, ValueError, av.FFmpegError)
 
@@ -292,7 +294,8 @@ class Preencoder:
                 self._write_one_shard(k, [next(results) for _ in shard_items], summary, bar, previous)
         summary.seconds = time.perf_counter() - start
         if len(completed_shards(self.out_dir)) == len(plan):
-            finalize_once(self.out_dir, len(plan))
+            rewrote = any(previous is not None for _, previous in work.values()) and summary.shards_written > 0
+            finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0)
         return summary
 
     def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm,
@@ -430,22 +433,36 @@ def _hash_into(digest, value) -> None:
         digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
 
 
-def finalize_once(out_dir: Path, num_shards: int) -> None:
-    """`finalize` by the first rank to see every shard complete; the others leave it to that one."""
+def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0) -> None:
+    """`finalize` by the first rank to see every shard complete; the others leave it to that one. A rank that
+    rewrote shards (--retry-rejects) passes `wait_s`: another rank may be finalizing from the old shards, so it
+    waits for that one to finish and finalizes again, last."""
     lock = out_dir / FINALIZE_LOCK
-    try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            if time.monotonic() >= deadline:
+                if wait_s:
+                    raise RuntimeError(f"{lock} was held for {wait_s:.0f}s; if no pre-encoding job is running, "
+                                       "remove it and rerun") from None
+                return
+            time.sleep(0.5)
     try:
         finalize(out_dir, num_shards)
     finally:
         lock.unlink()
 
 
-def finalize(out_dir: Path, num_shards: int) -> dict:
-    """From the shard indexes: rejects.jsonl, summary.json (counts per bucket) and energon's `.nv-meta/`."""
-    indexes = [ShardIndex.read(out_dir / "index" / f"{shard_name(k)}.json") for k in range(num_shards)]
+def finalize(out_dir: Path, num_shards: int) -> dict | None:
+    """From the shard indexes: rejects.jsonl, summary.json (counts per bucket) and energon's `.nv-meta/`.
+    None (nothing written) when an index vanished meanwhile: a rank is rewriting that shard and finalizes after."""
+    try:
+        indexes = [ShardIndex.read(out_dir / INDEX_DIR / f"{shard_name(k)}.json") for k in range(num_shards)]
+    except FileNotFoundError:
+        return None
     rejects = [r for ix in indexes for r in ix.rejects]
     per_bucket = Counter(s["bucket"] for ix in indexes for s in ix.samples)
     summary = {

@@ -336,3 +336,35 @@ def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     lines = [line for line in result.stderr.splitlines() if "Warning" not in line and "warnings.warn" not in line]
     assert len(lines) == 1 and lines[0].startswith("preencode_latents: error: ") and says in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_finalize_after_a_rewrite_waits_for_a_running_finalize_and_runs_last(three_entries, tmp_path, clips,
+                                                                             no_sleep, monkeypatch):
+    out = tmp_path / "out"
+    run(three_entries, out, shard_size=1)  # shard k holds entry k; with 2 ranks, rank 1 owns shard 1 (later.mp4)
+    shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "later.mp4")
+    lock = out / ".finalize.lock"
+    lock.write_text("")  # rank 0 is finalizing from the shards as they were before the rewrite
+    preencode_module.finalize_once(out, 3)
+    assert no_sleep == [] and lock.exists()  # a rank that rewrote nothing leaves it to the lock holder
+
+    def rank0_finishes_after_two_polls(seconds):
+        no_sleep.append(seconds)
+        if len(no_sleep) == 2:
+            lock.unlink()
+
+    monkeypatch.setattr(preencode_module.time, "sleep", rank0_finishes_after_two_polls)
+    rank1 = Preencoder(small_config(shard_size=1), TinyVideoEncoder(), TinyTextEncoders(), out, rank=1, world_size=2)
+    assert rank1.run(read_manifest(three_entries), retry_rejects=True).shards_written == 1
+    assert no_sleep == [0.5, 0.5] and not lock.exists()
+    assert [r["index"] for r in rejects(out)] == [2]  # finalized after rank 0, from the rewritten shard
+    assert json.loads((out / "summary.json").read_text())["samples"] == 2
+
+
+def test_finalize_writes_nothing_while_a_shard_is_being_rewritten(three_entries, tmp_path, no_sleep):
+    out = tmp_path / "out"
+    run(three_entries, out)
+    before = (out / "summary.json").read_bytes()
+    (out / "index" / "shard-000000.tar.json").unlink()  # what a rewrite looks like from another rank
+    assert preencode_module.finalize(out, 2) is None
+    assert (out / "summary.json").read_bytes() == before
