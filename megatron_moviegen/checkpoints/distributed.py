@@ -32,6 +32,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from torch.distributed.checkpoint import FileSystemReader
 
+from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
 
 LATEST = "latest"
@@ -132,14 +133,21 @@ def check_model_matches(step_dir: Path, model_states: list[dict], model_config=N
         if saved[key] != wanted[key]:
             raise CheckpointError(f"{step_dir}: tensor {key!r} is {saved[key]} in the checkpoint but {wanted[key]} "
                                   f"in this model{hint}")
-    everyone = [set(wanted)]
-    if dist.is_initialized() and dist.get_world_size() > 1:  # pipeline stages ask for different tensors
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, set(wanted))
-    unused = sorted(set(saved).difference(*everyone), key=natural_order)
+    unused = sorted(set(saved).difference(*keys_of_every_stage(set(wanted))), key=natural_order)
     if unused:
         raise CheckpointError(f"{step_dir}: checkpoint tensor {unused[0]!r} {saved[unused[0]]} is not in this model "
                               f"({len(unused)} saved tensors would be dropped){hint}")
+
+
+def keys_of_every_stage(keys: set[str]) -> list[set[str]]:
+    """This rank's keys and those of the other pipeline stages (the only ranks that ask for other tensors;
+    gathering over the pipeline group keeps this small on thousands of ranks)."""
+    if not (dist.is_initialized() and parallel_state.model_parallel_is_initialized()):
+        return [keys]
+    group = parallel_state.get_pipeline_model_parallel_group()
+    everyone = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, keys, group=group)
+    return everyone
 
 
 def _sharded_tensors(states) -> list[ShardedTensor]:
@@ -257,7 +265,9 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
             is_loading=True)
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
+        # The sharded state is keyed by global layer index (any pipeline layout); the module by its local one.
+        weights = loaded["model" if len(chunks) == 1 else f"model{i}"]
+        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in weights.items()}, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:

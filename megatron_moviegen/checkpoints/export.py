@@ -25,7 +25,13 @@ from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-from megatron_moviegen.checkpoints.distributed import natural_order, load_checkpoint, read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.distributed import (
+    keys_of_every_stage,
+    load_checkpoint,
+    natural_order,
+    read_saved_config,
+    resolve_checkpoint,
+)
 from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch, gather_full_tensors, load_full_state_dict
 from megatron_moviegen.utils.video_io import atomic_output
 
@@ -72,13 +78,9 @@ def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None
 
 
 def refuse_unused(folder: str | Path, full: dict[str, torch.Tensor], used: set[str]) -> None:
-    """An export tensor no rank loaded belongs to a bigger model (more layers, another module): refuse rather
-    than drop it. Every rank must call it (pipeline stages load different tensors)."""
-    everyone = [used]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, used)
-    unused = sorted(set(full).difference(*everyone), key=natural_order)
+    """An export tensor no pipeline stage loaded belongs to a bigger model (more layers, another module): refuse
+    rather than drop it. Every rank must call it."""
+    unused = sorted(set(full).difference(*keys_of_every_stage(used)), key=natural_order)
     if unused:
         raise ShapeMismatch(f"{Path(folder) / WEIGHTS_NAME}: tensor {unused[0]!r} {tuple(full[unused[0]].shape)} is "
                             f"not in the model of {CONFIG_NAME} plus overrides ({len(unused)} tensors would be "

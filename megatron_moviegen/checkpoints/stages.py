@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedTensor
 
+from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.checkpoints.distributed import (
     check_complete,
     check_model_matches,
@@ -55,4 +56,4 @@ def load_weights_for_new_stage(path: str, model_chunks) -> None:
         old = dist_checkpointing.load({key: old_tables}, str(path))[key]
         for name in POSITION_TABLES:
             loaded[f"position_embedding.{name}"] = grow_table(old[name], tables[name].data.shape[0])
-        chunk.load_state_dict(loaded, strict=True)
+        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in loaded.items()}, strict=True)

@@ -25,6 +25,11 @@ def global_name(local_name: str, layer_offset: int) -> str:
     return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", local_name)
 
 
+def local_name(name: str, layer_offset: int) -> str:
+    """`layers.<global i>.` -> `layers.<i - offset>.`: the inverse of `global_name`."""
+    return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) - layer_offset}.", name)
+
+
 def _tp_split(param: torch.nn.Parameter) -> int | None:
     if getattr(param, "tensor_model_parallel", False):
         return param.partition_dim

@@ -34,7 +34,7 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> None:
     init_model_parallel(cfg.parallel)
     chunk = build_dit_chunks(cfg)[0]
     for step in steps:
-        (root / step_dir_name(step)).mkdir(parents=True)
+        (root / step_dir_name(step)).mkdir(parents=True, exist_ok=True)  # every rank: no barrier needed
         dist_checkpointing.save({"model": chunk.sharded_state_dict(), "step": step, "config": to_dict(cfg)},
                                 str(root / step_dir_name(step)))
     (root / LATEST).write_text(step_dir_name(steps[-1]))
@@ -70,6 +70,21 @@ def _load_job(rank, world_size, root):
         file.unlink()
     messages["truncated, no good step before"] = _try_load(root, [])
     return messages
+
+
+def _pipeline_job(rank, world_size, root):
+    """Saved by 2 data-parallel ranks, loaded as 2 pipeline stages: each stage asks for half the layers."""
+    root = Path(root)
+    _save_tiny_steps(root, steps=(1,))
+    return {name: _try_load(root, ["parallel.pipeline_model_parallel_size=2", *overrides])
+            for name, overrides in (("same model", []), ("fewer layers", ["model.num_layers=2"]))}
+
+
+def test_pipeline_stages_together_load_every_tensor_and_still_refuse_fewer_layers(tmp_path):
+    for messages in run_distributed(_pipeline_job, world_size=2, args=(str(tmp_path),)):
+        assert messages["same model"] == "step 1"
+        assert "checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' (128, 64) is not in this model" \
+               in messages["fewer layers"]
 
 
 @pytest.fixture(scope="module")
