@@ -167,7 +167,8 @@ def _config_hint(step_dir: Path, model_config) -> str:
         return ""
     saved = read_saved_config(step_dir).get("model", {})
     now = to_dict(model_config)
-    differ = [f"model.{k}={saved[k]!r}, this model {now[k]!r}" for k in sorted(now) if k in saved and saved[k] != now[k]]
+    differ = [f"model.{k}={saved[k]!r}, this model {now[k]!r}"
+              for k in sorted(now) if k in saved and saved[k] != now[k]]
     return f"; saved {'; '.join(differ)}" if differ else ""
 
 

@@ -167,8 +167,8 @@ def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable
     try:
         return io.call(lambda: step(index, entry, table, decoder))
     except OSError as exc:
-        tries = io.retries + 1 if io.worth_waiting(exc) else 1
-        return Rejected(index, entry.path, "io", f"{type(exc).__name__}: {exc} ({tries} {'try' if tries == 1 else 'tries'})")
+        tries = f"{io.retries + 1} tries" if io.worth_waiting(exc) else "1 try"
+        return Rejected(index, entry.path, "io", f"{type(exc).__name__}: {exc} ({tries})")
     except DECODE_ERRORS as exc:
         return Rejected(index, entry.path, "decode", f"{type(exc).__name__}: {exc}")
 

@@ -143,7 +143,8 @@ def test_export_tool_refuses_in_one_line(loads, tmp_path, case, says):
     result = subprocess.run(
         [sys.executable, "tools/export_checkpoint.py", "--checkpoint", checkpoint[case], "--out", str(tmp_path / "out"),
          *overrides], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())})
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+             "MASTER_PORT": str(_free_port())})
     lines = [line for line in result.stderr.splitlines() if "warn" not in line.lower()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(says.format(root=root)), result.stderr
     if case == "truncated":
