@@ -27,16 +27,25 @@ def main(argv=None) -> int:
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
 
+    from megatron_moviegen.checkpoints.distributed import CheckpointError
+    from megatron_moviegen.config.schema import ConfigError
+
     try:
         max_shard_bytes = parse_byte_size(args.max_shard_size)
     except ValueError as exc:
         parser.error(f"--max-shard-size: {exc}")
     rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
-    out = export_training_checkpoint(args.checkpoint, args.out, args.overrides, EXPORT_DTYPES[args.dtype],
-                                     max_shard_bytes)
+    try:
+        out = export_training_checkpoint(args.checkpoint, args.out, args.overrides, EXPORT_DTYPES[args.dtype],
+                                         max_shard_bytes)
+    except (CheckpointError, ConfigError, FileNotFoundError) as exc:
+        if rank == 0:
+            print(f"export_checkpoint: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        dist.destroy_process_group()
     if rank == 0:
         print(f"exported {args.checkpoint} -> {out}")
-    dist.destroy_process_group()
     return 0
 
 

@@ -7,9 +7,14 @@
 
 Both encoders must be named (no defaults: forgetting one must not silently write random latents).
 `--tae` is a TAE folder (TAE.save_pretrained) or a toy: `toy-tae` (configs/tae/tae_tiny.yaml, untrained,
-seed 0: the decoder `generate --tae tiny` uses) or `toy-conv` (a fixed random stride-8 conv: shapes only,
+seed 0: the decoder `generate --tae toy-tae` uses) or `toy-conv` (a fixed random stride-8 conv: shapes only,
 fastest). `--text-encoders paper` loads UL2/MetaCLIP/ByT5 (paths via `--text FIELD=VALUE`); `toy` uses
 random byte-embedding encoders shaped like configs/tiny.yaml's text inputs. Toys are for tests and demos.
+
+Unusable entries go to rejects.jsonl with a kind and a reason; a source that cannot be read is retried
+(`--set io_retries=3 io_retry_delay_s=0.5`) and, if it still fails, rejected with kind "io". After the file
+system recovers, rerun with `--retry-rejects` to read those entries again. A bad manifest, config or output
+folder exits 2 with one line naming the problem.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ import sys
 
 import torch
 
-from megatron_moviegen.config.schema import apply_overrides, build
+from megatron_moviegen.config.schema import ConfigError, apply_overrides, build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
-from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.manifest import ManifestError, read_manifest
 from megatron_moviegen.data.preencode import Preencoder, use_local_device
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
@@ -47,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shard-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="decode processes (0: in-process)")
     parser.add_argument("--dry-run", action="store_true", help="report buckets and rejects; decode nothing")
+    parser.add_argument("--retry-rejects", action="store_true",
+                        help='read entries rejected with kind "io" by an earlier run again (rewrites only the '
+                             "shards that gain samples)")
     parser.add_argument("--config", default=None,
                         help="take the data section (buckets, shard size, ...) from this training recipe")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
@@ -97,6 +105,14 @@ def build_text_encoder(args, device: torch.device):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return preencode(args)
+    except (ConfigError, ManifestError) as exc:
+        print(f"preencode_latents: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def preencode(args: argparse.Namespace) -> int:
     data = {}
     if args.config is not None:
         from megatron_moviegen.config import to_dict
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),
                           "rejected": [r.record() for r in rejects]}, indent=2))
         return 0
-    summary = preencoder.run(entries)
+    summary = preencoder.run(entries, retry_rejects=args.retry_rejects)
     print(json.dumps({"rank": rank, "encoded": summary.encoded, "rejected": summary.rejected,
                       "shards_written": summary.shards_written, "shards_skipped": summary.shards_skipped,
                       "seconds": round(summary.seconds, 2), "samples_per_s": round(summary.samples_per_s, 3),

@@ -14,12 +14,18 @@ tensors over the data-parallel (x context-parallel) replicas instead of leaving 
 checkpoint of hundreds of GB is written by every rank at once. With `train.async_save` the tensor files are
 written by a background process while training goes on; the rename and `latest` happen when it has finished
 on every rank (`finalize_async_saves`: at the next save, and before the process exits).
+
+A load refuses, with a CheckpointError naming the file or tensor, a step folder whose files are shorter than
+its metadata says (a copy or a write cut short; the previous complete step is named) and a model that is not
+the saved one (a tensor of another shape, or saved tensors the model does not have, e.g. fewer layers).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import shutil
 from functools import partial
 from pathlib import Path
@@ -37,11 +43,20 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
     FullyParallelLoadStrategyWrapper,
     FullyParallelSaveStrategyWrapper,
 )
+from megatron.core.dist_checkpointing import ShardedTensor
+from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from torch.distributed.checkpoint import FileSystemReader
 
+from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.utils.io import atomic_output
 
 LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message names the file or tensor."""
 
 
 def step_dir_name(step: int) -> str:
@@ -68,6 +83,110 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not (path / "metadata.json").exists():
         raise FileNotFoundError(f"{path} is neither a dist checkpoint (no metadata.json) nor has a `latest` file")
     return path
+
+
+def storage_problem(step_dir: Path) -> str | None:
+    """Why the tensor files of a step folder cannot be complete (from its `.metadata`), or None."""
+    try:
+        metadata = FileSystemReader(str(step_dir)).read_metadata()
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as exc:
+        return f"{step_dir / '.metadata'} cannot be read ({type(exc).__name__}: {exc})"
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        file = step_dir / name
+        have = file.stat().st_size if file.is_file() else None
+        if have is None or have < size:
+            got = "is missing" if have is None else f"has {have} bytes"
+            return f"{file} {got}, its metadata needs {size} (truncated copy or save)"
+    return None
+
+
+def _step_of(folder: Path) -> int | None:
+    match = re.fullmatch(r"iter_(\d+)", folder.name)
+    return int(match.group(1)) if match else None
+
+
+def previous_good_step(step_dir: Path) -> Path | None:
+    """The latest step folder beside `step_dir`, saved before it, whose files are complete."""
+    step = _step_of(step_dir)
+    earlier = [f for f in step_dir.parent.iterdir() if f.is_dir() and (_step_of(f) or -1) >= 0
+               and step is not None and _step_of(f) < step and (f / "metadata.json").exists()]
+    for folder in sorted(earlier, key=_step_of, reverse=True):
+        if storage_problem(folder) is None:
+            return folder
+    return None
+
+
+def check_complete(step_dir: Path) -> None:
+    problem = storage_problem(step_dir)
+    if problem is None:
+        return
+    previous = previous_good_step(step_dir)
+    fallback = (f"the previous complete step is {previous} (load that folder, or point {LATEST} at it)"
+                if previous is not None else "there is no earlier complete step beside it")
+    raise CheckpointError(f"{problem}; {fallback}")
+
+
+def natural_order(key: str) -> list:
+    """Sort key that puts layers.2 before layers.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def check_model_matches(step_dir: Path, model_states: list[dict], model_config=None,
+                        loaded_apart: frozenset[str] = frozenset()) -> None:
+    """Refuse to load a model that is not the saved one: a tensor whose global shape differs, or saved model
+    tensors that no rank of this model asks for (they would be silently dropped). `loaded_apart`: saved keys
+    the caller loads itself (the stage loader's position tables). Every rank must call it."""
+    saved = {key: tuple(t.global_shape) for key, t in dist_checkpointing.load_tensors_metadata(str(step_dir)).items()
+             if not key.startswith("optimizer.") and key not in loaded_apart}
+    wanted = {t.key: tuple(t.global_shape) for t in _sharded_tensors(model_states)}
+    hint = _config_hint(step_dir, model_config)
+    for key in sorted(wanted, key=natural_order):
+        if key not in saved:
+            raise CheckpointError(f"{step_dir}: this model has tensor {key!r} {wanted[key]} but the checkpoint does "
+                                  f"not{hint}")
+        if saved[key] != wanted[key]:
+            raise CheckpointError(f"{step_dir}: tensor {key!r} is {saved[key]} in the checkpoint but {wanted[key]} "
+                                  f"in this model{hint}")
+    unused = sorted(set(saved).difference(*keys_of_every_stage(set(wanted))), key=natural_order)
+    if unused:
+        raise CheckpointError(f"{step_dir}: checkpoint tensor {unused[0]!r} {saved[unused[0]]} is not in this model "
+                              f"({len(unused)} saved tensors would be dropped){hint}")
+
+
+def keys_of_every_stage(keys: set[str]) -> list[set[str]]:
+    """This rank's keys and those of the other pipeline stages (the only ranks that ask for other tensors;
+    gathering over the pipeline group keeps this small on thousands of ranks)."""
+    if not (dist.is_initialized() and parallel_state.model_parallel_is_initialized()):
+        return [keys]
+    group = parallel_state.get_pipeline_model_parallel_group()
+    everyone = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, keys, group=group)
+    return everyone
+
+
+def _sharded_tensors(states) -> list[ShardedTensor]:
+    """The ShardedTensors of nested sharded state dicts, factories (the SwiGLU fc1 split) built."""
+    out = []
+    for value in nested_values(states):
+        if isinstance(value, ShardedTensorFactory):
+            out += _sharded_tensors(value.build())
+        elif isinstance(value, ShardedTensor):
+            out.append(value)
+    return out
+
+
+def _config_hint(step_dir: Path, model_config) -> str:
+    """"; saved model.num_layers=4, this model 2" for the model fields that differ from the saved config."""
+    if model_config is None:
+        return ""
+    saved = read_saved_config(step_dir).get("model", {})
+    now = to_dict(model_config)
+    differ = [f"model.{k}={saved[k]!r}, this model {now[k]!r}"
+              for k in sorted(now) if k in saved and saved[k] != now[k]]
+    return f"; saved {'; '.join(differ)}" if differ else ""
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -195,8 +314,10 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
     The model loads under any TP/PP layout; the loader position and RNG only when the layout matches.
     """
     path = resolve_checkpoint(path)
+    check_complete(path)
     chunks = _unwrap(model_chunks)
     state = _model_sharded_state(chunks)
+    check_model_matches(path, list(state.values()), getattr(chunks[0], "dit_config", None))
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"] if len(chunks) == 1 else {k: v for k, v in state.items() if k.startswith("model")},
@@ -206,7 +327,9 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
         strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
     loaded = dist_checkpointing.load(state, str(path), strategy)
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
+        # The sharded state is keyed by global layer index (any pipeline layout); the module by its local one.
+        weights = loaded["model" if len(chunks) == 1 else f"model{i}"]
+        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in weights.items()}, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:

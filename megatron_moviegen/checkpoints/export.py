@@ -34,9 +34,22 @@ from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+from megatron_moviegen.checkpoints.distributed import (
+    keys_of_every_stage,
+    load_checkpoint,
+    natural_order,
+    read_saved_config,
+    resolve_checkpoint,
+)
+from megatron_moviegen.checkpoints.tp_shards import (
+    ShapeMismatch,
+    full_shape,
+    global_name,
+    shard_index,
+    tp_partition_dim,
+    unshard_tensor,
+)
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
-from megatron_moviegen.checkpoints.tp_shards import global_name, shard_index, tp_partition_dim, unshard_tensor
 from megatron_moviegen.utils.io import atomic_output
 
 CONFIG_NAME = "config.yaml"
@@ -110,33 +123,51 @@ def load_exported_dit(folder: str | Path, cfg_overrides: list[str] | None = None
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     weight_map = read_weight_map(folder)
+    used: set[str] = set()
     for chunk in chunks:
-        load_export_slices(chunk, folder, weight_map, chunk.layer_offset)
+        used |= load_export_slices(chunk, folder, weight_map, chunk.layer_offset)
         chunk.eval()
+    refuse_unused(folder, weight_map, used)
     return cfg, chunks
 
 
 @torch.no_grad()
 def load_export_slices(model: torch.nn.Module, folder: str | Path, weight_map: dict[str, str],
-                       layer_offset: int = 0) -> None:
+                       layer_offset: int = 0) -> set[str]:
     """Copy this rank's TP shard of every parameter of `model` from the export, reading only that slice of each
-    tensor from disk (cast to the parameter's dtype and device)."""
+    tensor from disk (cast to the parameter's dtype and device); returns the tensor names used. A tensor of
+    another shape than the model's is a ShapeMismatch naming it and both shapes."""
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_world = parallel_state.get_tensor_model_parallel_world_size()
-    files = {}
+    files, used = {}, set()
     for name, param in model.named_parameters():
         key = global_name(name, layer_offset)
+        needed = full_shape(name, param, tp_world)
         if key not in weight_map:
-            raise KeyError(f"export {str(folder)!r} has no tensor {key!r} (for parameter {name!r})")
+            raise ShapeMismatch(f"export {str(folder)!r} has no tensor {key!r}; this model needs it with shape "
+                                f"{needed}")
         if weight_map[key] not in files:
             files[weight_map[key]] = safe_open(str(Path(folder) / weight_map[key]), framework="pt")
         stored = files[weight_map[key]].get_slice(key)
+        if tuple(stored.get_shape()) != needed:
+            raise ShapeMismatch(f"tensor {key!r} is {tuple(stored.get_shape())} in the export but {needed} in this "
+                                "model")
         pieces = [stored[index] for index in shard_index(key, tuple(stored.get_shape()), tp_partition_dim(param),
                                                          tp_rank, tp_world)]
         shard = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        if shard.shape != param.shape:
-            raise ValueError(f"{key}: export shard {tuple(shard.shape)} does not fit parameter {tuple(param.shape)}")
         param.copy_(shard)
+        used.add(key)
+    return used
+
+
+def refuse_unused(folder: str | Path, weight_map: dict[str, str], used: set[str]) -> None:
+    """An export tensor no pipeline stage loaded belongs to a bigger model (more layers, another module): refuse
+    rather than drop it. Every rank must call it."""
+    unused = sorted(set(weight_map).difference(*keys_of_every_stage(used)), key=natural_order)
+    if unused:
+        raise ShapeMismatch(f"{Path(folder) / weight_map[unused[0]]}: tensor {unused[0]!r} is not in the model of "
+                            f"{CONFIG_NAME} plus overrides ({len(unused)} tensors would be dropped); the weights are "
+                            "another model's or an override shrank the model")
 
 
 def _tensors_to_write(model_chunks: list[MovieGenDiT]) -> list[tuple[str, torch.Tensor, int | None, int]]:

@@ -21,7 +21,13 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedTensor
 
-from megatron_moviegen.checkpoints.distributed import read_saved_config, resolve_checkpoint
+from megatron_moviegen.checkpoints.distributed import (
+    check_complete,
+    check_model_matches,
+    read_saved_config,
+    resolve_checkpoint,
+)
+from megatron_moviegen.checkpoints.tp_shards import local_name
 
 log = logging.getLogger(__name__)
 
@@ -71,34 +77,37 @@ def load_weights_for_new_stage(path: str, model_chunks, resolution: Optional[int
     `resolution` is the new stage's data.buckets.resolution, the spatial tables are resampled at the ratio), the
     patch embedding's new condition channels start at zero (so zero-valued conditions change nothing), and
     modules the previous stage did not have (a task table, an extra context projection) keep their
-    initialisation. Any other shape difference is refused, naming the tensor."""
+    initialisation. Anything else must match the saved model (`check_model_matches`: no other shape change, no
+    saved tensor dropped)."""
     path = resolve_checkpoint(path)
+    check_complete(path)
     scale = spatial_scale(read_saved_config(path), resolution)
-    saved = dist_checkpointing.load_tensors_metadata(str(path))
-    saved_shapes = {key: tuple(getattr(meta, "global_shape", ())) for key, meta in saved.items()}
-    for index, chunk in enumerate(model_chunks):
-        chunk = getattr(chunk, "module", chunk)
+    saved_shapes = {key: tuple(getattr(meta, "global_shape", ()))
+                    for key, meta in dist_checkpointing.load_tensors_metadata(str(path)).items()}
+    chunks = [getattr(chunk, "module", chunk) for chunk in model_chunks]
+    states = [chunk.sharded_state_dict() for chunk in chunks]
+    new_of, grown_of = [], []
+    for state in states:
+        new_of.append({name: state.pop(name) for name in list(state) if state[name].key not in saved_shapes})
+        grown = [f"position_embedding.{name}" for name in POSITION_TABLES] + [PATCH_EMBED_WEIGHT]
+        grown_of.append({name: state.pop(name) for name in grown if name in state})
+    check_model_matches(path, states, chunks[0].dit_config,
+                        loaded_apart=frozenset(t.key for grown in grown_of for t in grown.values()))
+    for index, (chunk, state, new, grown) in enumerate(zip(chunks, states, new_of, grown_of)):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
-        state = chunk.sharded_state_dict()
-        new = {name: state.pop(name) for name in list(state) if state[name].key not in saved_shapes}
-        reshaped = {f"position_embedding.{name}" for name in POSITION_TABLES} | {PATCH_EMBED_WEIGHT}
-        reshaped = {name: state.pop(name) for name in reshaped if name in state}
-        for name, tensor in state.items():  # factories (SwiGLU's fc1) are checked by the load itself
-            if isinstance(tensor, ShardedTensor) and saved_shapes[tensor.key] != tuple(tensor.global_shape):
-                raise ValueError(f"{path}: {tensor.key} has shape {saved_shapes[tensor.key]}, the new stage's model "
-                                 f"{tuple(tensor.global_shape)}; only position tables and input channels may grow")
         loaded = dist_checkpointing.load({key: state}, str(path))[key]
         old = dist_checkpointing.load(
-            {key: {name: _holder(t, saved_shapes[t.key]) for name, t in reshaped.items()}}, str(path))[key]
+            {key: {name: _holder(t, saved_shapes[t.key]) for name, t in grown.items()}}, str(path))[key]
         for name in POSITION_TABLES:
             table = f"position_embedding.{name}"
-            table_scale = scale if name in SPATIAL_TABLES else 1.0
-            loaded[table] = grow_table(old[table], reshaped[table].data.shape[0], table_scale)
-        if PATCH_EMBED_WEIGHT in reshaped:
-            loaded[PATCH_EMBED_WEIGHT] = grow_input_channels(old[PATCH_EMBED_WEIGHT],
-                                                             reshaped[PATCH_EMBED_WEIGHT].data.shape[1])
+            if table in grown:
+                table_scale = scale if name in SPATIAL_TABLES else 1.0
+                loaded[table] = grow_table(old[table], grown[table].data.shape[0], table_scale)
+        if PATCH_EMBED_WEIGHT in grown:
+            channels = grown[PATCH_EMBED_WEIGHT].data.shape[1]
+            loaded[PATCH_EMBED_WEIGHT] = grow_input_channels(old[PATCH_EMBED_WEIGHT], channels)
         loaded.update({name: tensor.data for name, tensor in new.items()})
-        chunk.load_state_dict(loaded, strict=True)
+        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in loaded.items()}, strict=True)
         if new:
             log.info("new stage: %s keep their initialisation (not in %s)", sorted(new), path)
 

@@ -25,6 +25,11 @@ def global_name(local_name: str, layer_offset: int) -> str:
     return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", local_name)
 
 
+def local_name(name: str, layer_offset: int) -> str:
+    """`layers.<global i>.` -> `layers.<i - offset>.`: the inverse of `global_name`."""
+    return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) - layer_offset}.", name)
+
+
 def tp_partition_dim(param: torch.nn.Parameter) -> int | None:
     if getattr(param, "tensor_model_parallel", False):
         return param.partition_dim
@@ -68,19 +73,36 @@ def unshard_tensor(name: str, shards: list[torch.Tensor], partition_dim: int | N
     return torch.cat(shards, dim=partition_dim)
 
 
+class ShapeMismatch(ValueError):
+    """Whole tensors that do not belong to this model; the message names the tensor and both shapes."""
+
+
+def full_shape(name: str, param: torch.nn.Parameter, world: int) -> tuple[int, ...]:
+    """The whole (unsharded) shape of a rank's parameter."""
+    shape = list(param.shape)
+    split = tp_partition_dim(param)
+    if split is not None:
+        shape[split] *= world
+    return tuple(shape)
+
+
 @torch.no_grad()
-def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], layer_offset: int = 0) -> None:
-    """Copy whole tensors (keyed by global names) into this rank's shards of `model`."""
+def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], layer_offset: int = 0) -> set[str]:
+    """Copy whole tensors (keyed by global names) into this rank's shards of `model`; returns the keys used."""
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_world = parallel_state.get_tensor_model_parallel_world_size()
+    used = set()
     for name, param in model.named_parameters():
         key = global_name(name, layer_offset)
+        needed = full_shape(name, param, tp_world)
         if key not in full:
-            raise KeyError(f"checkpoint has no tensor {key!r} (for parameter {name!r})")
-        shard = shard_tensor(key, full[key], tp_partition_dim(param), tp_rank, tp_world)
-        if shard.shape != param.shape:
-            raise ValueError(f"{key}: checkpoint shard {tuple(shard.shape)} does not fit parameter {tuple(param.shape)}")
-        param.copy_(shard)
+            raise ShapeMismatch(f"checkpoint has no tensor {key!r}; this model needs it with shape {needed}")
+        if tuple(full[key].shape) != needed:
+            raise ShapeMismatch(f"tensor {key!r} is {tuple(full[key].shape)} in the checkpoint but {needed} in "
+                                "this model")
+        param.copy_(shard_tensor(key, full[key], tp_partition_dim(param), tp_rank, tp_world))
+        used.add(key)
+    return used
 
 
 def gather_full_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], layer_offset: int = 0

@@ -86,11 +86,19 @@ class DataConfig:
     num_workers: int = 2  # decode processes
     decoder: Literal["pyav", "dali-gpu", "dali-cpu"] = "pyav"
     latent_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    # An OSError reading a source (an NFS/Lustre hiccup) is retried this many times, after waits of
+    # io_retry_delay_s, 2x, 4x, ... (defaults: 0.5, 1, 2 s), before the entry is rejected with kind "io".
+    # A missing file or a permission error is rejected at once (still "io": --retry-rejects reads it again).
+    io_retries: int = 3
+    io_retry_delay_s: float = 0.5
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.io_retries < 0 or not self.io_retry_delay_s >= 0:
+            raise ConfigError(f"io_retries/io_retry_delay_s: got {self.io_retries}/{self.io_retry_delay_s}, "
+                              "must be >= 0")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: got {self.num_workers}, must be >= 0")
         if not 0.0 <= self.image_fraction <= 1.0:

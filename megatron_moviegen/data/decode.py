@@ -5,8 +5,9 @@ One interface (`Decoder`), three backends:
 - `DaliDecoder(device="gpu")`: NVDEC through NVIDIA DALI (h264/hevc/av1/vp9); `device="cpu"`: DALI's
   FFmpeg CPU path (VP9/AV1 and the rest). DALI is imported only when this backend is built.
 
-Images (jpg/png/...) are 1-frame videos. A file that cannot be opened or decoded raises `DecodeError`
-naming the file.
+Images (jpg/png/...) are 1-frame videos. A file whose bytes cannot be read (missing, no permission, an I/O
+error from the file system) raises `MediaReadError`, an `OSError` that may pass on a retry; a file that was
+read but is not media we can decode raises `DecodeError`. Both messages start with the file's path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 class DecodeError(RuntimeError):
     """A media file could not be probed or decoded; the message starts with the file's path."""
+
+
+class MediaReadError(OSError):
+    """A media file's bytes could not be read (missing, permission, EIO); the message starts with the path."""
 
 
 class DecoderUnavailable(RuntimeError):
@@ -180,6 +185,8 @@ class PyAVDecoder:
             stream = container.streams.video[0]
             try:
                 pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
+            except OSError as exc:
+                raise MediaReadError(f"{path}: read failed while demuxing ({exc})") from exc
             except av.FFmpegError as exc:
                 raise DecodeError(f"{path}: demuxing failed ({exc})") from exc
             return np.sort(np.array(pts, dtype=np.float64)) * float(stream.time_base)
@@ -187,7 +194,9 @@ class PyAVDecoder:
     def _open(self, path: str | Path) -> av.container.InputContainer:
         try:
             container = av.open(str(path))
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:  # PyAV's FileNotFoundError, PermissionError, OSError(EIO) are OSErrors too
+            raise MediaReadError(f"{path}: cannot read ({exc})") from exc
+        except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise DecodeError(f"{path}: cannot open ({exc})") from exc
         if not container.streams.video:
             container.close()
@@ -198,6 +207,8 @@ class PyAVDecoder:
     def _checked(frames: Iterator[av.VideoFrame], path: str | Path) -> Iterator[av.VideoFrame]:
         try:
             yield from frames
+        except OSError as exc:
+            raise MediaReadError(f"{path}: read failed while decoding ({exc})") from exc
         except av.FFmpegError as exc:
             raise DecodeError(f"{path}: decoding failed ({exc})") from exc
 
@@ -300,7 +311,10 @@ class DaliDecoder:
         return to_unit_range(self.clip_frames(path, request))
 
     def _decode_all(self, path: str | Path) -> torch.Tensor:
-        encoded = np.fromfile(str(path), dtype=np.uint8)
+        try:
+            encoded = np.fromfile(str(path), dtype=np.uint8)
+        except OSError as exc:
+            raise MediaReadError(f"{path}: cannot read ({exc})") from exc
         try:
             self._pipe.feed_input("encoded", [encoded])
             (video,) = self._pipe.run()

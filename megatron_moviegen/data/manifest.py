@@ -2,12 +2,18 @@
 
 JSONL/CSV fields: `path` (relative paths are resolved against the manifest's folder), `caption`, and the
 optional `fps` (overrides the probed frame rate), `start`/`end` (seconds; the clip window).
+
+A malformed file (bad JSON, missing fields) is a ManifestError; an entry whose values are unusable (bytes that
+are not UTF-8, an empty caption, `"fps": "nan"`) is read as it is and `entry_problem` says why, so pre-encoding
+rejects that entry alone.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -52,10 +58,37 @@ def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
     )
 
 
+def entry_problem(entry: ManifestEntry) -> Optional[str]:
+    """Why this entry cannot become a sample, or None."""
+    try:
+        entry.caption.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"caption is not valid UTF-8 (character {exc.start}: {entry.caption[exc.start]!r})"
+    try:
+        os.fsencode(entry.path)  # undecodable bytes of a real file name pass; a lone "\ud800" does not
+    except UnicodeEncodeError as exc:
+        return f"path is not a valid file name (character {exc.start}: {entry.path[exc.start]!r})"
+    if not entry.caption.strip():
+        return "caption is empty"
+    if entry.fps is not None and not (math.isfinite(entry.fps) and entry.fps > 0):
+        return f"fps: got {entry.fps}, need a finite number > 0"
+    if not (math.isfinite(entry.start_s) and entry.start_s >= 0):
+        return f"start: got {entry.start_s}, need a finite number >= 0"
+    if entry.end_s is not None and not (math.isfinite(entry.end_s) and entry.end_s > entry.start_s):
+        return f"end: got {entry.end_s}, need a finite number > start {entry.start_s}"
+    return None
+
+
+def _text(data: bytes) -> str:
+    # Bytes that are not UTF-8 become lone surrogates (as in file names): entry_problem names them later.
+    return data.decode("utf-8", errors="surrogateescape")
+
+
 def read_jsonl(path: Path) -> list[ManifestEntry]:
     entries = []
-    with open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            line = _text(raw)
             if not line.strip():
                 continue
             try:
@@ -67,7 +100,7 @@ def read_jsonl(path: Path) -> list[ManifestEntry]:
 
 
 def read_csv(path: Path) -> list[ManifestEntry]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "caption"} - set(reader.fieldnames or [])
         if missing:
@@ -83,13 +116,15 @@ def read_folder(folder: Path) -> list[ManifestEntry]:
         sidecar = path.with_suffix(".txt")
         if not sidecar.exists():
             raise ManifestError(f"{path}: no caption sidecar {sidecar.name}")
-        entries.append(ManifestEntry(path=str(path), caption=sidecar.read_text().strip()))
+        entries.append(ManifestEntry(path=str(path), caption=_text(sidecar.read_bytes()).strip()))
     return entries
 
 
 def read_manifest(source: str | Path) -> list[ManifestEntry]:
     """A `.jsonl`, `.csv` or a folder -> entries in file order."""
     source = Path(source)
+    if not source.exists():
+        raise ManifestError(f"{source}: no such manifest file or folder")
     if source.is_dir():
         return read_folder(source)
     if source.suffix == ".jsonl":

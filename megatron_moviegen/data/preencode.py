@@ -7,6 +7,11 @@ Rank r of a torchrun/srun job writes shards k with k % world_size == r. A shard 
 file exists; a rerun skips complete shards and redoes the rest from scratch, so a killed run resumes with
 no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
 energon's `.nv-meta/`.
+
+Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
+after `io_retries` retries), "decode" (read, but not media we can decode) or "bucket" (no bucket fits it).
+`run(..., retry_rejects=True)` reads the "io" rejects of complete shards again and rewrites exactly the
+shards that gain samples, keeping their other samples byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Union
@@ -29,13 +34,14 @@ from tqdm import tqdm
 from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
-from megatron_moviegen.data.config import BucketConfig, DataConfig
+from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.data.manifest import ManifestEntry
+from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.data.shards import (
     EncodedSample,
+    INDEX_DIR,
     ShardIndex,
     atomic_write_text,
     FINALIZE_LOCK,
@@ -47,7 +53,10 @@ from megatron_moviegen.data.shards import (
     write_shard,
 )
 
-INPUT_ERRORS = (DecodeError, OSError, ValueError, av.FFmpegError)
+FINALIZE_WAIT_S = 600.0  # how long a rank that rewrote shards waits for another rank's finalize
+
+# Raised by a source the decoder cannot use; OSErrors (the file could not be read) are retried first.
+DECODE_ERRORS = (DecodeError, ValueError, av.FFmpegError)
 
 
 class VideoEncoder(Protocol):
@@ -73,10 +82,39 @@ class Prepared:
 class Rejected:
     index: int
     path: str
+    kind: str  # "manifest", "io", "decode" or "bucket" (see the module docstring)
     reason: str
 
     def record(self) -> dict:
-        return {"index": self.index, "path": self.path, "reason": self.reason}
+        return {"index": self.index, "path": self.path, "kind": self.kind, "reason": self.reason}
+
+
+# The file system's answer rather than a hiccup: waiting seconds does not change it (a later --retry-rejects
+# may), and a dataset with many missing files must not wait 3.5 s for each.
+ANSWERED = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+@dataclass(frozen=True)
+class IORetry:
+    """How often and how patiently an OSError reading a source is retried (DataConfig.io_retries)."""
+
+    retries: int = 3
+    first_delay_s: float = 0.5
+
+    @staticmethod
+    def worth_waiting(exc: OSError) -> bool:
+        return not isinstance(exc.__cause__ or exc, ANSWERED)
+
+    def call(self, fn: Callable[[], object]):
+        """`fn()`, retried on OSError (but not ANSWERED ones) after waits of first_delay_s, 2x, 4x, ...;
+        the last OSError propagates."""
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except OSError as exc:
+                if attempt == self.retries or not self.worth_waiting(exc):
+                    raise
+                time.sleep(self.first_delay_s * 2**attempt)
 
 
 @dataclass
@@ -127,56 +165,77 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Assignment, Rejected]:
-    try:
-        info = decoder.probe(entry.path)
-    except INPUT_ERRORS as exc:
-        return Rejected(index, entry.path, f"{type(exc).__name__}: {exc}")
+def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Assignment, Rejected]:
+    info = decoder.probe(entry.path)
     if entry.fps is not None and not info.is_image:
         info = replace(info, fps=entry.fps)
     result = table.assign(info, entry.start_s, entry.end_s, key=entry.path)
-    return Rejected(index, entry.path, result.reason) if isinstance(result, Rejection) else result
+    return Rejected(index, entry.path, "bucket", result.reason) if isinstance(result, Rejection) else result
 
 
-def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Prepared, Rejected]:
-    """Probe, bucket and decode one manifest entry; any problem with the input becomes a Rejected."""
-    assignment = assign_entry(index, entry, table, decoder)
+def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Prepared, Rejected]:
+    assignment = _assign(index, entry, table, decoder)
     if isinstance(assignment, Rejected):
         return assignment
+    frames = decoder.clip_frames(entry.path, assignment.clip)
+    return Prepared(index, entry, assignment.bucket, assignment.clip.fps, frames, file_sha256(entry.path))
+
+
+def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+            io: IORetry) -> Union[Prepared, Assignment, Rejected]:
+    """`step` on one manifest entry, with every problem of the input turned into a Rejected of its kind:
+    unusable fields, an unreadable file (after `io`'s retries), a file the decoder refuses."""
+    problem = entry_problem(entry)
+    if problem is not None:
+        return Rejected(index, entry.path, "manifest", problem)
     try:
-        frames = decoder.clip_frames(entry.path, assignment.clip)
-        sha256 = file_sha256(entry.path)
-    except INPUT_ERRORS as exc:
-        return Rejected(index, entry.path, f"{type(exc).__name__}: {exc}")
-    return Prepared(index, entry, assignment.bucket, assignment.clip.fps, frames, sha256)
+        return io.call(lambda: step(index, entry, table, decoder))
+    except OSError as exc:
+        tries = f"{io.retries + 1} tries" if io.worth_waiting(exc) else "1 try"
+        return Rejected(index, entry.path, "io", f"{type(exc).__name__}: {exc} ({tries})")
+    except DECODE_ERRORS as exc:
+        return Rejected(index, entry.path, "decode", f"{type(exc).__name__}: {exc}")
+
+
+def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+                 io: IORetry = IORetry()) -> Union[Assignment, Rejected]:
+    """Probe and bucket one manifest entry (file headers only)."""
+    return checked(_assign, index, entry, table, decoder, io)
+
+
+def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+                  io: IORetry = IORetry()) -> Union[Prepared, Rejected]:
+    """Probe, bucket and decode one manifest entry."""
+    return checked(_prepare, index, entry, table, decoder, io)
 
 
 _worker_state: dict = {}
 
 
-def _init_worker(bucket_config: BucketConfig, decoder_name: str) -> None:
+def _init_worker(config: DataConfig) -> None:
     torch.set_num_threads(1)
-    _worker_state["table"] = BucketTable(bucket_config)
-    _worker_state["decoder"] = build_decoder(decoder_name)
+    _worker_state["table"] = BucketTable(config.buckets)
+    _worker_state["decoder"] = build_decoder(config.decoder)
+    _worker_state["io"] = IORetry(config.io_retries, config.io_retry_delay_s)
 
 
 def _prepare_in_worker(item: tuple[int, ManifestEntry]) -> Union[Prepared, Rejected]:
-    return prepare_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"])
+    return prepare_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"], _worker_state["io"])
 
 
 def _assign_in_worker(item: tuple[int, ManifestEntry]) -> Union[Assignment, Rejected]:
-    return assign_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"])
+    return assign_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"], _worker_state["io"])
 
 
-def ordered_map(fn: Callable, items: Iterable, num_workers: int, bucket_config: BucketConfig,
-                decoder_name: str) -> Iterator:
-    """`map(fn, items)` in order, on `num_workers` spawned processes (in-process when 0) with a bounded queue."""
+def ordered_map(fn: Callable, items: Iterable, config: DataConfig) -> Iterator:
+    """`map(fn, items)` in order, on `config.num_workers` spawned processes (in-process when 0), bounded queue."""
+    num_workers = config.num_workers
     if num_workers == 0:
-        _init_worker(bucket_config, decoder_name)
+        _init_worker(config)
         yield from map(fn, items)
         return
     with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(bucket_config, decoder_name)) as pool:
+                             initargs=(config,)) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -215,8 +274,7 @@ class Preencoder:
         """Bucket counts and rejects from file headers alone (nothing decoded, nothing written)."""
         counts: Counter = Counter()
         rejects = []
-        results = ordered_map(_assign_in_worker, list(enumerate(entries)), self.config.num_workers,
-                              self.config.buckets, self.config.decoder)
+        results = ordered_map(_assign_in_worker, list(enumerate(entries)), self.config)
         for result in tqdm(results, total=len(entries), desc="probing", unit="sample", disable=self.rank != 0):
             if isinstance(result, Rejected):
                 rejects.append(result)
@@ -224,34 +282,50 @@ class Preencoder:
                 counts[result.bucket.name] += 1
         return counts, rejects
 
-    def run(self, entries: list[ManifestEntry]) -> RunSummary:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def run(self, entries: list[ManifestEntry], retry_rejects: bool = False) -> RunSummary:
+        """Write this rank's missing shards; with `retry_rejects`, also read the "io" rejects of its complete
+        shards again (the file system may have recovered) and rewrite the shards that gain samples."""
+        check_output_folder(self.out_dir)
         self._check_run_config(entries)
         plan = self.shard_plan(entries)
         done = completed_shards(self.out_dir)
         mine = [k for k in range(len(plan)) if k % self.world_size == self.rank]
-        todo = [k for k in mine if shard_name(k) not in done]
-        remove_partial_files(self.out_dir, todo)
+        # shard -> (entries to prepare, the complete shard's index when only its "io" rejects are redone)
+        work: dict[int, tuple[list, Optional[ShardIndex]]] = {}
+        for k in mine:
+            if shard_name(k) not in done:
+                work[k] = (plan[k], None)
+            elif retry_rejects:
+                index = ShardIndex.read(self.out_dir / INDEX_DIR / f"{shard_name(k)}.json")
+                retry = {r["index"] for r in index.rejects if r.get("kind") == "io"}
+                if retry:
+                    work[k] = ([item for item in plan[k] if item[0] in retry], index)
+        remove_partial_files(self.out_dir, list(work))
         if self.rank == 0:
             (self.out_dir / FINALIZE_LOCK).unlink(missing_ok=True)  # left by a run killed while finalizing
-        summary = RunSummary(shards_skipped=len(mine) - len(todo))
+        summary = RunSummary(shards_skipped=sum(1 for k in mine if k not in work))
         start = time.perf_counter()
-        items = [item for k in todo for item in plan[k]]
-        results = ordered_map(_prepare_in_worker, items, self.config.num_workers, self.config.buckets,
-                              self.config.decoder)
+        items = [item for k in work for item in work[k][0]]
+        results = ordered_map(_prepare_in_worker, items, self.config)
         with tqdm(total=len(items), desc=f"pre-encoding (rank {self.rank})", unit="sample",
                   disable=self.rank != 0) as bar:
-            for k in todo:
-                self._write_one_shard(k, [next(results) for _ in plan[k]], summary, bar)
+            for k, (shard_items, previous) in work.items():
+                self._write_one_shard(k, [next(results) for _ in shard_items], summary, bar, previous)
         summary.seconds = time.perf_counter() - start
         if len(completed_shards(self.out_dir)) == len(plan):
-            finalize_once(self.out_dir, len(plan))
+            rewrote = any(previous is not None for _, previous in work.values()) and summary.shards_written > 0
+            finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0)
         return summary
 
-    def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm) -> None:
+    def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm,
+                         previous: Optional[ShardIndex] = None) -> None:
+        """Encode and write one shard from its prepared entries; with `previous` (a complete shard whose "io"
+        rejects were retried) its earlier samples and other rejects are kept, and the shard is rewritten only
+        if a retried entry now encodes."""
         pending: dict[str, list[Prepared]] = {}
         samples: list[EncodedSample] = []
-        rejects: list[dict] = []
+        retried = {r.index for r in results} if previous is not None else set()
+        rejects: list[dict] = [r for r in previous.rejects if r["index"] not in retried] if previous else []
         for result in results:
             if isinstance(result, Rejected):
                 rejects.append(result.record())
@@ -266,7 +340,12 @@ class Preencoder:
                 self.on_prepared(bar.n)
         for name in sorted(pending):
             samples += self.encode_batch(pending[name])
-        write_shard(self.out_dir, shard_id, samples, rejects, self.latent_dtype)
+        if previous is not None and not samples:
+            summary.shards_skipped += 1  # every retried entry failed again: the complete shard stays as it is
+            return
+        kept = previous.samples if previous is not None else []
+        write_shard(self.out_dir, shard_id, samples, sorted(rejects, key=lambda r: r["index"]),
+                    self.latent_dtype, kept=kept)
         summary.shards_written += 1
         summary.encoded += len(samples)
         for s in samples:
@@ -302,37 +381,107 @@ class Preencoder:
         ]
 
     def _check_run_config(self, entries: list[ManifestEntry]) -> None:
-        """Refuse to resume into a folder written from another manifest or config (shards would not line up)."""
+        """Refuse to resume into a folder written from another manifest or config (shards would not line up)
+        or with other encoders (one dataset would hold latents or embeddings of two models)."""
         manifest_hash = hashlib.sha256(json.dumps([e.__dict__ for e in entries]).encode()).hexdigest()
         record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
                   "latent_dtype": self.config.latent_dtype}
+        encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
         path = self.out_dir / "preencode.json"
-        if path.exists():
-            previous = json.loads(path.read_text())
-            changed = sorted(k for k in record if previous.get(k) != record[k])
-            if changed:
-                raise ConfigError(f"{self.out_dir} was written with different {changed}; use a new output folder")
-        else:
-            atomic_write_text(path, json.dumps(record, indent=2))
+        if not path.exists():
+            atomic_write_text(path, json.dumps({**record, "encoders": encoders}, indent=2))
+            return
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in record if previous.get(k) != record[k])
+        if changed:
+            raise ConfigError(f"{self.out_dir} was written with different {changed}; use a new output folder")
+        if "encoders" not in previous:  # written before encoders were recorded: from now on they are
+            atomic_write_text(path, json.dumps({**previous, "encoders": encoders}, indent=2))
+            return
+        for role in ("video", "text"):
+            was, now = previous["encoders"][role], encoders[role]
+            if was != now:
+                raise ConfigError(
+                    f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
+                    f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
+                    f"cannot mix encoders: resume with the same encoder or use a new output folder")
 
 
-def finalize_once(out_dir: Path, num_shards: int) -> None:
-    """`finalize` by the first rank to see every shard complete; the others leave it to that one."""
-    lock = out_dir / FINALIZE_LOCK
+def check_output_folder(out_dir: Path) -> None:
+    """Create `out_dir` and write a probe file in it, or say in one line why that is impossible."""
+    probe = out_dir / f".write-test-{os.getpid()}"
     try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {str(out_dir)!r} is not writable: {exc.strerror or exc}") from None
+
+
+def encoder_record(encoder: object) -> dict:
+    """{"name": class name, "sha256": hash of its weights and settings}, to tell two encoders apart."""
+    digest = hashlib.sha256()
+    _hash_into(digest, vars(encoder) if hasattr(encoder, "__dict__") else encoder)
+    return {"name": type(encoder).__name__, "sha256": digest.hexdigest()}
+
+
+def _hash_into(digest, value) -> None:
+    """Weights (tensors, module state dicts) by their bytes, settings (numbers, strings, dataclasses) by value;
+    other objects (tokenizers, functions) by their type or qualified name only."""
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            _hash_into(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _hash_into(digest, item)
+    elif isinstance(value, (str, int, float, bool, type(None), torch.dtype, torch.device)):
+        digest.update(repr(value).encode())
+    elif is_dataclass(value) and not isinstance(value, type):
+        digest.update(type(value).__name__.encode())
+        _hash_into(digest, {f.name: getattr(value, f.name) for f in fields(value)})
+    else:
+        digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
+
+
+def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0) -> None:
+    """`finalize` by the first rank to see every shard complete; the others leave it to that one. A rank that
+    rewrote shards (--retry-rejects) passes `wait_s`: another rank may be finalizing from the old shards, so it
+    waits for that one to finish and finalizes again, last."""
+    lock = out_dir / FINALIZE_LOCK
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            if time.monotonic() >= deadline:
+                if wait_s:
+                    raise RuntimeError(f"{lock} was held for {wait_s:.0f}s; if no pre-encoding job is running, "
+                                       "remove it and rerun") from None
+                return
+            time.sleep(0.5)
     try:
         finalize(out_dir, num_shards)
     finally:
         lock.unlink()
 
 
-def finalize(out_dir: Path, num_shards: int) -> dict:
-    """From the shard indexes: rejects.jsonl, summary.json (counts per bucket) and energon's `.nv-meta/`."""
-    indexes = [ShardIndex.read(out_dir / "index" / f"{shard_name(k)}.json") for k in range(num_shards)]
+def finalize(out_dir: Path, num_shards: int) -> dict | None:
+    """From the shard indexes: rejects.jsonl, summary.json (counts per bucket) and energon's `.nv-meta/`.
+    None (nothing written) when an index vanished meanwhile: a rank is rewriting that shard and finalizes after."""
+    try:
+        indexes = [ShardIndex.read(out_dir / INDEX_DIR / f"{shard_name(k)}.json") for k in range(num_shards)]
+    except FileNotFoundError:
+        return None
     rejects = [r for ix in indexes for r in ix.rejects]
     per_bucket = Counter(s["bucket"] for ix in indexes for s in ix.samples)
     summary = {

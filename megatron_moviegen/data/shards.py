@@ -76,36 +76,47 @@ class ShardIndex:
 
 
 def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], rejects: list[dict],
-                latent_dtype: torch.dtype) -> ShardIndex:
-    """Write the tar under a temporary name, rename it, then write its index (which marks it complete)."""
+                latent_dtype: torch.dtype, kept: list[dict] = ()) -> ShardIndex:
+    """Write the tar under a temporary name, rename it, then write its index (which marks it complete).
+
+    `kept`: index records of samples already in this shard's tar, copied byte for byte (a complete shard
+    rewritten to add retried samples). Its index is removed before the tar is replaced, so a crash in between
+    leaves an incomplete shard (redone by the next run), never an index describing another tar.
+    """
     name = shard_name(shard_id)
+    rows = [(s.key, s.meta["bucket"], s.meta["is_image"], s.members(latent_dtype)) for s in samples]
+    rows += [(r["key"], r["bucket"], r["is_image"],
+              {suffix: read_member(out_dir / name, *span) for suffix, span in r["members"].items()}) for r in kept]
+    rows.sort(key=lambda row: row[0])  # manifest order, however the samples were batched
     index = ShardIndex(shard=name, rejects=rejects)
-    if samples:
+    index_path = out_dir / INDEX_DIR / f"{name}.json"
+    index_path.unlink(missing_ok=True)
+    if rows:
         tmp = temporary_path(out_dir / name)
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                for suffix, data in sample.members(latent_dtype).items():
-                    info = tarfile.TarInfo(f"{sample.key}.{suffix}")
+            for key, _, _, members in rows:
+                for suffix, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size, info.mode, info.mtime = len(data), 0o644, 0
                     tar.addfile(info, io.BytesIO(data))
-        index.samples = _member_offsets(tmp, samples)
+        index.samples = _member_offsets(tmp, rows)
         os.replace(tmp, out_dir / name)
     (out_dir / INDEX_DIR).mkdir(exist_ok=True)
-    atomic_write_text(out_dir / INDEX_DIR / f"{name}.json", json.dumps(index.__dict__))
+    atomic_write_text(index_path, json.dumps(index.__dict__))
     return index
 
 
-def _member_offsets(tar_path: Path, samples: list[EncodedSample]) -> list[dict]:
+def _member_offsets(tar_path: Path, rows: list[tuple]) -> list[dict]:
     with tarfile.open(tar_path, "r") as tar:
         offsets = {m.name: [m.offset_data, m.size] for m in tar.getmembers()}
     return [
         {
-            "key": s.key,
-            "bucket": s.meta["bucket"],
-            "is_image": s.meta["is_image"],
-            "members": {suffix: offsets[f"{s.key}.{suffix}"] for suffix in MEMBERS},
+            "key": key,
+            "bucket": bucket,
+            "is_image": is_image,
+            "members": {suffix: offsets[f"{key}.{suffix}"] for suffix in members},
         }
-        for s in samples
+        for key, bucket, is_image, members in rows
     ]
 
 

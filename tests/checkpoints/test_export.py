@@ -1,5 +1,6 @@
 """The export folder: what a load checks before touching torch.distributed, how its config is read, its files
-and index, and loads that read only a rank's TP slice."""
+and index, loads that read only a rank's TP slice, and that
+weights of another model shape are refused."""
 
 import json
 import resource
@@ -178,3 +179,55 @@ def test_a_tp_rank_reads_only_its_slice_of_each_tensor(exports):
     split = [n for n, d in ranks[0]["partition"].items() if d is not None]
     assert "layers.0.mlp.linear_fc1.weight" in split
     assert all(ranks[0]["read"][n] * 2 == full[n].numel() for n in split)
+def _export_load_job(rank, world_size, root):
+    """A 4-layer and a 2-layer tiny export; loads that must be refused return their messages."""
+    from safetensors.torch import save_file
+
+    from megatron_moviegen.checkpoints.export import load_exported_dit
+    from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
+    from megatron_moviegen.parallel.initialize import destroy
+    from tests.inference.jobs import make_tiny_export
+
+    root = Path(root)
+    make_tiny_export(root / "four")
+    destroy()
+
+    def load(folder, overrides=()):
+        try:
+            load_exported_dit(folder, list(overrides))
+            return "loaded"
+        except ShapeMismatch as exc:
+            return str(exc)
+        finally:
+            destroy()
+
+    messages = {"same": load(root / "four"), "fewer layers": load(root / "four", ["model.num_layers=2"])}
+    weights = read_export_tensors(root / "four")
+    (root / "two").mkdir()
+    (root / "two" / "config.yaml").write_text((root / "four" / "config.yaml").read_text())
+    save_file({k: v for k, v in weights.items() if not k.startswith(("layers.2.", "layers.3."))},
+              str(root / "two" / "model.safetensors"))
+    messages["weights of a smaller model"] = load(root / "two")
+    messages["narrower"] = load(root / "four", ["model.hidden_size=32", "model.ffn_hidden_size=64"])
+    return messages
+
+
+@pytest.fixture(scope="module")
+def export_loads(tmp_path_factory):
+    from tests.harness import run_distributed
+
+    root = tmp_path_factory.mktemp("exports")
+    return root, run_distributed(_export_load_job, world_size=1, args=(str(root),))[0]
+
+
+def test_export_of_another_model_shape_is_refused_naming_tensor_and_shapes(export_loads):
+    root, messages = export_loads
+    assert messages["same"] == "loaded"
+    assert str(root / "four") in messages["fewer layers"]
+    assert ("tensor 'layers.2.cross_attention.linear_kv.weight' is not in the model of config.yaml plus overrides "
+            "(26 tensors would be dropped); the weights are another model's or an override shrank the model"
+            ) in messages["fewer layers"]
+    assert "has no tensor 'layers.2." in messages["weights of a smaller model"]
+    assert "this model needs it with shape" in messages["weights of a smaller model"]
+    assert messages["narrower"] == "tensor 'patch_embed.proj.weight' is (64, 16, 1, 2, 2) in the export but " \
+                                   "(32, 16, 1, 2, 2) in this model"

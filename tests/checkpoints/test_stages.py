@@ -43,7 +43,7 @@ def _stage(rank, world_size, old_dir):
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-    from megatron_moviegen.checkpoints.distributed import save_checkpoint
+    from megatron_moviegen.checkpoints.distributed import CheckpointError, save_checkpoint
     from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 
@@ -61,13 +61,23 @@ def _stage(rank, world_size, old_dir):
     load_weights_for_new_stage(str(old_dir), new, resolution=2 * small.data.buckets.resolution)
     result = {"old": {k: v.detach().clone() for k, v in old[0].named_parameters()}, "new": same,
               "doubled": {k: v.detach().clone() for k, v in new[0].named_parameters()}}
+    shallower = build_dit_chunks(load_config("tiny", ["model.max_height=16", "model.max_width=16",
+                                                      "model.num_layers=2"]), Runtime.resolve())
+    try:
+        load_weights_for_new_stage(str(old_dir), shallower)
+    except CheckpointError as exc:
+        result["fewer layers"] = str(exc)
     destroy()
     return result
 
 
-def test_next_stage_loads_all_weights_and_grows_the_spatial_tables(tmp_path):
-    result = run_distributed(_stage, 1, args=(tmp_path / "stage1",))[0]
-    old, new = result["old"], result["new"]
+@pytest.fixture(scope="module")
+def stage_result(tmp_path_factory):
+    return run_distributed(_stage, 1, args=(tmp_path_factory.mktemp("stages") / "stage1",))[0]
+
+
+def test_next_stage_loads_all_weights_and_grows_the_spatial_tables(stage_result):
+    old, new = stage_result["old"], stage_result["new"]
     for name, tensor in old.items():
         if name.startswith("position_embedding."):
             continue
@@ -76,7 +86,7 @@ def test_next_stage_loads_all_weights_and_grows_the_spatial_tables(tmp_path):
     assert new["position_embedding.h"].shape[0] == 16 and old["position_embedding.h"].shape[0] == 8
     assert torch.equal(new["position_embedding.h"][:8], old["position_embedding.h"])
     assert torch.equal(new["position_embedding.h"], grow_table(old["position_embedding.h"], 16))
-    doubled = result["doubled"]
+    doubled = stage_result["doubled"]
     for name in ("h", "w"):
         old_table = old[f"position_embedding.{name}"]
         assert torch.equal(doubled[f"position_embedding.{name}"], grow_table(old_table, 16, scale=2.0))
@@ -146,3 +156,9 @@ def test_a_t2v_checkpoint_loads_into_a_conditioned_model_and_gives_the_same_outp
     assert not torch.allclose(result["with_source"], result["after"], atol=1e-3)  # trained channels are read
     assert not result["weight"][:, 16:].any() and result["weight"][:, :16].any()  # new input channels start at 0
     assert set(result["errors"]) == {"conditioning.channels", "task", "context tokens"}, result["errors"]
+
+
+def test_next_stage_with_fewer_layers_is_refused_naming_the_dropped_tensor(stage_result):
+    message = stage_result["fewer layers"]
+    assert "checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' (128, 64) is not in this model" in message
+    assert "model.num_layers=4, this model 2" in message

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from megatron_moviegen.data.manifest import ManifestEntry, ManifestError, read_manifest
+from megatron_moviegen.data.manifest import ManifestEntry, ManifestError, entry_problem, read_manifest
 
 
 def test_jsonl_with_optional_fields_and_relative_paths(tmp_path):
@@ -40,3 +40,29 @@ def test_errors_name_file_and_line(tmp_path):
     (tmp_path / "v.mp4").write_bytes(b"x")
     with pytest.raises(ManifestError, match="no caption sidecar"):
         read_manifest(tmp_path)
+
+
+def test_bytes_that_are_not_utf8_are_read_and_named_not_fatal(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"path,caption\nv.mp4,caf\xe9\n")
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "v.txt").write_bytes(b"\xff caption")
+    for entry in read_manifest(tmp_path / "m.csv") + read_manifest(tmp_path):
+        assert entry_problem(entry).startswith("caption is not valid UTF-8")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (ManifestEntry("a.mp4", "ok", fps=24.0, start_s=1.0, end_s=2.0), None),
+    (ManifestEntry("a.mp4", "x" * 10_000), None),
+    (ManifestEntry("a.mp4", " \n"), "caption is empty"),
+    (ManifestEntry("a.mp4", "ok", fps=float("inf")), "fps: got inf, need a finite number > 0"),
+    (ManifestEntry("a.mp4", "ok", start_s=-1.0), "start: got -1.0, need a finite number >= 0"),
+    (ManifestEntry("a.mp4", "ok", start_s=3.0, end_s=2.0), "end: got 2.0, need a finite number > start 3.0"),
+    (ManifestEntry("a\ud800.mp4", "ok"), "path is not a valid file name (character 1: '\\ud800')"),
+])
+def test_entry_problem_names_the_field_and_value(entry, problem):
+    assert entry_problem(entry) == problem
+
+
+def test_missing_manifest_is_one_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="no such manifest file or folder"):
+        read_manifest(tmp_path / "absent.jsonl")

@@ -1,0 +1,152 @@
+"""Loading a dist checkpoint refuses what would silently load wrong: a model of another size (layers dropped
+or shapes changed) and a step folder whose tensor files were cut short (the previous complete step is named)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_moviegen.checkpoints.distributed import LATEST, previous_good_step, step_dir_name, storage_problem
+from tests.harness import _free_port, run_distributed
+
+REPO = Path(__file__).resolve().parents[2]
+
+LOADS = {
+    "same model": [],
+    "fewer layers": ["model.num_layers=2"],
+    "more layers": ["model.num_layers=5"],
+    "narrower": ["model.hidden_size=32", "model.ffn_hidden_size=64"],
+}
+
+
+def _save_tiny_steps(root: Path, steps=(1, 2)) -> None:
+    """The tiny DiT saved at `steps` the way save_checkpoint lays out the model part (model, step, config)."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_moviegen.config.schema import to_dict
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.recipes import load_config
+
+    cfg = load_config("tiny")
+    init_model_parallel(cfg.parallel)
+    chunk = build_dit_chunks(cfg)[0]
+    for step in steps:
+        (root / step_dir_name(step)).mkdir(parents=True, exist_ok=True)  # every rank: no barrier needed
+        dist_checkpointing.save({"model": chunk.sharded_state_dict(), "step": step, "config": to_dict(cfg)},
+                                str(root / step_dir_name(step)))
+    (root / LATEST).write_text(step_dir_name(steps[-1]))
+    destroy()
+
+
+def _try_load(root: Path, overrides: list[str]) -> str:
+    from megatron_moviegen.checkpoints.distributed import CheckpointError, load_checkpoint
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.recipes import load_config
+
+    cfg = load_config("tiny", overrides)
+    init_model_parallel(cfg.parallel)
+    try:
+        return f"step {load_checkpoint(root, build_dit_chunks(cfg), restore_rng=False)}"
+    except CheckpointError as exc:
+        return f"CheckpointError: {exc}"
+    finally:
+        destroy()
+
+
+def _load_job(rank, world_size, root):
+    root = Path(root)
+    _save_tiny_steps(root)
+    messages = {name: _try_load(root, overrides) for name, overrides in LOADS.items()}
+    shutil.copytree(root, root.with_name(root.name + "_intact"))
+    distcp = sorted((root / step_dir_name(2)).glob("*.distcp"))[-1]
+    distcp.write_bytes(distcp.read_bytes()[: distcp.stat().st_size // 2])
+    shutil.copytree(root, root.with_name(root.name + "_truncated"))
+    messages["truncated latest"] = _try_load(root, [])
+    for file in (root / step_dir_name(1)).glob("*.distcp"):
+        file.unlink()
+    messages["truncated, no good step before"] = _try_load(root, [])
+    return messages
+
+
+def _pipeline_job(rank, world_size, root):
+    """Saved by 2 data-parallel ranks, loaded as 2 pipeline stages: each stage asks for half the layers."""
+    root = Path(root)
+    _save_tiny_steps(root, steps=(1,))
+    return {name: _try_load(root, ["parallel.pipeline_model_parallel_size=2", *overrides])
+            for name, overrides in (("same model", []), ("fewer layers", ["model.num_layers=2"]))}
+
+
+def test_pipeline_stages_together_load_every_tensor_and_still_refuse_fewer_layers(tmp_path):
+    for messages in run_distributed(_pipeline_job, world_size=2, args=(str(tmp_path),)):
+        assert messages["same model"] == "step 1"
+        assert "checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' (128, 64) is not in this model" \
+               in messages["fewer layers"]
+
+
+@pytest.fixture(scope="module")
+def loads(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return root, run_distributed(_load_job, world_size=1, args=(str(root),))[0]
+
+
+def test_the_saved_model_loads(loads):
+    assert loads[1]["same model"] == "step 2"
+
+
+def test_fewer_layers_are_refused_naming_the_first_dropped_tensor(loads):
+    root, messages = loads
+    assert messages["fewer layers"] == (
+        f"CheckpointError: {root / step_dir_name(2)}: checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' "
+        "(128, 64) is not in this model (26 saved tensors would be dropped); saved model.num_layers=4, this model 2")
+
+
+def test_more_layers_or_another_width_are_refused_naming_tensor_and_shapes(loads):
+    _, messages = loads
+    assert "this model has tensor 'layers.4.cross_attention.linear_kv.weight' (128, 64) but the checkpoint does " \
+           "not; saved model.num_layers=4, this model 5" in messages["more layers"]
+    assert "tensor 'layers.0.cross_attention.linear_kv.weight' is (128, 64) in the checkpoint but (64, 32) in this " \
+           "model; saved model.ffn_hidden_size=128, this model 64; model.hidden_size=64, this model 32" \
+           in messages["narrower"]
+
+
+def test_truncated_distcp_names_the_file_and_the_previous_good_step(loads):
+    root, messages = loads
+    message = messages["truncated latest"]
+    assert message.startswith(f"CheckpointError: {root / step_dir_name(2)}/__0_") and ".distcp has " in message
+    assert f"the previous complete step is {root / step_dir_name(1)}" in message
+    assert messages["truncated, no good step before"].endswith("there is no earlier complete step beside it")
+
+
+def test_storage_problem_reads_only_metadata_and_file_sizes(loads, tmp_path):
+    root, _ = loads
+    copy = tmp_path / step_dir_name(1)
+    shutil.copytree(root / step_dir_name(2), copy)  # the truncated one
+    assert "its metadata needs" in storage_problem(copy)
+    (copy / ".metadata").write_bytes(b"\x80")
+    assert "cannot be read" in storage_problem(copy)
+    assert previous_good_step(root / step_dir_name(2)) is None  # step 1's files were removed above
+
+
+@pytest.mark.parametrize("case, says", [
+    ("missing", "export_checkpoint: error: checkpoint {root}_absent does not exist"),
+    ("fewer layers", "export_checkpoint: error: {root}_intact/iter_0000002: checkpoint tensor 'layers.2."),
+    ("truncated", "export_checkpoint: error: {root}_truncated/iter_0000002/__0_"),
+])
+def test_export_tool_refuses_in_one_line(loads, tmp_path, case, says):
+    root, _ = loads
+    checkpoint = {"missing": f"{root}_absent", "fewer layers": f"{root}_intact", "truncated": f"{root}_truncated"}
+    overrides = ["model.num_layers=2"] if case == "fewer layers" else []
+    result = subprocess.run(
+        [sys.executable, "tools/export_checkpoint.py", "--checkpoint", checkpoint[case], "--out", str(tmp_path / "out"),
+         *overrides], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+             "MASTER_PORT": str(_free_port())})
+    lines = [line for line in result.stderr.splitlines() if "warn" not in line.lower()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(says.format(root=root)), result.stderr
+    if case == "truncated":
+        assert f"the previous complete step is {root}_truncated/iter_0000001" in lines[0]
+    assert not (tmp_path / "out").exists()
