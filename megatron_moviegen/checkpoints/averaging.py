@@ -14,13 +14,15 @@ from typing import Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from megatron_moviegen.config import to_yaml
+from megatron_moviegen.checkpoints.export import (
+    check_export_folder,
+    read_exported_config,
+    read_weight_map,
+    write_export_tensors,
+)
 from megatron_moviegen.config.schema import ConfigError
-from megatron_moviegen.checkpoints.export import CONFIG_NAME, WEIGHTS_NAME, check_export_folder, read_exported_config
 from megatron_moviegen.recipes import MovieGenConfig
-from megatron_moviegen.utils.video_io import atomic_output
 
 
 def check_same_model(folders: list[Path]) -> MovieGenConfig:
@@ -37,7 +39,7 @@ def check_same_model(folders: list[Path]) -> MovieGenConfig:
 
 
 def average_exports(folders: list[str | Path], out: str | Path, weights: Optional[list[float]] = None) -> Path:
-    """Write `out` (config.yaml + model.safetensors, each atomically) with sum_i w_i * tensor_i for every tensor;
+    """Write the export folder `out` (export_dit's format, each file atomic) with sum_i w_i * tensor_i for every tensor;
     `weights` default to 1/n each and must sum to 1. Every folder must hold the same tensor names and shapes."""
     folders = [check_export_folder(f) for f in folders]
     if len(folders) < 2:
@@ -46,25 +48,28 @@ def average_exports(folders: list[str | Path], out: str | Path, weights: Optiona
     if len(weights) != len(folders) or abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0:
         raise ValueError(f"weights: got {weights} for {len(folders)} folders; need one each, >= 0, summing to 1")
     cfg = check_same_model(folders)
-    handles = [safe_open(str(f / WEIGHTS_NAME), framework="pt") for f in folders]
-    names = sorted(handles[0].keys())
-    for folder, handle in zip(folders[1:], handles[1:]):
-        if sorted(handle.keys()) != names:
-            extra, missing = sorted(set(handle.keys()) - set(names)), sorted(set(names) - set(handle.keys()))
+    maps = [read_weight_map(f) for f in folders]
+    names = sorted(maps[0])
+    for folder, weight_map in zip(folders[1:], maps[1:]):
+        if sorted(weight_map) != names:
+            extra, missing = sorted(set(weight_map) - set(names)), sorted(set(names) - set(weight_map))
             raise ValueError(f"{folder}: tensors differ from {folders[0]}: extra {extra[:4]}, missing {missing[:4]}")
+    handles = {}
+
+    def read(folder: Path, weight_map: dict[str, str], name: str) -> torch.Tensor:
+        path = str(folder / weight_map[name])
+        if path not in handles:
+            handles[path] = safe_open(path, framework="pt")
+        return handles[path].get_tensor(name)
+
     averaged = {}
     for name in names:  # one tensor at a time: peak memory is the output plus one tensor per folder
-        tensors = [h.get_tensor(name) for h in handles]
+        tensors = [read(folder, weight_map, name) for folder, weight_map in zip(folders, maps)]
         for folder, tensor in zip(folders[1:], tensors[1:]):
             if tensor.shape != tensors[0].shape or tensor.dtype != tensors[0].dtype:
                 raise ValueError(f"tensor {name}: {folders[0]} has {tuple(tensors[0].shape)} {tensors[0].dtype}, "
                                  f"{folder} has {tuple(tensor.shape)} {tensor.dtype}")
         total = sum(w * t.to(torch.float64) for w, t in zip(weights, tensors))
         averaged[name] = total.to(tensors[0].dtype).contiguous()
-    out = Path(out)
     cfg.name = f"average of {', '.join(str(f) for f in folders)}"
-    with atomic_output(out / CONFIG_NAME) as tmp:
-        tmp.write_text(to_yaml(cfg))
-    with atomic_output(out / WEIGHTS_NAME) as tmp:
-        save_file(averaged, str(tmp))
-    return out
+    return write_export_tensors(out, cfg, averaged)

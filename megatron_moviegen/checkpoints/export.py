@@ -247,16 +247,37 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     dist.barrier()
     if dist.get_rank() == 0:
         weight_map = {key: files[i] for i, keys in enumerate(all_shards) for key in keys}
-        total = sum(nbytes for *_, nbytes in stages)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config)  # the layout is not part of an export
-        with atomic_output(folder / CONFIG_NAME) as tmp:
-            tmp.write_text(to_yaml(cfg))
-        with atomic_output(folder / INDEX_NAME) as tmp:
-            tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                                      indent=2))
-        for stale in set(folder.glob("model*.safetensors")) - {folder / f for f in files}:
-            stale.unlink()  # files of an earlier export into this folder
+        _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
     dist.barrier()
+
+
+def _finish_export(folder: Path, cfg: MovieGenConfig, weight_map: dict[str, str], total_size: int) -> None:
+    """config.yaml, then the index (written last: it makes the folder an export), then the files of an earlier
+    export into this folder removed."""
+    with atomic_output(folder / CONFIG_NAME) as tmp:
+        tmp.write_text(to_yaml(cfg))
+    with atomic_output(folder / INDEX_NAME) as tmp:
+        tmp.write_text(json.dumps({"metadata": {"total_size": total_size},
+                                   "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    for stale in set(folder.glob("model*.safetensors")) - {folder / f for f in set(weight_map.values())}:
+        stale.unlink()
+
+
+def write_export_tensors(folder: str | Path, cfg: MovieGenConfig, tensors: dict[str, torch.Tensor],
+                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """One process: whole tensors (global names) -> an export folder in the format `export_dit` writes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX_NAME).unlink(missing_ok=True)
+    shards = plan_shards([(k, t.numel() * t.element_size()) for k, t in tensors.items()], max_shard_bytes)
+    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for file, keys in zip(files, shards):
+        with atomic_output(folder / file) as tmp:
+            save_file({k: tensors[k].contiguous() for k in keys}, str(tmp), metadata={"format": "pt"})
+    weight_map = {key: file for file, keys in zip(files, shards) for key in keys}
+    _finish_export(folder, cfg, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()))
+    return folder
 
 
 def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None,

@@ -89,6 +89,13 @@ def test_shards_hold_latents_text_and_metadata(encoded, media):
     assert emb.shape == (8, 32) and mask.tolist() == [True] * 8
     still = decode_sample(samples["000000004"])
     assert still["meta"]["bucket"] == "1x112x144" and still["latents"].shape == (16, 1, 14, 18)
+    # One FPS rule: an image trains on the text that sampling a 1-frame image of its caption encodes.
+    from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
+
+    image_sampling = SamplingConfig(num_frames=1, height=112, width=144)
+    assert still["meta"]["prompt"] == MovieGenPipeline.text_prompt(still["meta"]["caption"], image_sampling)
+    assert bunny["meta"]["prompt"] == MovieGenPipeline.text_prompt(bunny["meta"]["caption"],
+                                                                   SamplingConfig(num_frames=32, fps=25))
     assert decode_sample(samples["000000003"])["meta"]["bucket"] == "32x112x144"  # carphone 176x144 -> 4:3
 
 

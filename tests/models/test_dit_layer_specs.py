@@ -127,21 +127,25 @@ def test_te_spec_puts_te_modules_in_every_slot_the_local_spec_fills(fake_te, qk_
 def _te_and_local_blocks(rank: int, world_size: int) -> dict:
     from megatron_moviegen.models.dit import MovieGenDiT, build_transformer_config
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
+    from megatron_moviegen.parallel.layout import SequenceLayout
     from megatron_moviegen.recipes import load_config
+    from megatron_moviegen.runtime import Runtime
     from tests.parallel.dit_parity import make_microbatches, randomize_well_conditioned
 
     sys.modules[TE_EXTENSION] = fake_transformer_engine()  # a spawned process of its own
     cfg = load_config("tiny")
-    init_model_parallel(cfg.parallel)
-    config = build_transformer_config(cfg.model, cfg.parallel)
-    set_seed(5)
-    local = MovieGenDiT(config, cfg.model, get_dit_layer_local_spec(cfg.model.qk_norm))
-    te = MovieGenDiT(config, cfg.model, get_dit_layer_te_spec(cfg.model.qk_norm))
+    runtime = Runtime.resolve()
+    init_model_parallel(cfg.parallel, runtime)
+    config = build_transformer_config(cfg.model, cfg.parallel, runtime)
+    set_seed(5, runtime)
+    layout = SequenceLayout()
+    local = MovieGenDiT(config, cfg.model, get_dit_layer_local_spec(cfg.model.qk_norm), layout)
+    te = MovieGenDiT(config, cfg.model, get_dit_layer_te_spec(cfg.model.qk_norm), layout)
     randomize_well_conditioned(local)
     te.load_state_dict(local.state_dict(), strict=True)
     batch = make_microbatches(cfg)[1]
     with torch.no_grad():
-        outputs = [m(batch["latents"], batch["timesteps"], batch["text"], batch["masks"]) for m in (local, te)]
+        outputs = [m(batch["latents"], batch["timesteps"], batch["conditioning"]) for m in (local, te)]
     classes = {name: type(module).__name__ for name, module in te.layers[0].named_modules()}
     destroy()
     return {"outputs": outputs, "classes": classes}

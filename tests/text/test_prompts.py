@@ -1,6 +1,6 @@
 import pytest
 
-from megatron_moviegen.text.prompts import add_fps_prefix, byt5_text, extract_quoted_text
+from megatron_moviegen.text.prompts import add_fps_prefix, byt5_text, conditioning_prompt, extract_quoted_text
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,9 @@ def test_add_fps_prefix_refuses_a_second_prefix():
 def test_fps_prefix_never_reaches_byt5():
     prompt = 'a sign that says "OPEN"'
     assert byt5_text(add_fps_prefix(prompt, 16)) == byt5_text(prompt) == '"OPEN"'
+
+
+def test_conditioning_prompt_prefixes_videos_with_their_rounded_fps_and_leaves_images_alone():
+    assert conditioning_prompt("a cat", 23.976) == "FPS-24 a cat"
+    assert conditioning_prompt("a cat", 16) == "FPS-16 a cat"
+    assert conditioning_prompt("a cat", None) == "a cat"
