@@ -181,18 +181,6 @@ def test_resume_refuses_a_different_config(encoded, media):
         preencode(media, encoded, shard_size=3)
 
 
-def test_rank_from_torchrun_or_slurm_env(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(var, raising=False)
-    assert rank_and_world_from_env() == (0, 1)
-    monkeypatch.setenv("SLURM_PROCID", "3")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    assert rank_and_world_from_env() == (3, 8)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert rank_and_world_from_env() == (1, 2)
-
-
 @pytest.mark.parametrize("requested, env, gpus, expected", [
     ("cuda", {"LOCAL_RANK": "3"}, 8, "cuda:3"),  # torchrun --nproc-per-node 8
     ("cuda", {"SLURM_LOCALID": "5", "SLURM_PROCID": "13"}, 8, "cuda:5"),  # srun, rank 13 = node 1 local 5
