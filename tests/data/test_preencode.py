@@ -195,7 +195,7 @@ def test_local_device_gives_each_rank_of_a_node_its_own_gpu(requested, env, gpus
 
 
 def test_local_device_refuses_more_ranks_than_gpus():
-    with pytest.raises(ValueError, match=r"LOCAL_RANK: got local rank 4, but this process sees 4 GPU\(s\)"):
+    with pytest.raises(ValueError, match=r"local rank 4 \(LOCAL_RANK / SLURM_LOCALID\), but this process sees 4 GPU\(s\)"):
         local_device("cuda", {"LOCAL_RANK": "4"}, 4)
     with pytest.raises(ValueError, match=r"sees 0 GPU\(s\)"):
         local_device("cuda", {}, 0)

@@ -224,11 +224,12 @@ def test_resume_with_another_encoder_is_refused_naming_both(three_entries, tmp_p
 
 
 def test_encoder_record_changes_with_weights_or_shapes():
-    same = [preencode_module.encoder_record(TinyTextEncoders(seed=0)) for _ in range(2)]
+    model = load_config("tiny").model
+    same = [preencode_module.encoder_record(TinyTextEncoders.for_model(model, seed=0)) for _ in range(2)]
     assert same[0] == same[1] and same[0]["name"] == "TinyTextEncoders"
-    assert preencode_module.encoder_record(TinyTextEncoders(seed=1)) != same[0]
+    assert preencode_module.encoder_record(TinyTextEncoders.for_model(model, seed=1)) != same[0]
     shapes = {"ul2": (32, 16), "metaclip": (24, 8), "byt5": (16, 4)}
-    assert preencode_module.encoder_record(TinyTextEncoders(shapes=shapes)) != same[0]
+    assert preencode_module.encoder_record(TinyTextEncoders(shapes)) != same[0]
 
 
 def write_mp4(path: Path, num_frames: int, height: int = 144, width: int = 176, fps: int = 25) -> Path:
