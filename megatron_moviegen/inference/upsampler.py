@@ -109,3 +109,34 @@ class SpatialUpsampler:
         """Low-res pixels (b, 3, t, h, w) in [-1, 1] -> upsampled pixels (b, 3, t, height, width) in [-1, 1]."""
         latents = self.sample_latents(self.condition_latents(low_res, height, width), cfg, progress)
         return self.pipeline.decode(latents, low_res.shape[2])
+
+
+@torch.inference_mode()
+def evaluate_upsampling(upsampler: SpatialUpsampler, high_res: torch.Tensor, degradation, cfg: UpsamplingConfig
+                        ) -> dict:
+    """Treat `high_res` (1, 3, t, H, W) in [-1, 1] as the truth: degrade it (data.degrade, `degradation` an
+    UpsampleConfig), upsample it back with the model, and compare with the truth, in pixels (PSNR, dB, range 2)
+    and in latents (PSNR over the target latents' peak-to-peak range), against plain bilinear upsampling and
+    against the TAE's own reconstruction of the truth (the ceiling any latent model can reach)."""
+    from megatron_moviegen.data.degrade import degrade
+    from megatron_moviegen.utils.quality import psnr
+
+    height, width = high_res.shape[-2:]
+    low = degrade(high_res, degradation, torch.Generator().manual_seed(cfg.seed))
+    bilinear = upsample_bilinear(low, height, width)
+    condition = upsampler.condition_latents(low, height, width)
+    latents = upsampler.sample_latents(condition, cfg)
+    frames = high_res.shape[2]
+    target = upsampler.encoder.encode(high_res).float()
+    pixels = upsampler.pipeline.decode(latents, frames).cpu()
+    span = (target.max() - target.min()).item()
+    return {
+        "frames": frames, "size": [height, width], "low_size": list(low.shape[-2:]),
+        "psnr_upsampler": psnr(pixels, high_res, 2.0),
+        "psnr_bilinear": psnr(bilinear, high_res, 2.0),
+        "psnr_bilinear_through_tae": psnr(upsampler.pipeline.decode(condition, frames).cpu(), high_res, 2.0),
+        "psnr_tae_reconstruction": psnr(upsampler.pipeline.decode(target, frames).cpu(), high_res, 2.0),
+        "latent_psnr_upsampler": psnr(latents.cpu(), target.cpu(), span),
+        "latent_psnr_bilinear": psnr(condition.cpu(), target.cpu(), span),
+        "pixels": pixels, "bilinear": bilinear,
+    }
