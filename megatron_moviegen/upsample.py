@@ -73,6 +73,37 @@ def read_video(path: str, start: float, fps: float, frames: int | None, height: 
     return to_unit_range(decoded)[None]
 
 
+def upsampled_size(height: int, width: int, scale: float, multiple: int = 16) -> tuple[int, int]:
+    """(height, width) x scale, each rounded to the nearest multiple of `multiple` (at least one)."""
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (height, width))
+
+
+def upsample_files(paths: list[Path], checkpoint: str, tae: str, scale: float, settings: UpsamplingConfig,
+                   overrides: list[str], runtime: Runtime) -> list[Path]:
+    """Each written video <name>.mp4 -> <name>.upsampled.mp4 (+ .json) through the upsampler export
+    (`generate --upsample`). Every rank calls it; rank 0 reads and writes the files."""
+    cfg, chunks = load_exported_dit(checkpoint, overrides, runtime)
+    upsampler = SpatialUpsampler(chunks[0], load_tae(tae, runtime.device))
+    written = []
+    for path in paths:
+        low = read_video(str(path), 0.0, settings.fps, None) if dist.get_rank() == 0 else None
+        payload = [low]
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list(payload, src=0, device=runtime.device)
+        low = payload[0]
+        height, width = upsampled_size(low.shape[-2], low.shape[-1], scale)
+        pixels = upsampler.upsample(low, height, width, settings).cpu()
+        out = path.with_name(f"{path.stem}.upsampled.mp4")
+        if dist.get_rank() == 0:
+            write_video(out, pixels[0], fps=settings.fps)
+            write_json(out.with_suffix(".json"), {"source": str(path), "checkpoint": checkpoint, "tae": tae,
+                                                  "size": [height, width], "steps": settings.steps,
+                                                  "window_frames": settings.window_frames,
+                                                  "overlap_frames": settings.overlap_frames, "seed": settings.seed})
+        written.append(out)
+    return written
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_export_folder(args.checkpoint)
