@@ -20,8 +20,9 @@ def main(argv=None) -> int:
 
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.checkpoints.export import export_training_checkpoint
+    from megatron_moviegen.runtime import Runtime
 
-    rank, _ = init_distributed()
+    rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
     out = export_training_checkpoint(args.checkpoint, args.out, args.overrides)
     if rank == 0:
         print(f"exported {args.checkpoint} -> {out}")

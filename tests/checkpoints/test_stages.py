@@ -190,5 +190,6 @@ def _upsampler_from_t2v(rank, world_size, old_dir):
 def test_the_upsampler_recipe_starts_from_a_t2v_checkpoint_with_exactly_its_output_at_zero_condition(tmp_path):
     result = run_distributed(_upsampler_from_t2v, 1, args=(tmp_path / "t2v",))[0]
     assert result["condition_channels"] == 16
-    assert torch.equal(result["zero"], result["before"])  # zero input channels: the same conv sums, bit for bit
-    assert not torch.allclose(result["conditioned"], result["before"], atol=1e-3)
+    # The new input channels start at zero: with any condition the loaded model is the T2V model until trained.
+    assert torch.allclose(result["zero"], result["before"], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(result["conditioned"], result["before"], rtol=1e-6, atol=1e-7)
