@@ -67,6 +67,11 @@ class Conditioning:
         """Samples start..stop-1 of a batch."""
         return self.map(lambda tensor: tensor[start:stop])
 
+    def frames(self, start: int, stop: int) -> "Conditioning":
+        """Latent frames start..stop-1 of the condition channels (a sampling window); tokens and task are whole."""
+        channels = None if self.channels is None else self.channels[:, :, start:stop]
+        return Conditioning(self.tokens, channels, self.task)
+
     def keep_tokens(self, keep: torch.Tensor, sources: Optional[list[str]] = None) -> "Conditioning":
         """Drop the tokens of `sources` (default: all) for the samples where `keep` (b,) is False: their masks
         become all False, as for the unconditional branch of classifier-free guidance."""

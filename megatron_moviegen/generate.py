@@ -29,8 +29,10 @@ from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
+from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.upsample import add_sampling_arguments, upsample_files
 
 
 DEFAULTS = SamplingConfig()
@@ -63,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig override, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--output-dir", default="outputs")
+    parser.add_argument("--upsample", metavar="CHECKPOINT", default=None,
+                        help="a spatial-upsampler export: each generated video is then upsampled to "
+                             "<name>.upsampled.mp4 (windows over latent frames, megatron_moviegen/upsample.py)")
+    parser.add_argument("--upsample-scale", type=float, default=1.40625, help="size factor (768 px -> 1080p)")
+    add_sampling_arguments(parser, prefix="upsample-")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
     if args.frames is None and args.duration is None:
@@ -112,6 +119,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1])
         started = time.perf_counter()
         paths = pipeline.generate(prompts, settings, args.output_dir)
+        if args.upsample:
+            upsampling = UpsamplingConfig(window_frames=args.upsample_window_frames,
+                                          overlap_frames=args.upsample_overlap_frames, steps=args.upsample_steps,
+                                          seed=args.seed, fps=args.fps)
+            paths += upsample_files(paths, args.upsample, args.tae, args.upsample_scale, upsampling, args.overrides,
+                                    runtime)
         if rank == 0:
             seconds = time.perf_counter() - started
             for path in paths:

@@ -69,6 +69,26 @@ class BucketConfig:
 
 
 @dataclass
+class UpsampleConfig:
+    """Spatial-upsampler pairs (SPEC section 5): from the same decoded frames, the high-res target and a low-res
+    version (downscaled by `low_resolution_factor`, degraded, bilinearly upsampled back) whose latents become
+    the sample's condition channels. The paper: 768 px -> 1080p (factor 1080 / 768 = 1.40625), bilinear."""
+
+    low_resolution_factor: float = 1.40625
+    # bilinear: the paper's; blur: a Gaussian of `blur_sigma` low-res pixels first; noise: Gaussian noise of
+    # `noise_std` (pixels in [-1, 1]) added to the low-res frames, seeded by the sample's manifest index.
+    degradation: Literal["bilinear", "blur", "noise"] = "bilinear"
+    blur_sigma: float = 1.0
+    noise_std: float = 0.02
+
+    def validate(self) -> None:
+        if self.low_resolution_factor <= 1.0:
+            raise ConfigError(f"low_resolution_factor: got {self.low_resolution_factor}, must be > 1")
+        if self.blur_sigma <= 0 or self.noise_std < 0:
+            raise ConfigError(f"blur_sigma/noise_std: got {self.blur_sigma}/{self.noise_std}, need > 0 and >= 0")
+
+
+@dataclass
 class DataConfig:
     """Where latent shards live, how they are written (pre-encoding) and read (training)."""
 
@@ -91,6 +111,9 @@ class DataConfig:
     # A missing file or a permission error is rejected at once (still "io": --retry-rejects reads it again).
     io_retries: int = 3
     io_retry_delay_s: float = 0.5
+    # Set for the spatial upsampler: pre-encoding also writes the degraded low-res clip's latents as the
+    # sample's Conditioning.channels (model.condition_channels = latent channels).
+    upsample: Optional[UpsampleConfig] = None
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "encode_batch_size"):

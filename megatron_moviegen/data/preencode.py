@@ -35,6 +35,7 @@ from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
 from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
 from megatron_moviegen.runtime import local_rank_from_env
@@ -354,11 +355,16 @@ class Preencoder:
 
     @torch.no_grad()
     def encode_batch(self, batch: list[Prepared]) -> list[EncodedSample]:
-        """One bucket's decoded samples -> latents and text embeddings, moved to CPU."""
+        """One bucket's decoded samples -> latents and text embeddings (and, with data.upsample, the condition
+        latents of each clip's degraded low-res version), moved to CPU."""
         pixels = torch.stack([to_unit_range(p.frames) for p in batch]).to(self.device)  # (b, 3, t, h, w)
         latents = self.video_encoder.encode(pixels).cpu()  # (b, 16, t', h', w')
         prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
-        conditioning = Conditioning(tokens=self.text_encoder.encode(prompts)).to("cpu")
+        conditioning = Conditioning(tokens=self.text_encoder.encode(prompts),
+                                    channels=self.condition_latents(pixels, batch)).to("cpu")
+        upsample = self.config.upsample
+        low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
+                                                                     upsample.low_resolution_factor)
         return [
             EncodedSample(
                 key=sample_key(p.index),
@@ -375,10 +381,21 @@ class Preencoder:
                     "start_s": p.entry.start_s,
                     "sha256": p.sha256,
                     "latent_shape": list(latents[i].shape),
+                    **({} if low_res is None else {"low_resolution": list(low_res),
+                                                   "degradation": upsample.degradation}),
                 },
             )
             for i, p in enumerate(batch)
         ]
+
+    def condition_latents(self, pixels: torch.Tensor, batch: list[Prepared]) -> Optional[torch.Tensor]:
+        """With data.upsample: (b, 3, t, h, w) high-res pixels -> latents (b, 16, t', h', w') of their degraded,
+        bilinearly re-upsampled versions (the upsampler's condition channels); None otherwise."""
+        if self.config.upsample is None:
+            return None
+        degraded = [condition_pixels(pixels[i : i + 1], self.config.upsample,
+                                     torch.Generator().manual_seed(p.index)) for i, p in enumerate(batch)]
+        return self.video_encoder.encode(torch.cat(degraded)).cpu()
 
     def _check_run_config(self, entries: list[ManifestEntry]) -> None:
         """Refuse to resume into a folder written from another manifest or config (shards would not line up)
@@ -386,7 +403,7 @@ class Preencoder:
         manifest_hash = hashlib.sha256(json.dumps([e.__dict__ for e in entries]).encode()).hexdigest()
         record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
-                  "latent_dtype": self.config.latent_dtype}
+                  "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample)}
         encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
         path = self.out_dir / "preencode.json"
         if not path.exists():

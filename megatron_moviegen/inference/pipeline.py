@@ -130,7 +130,7 @@ class MovieGenPipeline:
         return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
 
     # ---- sampling ----------------------------------------------------------------------------------------
-    def _velocity(self, latents: torch.Tensor, t: float, conditioning: Conditioning) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, t: float, conditioning: Conditioning) -> torch.Tensor:
         """(b, 16, t, h, w) float32 X_t, flow time t -> the full velocity (b, 16, t, h, w) float32 on every rank."""
         timesteps = torch.full((latents.shape[0],), t, dtype=torch.float32, device=self.device)  # (b,)
         tokens = self.dit(latents.to(self.dtype), timesteps, conditioning)  # (s_local, b, 16 * patch)
@@ -151,7 +151,7 @@ class MovieGenPipeline:
         cond, uncond = self.encode_text([self.text_prompt(p, cfg) for p in prompts], cfg.negative_prompt)
         generator = torch.Generator().manual_seed(cfg.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)  # X_0
-        velocity_fn = classifier_free_guidance(self._velocity, cond, uncond, cfg.guidance_scale)
+        velocity_fn = classifier_free_guidance(self.velocity, cond, uncond, cfg.guidance_scale)
         timesteps = linear_quadratic_schedule(cfg.steps)
         return euler_sample(velocity_fn, noise, timesteps, progress=progress and self.rank == 0)
 

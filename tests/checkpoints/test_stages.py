@@ -97,18 +97,14 @@ CONDITIONED = ["model.condition_channels=16", "model.num_tasks=3",
                "model.extra_context={reference_image: {width: 8, max_length: 4}}"]
 
 
-def _conditioned_from_t2v(rank, world_size, old_dir):
-    """A T2V checkpoint loaded into a model with condition channels, a task table and a reference-image source."""
+def _save_random_t2v(old_dir, runtime):
+    """The tiny T2V DiT with well-conditioned random weights, saved as a training checkpoint in `old_dir`."""
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
-    from megatron_moviegen.conditioning import Conditioning, Tokens
-    from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
     from megatron_moviegen.parallel.build import build_dit_chunks
-    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
-    from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.parallel.initialize import init_model_parallel
     from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
     from tests.parallel.dit_parity import randomize_well_conditioned
 
-    runtime = Runtime.resolve(distributed_optimizer=False)
     t2v = load_config("tiny")
     init_model_parallel(t2v.parallel, runtime)
     torch.manual_seed(0)
@@ -116,16 +112,35 @@ def _conditioned_from_t2v(rank, world_size, old_dir):
     randomize_well_conditioned(old[0])  # the zero-initialised adaLN would make any two models agree
     optimizer = build_optimizer(old, t2v.train, runtime)
     save_checkpoint(old_dir, 1, old, optimizer, build_scheduler(optimizer, t2v.train), None, t2v)
+    return t2v, old
+
+
+def _t2v_inputs(t2v, gen):
+    from megatron_moviegen.conditioning import Tokens
+
+    latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
+    text = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
+                      torch.rand(1, e.max_length, generator=gen) > 0.3)
+            for n, e in t2v.model.text_encoders.items()}
+    return latents, text, torch.tensor([0.4])
+
+
+def _conditioned_from_t2v(rank, world_size, old_dir):
+    """A T2V checkpoint loaded into a model with condition channels, a task table and a reference-image source."""
+    from megatron_moviegen.conditioning import Conditioning, Tokens
+    from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy
+    from megatron_moviegen.runtime import Runtime
+
+    runtime = Runtime.resolve(distributed_optimizer=False)
+    t2v, old = _save_random_t2v(old_dir, runtime)
     new_cfg = load_config("tiny", CONDITIONED)
     new = build_dit_chunks(new_cfg, runtime)
     load_weights_for_new_stage(str(old_dir), new)
 
     gen = torch.Generator().manual_seed(3)
-    latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
-    text = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
-                      torch.rand(1, e.max_length, generator=gen) > 0.3)
-            for n, e in t2v.model.text_encoders.items()}
-    t = torch.tensor([0.4])
+    latents, text, t = _t2v_inputs(t2v, gen)
     reference = Tokens(torch.randn(1, 4, 8, generator=gen), torch.zeros(1, 4, dtype=torch.bool))
     with torch.no_grad():
         before = old[0](latents, t, Conditioning(text))
@@ -162,3 +177,36 @@ def test_next_stage_with_fewer_layers_is_refused_naming_the_dropped_tensor(stage
     message = stage_result["fewer layers"]
     assert "checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' (128, 64) is not in this model" in message
     assert "model.num_layers=4, this model 2" in message
+
+
+def _upsampler_from_t2v(rank, world_size, old_dir):
+    """The tiny T2V checkpoint loaded as the start of the upsampler_tiny recipe (its train.load_from)."""
+    from megatron_moviegen.conditioning import Conditioning
+    from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy
+    from megatron_moviegen.runtime import Runtime
+
+    runtime = Runtime.resolve(distributed_optimizer=False)
+    t2v, old = _save_random_t2v(old_dir, runtime)
+    upsampler_cfg = load_config("upsampler_tiny", [f"train.load_from={old_dir}"])
+    upsampler = build_dit_chunks(upsampler_cfg, runtime)
+    load_weights_for_new_stage(upsampler_cfg.train.load_from, upsampler,
+                               resolution=upsampler_cfg.data.buckets.resolution)
+    latents, text, t = _t2v_inputs(t2v, torch.Generator().manual_seed(3))
+    low_res = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before = old[0](latents, t, Conditioning(text))
+        zero = upsampler[0](latents, t, Conditioning(text, channels=torch.zeros_like(low_res)))
+        conditioned = upsampler[0](latents, t, Conditioning(text, channels=low_res))
+    destroy()
+    return {"before": before, "zero": zero, "conditioned": conditioned,
+            "condition_channels": upsampler_cfg.model.condition_channels}
+
+
+def test_the_upsampler_recipe_starts_from_a_t2v_checkpoint_with_exactly_its_output_at_zero_condition(tmp_path):
+    result = run_distributed(_upsampler_from_t2v, 1, args=(tmp_path / "t2v",))[0]
+    assert result["condition_channels"] == 16
+    # The new input channels start at zero: with any condition the loaded model is the T2V model until trained.
+    assert torch.allclose(result["zero"], result["before"], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(result["conditioned"], result["before"], rtol=1e-6, atol=1e-7)

@@ -27,15 +27,15 @@ SAMPLING_LAYOUTS = {
 }
 
 
-def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16) -> None:
-    """The `tiny` DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`."""
-    cfg = load_config("tiny")
+def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16, recipe: str = "tiny") -> None:
+    """The recipe's DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`."""
+    cfg = load_config(recipe)
     runtime = Runtime.resolve()
     init_model_parallel(cfg.parallel, runtime)
     set_seed(seed, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name="tiny-random", dtype=dtype)
+    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype)
 
 
 def sample(folder: Path, overrides: list[str]) -> torch.Tensor:

@@ -9,9 +9,25 @@ from tests.parallel.dit_parity import run_step
 RTOL = 1e-5
 
 
+# What the model is conditioned on besides text: nothing (text-to-video), or the spatial upsampler's 16 condition
+# channels concatenated to the noisy latent before patchify.
+CONDITIONS = {"t2v": [], "upsampler": ["model.condition_channels=16"]}
+UPSAMPLER_LAYOUTS = ("tp2", "tp2_sp", "cp2", "pp2")
+
+
+
+
 @pytest.fixture(scope="module")
-def reference():
-    return run_distributed(run_step, world_size=1, args=([], None))[0]
+def references():
+    """The single-process reference of each condition, computed on first use."""
+    cache = {}
+
+    def get(condition):
+        if condition not in cache:
+            cache[condition] = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], None))[0]
+        return cache[condition]
+
+    return get
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -41,10 +57,14 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_parity_with_single_process(layout, reference):
+CASES = [("t2v", layout) for layout in LAYOUTS] + [("upsampler", layout) for layout in UPSAMPLER_LAYOUTS]
+
+
+@pytest.mark.parametrize("condition,layout", CASES)
+def test_parity_with_single_process(condition, layout, references):
+    reference = references(condition)
     world_size, overrides = LAYOUTS[layout]
-    results = run_distributed(run_step, world_size=world_size, args=(overrides, reference))
+    results = run_distributed(run_step, world_size=world_size, args=(overrides + CONDITIONS[condition], reference))
 
     outputs = [r["outputs"] for r in results if r["outputs"] is not None]
     assert outputs, "no rank returned outputs"
