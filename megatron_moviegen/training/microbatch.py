@@ -24,9 +24,10 @@ def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, 
     t = sample_timesteps(latents.shape[0], generator, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
                          std=cfg.flow.logit_normal_std)
     keep = sample_text_keep_mask(latents.shape[0], text_drop_prob, generator)
+    target = velocity_target(x0, latents, cfg.flow.sigma_min)
     return dict(
         noisy=interpolate(x0, latents, t, cfg.flow.sigma_min).to(device),
-        target_tokens=patchify_latents(velocity_target(x0, latents, cfg.flow.sigma_min), cfg.model.patch_size).to(device),
+        target_tokens=patchify_latents(target, cfg.model.patch_size).to(device),
         timesteps=t.to(device),
         conditioning=conditioning.keep_tokens(keep, list(cfg.model.text_encoders)).to(device, torch.float32),
     )
