@@ -9,6 +9,25 @@ from megatron_moviegen.config.schema import ConfigError
 
 
 @dataclass
+class LRPlateauConfig:
+    """Multiply the LR by `factor` when the validation loss has not improved on its best by `threshold`
+    (relative) for `patience` validations in a row, not below `min_lr` (paper stage 3: halved on plateaus)."""
+
+    factor: float = 0.5
+    patience: int = 3  # validations
+    threshold: float = 0.0  # an improvement is val_loss < best * (1 - threshold)
+    min_lr: float = 0.0
+
+    def validate(self) -> None:
+        if not 0.0 < self.factor < 1.0:
+            raise ConfigError(f"lr_plateau.factor: got {self.factor}, must be in (0, 1)")
+        if self.patience < 1:
+            raise ConfigError(f"lr_plateau.patience: got {self.patience}, must be >= 1")
+        if self.threshold < 0 or self.min_lr < 0:
+            raise ConfigError(f"lr_plateau.threshold/min_lr: got {self.threshold}/{self.min_lr}, must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     steps: int = 100
     micro_batch_size: int = 1  # samples per microbatch per data-parallel rank
@@ -36,6 +55,12 @@ class TrainConfig:
     load_from: Optional[str] = None  # start a new stage from this checkpoint (weights only)
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None
+    # Validation loss on held-out shards (training/validation.py): every `validate_every` steps, over the first
+    # `validation_batches` batches of `validation_shards` with fixed noise and times. None = no validation.
+    validation_shards: Optional[str] = None
+    validate_every: int = 1000
+    validation_batches: int = 8
+    lr_plateau: Optional[LRPlateauConfig] = None  # the LR rule on that loss (training/lr_plateau.py); None = off
     # Logging.
     log_every: int = 10
     tensorboard_dir: Optional[str] = None
@@ -53,7 +78,8 @@ class TrainConfig:
         return self.global_batch_size // per_step
 
     def validate(self) -> None:
-        for name in ("steps", "micro_batch_size", "global_batch_size", "save_every", "log_every"):
+        for name in ("steps", "micro_batch_size", "global_batch_size", "save_every", "log_every", "validate_every",
+                     "validation_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -64,5 +90,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay: got {self.ema_decay}, must be in [0, 1) (or null for no EMA)")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: got {self.clip_grad}, must be >= 0")
+        if self.lr_plateau is not None and self.validation_shards is None:
+            raise ConfigError("lr_plateau: set, but validation_shards is not (the rule needs a validation loss)")
+        if self.lr_plateau is not None and self.lr_plateau.min_lr > self.lr:
+            raise ConfigError(f"lr_plateau.min_lr: got {self.lr_plateau.min_lr}, must be <= lr {self.lr}")
         if self.peak_tflops_per_gpu <= 0:
             raise ConfigError(f"peak_tflops_per_gpu: got {self.peak_tflops_per_gpu}, must be > 0")

@@ -117,6 +117,24 @@ class MetricsLogger:
                 f"{row['tflops_per_gpu']:.4g} TFLOP/s/GPU | MFU {row['mfu']:.3g} | {mem}"
             )
 
+    def record_validation(self, step: int, values: dict) -> None:
+        """Validation values (`val_loss`, ...) after `step`: added to that step's history row, written as their own
+        metrics.jsonl row, under val/ in TensorBoard and W&B, and on the console."""
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1].update(values)
+        if not self.is_logger:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(f"val/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"val/{k}": v for k, v in numbers.items()}, step=step)
+        self.note(f"validation at step {step} | " + " | ".join(
+            f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+
     def note(self, message: str) -> None:
         if not self.is_logger:
             return

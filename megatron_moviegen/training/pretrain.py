@@ -25,14 +25,6 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.loader import Batch, LatentLoader
-from megatron_moviegen.diffusion.flow_matching import (
-    interpolate,
-    sample_text_keep_mask,
-    sample_timesteps,
-    sequence_flow_matching_loss,
-    velocity_target,
-)
-from megatron_moviegen.models.embeddings import patchify_latents
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
 from megatron_moviegen.parallel.layout import SequenceLayout
@@ -44,9 +36,12 @@ from megatron_moviegen.checkpoints.distributed import (
     save_checkpoint,
 )
 from megatron_moviegen.training.ema import ModelEMA
+from megatron_moviegen.training.lr_plateau import with_lr_plateau
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
+from megatron_moviegen.training.microbatch import flow_matching_microbatch, forward_step
 from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+from megatron_moviegen.training.validation import Validation
 
 log = logging.getLogger("megatron_moviegen.train")
 
@@ -94,37 +89,14 @@ def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbat
     """Split one bucket's samples into microbatches with their noise, flow times and text-drop masks, on `device`."""
     dp_rank = parallel_state.get_data_parallel_rank()
     latents = batch.latents.float()
-    text_sources = list(cfg.model.text_encoders)
     size = latents.shape[0] // num_microbatches
     microbatches = []
     for index in range(num_microbatches):
         gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 65_537 + dp_rank) * 257 + index)
-        x1 = latents[index * size:(index + 1) * size]
-        x0 = torch.randn(x1.shape, generator=gen)
-        t = sample_timesteps(x1.shape[0], gen, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
-                             std=cfg.flow.logit_normal_std)
-        keep = sample_text_keep_mask(x1.shape[0], cfg.flow.text_drop_prob, gen)
-        conditioning = batch.conditioning.batch(index * size, (index + 1) * size).keep_tokens(keep, text_sources)
-        microbatches.append(dict(
-            noisy=interpolate(x0, x1, t, cfg.flow.sigma_min).to(device),
-            target_tokens=patchify_latents(velocity_target(x0, x1, cfg.flow.sigma_min), cfg.model.patch_size).to(device),
-            timesteps=t.to(device),
-            conditioning=conditioning.to(device, torch.float32),
-        ))
+        microbatches.append(flow_matching_microbatch(latents[index * size:(index + 1) * size],
+                                                     batch.conditioning.batch(index * size, (index + 1) * size),
+                                                     gen, cfg, device, cfg.flow.text_drop_prob))
     return microbatches
-
-
-def _forward_step(layout: SequenceLayout, data_iterator, ddp_chunk):
-    """Megatron's forward step: the loss closure knows only its target tokens and the sequence layout.
-    (Megatron multiplies a 2-tuple loss by the CP size; DDP averages over DP x CP.)"""
-    microbatch = next(data_iterator)
-    output = ddp_chunk(microbatch["noisy"], microbatch["timesteps"], microbatch["conditioning"])
-
-    def loss_func(output_tensor):
-        loss, reported = sequence_flow_matching_loss(output_tensor, microbatch["target_tokens"], layout)
-        return loss, {"loss": reported}
-
-    return output, loss_func
 
 
 def check_conditioning(cfg: MovieGenConfig, batch: Batch) -> None:
@@ -168,12 +140,13 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
+    validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
     ema = ModelEMA(chunks, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)
     optimizer = build_optimizer(model, cfg.train, runtime)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    scheduler = with_lr_plateau(build_scheduler(optimizer, cfg.train), cfg.train.lr_plateau)
     transformer_config = chunks[0].config
     transformer_config.finalize_model_grads_func = finalize_model_grads
     transformer_config.grad_scale_func = optimizer.scale_loss
@@ -208,7 +181,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             iterators = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
             tokens = chunks[0].tokens_per_sample(batch.latents.shape)
             losses = forward_backward(
-                forward_step_func=partial(_forward_step, layout),
+                forward_step_func=partial(forward_step, layout),
                 data_iterator=iterators, model=model, num_microbatches=num_microbatches,
                 seq_length=tokens, micro_batch_size=cfg.train.micro_batch_size, forward_only=False,
             )
@@ -226,6 +199,8 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             metrics.record(StepMetrics(step + 1, last_loss, grad_norm, optimizer.param_groups[0]["lr"],
                                        time.perf_counter() - start, batch, tokens))
             done = step + 1
+            if validation is not None:
+                validation.after_step(done, model, scheduler, metrics)
             save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:

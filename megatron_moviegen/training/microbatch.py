@@ -1,0 +1,46 @@
+"""One flow-matching microbatch and Megatron's forward step over it: shared by training and validation."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_moviegen.conditioning import Conditioning
+from megatron_moviegen.diffusion.flow_matching import (
+    interpolate,
+    sample_text_keep_mask,
+    sample_timesteps,
+    sequence_flow_matching_loss,
+    velocity_target,
+)
+from megatron_moviegen.models.embeddings import patchify_latents
+from megatron_moviegen.parallel.layout import SequenceLayout
+
+
+def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, generator: torch.Generator, cfg,
+                             device: torch.device, text_drop_prob: float) -> dict:
+    """Clean latents X_1 (b, 16, t, h, w) float32 -> noise X_0, flow times t, X_t and the target velocity tokens,
+    drawn from `generator` in that order; the text of each sample is dropped with `text_drop_prob` (for CFG)."""
+    x0 = torch.randn(latents.shape, generator=generator)
+    t = sample_timesteps(latents.shape[0], generator, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
+                         std=cfg.flow.logit_normal_std)
+    keep = sample_text_keep_mask(latents.shape[0], text_drop_prob, generator)
+    target = velocity_target(x0, latents, cfg.flow.sigma_min)
+    return dict(
+        noisy=interpolate(x0, latents, t, cfg.flow.sigma_min).to(device),
+        target_tokens=patchify_latents(target, cfg.model.patch_size).to(device),
+        timesteps=t.to(device),
+        conditioning=conditioning.keep_tokens(keep, list(cfg.model.text_encoders)).to(device, torch.float32),
+    )
+
+
+def forward_step(layout: SequenceLayout, data_iterator, ddp_chunk):
+    """Megatron's forward step: the loss closure knows only its target tokens and the sequence layout.
+    (Megatron multiplies a 2-tuple loss by the CP size; DDP averages over DP x CP.)"""
+    microbatch = next(data_iterator)
+    output = ddp_chunk(microbatch["noisy"], microbatch["timesteps"], microbatch["conditioning"])
+
+    def loss_func(output_tensor):
+        loss, reported = sequence_flow_matching_loss(output_tensor, microbatch["target_tokens"], layout)
+        return loss, {"loss": reported}
+
+    return output, loss_func
