@@ -85,7 +85,8 @@ def test_shards_hold_latents_text_and_metadata(encoded, media):
     assert bunny["meta"]["prompt"] == 'FPS-25 a video of "bigbuckbunny"'
     assert bunny["meta"]["source"] == str(media / "bigbuckbunny.mp4") and len(bunny["meta"]["sha256"]) == 64
     emb, mask = bunny["conditioning"].tokens["ul2"]
-    assert emb.shape == (8, 32) and mask.tolist() == [True] * 8
+    length = len(bunny["meta"]["prompt"])  # the tiny encoders read bytes: the whole prompt, then padding
+    assert emb.shape == (80, 32) and mask.tolist() == [True] * length + [False] * (80 - length)
     still = decode_sample(samples["000000004"])
     assert still["meta"]["bucket"] == "1x112x144" and still["latents"].shape == (16, 1, 14, 18)
     assert decode_sample(samples["000000003"])["meta"]["bucket"] == "32x112x144"  # carphone 176x144 -> 4:3
@@ -117,7 +118,7 @@ def test_loader_reads_back_shapes(encoded):
     batch = next(iter(loader))
     assert batch.bucket == "32x96x160" and batch.latents.shape == (2, 16, 4, 12, 20)
     assert {n: tuple(e.shape) for n, (e, _) in batch.conditioning.tokens.items()} == {
-        "byt5": (2, 4, 16), "metaclip": (2, 8, 24), "ul2": (2, 8, 32)}
+        "byt5": (2, 16, 16), "metaclip": (2, 80, 24), "ul2": (2, 80, 32)}
     assert batch.conditioning.tokens["ul2"].mask.dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
 
 
