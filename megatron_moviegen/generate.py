@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aspect-ratio", help="bucket 'width:height' (e.g. 16:9) at --resolution, instead of sizes")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.height,
                         help="bucket side: height x width ~ resolution^2")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i (see --same-seed)")
+    parser.add_argument("--same-seed", action="store_true",
+                        help="every prompt uses --seed (the same starting noise), to compare prompts")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
     parser.add_argument("--negative-prompt", default=None,
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             "checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders})
         settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1])
         started = time.perf_counter()
-        paths = pipeline.generate(prompts, settings, args.output_dir)
+        paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
         if rank == 0:
             seconds = time.perf_counter() - started
             for path in paths:

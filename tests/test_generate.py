@@ -74,6 +74,17 @@ def test_prompts_file_gives_one_video_per_prompt_with_consecutive_seeds(runs):
     assert not np.array_equal(first, second)
 
 
+def test_same_seed_gives_every_prompt_the_seed_given(runs):
+    root, _ = runs
+    names = sorted(p.name for p in (root / "same_seed").glob("*.mp4"))
+    seeds = [json.loads((root / "same_seed" / n).with_suffix(".json").read_text())["seed"] for n in names]
+    assert seeds == [4, 4]
+    first, _, _ = _decode(root / "same_seed" / names[0])
+    assert np.array_equal(first, _decode(root / "c" / names[0])[0])  # prompt 0 at seed 4 either way
+    second, _, _ = _decode(root / "same_seed" / names[1])
+    assert not np.array_equal(second, _decode(root / "c" / names[1])[0])  # seed 4 here, 5 there
+
+
 def test_one_frame_is_written_as_png(runs):
     root, _ = runs
     image = np.asarray(Image.open(root / "image" / f"{STEM}.png"))

@@ -166,13 +166,14 @@ class MovieGenPipeline:
 
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
-                 progress: bool = True) -> list[Path]:
-        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i. Every rank must call it; returns the
-        media paths written (rank 0) or that rank 0 writes (other ranks)."""
+                 progress: bool = True, same_seed: bool = False) -> list[Path]:
+        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i, or cfg.seed for all with `same_seed`
+        (the same starting noise, so prompts can be compared). Every rank must call it; returns the media paths
+        written (rank 0) or that rank 0 writes (other ranks)."""
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
-            settings = replace(cfg, seed=cfg.seed + index)
+            settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress)
             suffix = ".png" if settings.num_frames == 1 else ".mp4"
             path = output_dir / f"{index:04d}-{slug(prompt)}{suffix}"
