@@ -31,6 +31,9 @@ class TrainConfig:
     save_every: int = 1000
     resume: bool = True  # continue from checkpoint_dir/latest if it exists
     load_from: Optional[str] = None  # start a new stage from this checkpoint (weights only)
+    # On resume, a schedule (lr, min_lr, warmup, decay steps, style; decay steps follow `steps`) that differs from
+    # the checkpoint's is refused; true applies the new one from the checkpoint's step on.
+    override_lr_schedule: bool = False
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None
     # Logging.

@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -39,7 +39,12 @@ from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
-from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
+from megatron_moviegen.training.optimizer import (
+    apply_configured_lr_bounds,
+    build_optimizer,
+    build_scheduler,
+    prepare_schedule_for_resume,
+)
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 
 log = logging.getLogger("megatron_moviegen.train")
@@ -175,7 +180,13 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     step = 0
     resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
     if resume_from is not None:
+        saved = dist_checkpointing.load_common_state_dict(str(resume_from))
+        override = prepare_schedule_for_resume(scheduler, saved["scheduler"], cfg.train, saved["step"])
         step = load_checkpoint(resume_from, model, optimizer, scheduler, loader)
+        if override is not None:
+            apply_configured_lr_bounds(optimizer, cfg.train)
+            scheduler.step(increment=0)  # the configured schedule's lr at this step, before the first update
+            log.warning(override)
         log.info("resumed from %s at step %d", resume_from, step)
     elif cfg.train.load_from:
         load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
