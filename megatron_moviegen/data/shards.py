@@ -28,6 +28,7 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from megatron_moviegen.text.prompts import prompt_fps
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.utils.io import atomic_write_text, temporary_path
 
@@ -103,6 +104,7 @@ def _member_offsets(tar_path: Path, samples: list[EncodedSample]) -> list[dict]:
             "key": s.key,
             "bucket": s.meta["bucket"],
             "is_image": s.meta["is_image"],
+            "prompt_fps": prompt_fps(None if s.meta["is_image"] else s.meta["fps"]),  # what the loader reports
             "members": {suffix: offsets[f"{s.key}.{suffix}"] for suffix in MEMBERS},
         }
         for s in samples

@@ -167,6 +167,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
+    cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
     model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)

@@ -103,7 +103,8 @@ def test_energon_description_and_summary(encoded):
     assert "train" in yaml.safe_load((meta / "split.yaml").read_text())["split_parts"]
     summary = json.loads((encoded / "summary.json").read_text())
     assert summary == {"samples": 4, "rejected": 1, "shards": 3,
-                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2}}
+                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2},
+                       "per_prompt_fps": {"25": 2, "30": 1}}  # bunny and bikes at 25 fps, carphone at 30; no image
 
 
 def test_corrupt_file_lands_in_rejects(encoded, media):
@@ -120,6 +121,7 @@ def test_loader_reads_back_shapes(encoded):
     assert {n: tuple(e.shape) for n, (e, _) in batch.conditioning.tokens.items()} == {
         "byt5": (2, 16, 16), "metaclip": (2, 80, 24), "ul2": (2, 80, 32)}
     assert batch.conditioning.tokens["ul2"].mask.dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
+    assert loader.prompt_fps() == [25, 30]  # every shard's videos, the still image not counted
 
 
 def test_energon_reads_the_shards(encoded):

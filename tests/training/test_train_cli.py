@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+from megatron_moviegen.checkpoints.distributed import read_saved_config
 from megatron_moviegen.config import to_yaml
+from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.recipes import load_config
 
 
@@ -22,5 +24,7 @@ def test_two_rank_quickstart_prints_each_line_once_and_no_parameter_lists(tiny_s
     assert not any("Params for bucket" in line or line.startswith("\t") for line in lines), output
     for expected in ("# resolved config (2 ranks)", "step 2/4 |", "step 4/4 |", "finished at step 4"):
         assert sum(line.startswith(expected) for line in lines) == 1, (expected, output)
+    saved = read_saved_config(tmp_path)["model"]["trained_fps"]
+    assert saved == LatentLoader(tiny_shards, 1, 0.0, 0).prompt_fps() and saved  # the shards' FPS-n values
     config_lines = len(to_yaml(load_config("quickstart", overrides)).splitlines())
     assert len(lines) <= config_lines + 8, f"{len(lines)} lines for a {config_lines}-line config:\n{output}"
