@@ -157,11 +157,11 @@ class MovieGenPipeline:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Latents (b, 16, T, h, w) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
+        """The DiT's latents (b, 16, T, h, w) (denormalised here) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
         spatially tiled."""
         device = next(self.tae.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pixels = self.tae.decode(latents.to(device), num_frames=num_frames, tiled=True)
+            pixels = self.tae.decode(self.tae.denormalize_latents(latents.to(device)), num_frames=num_frames, tiled=True)
         return pixels.float().clamp(-1.0, 1.0)
 
     # ---- files -------------------------------------------------------------------------------------------

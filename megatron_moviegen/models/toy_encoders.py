@@ -78,7 +78,8 @@ class TinyTextEncoders:
 
 
 class TAEVideoEncoder:
-    """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling."""
+    """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling,
+    normalised by the TAE's latent_shift / latent_scale (the DiT's latent space)."""
 
     def __init__(self, tae, tiled: bool = True):
         self.tae = tae
@@ -87,4 +88,4 @@ class TAEVideoEncoder:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         param = next(self.tae.parameters())
-        return self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode()
+        return self.tae.normalize_latents(self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode())
