@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import torch.distributed as dist
@@ -46,14 +47,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--frames", type=int, help="frames to generate (1 = an image, written as PNG)")
     length.add_argument("--duration", type=float, help="seconds; frames = round(duration x fps)")
-    parser.add_argument("--fps", type=int, default=DEFAULTS.fps, help="frame rate, also the prompt's FPS-<n> prefix")
+    parser.add_argument("--fps", type=int, default=None,
+                        help="frame rate, also the prompt's FPS-<n> prefix; default: a rate the model was trained on "
+                             f"({DEFAULTS.fps} if it was, else the lowest; {DEFAULTS.fps} when the export records none)")
     parser.add_argument("--height", type=int,
                         help=f"pixels (with --width); default {DEFAULTS.height} or from --aspect-ratio")
     parser.add_argument("--width", type=int)
     parser.add_argument("--aspect-ratio", help="bucket 'width:height' (e.g. 16:9) at --resolution, instead of sizes")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.height,
                         help="bucket side: height x width ~ resolution^2")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i (see --same-seed)")
+    parser.add_argument("--same-seed", action="store_true",
+                        help="every prompt uses --seed (the same starting noise), to compare prompts")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
     parser.add_argument("--negative-prompt", default=None,
@@ -91,13 +96,24 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def sampling_config(args: argparse.Namespace, size_multiple: int) -> SamplingConfig:
-    frames = args.frames if args.frames is not None else max(1, round(args.duration * args.fps))
+def resolve_fps(requested: int | None, trained_fps: tuple[int, ...]) -> int:
+    """The fps to sample at: `requested`, or a trained one (see --fps); warns when the model never saw it."""
+    if requested is None:
+        return DEFAULTS.fps if not trained_fps or DEFAULTS.fps in trained_fps else min(trained_fps)
+    if trained_fps and requested not in trained_fps:
+        warnings.warn(f"--fps {requested}: the model was trained on FPS-n prompts with n in {list(trained_fps)} "
+                      f"only; FPS-{requested} is a prompt it has never seen", stacklevel=2)
+    return requested
+
+
+def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:
+    fps = resolve_fps(args.fps, trained_fps)
+    frames = args.frames if args.frames is not None else max(1, round(args.duration * fps))
     if args.aspect_ratio:
         height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
     else:
         height, width = (args.height, args.width) if args.height is not None else (DEFAULTS.height, DEFAULTS.width)
-    return SamplingConfig(num_frames=frames, height=height, width=width, fps=args.fps, steps=args.steps,
+    return SamplingConfig(num_frames=frames, height=height, width=width, fps=fps, steps=args.steps,
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
 
 
@@ -116,9 +132,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         tae = load_tae(args.tae, device)
         pipeline = MovieGenPipeline(dit, tae, text_encoders, sources={
             "checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders})
-        settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1])
+        settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1], cfg.model.trained_fps)
         started = time.perf_counter()
-        paths = pipeline.generate(prompts, settings, args.output_dir)
+        paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
         if args.upsample:
             upsampling = UpsamplingConfig(window_frames=args.upsample_window_frames,
                                           overlap_frames=args.upsample_overlap_frames, steps=args.upsample_steps,

@@ -10,9 +10,7 @@ save a checkpoint and exit 0 at the end of the current step, so SLURM requeues l
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -25,15 +23,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from megatron_moviegen.runtime import rank_and_world_from_env
+    from megatron_moviegen.utils.logs import configure_logging
+
+    env_rank, env_world = rank_and_world_from_env()
+    speaks = configure_logging(env_rank, logging_rank=env_world - 1)  # the last rank: it holds the loss
     from megatron_moviegen.config import ConfigError, to_yaml
     from megatron_moviegen.recipes import load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        if speaks:
+            print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
         print(to_yaml(cfg))
@@ -46,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_moviegen.training.pretrain import pretrain
 
     runtime = Runtime.for_config(cfg)
-    rank, world = init_distributed(runtime)
+    _, world = init_distributed(runtime)
     cfg.parallel.check_world_size(world)
-    if rank == 0:
+    if speaks:
         print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
     try:
         result = pretrain(cfg, runtime)
         finalize_async_saves()  # an asynchronous save is published (`latest`) before the process exits
-        if rank == world - 1:
+        if speaks:
             print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
                   + (" (preempted)" if result.preempted else ""), flush=True)
     finally:

@@ -74,6 +74,17 @@ def test_prompts_file_gives_one_video_per_prompt_with_consecutive_seeds(runs):
     assert not np.array_equal(first, second)
 
 
+def test_same_seed_gives_every_prompt_the_seed_given(runs):
+    root, _ = runs
+    names = sorted(p.name for p in (root / "same_seed").glob("*.mp4"))
+    seeds = [json.loads((root / "same_seed" / n).with_suffix(".json").read_text())["seed"] for n in names]
+    assert seeds == [4, 4]
+    first, _, _ = _decode(root / "same_seed" / names[0])
+    assert np.array_equal(first, _decode(root / "c" / names[0])[0])  # prompt 0 at seed 4 either way
+    second, _, _ = _decode(root / "same_seed" / names[1])
+    assert not np.array_equal(second, _decode(root / "c" / names[1])[0])  # seed 4 here, 5 there
+
+
 def test_one_frame_is_written_as_png(runs):
     root, _ = runs
     image = np.asarray(Image.open(root / "image" / f"{STEM}.png"))
@@ -122,3 +133,14 @@ def test_duration_and_aspect_ratio_bucket_set_frames_and_size():
     defaults = sampling_config(parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p"]), 16)
     assert (defaults.num_frames, defaults.height, defaults.width, defaults.steps, defaults.guidance_scale) == \
         (256, 768, 768, 50, 7.5)
+
+
+def test_fps_defaults_to_a_trained_rate_and_warns_on_an_unseen_one():
+    args = parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p", "--duration", "2"])
+    assert sampling_config(args, 16, trained_fps=(25, 30)).fps == 25  # 16 never trained: the lowest trained
+    assert sampling_config(args, 16, trained_fps=(16, 24)).fps == 16
+    assert sampling_config(args, 16).fps == 16  # an export that records nothing
+    assert sampling_config(args, 16, trained_fps=(25,)).num_frames == 50
+    unseen = parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p", "--fps", "16"])
+    with pytest.warns(UserWarning, match=r"--fps 16: the model was trained on FPS-n prompts with n in \[25\] only"):
+        assert sampling_config(unseen, 16, trained_fps=(25,)).fps == 16

@@ -65,6 +65,11 @@ class LatentLoader:
         names = sorted(json.loads(info_path.read_text())["shard_counts"])
         return {name: ShardIndex.read(self.dir / INDEX_DIR / f"{name}.json").samples for name in names}
 
+    def prompt_fps(self) -> list[int]:
+        """The FPS-n prefix values of every video in the shards (all ranks' shards), ascending."""
+        return sorted({r["prompt_fps"] for records in self.shards.values() for r in records
+                       if r.get("prompt_fps") is not None})
+
     def epoch_plan(self, epoch: int) -> list[list[SampleRef]]:
         """This rank's batches for `epoch`, as lists of sample references (nothing is read)."""
         rng = random.Random(f"{self.seed}/{epoch}")

@@ -501,11 +501,13 @@ def finalize(out_dir: Path, num_shards: int) -> dict | None:
         return None
     rejects = [r for ix in indexes for r in ix.rejects]
     per_bucket = Counter(s["bucket"] for ix in indexes for s in ix.samples)
+    per_fps = Counter(s["prompt_fps"] for ix in indexes for s in ix.samples if s.get("prompt_fps") is not None)
     summary = {
         "samples": sum(per_bucket.values()),
         "rejected": len(rejects),
         "shards": sum(1 for ix in indexes if ix.samples),
         "per_bucket": dict(sorted(per_bucket.items())),
+        "per_prompt_fps": {str(fps): n for fps, n in sorted(per_fps.items())},  # the FPS-n prefixes trained on
     }
     atomic_write_text(out_dir / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))

@@ -28,6 +28,7 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from megatron_moviegen.text.prompts import prompt_fps
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.utils.io import atomic_write_text, temporary_path
 
@@ -84,8 +85,9 @@ def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], reje
     leaves an incomplete shard (redone by the next run), never an index describing another tar.
     """
     name = shard_name(shard_id)
-    rows = [(s.key, s.meta["bucket"], s.meta["is_image"], s.members(latent_dtype)) for s in samples]
-    rows += [(r["key"], r["bucket"], r["is_image"],
+    rows = [(s.key, s.meta["bucket"], s.meta["is_image"], prompt_fps(None if s.meta["is_image"] else s.meta["fps"]),
+             s.members(latent_dtype)) for s in samples]
+    rows += [(r["key"], r["bucket"], r["is_image"], r.get("prompt_fps"),
               {suffix: read_member(out_dir / name, *span) for suffix, span in r["members"].items()}) for r in kept]
     rows.sort(key=lambda row: row[0])  # manifest order, however the samples were batched
     index = ShardIndex(shard=name, rejects=rejects)
@@ -94,7 +96,7 @@ def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], reje
     if rows:
         tmp = temporary_path(out_dir / name)
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, _, _, members in rows:
+            for key, _, _, _, members in rows:
                 for suffix, data in members.items():
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size, info.mode, info.mtime = len(data), 0o644, 0
@@ -114,9 +116,10 @@ def _member_offsets(tar_path: Path, rows: list[tuple]) -> list[dict]:
             "key": key,
             "bucket": bucket,
             "is_image": is_image,
+            "prompt_fps": fps,  # the FPS-n the sample was encoded with; what the loader reports
             "members": {suffix: offsets[f"{key}.{suffix}"] for suffix in members},
         }
-        for key, bucket, is_image, members in rows
+        for key, bucket, is_image, fps, members in rows
     ]
 
 

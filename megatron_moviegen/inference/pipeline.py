@@ -157,22 +157,23 @@ class MovieGenPipeline:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Latents (b, 16, T, h, w) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
+        """The DiT's latents (b, 16, T, h, w) (denormalised here) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
         spatially tiled."""
         device = next(self.tae.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pixels = self.tae.decode(latents.to(device), num_frames=num_frames, tiled=True)
+            pixels = self.tae.decode(self.tae.denormalize_latents(latents.to(device)), num_frames=num_frames, tiled=True)
         return pixels.float().clamp(-1.0, 1.0)
 
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
-                 progress: bool = True) -> list[Path]:
-        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i. Every rank must call it; returns the
-        media paths written (rank 0) or that rank 0 writes (other ranks)."""
+                 progress: bool = True, same_seed: bool = False) -> list[Path]:
+        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i, or cfg.seed for all with `same_seed`
+        (the same starting noise, so prompts can be compared). Every rank must call it; returns the media paths
+        written (rank 0) or that rank 0 writes (other ranks)."""
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
-            settings = replace(cfg, seed=cfg.seed + index)
+            settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress)
             suffix = ".png" if settings.num_frames == 1 else ".mp4"
             path = output_dir / f"{index:04d}-{slug(prompt)}{suffix}"

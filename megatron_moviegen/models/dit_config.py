@@ -51,6 +51,9 @@ class DiTConfig:
     extra_context: dict[str, ContextSource] = field(default_factory=dict)
     condition_channels: int = 0
     num_tasks: int = 0
+    # The n of the "FPS-n" prompt prefixes the model was trained on; training adds its shards' values, and
+    # generation defaults to them and warns on others. Empty: unknown.
+    trained_fps: tuple[int, ...] = ()
     timestep_embedding_dim: int = 256
     qk_norm: bool = True
     norm_epsilon: float = 1e-6

@@ -59,6 +59,10 @@ class TAEConfig:
     # Spatial tiling, in pixels; tiles overlap and are blended linearly.
     spatial_tile_size: int = 256
     spatial_tile_overlap: int = 64
+    # Per-channel statistics of the encoder's latents (`data/latent_stats.py`): the latents the DiT sees are
+    # (z - latent_shift) / latent_scale, so its flow from N(0, I) starts at their scale. Empty: identity.
+    latent_shift: tuple[float, ...] = ()
+    latent_scale: tuple[float, ...] = ()
 
     @property
     def compression(self) -> int:
@@ -88,6 +92,12 @@ class TAEConfig:
         for name in ("spatial_tile_size", "spatial_tile_overlap"):
             if getattr(self, name) % self.compression:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be a multiple of {self.compression}")
+        for name in ("latent_shift", "latent_scale"):
+            if len(getattr(self, name)) not in (0, self.latent_channels):
+                raise ConfigError(f"{name}: got {len(getattr(self, name))} values, need 0 (identity) or "
+                                  f"latent_channels={self.latent_channels}")
+        if any(s <= 0 for s in self.latent_scale):
+            raise ConfigError(f"latent_scale: got {list(self.latent_scale)}, every value must be > 0")
         if not 0 <= self.spatial_tile_overlap < self.spatial_tile_size:
             raise ConfigError(f"spatial_tile_overlap: got {self.spatial_tile_overlap}, must be in "
                               f"[0, spatial_tile_size={self.spatial_tile_size})")
@@ -263,6 +273,23 @@ class TAE(nn.Module):
         posterior = self.encode(pixels)
         latents = posterior.sample() if sample else posterior.mode()
         return self.decode(latents, num_frames=pixels.shape[2]), posterior
+
+    # ---- the DiT's latent space ----------------------------------------------------------------------------
+    def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg.latent_channels
+        shift = torch.tensor(self.cfg.latent_shift or [0.0] * c, dtype=like.dtype, device=like.device)
+        scale = torch.tensor(self.cfg.latent_scale or [1.0] * c, dtype=like.dtype, device=like.device)
+        return shift.view(1, c, 1, 1, 1), scale.view(1, c, 1, 1, 1)
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Encoder latents (b, 16, T, h, w) -> the DiT's: (z - latent_shift) / latent_scale per channel."""
+        shift, scale = self._channel_stats(latents)
+        return (latents - shift) / scale
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's latents (b, 16, T, h, w) -> the decoder's: z * latent_scale + latent_shift per channel."""
+        shift, scale = self._channel_stats(latents)
+        return latents * scale + shift
 
     # ---- tiling -------------------------------------------------------------------------------------------
     def decode_tiles(self, latents: torch.Tensor, num_frames: int) -> Iterator[torch.Tensor]:

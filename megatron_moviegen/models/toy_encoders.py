@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_moviegen.conditioning import Tokens
+from megatron_moviegen.text.prompts import byt5_text
 
 
 class TinyVideoEncoder:
@@ -41,7 +42,9 @@ class TinyVideoEncoder:
 class TinyTextEncoders:
     """Per encoder, a fixed random embedding table over UTF-8 bytes plus a learned-position-like table.
 
-    Prompts are truncated to each encoder's max_length bytes and right-padded; the mask marks real bytes.
+    Each encoder reads what its real counterpart reads: "byt5" the prompt's quoted text (`byt5_text`; no quote,
+    an all-False mask), the others the whole prompt with its FPS prefix. The text is truncated to the encoder's
+    max_length bytes and right-padded; the mask marks real bytes.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, int]], seed: int = 0):
@@ -64,7 +67,8 @@ class TinyTextEncoders:
             tokens = torch.zeros(len(prompts), max_length, dtype=torch.long)
             mask = torch.zeros(len(prompts), max_length, dtype=torch.bool)
             for i, prompt in enumerate(prompts):
-                data = list(prompt.encode("utf-8"))[:max_length]
+                text = byt5_text(prompt) if name == "byt5" else prompt
+                data = list(text.encode("utf-8"))[:max_length]
                 tokens[i, : len(data)] = torch.tensor(data, dtype=torch.long)
                 mask[i, : len(data)] = True
             byte_table, positions = self.tables[name]
@@ -74,7 +78,8 @@ class TinyTextEncoders:
 
 
 class TAEVideoEncoder:
-    """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling."""
+    """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling,
+    normalised by the TAE's latent_shift / latent_scale (the DiT's latent space)."""
 
     def __init__(self, tae, tiled: bool = True):
         self.tae = tae
@@ -83,4 +88,4 @@ class TAEVideoEncoder:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         param = next(self.tae.parameters())
-        return self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode()
+        return self.tae.normalize_latents(self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode())

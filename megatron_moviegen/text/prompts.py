@@ -27,10 +27,15 @@ def add_fps_prefix(prompt: str, fps: int) -> str:
     return f"FPS-{fps} {prompt}"
 
 
+def prompt_fps(fps: float | None) -> int | None:
+    """The n of a clip's "FPS-n" prefix: its sampling fps rounded; None for an image (fps None)."""
+    return None if fps is None else round(fps)
+
+
 def conditioning_prompt(caption: str, fps: float | None) -> str:
     """The text the encoders see for a caption: "FPS-<round(fps)> caption" for a video, the caption itself for an
     image (fps None). Pre-encoding and sampling both call this, so a prompt trains and samples the same way."""
-    return caption if fps is None else add_fps_prefix(caption, round(fps))
+    return caption if fps is None else add_fps_prefix(caption, prompt_fps(fps))
 
 
 def extract_quoted_text(prompt: str) -> list[str]:

@@ -53,6 +53,9 @@ class TrainConfig:
     # `latest` once written everywhere (at the next save or at exit). Off by default: not tried on GPUs yet.
     async_save: bool = False
     load_from: Optional[str] = None  # start a new stage from this checkpoint (weights only)
+    # On resume, a schedule (lr, min_lr, warmup, decay steps, style; decay steps follow `steps`) that differs from
+    # the checkpoint's is refused; true applies the new one from the checkpoint's step on.
+    override_lr_schedule: bool = False
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None
     # Validation loss on held-out shards (training/validation.py): every `validate_every` steps, over the first

@@ -16,6 +16,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.optimizer import FP32Optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_moviegen.config import ConfigError
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.training.config import TrainConfig
 
@@ -98,3 +99,40 @@ def build_scheduler(optimizer, train: TrainConfig) -> OptimizerParamScheduler:
         wd_incr_steps=max(decay_steps, 1),
         wd_incr_style="constant",
     )
+
+
+SCHEDULE_FIELDS = {"max_lr": "lr", "min_lr": "min_lr", "lr_warmup_steps": "lr_warmup_steps",
+                   "lr_decay_steps": "lr_decay_steps (default: steps)", "lr_decay_style": "lr_decay_style"}
+
+
+def schedule_changes(scheduler: OptimizerParamScheduler, saved: dict) -> dict[str, tuple]:
+    """{field: (checkpoint value, configured value)} where the configured schedule differs from a saved
+    `scheduler.state_dict()`. A constant schedule has no decay, so its decay steps and min_lr do not count."""
+    constant = saved.get("lr_decay_style") == scheduler.lr_decay_style == "constant"
+    fields = [n for n in SCHEDULE_FIELDS if not (constant and n in ("lr_decay_steps", "min_lr"))]
+    return {name: (saved[name], getattr(scheduler, name)) for name in fields
+            if name in saved and saved[name] != getattr(scheduler, name)}
+
+
+def prepare_schedule_for_resume(scheduler: OptimizerParamScheduler, saved: dict, train: TrainConfig,
+                                step: int) -> str | None:
+    """Before loading a checkpoint's scheduler: refuse a changed schedule (Megatron would otherwise keep the
+    checkpoint's and print the new one), or with `train.override_lr_schedule` make the load keep the configured
+    one. Returns a message saying what was overridden, or None when nothing changed."""
+    changes = schedule_changes(scheduler, saved)
+    if not changes:
+        return None
+    listed = ", ".join(f"train.{SCHEDULE_FIELDS[k]}: checkpoint {old}, now {new}" for k, (old, new) in changes.items())
+    if not train.override_lr_schedule:
+        raise ConfigError(
+            f"resuming at step {step} with a different LR schedule ({listed}); set train.override_lr_schedule=true "
+            "to continue on the new schedule from that step, or restore the checkpoint's values")
+    scheduler.override_opt_param_scheduler = True
+    return f"LR schedule overridden at step {step}: {listed}"
+
+
+def apply_configured_lr_bounds(optimizer, train: TrainConfig) -> None:
+    """The param groups' max_lr / min_lr (which the scheduler reads first) as configured: a checkpoint's
+    optimizer state brings back the ones it was saved with."""
+    for group in optimizer.param_groups:
+        group.update(max_lr=train.lr, min_lr=train.min_lr)

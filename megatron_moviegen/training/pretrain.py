@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -39,7 +39,12 @@ from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
 from megatron_moviegen.training.microbatch import flow_matching_microbatch, forward_step
-from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
+from megatron_moviegen.training.optimizer import (
+    apply_configured_lr_bounds,
+    build_optimizer,
+    build_scheduler,
+    prepare_schedule_for_resume,
+)
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 from megatron_moviegen.training.validation import Validation
 
@@ -141,6 +146,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
     validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
+    cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
     ema = ModelEMA(chunks, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
@@ -155,7 +161,14 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     step = 0
     resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
     if resume_from is not None:
+        saved = dist_checkpointing.load_common_state_dict(str(resume_from))
+        schedule = getattr(scheduler, "schedule", scheduler)  # Megatron's, inside the plateau rule if any
+        override = prepare_schedule_for_resume(schedule, saved["scheduler"], cfg.train, saved["step"])
         step = load_checkpoint(resume_from, model, optimizer, scheduler, loader, ema=ema)
+        if override is not None:
+            apply_configured_lr_bounds(optimizer, cfg.train)
+            scheduler.step(increment=0)  # the configured schedule's lr at this step, before the first update
+            log.warning(override)
         log.info("resumed from %s at step %d", resume_from, step)
     elif cfg.train.load_from:
         load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)

@@ -86,7 +86,8 @@ def test_shards_hold_latents_text_and_metadata(encoded, media):
     assert bunny["meta"]["prompt"] == 'FPS-25 a video of "bigbuckbunny"'
     assert bunny["meta"]["source"] == str(media / "bigbuckbunny.mp4") and len(bunny["meta"]["sha256"]) == 64
     emb, mask = bunny["conditioning"].tokens["ul2"]
-    assert emb.shape == (8, 32) and mask.tolist() == [True] * 8
+    length = len(bunny["meta"]["prompt"])  # the tiny encoders read bytes: the whole prompt, then padding
+    assert emb.shape == (80, 32) and mask.tolist() == [True] * length + [False] * (80 - length)
     still = decode_sample(samples["000000004"])
     assert still["meta"]["bucket"] == "1x112x144" and still["latents"].shape == (16, 1, 14, 18)
     # One FPS rule: an image trains on the text that sampling a 1-frame image of its caption encodes.
@@ -110,7 +111,8 @@ def test_energon_description_and_summary(encoded):
     assert "train" in yaml.safe_load((meta / "split.yaml").read_text())["split_parts"]
     summary = json.loads((encoded / "summary.json").read_text())
     assert summary == {"samples": 4, "rejected": 1, "shards": 3,
-                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2}}
+                       "per_bucket": {"1x112x144": 1, "32x112x144": 1, "32x96x160": 2},
+                       "per_prompt_fps": {"25": 2, "30": 1}}  # bunny and bikes at 25 fps, carphone at 30; no image
 
 
 def test_corrupt_file_lands_in_rejects(encoded, media):
@@ -125,8 +127,9 @@ def test_loader_reads_back_shapes(encoded):
     batch = next(iter(loader))
     assert batch.bucket == "32x96x160" and batch.latents.shape == (2, 16, 4, 12, 20)
     assert {n: tuple(e.shape) for n, (e, _) in batch.conditioning.tokens.items()} == {
-        "byt5": (2, 4, 16), "metaclip": (2, 8, 24), "ul2": (2, 8, 32)}
+        "byt5": (2, 16, 16), "metaclip": (2, 80, 24), "ul2": (2, 80, 32)}
     assert batch.conditioning.tokens["ul2"].mask.dtype == torch.bool and batch.fps.tolist() == [25.0, 25.0]
+    assert loader.prompt_fps() == [25, 30]  # every shard's videos, the still image not counted
 
 
 def test_energon_reads_the_shards(encoded):

@@ -76,6 +76,8 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     main(video + ["--prompt", PROMPT, "--seed", "3", "--output-dir", str(root / "b")])
     (root / "prompts.txt").write_text(f"{PROMPT}\n\nthe sea at night\n")
     main(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--output-dir", str(root / "c")])
+    main(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--same-seed",
+                  "--output-dir", str(root / "same_seed")])
     main(common + ["--frames", "1", "--prompt", PROMPT, "--output-dir", str(root / "image")])
     errors = {}
     for name, args in (("too_long", ["--frames", "72"]), ("too_large", ["--frames", "16", "--height", "512"]),

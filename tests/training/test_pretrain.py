@@ -184,3 +184,23 @@ def _velocity_from_export(rank, world_size, folder):
     out = _fixed_velocity(cfg, model[0])
     destroy()
     return out
+
+
+COSINE = ["train.lr_decay_style=cosine", "train.min_lr=1e-4"]
+
+
+def test_resuming_with_a_changed_schedule_is_refused_or_applied_when_asked(tiny_shards, tmp_path):
+    run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "b", 2, COSINE),))
+    longer = run_distributed(_train_expecting_error, 1, args=(_overrides(tiny_shards, tmp_path / "b", 4, COSINE),))[0]
+    assert longer.startswith("ConfigError") and "train.lr_decay_steps (default: steps): checkpoint 2, now 4" in longer
+    assert "train.override_lr_schedule=true" in longer
+    new_lr = run_distributed(_train_expecting_error, 1,
+                             args=(_overrides(tiny_shards, tmp_path / "b", 2, [*COSINE, "train.lr=5e-4"]),))[0]
+    assert "train.lr: checkpoint 0.001, now 0.0005" in new_lr and "lr_decay_steps" not in new_lr
+    # Overridden: steps 3 and 4 follow the 4-step schedule exactly, as a run planned for 4 steps would.
+    whole = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "a", 4, COSINE),))[0]
+    resumed = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "b", 4,
+                                                          [*COSINE, "train.override_lr_schedule=true"]),))[0]
+    lrs = {row["step"]: row["lr"] for row in resumed["history"]}
+    assert lrs == {row["step"]: row["lr"] for row in whole["history"] if row["step"] > 2}
+    assert lrs[3] > 1e-4  # not the finished 2-step schedule's min_lr

@@ -1,0 +1,137 @@
+"""What a trained TAE and DiT can do, measured on held-out (or training) clips with known captions:
+
+- the TAE's reconstruction PSNR / SSIM per clip: the ceiling any generated video can reach against it;
+- per caption, the DiT's sample (at the clip's bucket, FPS-n and the same seed) against its own clip and against
+  every other clip of the same shape: a model that learned the caption is much closer to its own clip;
+- a side-by-side PNG: per clip, rows original / TAE reconstruction / generated, a few frames each.
+
+Clips go through pre-encoding's decode and bucketing (`prepare_entry`), so they are exactly what training saw.
+
+    clips = load_reference_clips("heldout.jsonl", cfg.data.buckets)
+    report = evaluate(clips, tae, pipeline, steps=50)          # pipeline None: the TAE only
+    write_report(report, images, "outputs/eval")               # eval.json + side_by_side.png
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from megatron_moviegen.data.buckets import BucketTable
+from megatron_moviegen.data.config import BucketConfig
+from megatron_moviegen.data.decode import build_decoder, to_unit_range
+from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.preencode import Rejected, prepare_entry
+from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
+from megatron_moviegen.models.tae import TAE
+from megatron_moviegen.text.prompts import prompt_fps
+from megatron_moviegen.utils.io import atomic_output, atomic_write_text
+from megatron_moviegen.utils.quality import psnr, ssim
+from megatron_moviegen.utils.video_io import to_uint8_frames
+
+
+@dataclass
+class ReferenceClip:
+    caption: str
+    source: str
+    fps: Optional[float]  # None for an image
+    pixels: torch.Tensor  # (3, t, h, w) float32 in [-1, 1], the bucket's size
+
+
+def load_reference_clips(manifest: str | Path, buckets: BucketConfig, decoder: str = "pyav") -> list[ReferenceClip]:
+    """Every manifest entry decoded and bucketed as pre-encoding would; raises on one it would reject."""
+    table, reader = BucketTable(buckets), build_decoder(decoder)
+    clips = []
+    for index, entry in enumerate(read_manifest(manifest)):
+        prepared = prepare_entry(index, entry, table, reader)
+        if isinstance(prepared, Rejected):
+            raise ValueError(f"{entry.path}: pre-encoding would reject it ({prepared.reason})")
+        fps = None if prepared.bucket.is_image else prepared.fps
+        clips.append(ReferenceClip(entry.caption, entry.path, fps, to_unit_range(prepared.frames)))
+    return clips
+
+
+def quality(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of two (3, t, h, w) videos in [-1, 1]."""
+    return {"psnr": psnr(a, b, data_range=2.0), "ssim": ssim(a, b, data_range=2.0)}
+
+
+@torch.no_grad()
+def tae_reconstruction(tae: TAE, pixels: torch.Tensor) -> torch.Tensor:
+    """(3, t, h, w) in [-1, 1] -> the TAE's reconstruction (posterior mean, tiled), same shape, clamped."""
+    param = next(tae.parameters())
+    latents = tae.encode(pixels[None].to(param.device, param.dtype), tiled=True).mode()
+    return tae.decode(latents, num_frames=pixels.shape[1], tiled=True)[0].float().cpu().clamp(-1, 1)
+
+
+def evaluate(clips: list[ReferenceClip], tae: TAE, pipeline: Optional[MovieGenPipeline] = None, steps: int = 50,
+             guidance_scale: float = 7.5, seed: int = 0) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """The report (JSON-ready) and, per clip, the videos {"original", "tae", "generated"?} for `side_by_side`.
+    With a pipeline every rank of its model-parallel group must call this (sampling is collective)."""
+    rows, videos = [], []
+    for clip in clips:
+        recon = tae_reconstruction(tae, clip.pixels)
+        row = {"caption": clip.caption, "source": clip.source, "fps": clip.fps,
+               "shape": list(clip.pixels.shape), "tae": quality(recon, clip.pixels)}
+        video = {"original": clip.pixels, "tae": recon}
+        if pipeline is not None:
+            _, t, h, w = clip.pixels.shape
+            settings = SamplingConfig(num_frames=t, height=h, width=w, fps=prompt_fps(clip.fps) or 16, steps=steps,
+                                      guidance_scale=guidance_scale, seed=seed)
+            generated = pipeline.decode(pipeline.sample_latents([clip.caption], settings, progress=False), t)[0].cpu()
+            row["generated"] = quality(generated, clip.pixels)
+            row["generated_vs_others"] = {other.caption: quality(generated, other.pixels) for other in clips
+                                          if other is not clip and other.pixels.shape == clip.pixels.shape}
+            video["generated"] = generated
+        rows.append(row)
+        videos.append(video)
+    return {"clips": rows, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}, videos
+
+
+def side_by_side(videos: list[dict[str, torch.Tensor]], frames: int = 4, gap: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8: per clip, one row per video kind (original, tae, generated), `frames` frames spread
+    over the clip; clips of different sizes are padded to the widest."""
+    rows = []
+    for video in videos:
+        for kind in ("original", "tae", "generated"):
+            if kind not in video:
+                continue
+            pixels = to_uint8_frames(video[kind])  # (t, h, w, 3)
+            picks = np.linspace(0, pixels.shape[0] - 1, min(frames, pixels.shape[0])).round().astype(int)
+            tiles = [np.pad(pixels[i], ((0, 0), (0, gap), (0, 0)), constant_values=255) for i in picks]
+            rows.append(np.pad(np.concatenate(tiles, axis=1), ((0, gap), (0, 0), (0, 0)), constant_values=255))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(rows, axis=0)
+
+
+def format_table(report: dict) -> str:
+    """One line per clip: the TAE ceiling, generated vs its own clip, generated vs the closest other clip."""
+    lines = [f"{'caption':<44} {'TAE PSNR/SSIM':>15} {'gen vs own':>15} {'gen vs other (best)':>20}"]
+    for row in report["clips"]:
+        line = f"{row['caption'][:44]:<44} {row['tae']['psnr']:>7.2f}/{row['tae']['ssim']:.3f}"
+        if "generated" in row:
+            line += f" {row['generated']['psnr']:>7.2f}/{row['generated']['ssim']:.3f}"
+            others = row["generated_vs_others"]
+            if others:
+                best = max(others.values(), key=lambda q: q["psnr"])
+                line += f" {best['psnr']:>12.2f}/{best['ssim']:.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_report(report: dict, videos: list[dict[str, torch.Tensor]], out_dir: str | Path,
+                 frames: int = 4) -> tuple[Path, Path]:
+    """out_dir/eval.json and out_dir/side_by_side.png, each written atomically."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+    png = out_dir / "side_by_side.png"
+    with atomic_output(png) as tmp:
+        Image.fromarray(side_by_side(videos, frames)).save(tmp, format="PNG")
+    return out_dir / "eval.json", png

@@ -1,0 +1,30 @@
+"""`torchrun -m megatron_moviegen.train` on 2 ranks: the job speaks once, on one rank, in lines a user reads."""
+
+import os
+import subprocess
+import sys
+
+from megatron_moviegen.checkpoints.distributed import read_saved_config
+from megatron_moviegen.config import to_yaml
+from megatron_moviegen.data.loader import LatentLoader
+from megatron_moviegen.recipes import load_config
+
+
+def test_two_rank_quickstart_prints_each_line_once_and_no_parameter_lists(tiny_shards, tmp_path):
+    overrides = [f"data.shards={tiny_shards}", f"train.checkpoint_dir={tmp_path}", "train.steps=4",
+                 "train.lr_warmup_steps=1", "train.save_every=4", "train.log_every=2", "train.progress_bar=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "megatron_moviegen.train", "--config", "quickstart", *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    lines = output.splitlines()
+    assert not any("Params for bucket" in line or line.startswith("\t") for line in lines), output
+    for expected in ("# resolved config (2 ranks)", "step 2/4 |", "step 4/4 |", "finished at step 4"):
+        assert sum(line.startswith(expected) for line in lines) == 1, (expected, output)
+    saved = read_saved_config(tmp_path)["model"]["trained_fps"]
+    assert saved == LatentLoader(tiny_shards, 1, 0.0, 0).prompt_fps() and saved  # the shards' FPS-n values
+    config_lines = len(to_yaml(load_config("quickstart", overrides)).splitlines())
+    assert len(lines) <= config_lines + 8, f"{len(lines)} lines for a {config_lines}-line config:\n{output}"

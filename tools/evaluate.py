@@ -1,0 +1,67 @@
+"""Evaluate a TAE (and a DiT) on clips with known captions (logic: megatron_moviegen.evaluation).
+
+    python tools/evaluate.py --manifest heldout.jsonl --config quickstart --tae runs/tae/checkpoint
+    python tools/evaluate.py --manifest train.jsonl --config quickstart --tae runs/tae/checkpoint \\
+        --checkpoint outputs/export --text-encoders tiny --steps 50 --out outputs/eval
+
+Clips are decoded and bucketed with the recipe's `data.buckets` (what pre-encoding did). Prints the table and
+writes <out>/eval.json and <out>/side_by_side.png (rows: original, TAE reconstruction, generated).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch.distributed as dist
+
+from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
+from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True, help="clips with captions (.jsonl, .csv or a folder)")
+    parser.add_argument("--config", required=True, help="training recipe whose data.buckets shape the clips")
+    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'tiny'")
+    parser.add_argument("--checkpoint", help="DiT export folder; without it only the TAE is evaluated")
+    parser.add_argument("--text-encoders", choices=("paper", TINY), default="paper")
+    parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames-in-png", type=int, default=4)
+    parser.add_argument("--out", default="outputs/eval")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. 'data.buckets.aspect_ratios=[\"1:1\"]'")
+    args = parser.parse_args(argv)
+
+    from megatron_moviegen.recipes import load_config
+
+    recipe = load_config(args.config, args.overrides)
+    clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
+    tae = load_tae(args.tae)
+    pipeline, started_distributed = None, not dist.is_initialized()
+    if args.checkpoint:
+        from megatron_moviegen.checkpoints.export import load_exported_dit
+        from megatron_moviegen.inference.pipeline import MovieGenPipeline
+        from megatron_moviegen.runtime import Runtime
+
+        cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
+        pipeline = MovieGenPipeline(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model))
+    try:
+        report, videos = evaluate(clips, tae, pipeline, args.steps, args.guidance_scale, args.seed)
+    finally:
+        if pipeline is not None:
+            from megatron_moviegen.parallel.initialize import destroy
+
+            destroy()
+            if started_distributed:
+                dist.destroy_process_group()
+    report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
+    json_path, png = write_report(report, videos, args.out, args.frames_in_png)
+    print(format_table(report))
+    print(f"wrote {json_path} and {png}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
