@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         result = pretrain(cfg, runtime)
         finalize_async_saves()  # an asynchronous save is published (`latest`) before the process exits
         if speaks:
-            print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
-                  + (" (preempted)" if result.preempted else ""), flush=True)
+            if result.checkpoint is None and result.step >= cfg.train.steps:
+                print(f"nothing to train: the checkpoint already reached train.steps={cfg.train.steps} "
+                      f"(raise train.steps to continue, or set train.checkpoint_dir elsewhere, or train.resume=false, to start over)", flush=True)
+            else:
+                print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
+                      + (" (preempted)" if result.preempted else ""), flush=True)
     finally:
         from megatron_moviegen.parallel.initialize import destroy
 

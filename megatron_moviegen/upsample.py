@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
 from megatron_moviegen.data.config import UpsampleConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_range
-from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
+from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig, evaluate_upsampling
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", help="the low-res .mp4 (with --evaluate: the high-res truth)")
     parser.add_argument("--checkpoint", required=True, help="upsampler export folder")
-    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'tiny'")
+    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'toy-tae'")
     parser.add_argument("--height", type=int, required=True, help="output height (multiple of 16)")
     parser.add_argument("--width", type=int, required=True, help="output width (multiple of 16)")
     parser.add_argument("--frames", type=int, default=None, help="frames to take (default: all at --fps)")
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="take the video (at --height x --width) as the truth, downscale by FACTOR, upsample, "
                              "print PSNRs against the truth")
     parser.add_argument("--prompt", default=None, help="text for the upsampler (default: none, all text masked)")
-    parser.add_argument("--text-encoders", choices=("paper", TINY), default=TINY)
+    parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default=TOY_TEXT_ENCODERS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/upsampled.mp4")
     add_sampling_arguments(parser)

@@ -15,16 +15,16 @@ import argparse
 import torch.distributed as dist
 
 from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
-from megatron_moviegen.inference.components import TINY, load_tae, load_text_encoders
+from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help="clips with captions (.jsonl, .csv or a folder)")
     parser.add_argument("--config", required=True, help="training recipe whose data.buckets shape the clips")
-    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'tiny'")
+    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'toy-tae'")
     parser.add_argument("--checkpoint", help="DiT export folder; without it only the TAE is evaluated")
-    parser.add_argument("--text-encoders", choices=("paper", TINY), default="paper")
+    parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=7.5)

@@ -82,9 +82,9 @@ def encoder_choice_error(tae: str | None, text_encoders: str | None, required: b
 def build_video_encoder(source: str, device: torch.device):
     if source == "toy-conv":
         return TinyVideoEncoder(device=device)
-    from megatron_moviegen.inference.components import TINY, load_tae
+    from megatron_moviegen.inference.components import load_tae
 
-    return TAEVideoEncoder(load_tae(TINY if source == "toy-tae" else source, device))
+    return TAEVideoEncoder(load_tae(source, device))
 
 
 def build_text_encoder(args, device: torch.device):

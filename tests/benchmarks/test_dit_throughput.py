@@ -19,8 +19,8 @@ POSITIVE = ["ms/block", "TFLOP/s", "MFU %", "gemm TFLOP/s", "attn TFLOP/s", "pea
 
 
 def tiny_block_flops(s: int) -> tuple[int, int]:
-    """Forward + backward FLOPs of one tiny block (d=64, f=128, 8+8+4 text tokens), written out by hand."""
-    d, f, n = 64, 128, 20
+    """Forward + backward FLOPs of one tiny block (d=64, f=128, 80+80+16 text tokens), written out by hand."""
+    d, f, n = 64, 128, 176
     matmul = 3 * (8 * s * d * d + 4 * s * d * d + 4 * n * d * d + 6 * s * d * f)
     attention = 3 * (4 * s * s * d + 4 * s * n * d)
     return matmul, attention
@@ -80,7 +80,7 @@ def test_smoke_table_has_every_column_and_positive_numbers(smoke):
 def test_smoke_json_flops_and_rates_are_consistent(smoke):
     _, result = smoke
     env = result["environment"]
-    assert (env["hidden"], env["heads"], env["text_tokens"], env["layers"]) == (64, 4, 20, 2)
+    assert (env["hidden"], env["heads"], env["text_tokens"], env["layers"]) == (64, 4, 176, 2)
     assert env["memory"] == "cpu RSS sampled every 1 ms" and env["timer"] == "time.perf_counter"
     for row in result["rows"]:
         matmul, attention = tiny_block_flops(row["tokens"])
