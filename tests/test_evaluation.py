@@ -23,8 +23,8 @@ def _evaluate_job(rank, world_size, root):
     from megatron_moviegen.parallel.initialize import destroy
 
     destroy()
-    return main(["--manifest", str(root / "manifest.jsonl"), "--config", "tiny", "--tae", "tiny",
-                 "--checkpoint", str(root / "export"), "--text-encoders", "tiny", "--steps", "2",
+    return main(["--manifest", str(root / "manifest.jsonl"), "--config", "tiny", "--tae", "toy-tae",
+                 "--checkpoint", str(root / "export"), "--text-encoders", "toy", "--steps", "2",
                  "--out", str(root / "eval"), 'data.buckets.aspect_ratios=["1:1"]',
                  "data.buckets.include_images=false", "data.image_fraction=0.0"])
 

@@ -136,11 +136,11 @@ def test_duration_and_aspect_ratio_bucket_set_frames_and_size():
 
 
 def test_fps_defaults_to_a_trained_rate_and_warns_on_an_unseen_one():
-    args = parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p", "--duration", "2"])
+    args = parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--duration", "2"])
     assert sampling_config(args, 16, trained_fps=(25, 30)).fps == 25  # 16 never trained: the lowest trained
     assert sampling_config(args, 16, trained_fps=(16, 24)).fps == 16
     assert sampling_config(args, 16).fps == 16  # an export that records nothing
     assert sampling_config(args, 16, trained_fps=(25,)).num_frames == 50
-    unseen = parse_args(["--checkpoint", "x", "--tae", "tiny", "--prompt", "p", "--fps", "16"])
+    unseen = parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--fps", "16"])
     with pytest.warns(UserWarning, match=r"--fps 16: the model was trained on FPS-n prompts with n in \[25\] only"):
         assert sampling_config(unseen, 16, trained_fps=(25,)).fps == 16

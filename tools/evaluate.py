@@ -2,7 +2,7 @@
 
     python tools/evaluate.py --manifest heldout.jsonl --config quickstart --tae runs/tae/checkpoint
     python tools/evaluate.py --manifest train.jsonl --config quickstart --tae runs/tae/checkpoint \\
-        --checkpoint outputs/export --text-encoders tiny --steps 50 --out outputs/eval
+        --checkpoint outputs/export --text-encoders toy --steps 50 --out outputs/eval
 
 Clips are decoded and bucketed with the recipe's `data.buckets` (what pre-encoding did). Prints the table and
 writes <out>/eval.json and <out>/side_by_side.png (rows: original, TAE reconstruction, generated).

@@ -24,7 +24,7 @@ for k in range(14):  # 14-frame clips (0.583 s at 24 fps) starting every 0.25 s 
     print(json.dumps({"path": sys.argv[1], "caption": "a man talking on a car phone", "start_s": 0.25 * k}))
 PY
 python tools/preencode_latents.py --manifest "$OUT/manifest.jsonl" --out "$OUT/shards" --tae "$OUT/tae/checkpoint" \
-  --config upsampler_tiny --text-encoders tiny --num-workers 0
+  --config upsampler_tiny --text-encoders toy --num-workers 0
 python -m megatron_moviegen.train --config upsampler_tiny train.steps="$STEPS" data.shards="$OUT/shards" \
   train.checkpoint_dir="$OUT/checkpoints"
 python tools/export_checkpoint.py --checkpoint "$OUT/checkpoints" --out "$OUT/export"
