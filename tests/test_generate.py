@@ -88,8 +88,9 @@ def test_same_seed_gives_every_prompt_the_seed_given(runs):
     assert seeds == [4, 4]
     first, _, _ = _decode(root / "same_seed" / names[0])
     assert np.array_equal(first, _decode(root / "c" / names[0])[0])  # prompt 0 at seed 4 either way
+    assert names[1] == "0001-the-sea-at-night-seed4.mp4"  # "c" holds 0001-the-sea-at-night-seed5.mp4
     second, _, _ = _decode(root / "same_seed" / names[1])
-    assert not np.array_equal(second, _decode(root / "c" / names[1])[0])  # seed 4 here, 5 there
+    assert not np.array_equal(second, _decode(root / "c" / "0001-the-sea-at-night-seed5.mp4")[0])
 
 
 def test_one_frame_is_written_as_png(runs):
@@ -180,13 +181,13 @@ def test_missing_checkpoint_folder_is_named(tmp_path):
 
 def test_a_prompt_longer_than_an_encoder_takes_is_warned_naming_encoder_and_length(caplog):
     encoders = TinyTextEncoders.for_model(load_config("tiny").model)
-    prompts = ["a cat", "y" * 5000]
+    prompts = ["a cat", 'a sign that says "' + "y" * 5000 + '"']  # ByT5 reads the quoted text only
     with caplog.at_level(logging.WARNING, logger="megatron_moviegen.generate"):
         warn_truncated(prompts, encoders.encode(prompts))
     lengths = {name: length for name, (_, length) in encoders.shapes.items()}
     assert len(caplog.records) == len(lengths)
     for name, length in lengths.items():
-        assert any(f"prompt 1 (5000 characters) fills all {length} positions of text encoder {name}; text beyond "
+        assert any(f"prompt 1 ({len(prompts[1])} characters) fills all {length} positions of text encoder {name}; text beyond "
                    f"its max length {length} is cut" in r.getMessage() for r in caplog.records)
 
 
