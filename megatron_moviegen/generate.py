@@ -12,13 +12,19 @@
     #     parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=2
 
 Trailing `section.field=value` arguments override the export's config (its parallel section starts at one
-process). bf16 weights on GPU, float32 on CPU. Rank 0 writes <output-dir>/<index>-<prompt words>.mp4 (.png for
---frames 1) and a .json sidecar beside each.
+process). bf16 weights on GPU, float32 on CPU. Rank 0 writes <output-dir>/<index>-<prompt words>-seed<seed>.mp4
+(.png for --frames 1) and a .json sidecar beside each: another seed never overwrites an earlier file.
+
+Bad arguments (an empty prompt, --guidance-scale nan, --frames 0, a size the TAE and patch cannot divide,
+--steps 0, an unwritable --output-dir, a missing or mismatched checkpoint) are refused before the DiT is
+loaded where they can be: one `generate: error: ...` line on stderr, exit status 2, nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,12 +34,14 @@ import torch.distributed as dist
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
-from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit
-from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
+from megatron_moviegen.checkpoints.distributed import CheckpointError
+from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
+from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig, check_prompts, latent_shape
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.upsample import add_sampling_arguments, upsample_files
+from megatron_moviegen.utils.io import check_writable_folder
 
 
 DEFAULTS = SamplingConfig()
@@ -117,22 +125,29 @@ def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: t
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def generate(argv: list[str] | None = None) -> list[Path]:
+    """Run the command line `argv`; returns the media paths. Everything that can be checked without the DiT's
+    weights (prompts, settings, sizes, the export's config, the TAE, the output folder) is checked first."""
     args = parse_args(argv)
     prompts = read_prompts(args)
-    check_export_folder(args.checkpoint)
+    check_prompts(prompts)
+    cfg = read_exported_config(args.checkpoint, args.overrides)
+    tae = load_tae(args.tae)
+    settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1], cfg.model.trained_fps)
+    settings.validate()
+    if args.upsample:
+        check_export_folder(args.upsample)
+    latent_shape(tae, cfg.model, 1, settings.num_frames, settings.height, settings.width)
+    check_writable_folder(args.output_dir, "--output-dir")
     started_distributed = not dist.is_initialized()
     runtime = Runtime.resolve(distributed_optimizer=False)
     try:
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         dit = chunks[0]
         rank = dist.get_rank()
-        device = runtime.device
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
-        tae = load_tae(args.tae, device)
-        pipeline = MovieGenPipeline(dit, tae, text_encoders, sources={
+        pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources={
             "checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders})
-        settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1], cfg.model.trained_fps)
         started = time.perf_counter()
         paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
         if args.upsample:
@@ -154,5 +169,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
             dist.destroy_process_group()
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`generate` as a command: 0, or 2 after one `generate: error: ...` line (rank 0 prints it)."""
+    try:
+        generate(argv)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"generate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,9 @@
 (untrained) TAE; the files must decode to what was asked for, and a seed must fix the result."""
 
 import json
+import logging
 import runpy
+import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -12,19 +14,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megatron_moviegen.generate import main, parse_args, sampling_config
+import megatron_moviegen.generate as generate_module
+from megatron_moviegen.generate import generate, main, parse_args, sampling_config
+from megatron_moviegen.inference.pipeline import warn_truncated
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders
+from megatron_moviegen.recipes import load_config
 from tests.harness import run_distributed
 from tests.inference.jobs import PROMPT, SAMPLING, cli_job
 
 ROOT = Path(__file__).resolve().parent.parent
-STEM = "0000-a-red-ball-bouncing-on-a-sign-that-says-hi"
+WORDS = "0000-a-red-ball-bouncing-on-a-sign-that-says-hi"
+STEM = f"{WORDS}-seed3"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
     result = run_distributed(cli_job, world_size=1, args=(str(root),))[0]
-    return root, result["errors"]
+    return root, result
 
 
 def _decode(path: Path) -> tuple[np.ndarray, Fraction, str]:
@@ -58,7 +65,7 @@ def test_same_seed_gives_identical_frames_and_another_seed_does_not(runs):
     root, _ = runs
     first, _, _ = _decode(root / "a" / f"{STEM}.mp4")
     again, _, _ = _decode(root / "b" / f"{STEM}.mp4")
-    other, _, _ = _decode(root / "c" / f"{STEM}.mp4")  # seed 4
+    other, _, _ = _decode(root / "c" / f"{WORDS}-seed4.mp4")
     assert np.array_equal(first, again)
     assert np.abs(first.astype(int) - other.astype(int)).mean() > 1.0
 
@@ -66,7 +73,7 @@ def test_same_seed_gives_identical_frames_and_another_seed_does_not(runs):
 def test_prompts_file_gives_one_video_per_prompt_with_consecutive_seeds(runs):
     root, _ = runs
     names = sorted(p.name for p in (root / "c").glob("*.mp4"))
-    assert names == [f"{STEM}.mp4", "0001-the-sea-at-night.mp4"]
+    assert names == [f"{WORDS}-seed4.mp4", "0001-the-sea-at-night-seed5.mp4"]
     seeds = [json.loads((root / "c" / n).with_suffix(".json").read_text())["seed"] for n in names]
     assert seeds == [4, 5]
     first, _, _ = _decode(root / "c" / names[0])
@@ -81,35 +88,107 @@ def test_same_seed_gives_every_prompt_the_seed_given(runs):
     assert seeds == [4, 4]
     first, _, _ = _decode(root / "same_seed" / names[0])
     assert np.array_equal(first, _decode(root / "c" / names[0])[0])  # prompt 0 at seed 4 either way
+    assert names[1] == "0001-the-sea-at-night-seed4.mp4"  # "c" holds 0001-the-sea-at-night-seed5.mp4
     second, _, _ = _decode(root / "same_seed" / names[1])
-    assert not np.array_equal(second, _decode(root / "c" / names[1])[0])  # seed 4 here, 5 there
+    assert not np.array_equal(second, _decode(root / "c" / "0001-the-sea-at-night-seed5.mp4")[0])
 
 
 def test_one_frame_is_written_as_png(runs):
     root, _ = runs
-    image = np.asarray(Image.open(root / "image" / f"{STEM}.png"))
+    image = np.asarray(Image.open(root / "image" / f"{WORDS}-seed0.png"))
     assert image.shape == (64, 64, 3) and image.std() > 5.0
-    sidecar = json.loads((root / "image" / f"{STEM}.json").read_text())
+    sidecar = json.loads((root / "image" / f"{WORDS}-seed0.json").read_text())
     assert sidecar["frames"] == 1 and sidecar["latent_shape"] == [16, 1, 8, 8]
     assert not list((root / "image").glob("*.mp4"))
 
 
 def test_sizes_the_position_tables_cannot_hold_are_refused(runs):
-    _, errors = runs
+    errors = runs[1]["errors"]
     assert "72 frames at 64x64 px give a token grid (t, h, w) = (9, 4, 4)" in errors["too_long"]
     assert "up to 64 frames and 256x256 px" in errors["too_long"]
     assert "(2, 32, 4)" in errors["too_large"] and "at most (8, 16, 16)" in errors["too_large"]
     assert "got 72 x 64, both must be multiples of 16" in errors["bad_size"]
 
 
+def test_another_seed_writes_beside_the_earlier_video_not_over_it(runs):
+    root, _ = runs
+    names = sorted(p.name for p in (root / "b").iterdir())
+    assert names == [f"{STEM}.json", f"{STEM}.mp4", f"{WORDS}-seed7.json", f"{WORDS}-seed7.mp4"]
+    assert json.loads((root / "b" / f"{WORDS}-seed7.json").read_text())["seed"] == 7
+    seed3, _, _ = _decode(root / "b" / f"{STEM}.mp4")
+    assert np.array_equal(seed3, _decode(root / "a" / f"{STEM}.mp4")[0])  # not overwritten by seed 7
+
+
+def test_a_model_shape_the_export_does_not_hold_exits_2_with_one_line(runs):
+    root, result = runs
+    status, stderr = result["mismatch"]
+    assert status == 2
+    assert stderr.count("\n") == 1 and stderr.startswith("generate: error: ")
+    assert "layers.2." in stderr and "Traceback" not in stderr
+    assert not (root / "mismatch").exists() or not any((root / "mismatch").iterdir())
+
+
+BAD_INPUTS = {  # case: (arguments replacing the good ones, words of the one line)
+    "empty prompt": (["--prompt", ""], "prompt 0: got '', need some text"),
+    "blank prompt": (["--prompt", "   "], "prompt 0: got '   ', need some text"),
+    "guidance nan": (["--guidance-scale", "nan"], "guidance_scale: got nan, must be a finite number >= 0"),
+    "guidance inf": (["--guidance-scale", "inf"], "guidance_scale: got inf, must be a finite number >= 0"),
+    "zero frames": (["--frames", "0"], "num_frames: got 0, must be >= 1"),
+    "height 60": (["--height", "60"], "height x width: got 60 x 64, both must be multiples of 16"),
+    "zero steps": (["--steps", "0"], "steps: got 0, must be >= 1"),
+    "output under a file": (["--output-dir", "{tmp}/file/sub"], "--output-dir '{tmp}/file/sub' is not writable"),
+    "missing checkpoint": (["--checkpoint", "{tmp}/absent"], "checkpoint folder '{tmp}/absent' does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_before_loading_the_model(case, runs, tmp_path, monkeypatch, capsys):
+    root, _ = runs
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(generate_module, "load_exported_dit",
+                        lambda *a, **k: pytest.fail("the DiT was loaded before the arguments were checked"))
+    args = {"--checkpoint": str(root / "export"), "--tae": "toy-tae", "--text-encoders": "toy", "--prompt": "a cat",
+            "--frames": "16", "--height": "64", "--width": "64", "--steps": "2",
+            "--output-dir": str(tmp_path / "out")}
+    changed, words = BAD_INPUTS[case]
+    args[changed[0]] = changed[1].format(tmp=tmp_path)
+    assert main([item for pair in args.items() for item in pair]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("generate: error: "), err
+    assert words.format(tmp=tmp_path) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tools_generate_exits_with_the_status_of_main(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "generate.py"), "--checkpoint", str(tmp_path),
+                             "--tae", "toy-tae", "--prompt", "x"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"generate: error: checkpoint folder {str(tmp_path)!r} has no config.yaml and no "
+        "model.safetensors.index.json; an export folder holds config.yaml and model.safetensors.index.json with "
+        "its shards, or a single model.safetensors (written by export_dit)"]
+
+
 def test_missing_checkpoint_folder_is_named(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="checkpoint folder .*nowhere.* does not exist"):
-        main(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
+        generate(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
     missing.mkdir()
     (missing / "config.yaml").write_text("name: x\n")
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
-        main(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
+        generate(["--checkpoint", str(missing), "--tae", "toy-tae", "--text-encoders", "toy", "--prompt", "x"])
+
+
+def test_a_prompt_longer_than_an_encoder_takes_is_warned_naming_encoder_and_length(caplog):
+    encoders = TinyTextEncoders.for_model(load_config("tiny").model)
+    prompts = ["a cat", 'a sign that says "' + "y" * 5000 + '"']  # ByT5 reads the quoted text only
+    with caplog.at_level(logging.WARNING, logger="megatron_moviegen.generate"):
+        warn_truncated(prompts, encoders.encode(prompts))
+    lengths = {name: length for name, (_, length) in encoders.shapes.items()}
+    assert len(caplog.records) == len(lengths)
+    for name, length in lengths.items():
+        assert any(f"prompt 1 ({len(prompts[1])} characters) fills all {length} positions of text encoder {name}; text beyond "
+                   f"its max length {length} is cut" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("run", [lambda: runpy.run_module("megatron_moviegen.generate", run_name="__main__"),

@@ -40,6 +40,7 @@ from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, t
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt
+from megatron_moviegen.utils.io import check_writable_folder
 from megatron_moviegen.data.shards import (
     EncodedSample,
     INDEX_DIR,
@@ -427,13 +428,10 @@ class Preencoder:
 
 def check_output_folder(out_dir: Path) -> None:
     """Create `out_dir` and write a probe file in it, or say in one line why that is impossible."""
-    probe = out_dir / f".write-test-{os.getpid()}"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder {str(out_dir)!r} is not writable: {exc.strerror or exc}") from None
+        check_writable_folder(out_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def encoder_record(encoder: object) -> dict:

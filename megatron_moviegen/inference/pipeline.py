@@ -12,6 +12,8 @@ others), decodes with the TAE and writes the files.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +27,13 @@ from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
 from megatron_moviegen.models.dit import MovieGenDiT
+from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.embeddings import unpatchify_tokens
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.utils.video_io import write_image, write_json, write_video
+
+log = logging.getLogger("megatron_moviegen.generate")
 
 @dataclass
 class SamplingConfig:
@@ -49,8 +54,52 @@ class SamplingConfig:
         for name in ("num_frames", "height", "width", "fps", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"guidance_scale: got {self.guidance_scale}, must be >= 0")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ConfigError(f"guidance_scale: got {self.guidance_scale}, must be a finite number >= 0")
+
+
+def check_prompts(prompts: list[str]) -> None:
+    """Refuse an empty or blank prompt: it would make a video from no text at all."""
+    for index, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ConfigError(f"prompt {index}: got {prompt!r}, need some text (for a video without text, use a "
+                              "short generic prompt)")
+
+
+def latent_shape(tae: TAE, model: DiTConfig, batch: int, num_frames: int, height: int, width: int
+                 ) -> tuple[int, int, int, int, int]:
+    """(b, 16, ceil(frames / k), height / k, width / k), after checking the DiT's position tables hold it."""
+    k = tae.cfg.compression
+    pt, ph, pw = model.patch_size
+    if height % (k * ph) or width % (k * pw):
+        raise ValueError(f"height x width: got {height} x {width}, both must be multiples of "
+                         f"{k * ph} (TAE compression {k} x patch {ph})")
+    latent_t = tae.latent_frames(num_frames)
+    if latent_t % pt:
+        raise ValueError(f"num_frames: got {num_frames} -> {latent_t} latent frames, not a multiple of patch {pt}")
+    grid = (latent_t // pt, height // (k * ph), width // (k * pw))
+    limits = (model.max_frames, model.max_height, model.max_width)
+    if any(size > limit for size, limit in zip(grid, limits)):
+        raise ValueError(
+            f"{num_frames} frames at {height}x{width} px give a token grid (t, h, w) = {grid}, but the "
+            f"checkpoint's position tables hold at most {limits}: up to {model.max_frames * pt * k} frames "
+            f"and {model.max_height * ph * k}x{model.max_width * pw * k} px"
+        )
+    return batch, model.latent_channels, latent_t, height // k, width // k
+
+
+def output_name(index: int, prompt: str, seed: int, num_frames: int) -> str:
+    """<index>-<prompt words>-seed<seed>.mp4 (.png for one frame): another seed never overwrites a file."""
+    return f"{index:04d}-{slug(prompt)}-seed{seed}{'.png' if num_frames == 1 else '.mp4'}"
+
+
+def warn_truncated(prompts: list[str], tokens: dict) -> None:
+    """Warn when a prompt fills every position of an encoder: the text past its max_length was cut."""
+    for name, (_, mask) in tokens.items():
+        max_length = mask.shape[1]
+        for index in mask.all(dim=1).nonzero().flatten().tolist():
+            log.warning("prompt %d (%d characters) fills all %d positions of text encoder %s; text beyond its max "
+                        "length %d is cut", index, len(prompts[index]), max_length, name, max_length)
 
 
 def slug(prompt: str, max_length: int = 48) -> str:
@@ -88,31 +137,16 @@ class MovieGenPipeline:
 
     # ---- shapes ------------------------------------------------------------------------------------------
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-        """(b, 16, ceil(frames / k), height / k, width / k), after checking the DiT's position tables hold it."""
-        k, model = self.tae.cfg.compression, self.dit.dit_config
-        pt, ph, pw = model.patch_size
-        if height % (k * ph) or width % (k * pw):
-            raise ValueError(f"height x width: got {height} x {width}, both must be multiples of "
-                             f"{k * ph} (TAE compression {k} x patch {ph})")
-        latent_t = self.tae.latent_frames(num_frames)
-        if latent_t % pt:
-            raise ValueError(f"num_frames: got {num_frames} -> {latent_t} latent frames, not a multiple of patch {pt}")
-        grid = (latent_t // pt, height // (k * ph), width // (k * pw))
-        limits = (model.max_frames, model.max_height, model.max_width)
-        if any(size > limit for size, limit in zip(grid, limits)):
-            raise ValueError(
-                f"{num_frames} frames at {height}x{width} px give a token grid (t, h, w) = {grid}, but the "
-                f"checkpoint's position tables hold at most {limits}: up to {model.max_frames * pt * k} frames "
-                f"and {model.max_height * ph * k}x{model.max_width * pw * k} px"
-            )
-        return batch, model.latent_channels, latent_t, height // k, width // k
+        return latent_shape(self.tae, self.dit.dit_config, batch, num_frames, height, width)
 
     # ---- text --------------------------------------------------------------------------------------------
     def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str]
                          ) -> tuple[Conditioning, Conditioning]:
         if self.text_encoders is None:
             raise ValueError("text_encoders: rank 0 needs text encoders to encode the prompts")
-        cond = Conditioning(tokens=self.text_encoders.encode(prompts))
+        tokens = self.text_encoders.encode(prompts)
+        warn_truncated(prompts, tokens)
+        cond = Conditioning(tokens=tokens)
         if negative_prompt is None:
             uncond = cond.without_tokens()  # as when text is dropped in training
         else:
@@ -147,6 +181,7 @@ class MovieGenPipeline:
     def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> torch.Tensor:
         """Raw prompts -> clean latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
         cfg.validate()
+        check_prompts(prompts)
         shape = self.latent_shape(len(prompts), cfg.num_frames, cfg.height, cfg.width)
         cond, uncond = self.encode_text([self.text_prompt(p, cfg) for p in prompts], cfg.negative_prompt)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -167,16 +202,15 @@ class MovieGenPipeline:
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
                  progress: bool = True, same_seed: bool = False) -> list[Path]:
-        """One file + sidecar per prompt; prompt i uses seed cfg.seed + i, or cfg.seed for all with `same_seed`
-        (the same starting noise, so prompts can be compared). Every rank must call it; returns the media paths
-        written (rank 0) or that rank 0 writes (other ranks)."""
+        """One file + sidecar per prompt, named by `output_name`; prompt i uses seed cfg.seed + i, or cfg.seed for
+        all with `same_seed` (the same starting noise, so prompts can be compared). Every rank must call it;
+        returns the media paths written (rank 0) or that rank 0 writes (other ranks)."""
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
             settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress)
-            suffix = ".png" if settings.num_frames == 1 else ".mp4"
-            path = output_dir / f"{index:04d}-{slug(prompt)}{suffix}"
+            path = output_dir / output_name(index, prompt, settings.seed, settings.num_frames)
             if self.rank == 0:
                 self._write(path, self.decode(latents, settings.num_frames)[0], prompt, settings, tuple(latents.shape))
             paths.append(path)

@@ -43,3 +43,16 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_writable_folder(folder: PathLike, what: str = "output folder") -> None:
+    """Create `folder` and write a probe file in it, or raise ValueError saying in one line why that is
+    impossible."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what} {str(folder)!r} is not writable: {exc.strerror or exc}") from None

@@ -3,13 +3,15 @@ runs, and sampling under several TP/CP layouts. Each returns plain data; files g
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import torch
 
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
-from megatron_moviegen.generate import main
+from megatron_moviegen.generate import generate, main
 from megatron_moviegen.checkpoints.export import export_dit, load_exported_dit
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
@@ -65,25 +67,30 @@ def layouts_job(rank: int, world_size: int, root: str) -> dict:
 
 
 def cli_job(rank: int, world_size: int, root: str) -> dict:
-    """`generate.main` runs on a tiny random export; returns the messages of the errors it must raise."""
+    """`generate` runs on a tiny random export; returns the messages of the errors it must raise, and the exit
+    status and stderr of `main` given a model shape the export does not hold."""
     root = Path(root)
     make_tiny_export(root / "export")
     common = ["--checkpoint", str(root / "export"), "--tae", "toy-tae", "--text-encoders", "toy",
               "--height", str(SAMPLING["height"]), "--width", str(SAMPLING["width"]), "--fps", str(SAMPLING["fps"]),
               "--steps", str(SAMPLING["steps"])]
     video = common + ["--frames", str(SAMPLING["num_frames"])]
-    main(video + ["--prompt", PROMPT, "--seed", "3", "--output-dir", str(root / "a")])
-    main(video + ["--prompt", PROMPT, "--seed", "3", "--output-dir", str(root / "b")])
+    generate(video + ["--prompt", PROMPT, "--seed", "3", "--output-dir", str(root / "a")])
+    generate(video + ["--prompt", PROMPT, "--seed", "3", "--output-dir", str(root / "b")])
+    generate(video + ["--prompt", PROMPT, "--seed", "7", "--output-dir", str(root / "b")])  # beside seed 3's
     (root / "prompts.txt").write_text(f"{PROMPT}\n\nthe sea at night\n")
-    main(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--output-dir", str(root / "c")])
-    main(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--same-seed",
-                  "--output-dir", str(root / "same_seed")])
-    main(common + ["--frames", "1", "--prompt", PROMPT, "--output-dir", str(root / "image")])
+    generate(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--output-dir", str(root / "c")])
+    generate(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--same-seed",
+                      "--output-dir", str(root / "same_seed")])
+    generate(common + ["--frames", "1", "--prompt", PROMPT, "--output-dir", str(root / "image")])
     errors = {}
     for name, args in (("too_long", ["--frames", "72"]), ("too_large", ["--frames", "16", "--height", "512"]),
                        ("bad_size", ["--frames", "16", "--height", "72"])):
         try:
-            main(common + args + ["--prompt", PROMPT, "--output-dir", str(root / name)])
+            generate(common + args + ["--prompt", PROMPT, "--output-dir", str(root / name)])
         except ValueError as exc:
             errors[name] = str(exc)
-    return {"errors": errors}
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main(video + ["--prompt", PROMPT, "--output-dir", str(root / "mismatch"), "model.num_layers=2"])
+    return {"errors": errors, "mismatch": (status, stderr.getvalue())}
