@@ -26,7 +26,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch.distributed as dist
@@ -36,7 +35,8 @@ from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
-from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig, check_prompts, latent_shape
+from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConfig, check_prompts, latent_shape,
+                                                  resolve_fps)
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
@@ -102,16 +102,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if not prompts:
         raise ValueError(f"--prompts-file {args.prompts_file!r} has no non-empty line")
     return prompts
-
-
-def resolve_fps(requested: int | None, trained_fps: tuple[int, ...]) -> int:
-    """The fps to sample at: `requested`, or a trained one (see --fps); warns when the model never saw it."""
-    if requested is None:
-        return DEFAULTS.fps if not trained_fps or DEFAULTS.fps in trained_fps else min(trained_fps)
-    if trained_fps and requested not in trained_fps:
-        warnings.warn(f"--fps {requested}: the model was trained on FPS-n prompts with n in {list(trained_fps)} "
-                      f"only; FPS-{requested} is a prompt it has never seen", stacklevel=2)
-    return requested
 
 
 def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:

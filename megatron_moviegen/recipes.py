@@ -51,12 +51,14 @@ def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
     """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides.
 
-    A recipe is a training run, so its model must hold every bucket it trains (checked here, not in
-    MovieGenConfig.validate: an export folder's config is only a model, whatever data it was trained on)."""
+    A recipe is a training run, so its model must hold every bucket it trains and its sample videos (checked here,
+    not in MovieGenConfig.validate: an export folder's config is only a model, whatever data it was trained on)."""
     data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
     apply_overrides(data, list(overrides or []))
     cfg = build(MovieGenConfig, data)
     check_buckets_fit_model(cfg.data.buckets, cfg.model)
+    if cfg.train.samples is not None:
+        cfg.train.samples.check_fits(cfg.model, cfg.parallel)
     return cfg
 
 

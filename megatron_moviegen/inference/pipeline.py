@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,7 @@ from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
 from megatron_moviegen.models.dit import MovieGenDiT
-from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.models.dit_config import DiTConfig, sample_latent_grid
 from megatron_moviegen.models.embeddings import unpatchify_tokens
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.text.prompts import conditioning_prompt
@@ -69,23 +70,7 @@ def check_prompts(prompts: list[str]) -> None:
 def latent_shape(tae: TAE, model: DiTConfig, batch: int, num_frames: int, height: int, width: int
                  ) -> tuple[int, int, int, int, int]:
     """(b, 16, ceil(frames / k), height / k, width / k), after checking the DiT's position tables hold it."""
-    k = tae.cfg.compression
-    pt, ph, pw = model.patch_size
-    if height % (k * ph) or width % (k * pw):
-        raise ValueError(f"height x width: got {height} x {width}, both must be multiples of "
-                         f"{k * ph} (TAE compression {k} x patch {ph})")
-    latent_t = tae.latent_frames(num_frames)
-    if latent_t % pt:
-        raise ValueError(f"num_frames: got {num_frames} -> {latent_t} latent frames, not a multiple of patch {pt}")
-    grid = (latent_t // pt, height // (k * ph), width // (k * pw))
-    limits = (model.max_frames, model.max_height, model.max_width)
-    if any(size > limit for size, limit in zip(grid, limits)):
-        raise ValueError(
-            f"{num_frames} frames at {height}x{width} px give a token grid (t, h, w) = {grid}, but the "
-            f"checkpoint's position tables hold at most {limits}: up to {model.max_frames * pt * k} frames "
-            f"and {model.max_height * ph * k}x{model.max_width * pw * k} px"
-        )
-    return batch, model.latent_channels, latent_t, height // k, width // k
+    return (batch, model.latent_channels, *sample_latent_grid(model, tae.cfg.compression, num_frames, height, width))
 
 
 def output_name(index: int, prompt: str, seed: int, num_frames: int) -> str:
@@ -102,6 +87,18 @@ def warn_truncated(prompts: list[str], tokens: dict) -> None:
                         "length %d is cut", index, len(prompts[index]), max_length, name, max_length)
 
 
+def resolve_fps(requested: Optional[int], trained_fps: tuple[int, ...], option: str = "--fps") -> int:
+    """The fps to sample at: `requested`, or else 16 if the model was trained on it (or records no rates), else its
+    lowest trained rate; warns, naming `option`, when the model never saw `requested`."""
+    default = SamplingConfig.fps
+    if requested is None:
+        return default if not trained_fps or default in trained_fps else min(trained_fps)
+    if trained_fps and requested not in trained_fps:
+        warnings.warn(f"{option} {requested}: the model was trained on FPS-n prompts with n in {list(trained_fps)} "
+                      f"only; FPS-{requested} is a prompt it has never seen", stacklevel=2)
+    return requested
+
+
 def slug(prompt: str, max_length: int = 48) -> str:
     """File-name-safe words of a prompt ("A cat, jumping!" -> "a-cat-jumping")."""
     words = re.findall(r"[a-z0-9]+", prompt.lower())
@@ -110,17 +107,18 @@ def slug(prompt: str, max_length: int = 48) -> str:
 
 class MovieGenPipeline:
     def __init__(self, dit: MovieGenDiT, tae: TAE, text_encoders: Optional[TextEncoder],
-                 sources: Optional[dict[str, str]] = None):
+                 sources: Optional[dict[str, str]] = None, data_parallel_replicas: bool = False):
         """dit: this rank's (only) model chunk, eval mode; tae: on the output device (used on rank 0);
         text_encoders: used on rank 0 only (None elsewhere is fine); sources: names recorded in the sidecar
-        (checkpoint, tae, text_encoders)."""
+        (checkpoint, tae, text_encoders); data_parallel_replicas: allow data-parallel replicas, each running the
+        same sampling (training's sample videos), else one replica is required."""
         if not (dit.pre_process and dit.post_process):
             raise ValueError(
                 f"sampling needs the whole model on every rank, got a pipeline stage (pipeline_model_parallel_size="
                 f"{parallel_state.get_pipeline_model_parallel_world_size()}); load the export with "
                 "parallel.pipeline_model_parallel_size=1 (any TP/CP layout works)"
             )
-        if parallel_state.get_data_parallel_world_size() != 1:
+        if parallel_state.get_data_parallel_world_size() != 1 and not data_parallel_replicas:
             raise ValueError(
                 f"world size {dist.get_world_size()} leaves data_parallel_size="
                 f"{parallel_state.get_data_parallel_world_size()}; sampling runs one model replica: set "
@@ -177,7 +175,7 @@ class MovieGenPipeline:
         """What the text encoders see: the FPS rule of pre-encoding (no prefix for a 1-frame image)."""
         return conditioning_prompt(prompt, None if cfg.num_frames == 1 else cfg.fps)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: buffers the DiT caches here (Megatron's all-gather buffer) may serve training
     def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> torch.Tensor:
         """Raw prompts -> clean latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
         cfg.validate()
@@ -190,7 +188,7 @@ class MovieGenPipeline:
         timesteps = linear_quadratic_schedule(cfg.steps)
         return euler_sample(velocity_fn, noise, timesteps, progress=progress and self.rank == 0)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         """The DiT's latents (b, 16, T, h, w) (denormalised here) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
         spatially tiled."""

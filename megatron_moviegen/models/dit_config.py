@@ -115,6 +115,28 @@ class DiTConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")
 
 
+def sample_latent_grid(model: DiTConfig, compression: int, num_frames: int, height: int, width: int
+                       ) -> tuple[int, int, int]:
+    """The latent (t, h, w) of a `num_frames` x `height` x `width` px sample through a TAE compressing `compression`x
+    in t, h and w (ceil in t), after checking the patch divides it and the DiT's position tables hold its tokens."""
+    pt, ph, pw = model.patch_size
+    if height % (compression * ph) or width % (compression * pw):
+        raise ValueError(f"height x width: got {height} x {width}, both must be multiples of "
+                         f"{compression * ph} (TAE compression {compression} x patch {ph})")
+    latent_t = -(-num_frames // compression)
+    if latent_t % pt:
+        raise ValueError(f"num_frames: got {num_frames} -> {latent_t} latent frames, not a multiple of patch {pt}")
+    grid = (latent_t // pt, height // (compression * ph), width // (compression * pw))
+    limits = (model.max_frames, model.max_height, model.max_width)
+    if any(size > limit for size, limit in zip(grid, limits)):
+        raise ValueError(
+            f"{num_frames} frames at {height}x{width} px give a token grid (t, h, w) = {grid}, but the "
+            f"checkpoint's position tables hold at most {limits}: up to {model.max_frames * pt * compression} frames "
+            f"and {model.max_height * ph * compression}x{model.max_width * pw * compression} px"
+        )
+    return latent_t, height // compression, width // compression
+
+
 def check_model_fits_layout(model: DiTConfig, parallel: ParallelConfig) -> None:
     """Cross-section rules between the model and its parallel layout."""
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size

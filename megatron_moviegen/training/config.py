@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.models.dit_config import DiTConfig, sample_latent_grid
+from megatron_moviegen.parallel.config import ParallelConfig
+from megatron_moviegen.planning.flops import TAE_COMPRESSION
 
 
 @dataclass
@@ -25,6 +28,59 @@ class LRPlateauConfig:
             raise ConfigError(f"lr_plateau.patience: got {self.patience}, must be >= 1")
         if self.threshold < 0 or self.min_lr < 0:
             raise ConfigError(f"lr_plateau.threshold/min_lr: got {self.threshold}/{self.min_lr}, must be >= 0")
+
+
+@dataclass
+class SampleVideosConfig:
+    """Videos of fixed prompts sampled with the current weights while training (training/samples.py): every `every`
+    steps, to <checkpoint_dir>/samples/iter_<step>/, and to TensorBoard / W&B when they are configured."""
+
+    prompts: list[str] = field(default_factory=list)
+    every: int = 1000  # steps
+    at_end: bool = True  # also after the last step
+    tae: Optional[str] = None  # a TAE.save_pretrained folder, or "toy-tae" (an untrained demo decoder)
+    text_encoders: Optional[Literal["paper", "toy"]] = None
+    text_overrides: list[str] = field(default_factory=list)  # TextEncodersConfig overrides, e.g. ul2.path=/models/ul2
+    num_frames: int = 32
+    height: int = 256
+    width: int = 256
+    fps: Optional[int] = None  # None: as generate, 16 if the model was trained on it, else its lowest trained rate
+    steps: int = 50  # Euler steps of the linear-quadratic schedule
+    guidance_scale: float = 7.5
+    seed: int = 0  # prompt i starts from the noise of seed + i, at every sampling
+    ema: bool = False  # sample with the EMA weights (train.ema_decay) instead of the live ones
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts: empty; give at least one prompt (or no samples section)")
+        if self.tae is None:
+            raise ConfigError("tae: required to decode the samples: a TAE folder (TAE.save_pretrained) or 'toy-tae'")
+        if self.text_encoders is None:
+            raise ConfigError("text_encoders: required to encode the prompts: 'paper' or 'toy'")
+        if self.text_overrides and self.text_encoders != "paper":
+            raise ConfigError(f"text_overrides: {self.text_overrides} apply to the 'paper' text encoders, "
+                              f"not {self.text_encoders!r}")
+        for name in ("every", "num_frames", "height", "width", "steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.fps is not None and self.fps < 1:
+            raise ConfigError(f"fps: got {self.fps}, must be >= 1 (or null for a trained rate)")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"guidance_scale: got {self.guidance_scale}, must be >= 0")
+
+    def check_fits(self, model: DiTConfig, parallel: ParallelConfig) -> None:
+        """The samples' size fits the model (at the paper TAE's 8x; the TAE itself is checked when training starts),
+        and every rank holds the whole model."""
+        if parallel.pipeline_model_parallel_size > 1:
+            raise ConfigError(
+                f"train.samples: sampling runs the whole DiT on every rank, parallel.pipeline_model_parallel_size is "
+                f"{parallel.pipeline_model_parallel_size}; turn samples off and sample from an export "
+                "(python -m megatron_moviegen.generate, any TP/CP layout)"
+            )
+        try:
+            sample_latent_grid(model, TAE_COMPRESSION[0], self.num_frames, self.height, self.width)
+        except ValueError as exc:
+            raise ConfigError(f"train.samples: {exc}") from None
 
 
 @dataclass
@@ -64,6 +120,7 @@ class TrainConfig:
     validate_every: int = 1000
     validation_batches: int = 8
     lr_plateau: Optional[LRPlateauConfig] = None  # the LR rule on that loss (training/lr_plateau.py); None = off
+    samples: Optional[SampleVideosConfig] = None  # videos of fixed prompts while training; None = off
     # Logging.
     log_every: int = 10
     tensorboard_dir: Optional[str] = None
@@ -97,5 +154,7 @@ class TrainConfig:
             raise ConfigError("lr_plateau: set, but validation_shards is not (the rule needs a validation loss)")
         if self.lr_plateau is not None and self.lr_plateau.min_lr > self.lr:
             raise ConfigError(f"lr_plateau.min_lr: got {self.lr_plateau.min_lr}, must be <= lr {self.lr}")
+        if self.samples is not None and self.samples.ema and self.ema_decay is None:
+            raise ConfigError("samples.ema: true, but ema_decay is null (no EMA weights to sample with)")
         if self.peak_tflops_per_gpu <= 0:
             raise ConfigError(f"peak_tflops_per_gpu: got {self.peak_tflops_per_gpu}, must be > 0")

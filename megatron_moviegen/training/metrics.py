@@ -4,6 +4,11 @@ MFU = achieved model FLOPs per GPU per second / `train.peak_tflops_per_gpu`, whe
 forward+backward FLOPs of planning/flops.py, attention included (at 73k tokens it is ~60% of the work).
 Activation recomputation is not counted as useful work. Logs go to the console (rank 0), a JSONL file beside
 the checkpoints, TensorBoard when `train.tensorboard_dir` is set and W&B when `train.wandb_project` is set.
+
+Sample videos (train.samples, training/samples.py) go to TensorBoard as videos when moviepy < 2 is installed
+(`SummaryWriter.add_video` encodes GIFs with `moviepy.editor`; without it, it prints a notice and logs nothing), else
+as one image per video: a strip of frames spread over it. W&B gets the written .mp4 itself (`wandb.Video(path)`;
+from an array it too would need moviepy).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -21,6 +27,7 @@ from tqdm import tqdm
 from megatron_moviegen.data.loader import Batch
 from megatron_moviegen.planning.flops import dit_training_flops
 from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.utils.video_io import read_frames
 
 log = logging.getLogger("megatron_moviegen.train")
 
@@ -135,6 +142,27 @@ class MetricsLogger:
         self.note(f"validation at step {step} | " + " | ".join(
             f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
 
+    def record_samples(self, step: int, paths: list[Path], prompts: list[str], fps: int, seconds: float) -> None:
+        """Sample videos written after `step` (rank 0 wrote them, every rank calls this after): their paths and the
+        pass's seconds in that step's history row and in metrics.jsonl, the videos in TensorBoard and W&B."""
+        values = {"sample_s": seconds, "sample_files": [str(path) for path in paths]}
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1].update(values)
+        if not self.is_logger:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        for path, prompt in zip(paths, prompts):
+            if self.tensorboard is not None:
+                add_tensorboard_media(self.tensorboard, f"samples/{path.stem}", read_frames(path), step, fps)
+            if self.wandb is not None:
+                import wandb
+
+                media = wandb.Image(str(path), caption=prompt) if path.suffix == ".png" else \
+                    wandb.Video(str(path), caption=prompt, format="mp4")
+                self.wandb.log({f"samples/{path.stem}": media}, step=step)
+        self.note(f"samples at step {step}: {len(paths)} in {paths[0].parent} ({seconds:.1f} s)")
+
     def note(self, message: str) -> None:
         if not self.is_logger:
             return
@@ -152,3 +180,26 @@ class MetricsLogger:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def tensorboard_encodes_video() -> bool:
+    """Whether `SummaryWriter.add_video` can encode (it needs `moviepy.editor`, gone in moviepy 2)."""
+    try:
+        import moviepy.editor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def frame_strip(frames: np.ndarray, count: int = 8) -> np.ndarray:
+    """(t, h, w, 3) uint8 -> (h, min(t, count) * w, 3): frames spread evenly from the first to the last, side by side."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), count)).round().astype(int))
+    return np.concatenate(list(frames[picks]), axis=1)
+
+
+def add_tensorboard_media(writer, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """frames (t, h, w, 3) uint8 -> a video under `tag` if TensorBoard can encode one (and t > 1), else a frame strip."""
+    if len(frames) > 1 and tensorboard_encodes_video():
+        writer.add_video(tag, frames.transpose(0, 3, 1, 2)[None], step, fps=fps)  # (1, t, 3, h, w)
+    else:
+        writer.add_image(tag, frame_strip(frames), step, dataformats="HWC")

@@ -4,7 +4,9 @@ One step: this data-parallel rank reads global_batch_size / DP samples of one bu
 microbatches, and Megatron's forward_backward_func runs them through the DiT chunks (any TP/SP/CP/PP
 layout); finalize_model_grads reduces the grads; AdamW steps; the LR schedule advances. Every rank of a
 data-parallel replica reads the same samples and draws the same noise and times, seeded by
-(seed, step, dp rank, microbatch), so a resumed run repeats an uninterrupted one exactly.
+(seed, step, dp rank, microbatch), so a resumed run repeats an uninterrupted one exactly. After a step: the
+validation loss (training/validation.py) and sample videos of fixed prompts (training/samples.py) when due, then a
+checkpoint when due.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from megatron_moviegen.training.optimizer import (
     prepare_schedule_for_resume,
 )
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+from megatron_moviegen.training.samples import TrainingSamples
 from megatron_moviegen.training.validation import Validation
 
 log = logging.getLogger("megatron_moviegen.train")
@@ -147,8 +150,11 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
     validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
     cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
+    samples = TrainingSamples.for_config(cfg, runtime)  # None without train.samples; encodes its prompts now
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
+    if samples is not None:
+        samples.attach(chunks[0])
     ema = ModelEMA(chunks, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)
     optimizer = build_optimizer(model, cfg.train, runtime)
@@ -214,6 +220,8 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             done = step + 1
             if validation is not None:
                 validation.after_step(done, model, scheduler, metrics)
+            if samples is not None:
+                samples.after_step(done, model, ema, metrics)
             save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:

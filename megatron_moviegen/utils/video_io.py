@@ -1,4 +1,5 @@
-"""Writing generated media: H.264 .mp4 for videos, PNG for 1-frame images, JSON sidecars. All atomic.
+"""Writing generated media: H.264 .mp4 for videos, PNG for 1-frame images, JSON sidecars. All atomic. And reading
+them back as uint8 frames (for TensorBoard).
 
 Pixels come in as tensors (3, t, h, w) in [-1, 1] (RGB), the layout the TAE decoder produces per sample.
 """
@@ -55,6 +56,14 @@ def write_image(path: PathLike, image: torch.Tensor) -> None:
         raise ValueError(f"image: got {frames.shape[0]} frames, expected 1 (shape (3, 1, h, w))")
     with atomic_output(path) as temporary:
         Image.fromarray(frames[0]).save(temporary, format="PNG")
+
+
+def read_frames(path: PathLike) -> np.ndarray:
+    """A written .mp4 or .png -> its frames (t, h, w, 3) uint8 RGB."""
+    if str(path).endswith(".png"):
+        return np.asarray(Image.open(path).convert("RGB"))[None]
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])])
 
 
 def write_json(path: PathLike, data: Any) -> None:
