@@ -195,7 +195,7 @@ def stop_unless_finite(finite: dict[str, torch.Tensor], step: int, out_dir: str)
     if names:
         ranks = f" on {int(bad.max())} of {world} ranks" if world > 1 else ""
         raise NonFiniteLossError(f"{' and '.join(names)} not finite at step {step}{ranks}; stopped without saving. "
-                                 f"Last good checkpoint: {resume_folder(out_dir)}")
+                                 f"Last good checkpoint: {resume_folder(out_dir) or 'none yet'}")
 
 
 def all_finite(module: torch.nn.Module) -> torch.Tensor:
@@ -215,11 +215,20 @@ def evaluate_clip(model: TAE, pixels: torch.Tensor) -> dict[str, float]:
     return {f"eval_{name}": value for name, value in scores.items()}
 
 
+def _logged_step(row: str) -> int | None:
+    try:
+        return json.loads(row)["step"]
+    except ValueError:  # a row cut short by a kill
+        return None
+
+
 def drop_metrics_after(path: Path, step: int) -> None:
-    """Remove rows logged after `step` (steps a killed run did past its last checkpoint, about to be redone)."""
+    """Remove rows logged after `step` (steps a killed run did past its last checkpoint, about to be redone) and
+    rows cut short."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    rows = [row for row in path.read_text().splitlines()
+            if (logged := _logged_step(row)) is not None and logged <= step]
     atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 

@@ -78,6 +78,17 @@ def test_keep_last_zero_keeps_every_checkpoint(tmp_path):
     assert _names(tmp_path) == ["latest", "step_000001", "step_000002", "step_000003"]
 
 
+def test_pruning_keeps_the_newest_steps_up_to_the_saved_one_and_leaves_later_ones(tmp_path):
+    model = TAE(load_tae_config("tae_tiny").model)
+    for step in (1, 2, 3):
+        tae_checkpoints.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=0)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000001")  # a run pointed back at step 1
+    tae_checkpoints.save_checkpoint(tmp_path, 2, model, {"step": 2}, keep_last=1)
+    assert _names(tmp_path) == ["latest", "step_000002", "step_000003"]  # step 3 stays until saved over
+    tae_checkpoints.save_checkpoint(tmp_path, 3, model, {"step": 3}, keep_last=1)
+    assert _names(tmp_path) == ["latest", "step_000003"]
+
+
 class Killed(BaseException):
     """A kill: nothing after it runs, no cleanup."""
 
@@ -174,6 +185,8 @@ def test_non_finite_loss_stops_without_saving_and_a_resume_repeats_the_uninterru
     monkeypatch.undo()
     assert _names(run) == ["latest", "step_000002"] and (run / "checkpoint").resolve().name == "step_000002"
     assert _metric_steps(run) == [1, 2, 3]  # step 3 was trained but not saved
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "lo')  # and a row cut short, as a kill mid-write leaves it
     resumed = _run(run, *base)
     assert [r["step"] for r in resumed] == [3, 4]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[2:]], rel=1e-6)
