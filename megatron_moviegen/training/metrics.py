@@ -182,6 +182,10 @@ class MetricsLogger:
             self.wandb.finish()
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the weights) became NaN/inf; nothing is saved from this state (DiT and TAE training)."""
+
+
 def tensorboard_encodes_video() -> bool:
     """Whether `SummaryWriter.add_video` can encode (it needs `moviepy.editor`, gone in moviepy 2)."""
     try:

@@ -39,7 +39,7 @@ from megatron_moviegen.checkpoints.distributed import (
 )
 from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
-from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
+from megatron_moviegen.training.metrics import MetricsLogger, NonFiniteLossError, StepMetrics
 from megatron_moviegen.training.microbatch import flow_matching_microbatch, forward_step
 from megatron_moviegen.training.optimizer import (
     apply_configured_lr_bounds,
@@ -52,10 +52,6 @@ from megatron_moviegen.training.samples import TrainingSamples
 from megatron_moviegen.training.validation import Validation
 
 log = logging.getLogger("megatron_moviegen.train")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; nothing is saved from this state."""
 
 
 @dataclass

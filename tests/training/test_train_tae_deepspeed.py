@@ -58,5 +58,5 @@ def test_zero2_checkpoints_resume_at_the_right_step_under_zero2_and_ddp(tmp_path
     assert sum(chain, []) == pytest.approx(reference, rel=RTOL)
     lines = [json.loads(line) for line in (tmp_path / "chain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
-    state = torch.load(tmp_path / "chain" / "checkpoint" / "train_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "chain" / "checkpoints" / "step_000003" / "train_state.pt", weights_only=False)
     assert state["step"] == 3 and float(state["optimizers"]["tae"]["state"][0]["step"]) == 3.0
