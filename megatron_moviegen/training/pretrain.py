@@ -35,6 +35,7 @@ from megatron_moviegen.checkpoints.distributed import (
     load_checkpoint,
     save_checkpoint,
 )
+from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
 from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
@@ -139,9 +140,17 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int) -> LatentLoader:
 
 def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
     """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
-    `runtime` defaults to the one the config resolves to here."""
+    `runtime` defaults to the one the config resolves to here. The run holds `train.checkpoint_dir` (a lock) until
+    its last save is published; a fresh run into a folder with checkpoints needs `train.overwrite=true`."""
     runtime = runtime or Runtime.for_config(cfg)
     dp_size = init_model_parallel(cfg.parallel, runtime)
+    with claim_checkpoint_dir(cfg.train, runtime.device):
+        result = _train(cfg, runtime, dp_size)
+        finalize_async_saves()  # published while the folder is still this run's
+    return result
+
+
+def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
