@@ -6,7 +6,7 @@
 Resumes from `train.checkpoint_dir/latest` when it exists (`train.resume=false train.overwrite=true` to start
 over in it). SIGTERM/SIGUSR1 save a checkpoint and exit 0 at the end of the current step, so SLURM requeues lose
 no work. A refused start (the folder is another run's, or holds checkpoints a fresh run would overwrite) exits 2
-with one line on stderr.
+and a non-finite loss exits 1, each with one line on stderr.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_moviegen.checkpoints.distributed import CheckpointError, finalize_async_saves
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.training.nonfinite import NonFiniteLossError
     from megatron_moviegen.training.pretrain import pretrain
 
     runtime = Runtime.for_config(cfg)
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             result = pretrain(cfg, runtime)
-        except (CheckpointError, ConfigError) as exc:  # every rank raises it: say it once
+        except (CheckpointError, ConfigError, NonFiniteLossError) as exc:  # every rank raises it: say it once
             if speaks:
                 print(f"train: error: {exc}", file=sys.stderr, flush=True)
-            return 2
+            return 1 if isinstance(exc, NonFiniteLossError) else 2
         finalize_async_saves()  # an asynchronous save is published (`latest`) before the process exits
         if speaks:
             if result.checkpoint is None and result.step >= cfg.train.steps:

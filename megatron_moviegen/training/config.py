@@ -60,6 +60,10 @@ class TrainConfig:
     # On resume, a schedule (lr, min_lr, warmup, decay steps, style; decay steps follow `steps`) that differs from
     # the checkpoint's is refused; true applies the new one from the checkpoint's step on.
     override_lr_schedule: bool = False
+    # A step whose loss is NaN/inf stops the run, naming its samples; with skip_nonfinite_batches its batch is
+    # skipped instead (no update), up to max_skipped_batches in one run, then the run stops.
+    skip_nonfinite_batches: bool = False
+    max_skipped_batches: int = 10
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None
     # Validation loss on held-out shards (training/validation.py): every `validate_every` steps, over the first
@@ -86,7 +90,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for name in ("steps", "micro_batch_size", "global_batch_size", "save_every", "log_every", "validate_every",
-                     "validation_batches"):
+                     "validation_batches", "max_skipped_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
