@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if speaks:
             if result.checkpoint is None and result.step >= cfg.train.steps:
                 print(f"nothing to train: the checkpoint already reached train.steps={cfg.train.steps} "
-                      f"(raise train.steps to continue, or set train.checkpoint_dir elsewhere, or train.resume=false train.overwrite=true, to start over)", flush=True)
+                      "(raise train.steps to continue, or set train.checkpoint_dir elsewhere, or "
+                      "train.resume=false train.overwrite=true, to start over)", flush=True)
             else:
                 print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
                       + (" (preempted)" if result.preempted else ""), flush=True)

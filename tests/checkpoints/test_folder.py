@@ -21,9 +21,9 @@ FORK = multiprocessing.get_context("fork")
 
 
 def _take_and_keep(folder: Path, held) -> None:
-    handle = lock_checkpoint_dir(folder)  # noqa: F841 (the lock lives as long as the open file)
-    held.set()
-    time.sleep(600)
+    with lock_checkpoint_dir(folder):  # the lock lives as long as the open file
+        held.set()
+        time.sleep(600)
 
 
 def _hold_lock(folder: Path):

@@ -69,7 +69,7 @@ def runs(tiny_shards, tmp_path_factory):
     ranks = run_distributed(_runs, 2, args=(tiny_shards, root / "poisoned", root))
     decided = [{name: (o if isinstance(o, str) else o["skipped"], *saved) for name, (o, *saved) in r.items()}
                for r in ranks]
-    assert repr(decided[0]) == repr(decided[1])  # every rank stopped or skipped alike, naming the same samples (repr: NaN)
+    assert repr(decided[0]) == repr(decided[1])  # every rank stopped or skipped alike, naming the same samples
     return ranks[0]
 
 
@@ -79,7 +79,8 @@ def test_weights_that_give_a_nonfinite_loss_are_never_saved(runs):
     error, latest, saved = runs["diverging"]
     assert error.startswith("NonFiniteLossError: the weights after step 1 give loss nan on the batch of step 1 "
                             "(bucket "), error
-    assert error.endswith("whose own loss was finite; stopping without saving. Last good checkpoint: none, nothing was saved")
+    assert error.endswith("whose own loss was finite; stopping without saving. "
+                          "Last good checkpoint: none, nothing was saved")
     assert (latest, saved) == (None, [])
 
 

@@ -40,5 +40,6 @@ def test_a_nonfinite_loss_ends_the_job_with_one_line_and_exit_1(tiny_shards, tmp
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
-    assert len(errors) == 1 and errors[0].startswith("train: error: the weights after step 1 give loss nan"), proc.stderr
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("train: error: the weights after step 1 give loss nan"), proc.stderr
     assert not list(tmp_path.glob("iter_*")) and not (tmp_path / "latest").exists()
