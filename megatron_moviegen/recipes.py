@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
-from megatron_moviegen.data.buckets import check_buckets_fit_model
+from megatron_moviegen.data.buckets import check_buckets_fit_model, check_buckets_split_evenly
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
@@ -51,14 +51,16 @@ def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
     """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides.
 
-    A recipe is a training run, so its model must hold every bucket it trains and its sample videos (checked here,
-    not in MovieGenConfig.validate: an export folder's config is only a model, whatever data it was trained on)."""
+    A recipe is a training run, so its model must hold every bucket it trains and its sample videos, and its
+    layout split each bucket's tokens evenly (checked here, not in MovieGenConfig.validate: an export folder's
+    config is only a model, whatever data it was trained on)."""
     data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
     apply_overrides(data, list(overrides or []))
     cfg = build(MovieGenConfig, data)
     check_buckets_fit_model(cfg.data.buckets, cfg.model)
     if cfg.train.samples is not None:
         cfg.train.samples.check_fits(cfg.model, cfg.parallel)
+    check_buckets_split_evenly(cfg.data.buckets, cfg.model, cfg.parallel)
     return cfg
 
 

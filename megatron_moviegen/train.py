@@ -3,8 +3,10 @@
     torchrun --nproc-per-node 8 -m megatron_moviegen.train --config t2iv_768 train.checkpoint_dir=/ckpt
     python -m megatron_moviegen.train --config tiny --print-config
 
-Resumes from `train.checkpoint_dir/latest` when it exists (`train.resume=false` to refuse). SIGTERM/SIGUSR1
-save a checkpoint and exit 0 at the end of the current step, so SLURM requeues lose no work.
+Resumes from `train.checkpoint_dir/latest` when it exists (`train.resume=false train.overwrite=true` to start
+over in it). SIGTERM/SIGUSR1 save a checkpoint and exit 0 at the end of the current step, so SLURM requeues lose
+no work. A refused start (the folder is another run's, or holds checkpoints a fresh run would overwrite) exits 2
+and a non-finite loss exits 1, each with one line on stderr.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch.distributed as dist
 
-    from megatron_moviegen.checkpoints.distributed import finalize_async_saves
+    from megatron_moviegen.checkpoints.distributed import CheckpointError, finalize_async_saves
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.training.nonfinite import NonFiniteLossError
     from megatron_moviegen.training.pretrain import pretrain
 
     runtime = Runtime.for_config(cfg)
@@ -53,12 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     if speaks:
         print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
     try:
-        result = pretrain(cfg, runtime)
+        try:
+            result = pretrain(cfg, runtime)
+        except (CheckpointError, ConfigError, NonFiniteLossError) as exc:  # every rank raises it: say it once
+            if speaks:
+                print(f"train: error: {exc}", file=sys.stderr, flush=True)
+            return 1 if isinstance(exc, NonFiniteLossError) else 2
         finalize_async_saves()  # an asynchronous save is published (`latest`) before the process exits
         if speaks:
             if result.checkpoint is None and result.step >= cfg.train.steps:
                 print(f"nothing to train: the checkpoint already reached train.steps={cfg.train.steps} "
-                      f"(raise train.steps to continue, or set train.checkpoint_dir elsewhere, or train.resume=false, to start over)", flush=True)
+                      "(raise train.steps to continue, or set train.checkpoint_dir elsewhere, or "
+                      "train.resume=false train.overwrite=true, to start over)", flush=True)
             else:
                 print(f"finished at step {result.step}: loss {result.last_loss:.5f}, checkpoint {result.checkpoint}"
                       + (" (preempted)" if result.preempted else ""), flush=True)

@@ -1,2 +1,3 @@
-"""Checkpoints: Megatron distributed checkpoints of a training run (any TP/CP/PP layout, exact resume), the
-single-folder export that generation reads, TP/PP (un)sharding of whole tensors, and stage transitions."""
+"""Checkpoints: Megatron distributed checkpoints of a training run (any TP/CP/PP layout, exact resume, retention),
+the lock that keeps one run per checkpoint folder, the single-folder export that generation reads, TP/PP
+(un)sharding of whole tensors, and stage transitions."""

@@ -7,7 +7,10 @@
             rank_state/rank00000.pt RNG states of global rank 0
 
 A save goes to `iter_XXXXXXX.tmp/` and is renamed once every rank has written, so a crash mid-save leaves
-the previous checkpoint and `latest` untouched; a leftover `.tmp` is removed by the next save.
+the previous checkpoint and `latest` untouched; a leftover `.tmp` is removed by the next save. With
+`train.keep_last` N, once a save is published the step folders older than it beyond the newest N are deleted
+(never the one `latest` names or `train.load_from`'s); each is renamed to `.iter_X.deleting` first, so a crash
+mid-delete leaves no half step folder that looks like a checkpoint.
 
 Saves are fully parallel: Megatron's `FullyParallelSaveStrategyWrapper` spreads the writing of replicated
 tensors over the data-parallel (x context-parallel) replicas instead of leaving it all to DP rank 0, so a
@@ -108,12 +111,19 @@ def _step_of(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def step_folders(checkpoint_dir: Path) -> list[Path]:
+    """The `iter_X` folders of `checkpoint_dir` (complete or not), by step; none if it does not exist."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted((f for f in checkpoint_dir.iterdir() if f.is_dir() and _step_of(f) is not None), key=_step_of)
+
+
 def previous_good_step(step_dir: Path) -> Path | None:
     """The latest step folder beside `step_dir`, saved before it, whose files are complete."""
     step = _step_of(step_dir)
-    earlier = [f for f in step_dir.parent.iterdir() if f.is_dir() and (_step_of(f) or -1) >= 0
-               and step is not None and _step_of(f) < step and (f / "metadata.json").exists()]
-    for folder in sorted(earlier, key=_step_of, reverse=True):
+    earlier = [f for f in step_folders(step_dir.parent)
+               if step is not None and _step_of(f) < step and (f / "metadata.json").exists()]
+    for folder in reversed(earlier):
         if storage_problem(folder) is None:
             return folder
     return None
@@ -245,8 +255,10 @@ def finalize_async_saves(blocking: bool = True) -> None:
         _async_saves.maybe_finalize_async_calls(blocking=blocking)
 
 
-def _publish(checkpoint_dir: Path, tmp: Path, final: Path) -> None:
-    """Once every rank has written: `iter_X.tmp` -> `iter_X`, then `latest` -> `iter_X` (rank 0)."""
+def _publish(checkpoint_dir: Path, tmp: Path, final: Path, keep_last: int | None = None,
+             load_from: str | None = None) -> None:
+    """Once every rank has written: `iter_X.tmp` -> `iter_X`, then `latest` -> `iter_X` (rank 0); then rank 0
+    applies the retention rule while the others go on."""
     dist.barrier()
     if dist.get_rank() == 0:
         if final.exists():
@@ -256,6 +268,31 @@ def _publish(checkpoint_dir: Path, tmp: Path, final: Path) -> None:
         pointer_tmp.write_text(final.name)
         os.replace(pointer_tmp, checkpoint_dir / LATEST)
     dist.barrier()
+    if dist.get_rank() == 0 and keep_last is not None:
+        prune_steps(checkpoint_dir, final, keep_last, load_from)
+
+
+def prune_steps(checkpoint_dir: Path, newest: Path, keep_last: int, load_from: str | None = None) -> list[Path]:
+    """Delete the step folders older than `newest` beyond the newest `keep_last` (`newest` counted), except the
+    one `latest` names and `load_from`'s (a step folder, or a checkpoint_dir's latest); returns those deleted.
+    Folders of later steps (a run overwritten with train.overwrite=true) are left alone."""
+    keep = {(checkpoint_dir / LATEST).read_text().strip()} if (checkpoint_dir / LATEST).exists() else set()
+    protected = set()
+    if load_from:
+        source = Path(load_from)
+        protected = {source.resolve()}
+        if (source / LATEST).exists():
+            protected.add((source / (source / LATEST).read_text().strip()).resolve())
+    older = [f for f in step_folders(checkpoint_dir) if _step_of(f) < _step_of(newest)]
+    doomed = [f for f in older[:max(len(older) - (keep_last - 1), 0)]
+              if f.name not in keep and f.resolve() not in protected]
+    for folder in doomed:
+        deleting = folder.with_name(f".{folder.name}.deleting")
+        os.replace(folder, deleting)
+        shutil.rmtree(deleting)
+    for leftover in checkpoint_dir.glob(".iter_*.deleting"):  # from a run killed mid-delete
+        shutil.rmtree(leftover, ignore_errors=True)
+    return doomed
 
 
 def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg,
@@ -293,10 +330,11 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
     if ema is not None:
         _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
+    publish = partial(_publish, checkpoint_dir, tmp, final, cfg.train.keep_last, cfg.train.load_from)
     if request is None:
-        _publish(checkpoint_dir, tmp, final)
+        publish()
     else:
-        request.add_finalize_fn(partial(_publish, checkpoint_dir, tmp, final))
+        request.add_finalize_fn(publish)
         _async_saves = _async_saves or AsyncCallsQueue()
         _async_saves.schedule_async_request(request)
     return final

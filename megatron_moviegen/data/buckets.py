@@ -17,6 +17,7 @@ from megatron_moviegen.data.config import BucketConfig, parse_aspect_ratio
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.decode import ClipRequest, MediaInfo
 from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.planning.flops import latent_shape
 
 
@@ -155,4 +156,19 @@ def check_buckets_fit_model(buckets: BucketConfig, model: DiTConfig) -> None:
             raise ConfigError(
                 f"model.max_video_tokens: bucket {bucket.aspect_ratio} {bucket.name} in data.buckets has "
                 f"{math.prod(grid):,} tokens (grid {grid}), above the budget {model.max_video_tokens:,}"
+            )
+
+
+def check_buckets_split_evenly(buckets: BucketConfig, model: DiTConfig, parallel: ParallelConfig) -> None:
+    """Every bucket's token count divides into the sequence chunks of the layout (context parallel x sequence-
+    parallel TP ranks; parallel/layout.py), so no bucket fails mid-run when it first comes up."""
+    chunks = parallel.sequence_chunks
+    for bucket in BucketTable(buckets).buckets():
+        grid = token_grid(bucket, model)
+        if math.prod(grid) % chunks:
+            raise ConfigError(
+                f"parallel.context_parallel_size: bucket {bucket.aspect_ratio} {bucket.name} in data.buckets has "
+                f"{math.prod(grid)} tokens (grid {grid}), not divisible by context_parallel_size "
+                f"{parallel.context_parallel_size} x sequence-parallel TP size "
+                f"{chunks // parallel.context_parallel_size}"
             )

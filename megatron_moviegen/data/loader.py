@@ -138,6 +138,15 @@ class LatentLoader:
                    for suffix, (offset, size) in record["members"].items()}
         return decode_sample(members)
 
+    def sample_names(self, keys: list[str]) -> list[str]:
+        """'<shard>/<key> (<source video>)' for sample keys of these shards: how errors name a sample."""
+        names = []
+        for key in keys:
+            shard, record = next((s, r) for s, records in self.shards.items() for r in records if r["key"] == key)
+            source = json.loads(read_member(self.dir / shard, *record["members"]["json"])).get("source", "?")
+            names.append(f"{shard}/{key} ({source})")
+        return names
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "dp_rank": self.dp_rank,
                 "dp_size": self.dp_size, "batch_size": self.batch_size, "image_fraction": self.image_fraction,

@@ -26,6 +26,12 @@ class ParallelConfig:
     def model_parallel_size(self) -> int:
         return self.tensor_model_parallel_size * self.context_parallel_size * self.pipeline_model_parallel_size
 
+    @property
+    def sequence_chunks(self) -> int:
+        """The pieces one sample's token sequence is cut into (parallel/layout.py): CP x TP with sequence parallel."""
+        sp = self.tensor_model_parallel_size if self.sequence_parallel else 1
+        return self.context_parallel_size * sp
+
     def validate(self) -> None:
         for name in ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size"):
             if getattr(self, name) < 1:

@@ -105,6 +105,10 @@ class TrainConfig:
     checkpoint_dir: str = "outputs/checkpoints"
     save_every: int = 1000
     resume: bool = True  # continue from checkpoint_dir/latest if it exists
+    # resume=false into a checkpoint_dir that holds checkpoints is refused unless overwrite=true (this run's saves
+    # then replace same-numbered steps and move `latest`). One run at a time holds checkpoint_dir/.lock.
+    overwrite: bool = False
+    keep_last: Optional[int] = None  # after each published save, delete older steps beyond the newest N; None: keep all
     # Write checkpoint tensors from a background process while training continues; the checkpoint becomes
     # `latest` once written everywhere (at the next save or at exit). Off by default: not tried on GPUs yet.
     async_save: bool = False
@@ -112,6 +116,10 @@ class TrainConfig:
     # On resume, a schedule (lr, min_lr, warmup, decay steps, style; decay steps follow `steps`) that differs from
     # the checkpoint's is refused; true applies the new one from the checkpoint's step on.
     override_lr_schedule: bool = False
+    # A step whose loss is NaN/inf stops the run, naming its samples; with skip_nonfinite_batches its batch is
+    # skipped instead (no update), up to max_skipped_batches in one run, then the run stops.
+    skip_nonfinite_batches: bool = False
+    max_skipped_batches: int = 10
     # An EMA of the weights (training/ema.py), updated after every step; None = off. Paper SFT: model averaging.
     ema_decay: Optional[float] = None
     # Validation loss on held-out shards (training/validation.py): every `validate_every` steps, over the first
@@ -139,7 +147,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for name in ("steps", "micro_batch_size", "global_batch_size", "save_every", "log_every", "validate_every",
-                     "validation_batches"):
+                     "validation_batches", "max_skipped_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -148,6 +156,8 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup_steps: got {self.lr_warmup_steps}, must be in [0, steps={self.steps}]")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: got {self.ema_decay}, must be in [0, 1) (or null for no EMA)")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 1 (or null to keep every step)")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: got {self.clip_grad}, must be >= 0")
         if self.lr_plateau is not None and self.validation_shards is None:

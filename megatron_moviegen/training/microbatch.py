@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.diffusion.flow_matching import (
@@ -44,3 +47,15 @@ def forward_step(layout: SequenceLayout, data_iterator, ddp_chunk):
         return loss, {"loss": reported}
 
     return output, loss_func
+
+
+def run_microbatches(model: list, layout: SequenceLayout, microbatches: list[dict], seq_length: int,
+                     micro_batch_size: int, forward_only: bool = False) -> list[dict]:
+    """Megatron's forward_backward_func over one bucket's `microbatches` (any TP/SP/CP/PP layout): the
+    {"loss"} of each microbatch on last-stage ranks, nothing on the others."""
+    iterators = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
+    return get_forward_backward_func()(
+        forward_step_func=partial(forward_step, layout), data_iterator=iterators, model=model,
+        num_microbatches=len(microbatches), seq_length=seq_length, micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )

@@ -15,14 +15,12 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import finalize_model_grads
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
@@ -37,10 +35,12 @@ from megatron_moviegen.checkpoints.distributed import (
     load_checkpoint,
     save_checkpoint,
 )
+from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
 from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
-from megatron_moviegen.training.metrics import MetricsLogger, NonFiniteLossError, StepMetrics
-from megatron_moviegen.training.microbatch import flow_matching_microbatch, forward_step
+from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
+from megatron_moviegen.training.microbatch import flow_matching_microbatch, run_microbatches
+from megatron_moviegen.training.nonfinite import NonFiniteGuard
 from megatron_moviegen.training.optimizer import (
     apply_configured_lr_bounds,
     build_optimizer,
@@ -61,6 +61,7 @@ class TrainResult:
     preempted: bool
     checkpoint: str | None
     history: list[dict]  # per-step metrics of this run (every rank)
+    skipped: list[dict] = field(default_factory=list)  # batches skipped for a non-finite loss (NonFiniteGuard)
 
 
 class PreemptionFlag:
@@ -138,9 +139,17 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int) -> LatentLoader:
 
 def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
     """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
-    `runtime` defaults to the one the config resolves to here."""
+    `runtime` defaults to the one the config resolves to here. The run holds `train.checkpoint_dir` (a lock) until
+    its last save is published; a fresh run into a folder with checkpoints needs `train.overwrite=true`."""
     runtime = runtime or Runtime.for_config(cfg)
     dp_size = init_model_parallel(cfg.parallel, runtime)
+    with claim_checkpoint_dir(cfg.train, runtime.device):
+        result = _train(cfg, runtime, dp_size)
+        finalize_async_saves()  # published while the folder is still this run's
+    return result
+
+
+def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
@@ -180,7 +189,7 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
 
     metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)
     preemption = PreemptionFlag()
-    forward_backward = get_forward_backward_func()
+    guard = NonFiniteGuard(cfg, loader, model, layout, metrics.reduce_loss, metrics.note)
     data = iter(loader)
     last_loss, checkpoint, preempted = float("nan"), None, False
     try:
@@ -193,26 +202,21 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             for chunk in model:
                 chunk.zero_grad_buffer()
             optimizer.zero_grad()
-            iterators = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
             tokens = chunks[0].tokens_per_sample(batch.latents.shape)
-            losses = forward_backward(
-                forward_step_func=partial(forward_step, layout),
-                data_iterator=iterators, model=model, num_microbatches=num_microbatches,
-                seq_length=tokens, micro_batch_size=cfg.train.micro_batch_size, forward_only=False,
-            )
-            updated, grad_norm, _ = optimizer.step()
-            if updated:
-                scheduler.step(increment=1)
-                if ema is not None:
-                    ema.update()
-            last_loss = metrics.reduce_loss(losses)
-            if not math.isfinite(last_loss):
-                raise NonFiniteLossError(
-                    f"loss is {last_loss} at step {step + 1} (bucket {batch.bucket}); stopping without saving. "
-                    f"Last good checkpoint: {latest_checkpoint(cfg.train.checkpoint_dir)}"
-                )
-            metrics.record(StepMetrics(step + 1, last_loss, grad_norm, optimizer.param_groups[0]["lr"],
-                                       time.perf_counter() - start, batch, tokens))
+            losses = run_microbatches(model, layout, microbatches, tokens, cfg.train.micro_batch_size)
+            loss = metrics.reduce_loss(losses)  # all-reduced: every rank updates, skips or stops alike
+            if math.isfinite(loss):
+                updated, grad_norm, _ = optimizer.step()
+                if updated:
+                    scheduler.step(increment=1)
+                    if ema is not None:
+                        ema.update()
+                    guard.after_update(step + 1, grad_norm, batch, microbatches, tokens)
+                last_loss = loss
+                metrics.record(StepMetrics(step + 1, loss, grad_norm, optimizer.param_groups[0]["lr"],
+                                           time.perf_counter() - start, batch, tokens))
+            else:
+                guard.bad_loss(step + 1, loss, batch, losses)
             done = step + 1
             if validation is not None:
                 validation.after_step(done, model, scheduler, metrics)
@@ -221,14 +225,15 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
             save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:
+                guard.check_before_save(done)
                 checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg,
                                                  ema=ema))
                 metrics.note(f"saved checkpoint {checkpoint}")
             finalize_async_saves(blocking=False)  # publish an asynchronous save once every rank has written it
             if preempted:
                 metrics.note(f"stopping at step {done} after a preemption signal")
-                return TrainResult(done, last_loss, True, checkpoint, metrics.history)
-        return TrainResult(cfg.train.steps, last_loss, False, checkpoint, metrics.history)
+                return TrainResult(done, last_loss, True, checkpoint, metrics.history, guard.skipped)
+        return TrainResult(cfg.train.steps, last_loss, False, checkpoint, metrics.history, guard.skipped)
     finally:
         preemption.restore()
         metrics.close()

@@ -12,19 +12,17 @@ another layout, gives the same number (up to float rounding of the layout).
 from __future__ import annotations
 
 import random
-from functools import partial
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.training.lr_plateau import PlateauLR
 from megatron_moviegen.training.metrics import MetricsLogger
-from megatron_moviegen.training.microbatch import flow_matching_microbatch, forward_step
+from megatron_moviegen.training.microbatch import flow_matching_microbatch, run_microbatches
 
 
 def validation_seed(seed: int, index: int) -> int:
@@ -56,17 +54,11 @@ class ValidationSet:
     @torch.no_grad()
     def loss(self, model: list, layout: SequenceLayout) -> float:
         """Mean flow-matching loss of the current weights over the K batches; the same on every rank."""
-        forward_backward = get_forward_backward_func()
         dit = getattr(model[0], "module", model[0])
         local = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of batch losses, batches)
         for shape, microbatches in self.by_shape.items():
-            runs = padded_for_interleaving(microbatches, len(model))
-            iterators = [iter(runs) for _ in model] if len(model) > 1 else iter(runs)
-            losses = forward_backward(
-                forward_step_func=partial(forward_step, layout), data_iterator=iterators, model=model,
-                num_microbatches=len(runs), seq_length=dit.tokens_per_sample(shape), micro_batch_size=shape[0],
-                forward_only=True,
-            )
+            losses = run_microbatches(model, layout, padded_for_interleaving(microbatches, len(model)),
+                                      dit.tokens_per_sample(shape), shape[0], forward_only=True)
             for reported in losses[:len(microbatches)]:  # only last-stage ranks hold losses, each TP/CP rank the same
                 local[0] += float(reported["loss"])
                 local[1] += 1

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from megatron_moviegen.checkpoints.distributed import LATEST, previous_good_step, step_dir_name, storage_problem
+from megatron_moviegen.checkpoints.distributed import (
+    LATEST,
+    previous_good_step,
+    prune_steps,
+    step_dir_name,
+    storage_problem,
+)
 from tests.harness import run_distributed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,3 +157,26 @@ def test_export_tool_refuses_in_one_line(loads, tmp_path, case, says):
     if case == "truncated":
         assert f"the previous complete step is {root}_truncated/iter_0000001" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def _steps_folder(root: Path, steps, latest: int) -> Path:
+    for step in steps:
+        (root / step_dir_name(step)).mkdir(parents=True)
+    (root / LATEST).write_text(step_dir_name(latest))
+    return root
+
+
+def test_retention_keeps_the_newest_steps_latest_and_load_from_and_leaves_later_steps(tmp_path):
+    root = _steps_folder(tmp_path / "ckpt", (1, 2, 3, 4, 5, 9), latest=5)  # 9: a run overwritten by this one
+    (root / "iter_0000006.tmp").mkdir()  # a save in progress
+    (root / ".iter_0000000.deleting").mkdir()  # a delete a killed run left
+    deleted = prune_steps(root, root / step_dir_name(5), keep_last=2, load_from=str(root / step_dir_name(2)))
+    assert [p.name for p in deleted] == ["iter_0000001", "iter_0000003"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "iter_0000002", "iter_0000004", "iter_0000005", "iter_0000006.tmp", "iter_0000009", LATEST]
+
+
+def test_retention_never_deletes_the_step_latest_names(tmp_path):
+    root = _steps_folder(tmp_path / "ckpt", (1, 2, 3), latest=1)  # pointed back by hand
+    assert [p.name for p in prune_steps(root, root / step_dir_name(3), keep_last=1)] == ["iter_0000002"]
+    assert (root / step_dir_name(1)).is_dir() and (root / step_dir_name(3)).is_dir()

@@ -83,10 +83,33 @@ def test_every_bucket_of_every_recipe_fits_its_position_tables_and_token_budget(
 
 
 @pytest.mark.parametrize("override, match", [
-    ("model.max_width=48", r"model\.max_width: 48 .* bucket 4:3 1x656x880"),
+    ("model.max_width=48", r"model\.max_width: 48 .* bucket 4:3 1x640x896"),
     ("model.max_frames=16", r"model\.max_frames: 16 .* bucket 9:16 160x1024x576"),
     ("model.max_video_tokens=70000", r"model\.max_video_tokens: bucket 9:16 256x1024x576 .* 73,728 tokens"),
 ])
 def test_a_bucket_the_model_cannot_hold_is_refused_at_load_naming_it(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("t2iv_768", [override])
+
+
+@pytest.mark.parametrize("overrides, bucket", [
+    (["parallel.context_parallel_size=8"], "16:9 32x48x80 in data.buckets has 60 tokens"),
+    (["parallel.context_parallel_size=2", "parallel.tensor_model_parallel_size=4", "parallel.sequence_parallel=true"],
+     "16:9 32x48x80 in data.buckets has 60 tokens"),
+])
+def test_a_bucket_the_layout_cannot_split_is_refused_at_load_naming_it(overrides, bucket):
+    # Before, the first batch of that bucket failed mid-run in the DiT's sequence split.
+    with pytest.raises(ConfigError, match=rf"parallel\.context_parallel_size: bucket {bucket} .* not divisible"):
+        load_config("tiny", overrides)
+    load_config("tiny", ["parallel.context_parallel_size=4"])  # 64 and 60 tokens both divide by 4
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_bucket_of_every_recipe_splits_over_its_layout(name):
+    import math
+
+    from megatron_moviegen.data.buckets import BucketTable, token_grid
+
+    cfg = load_config(name)
+    for bucket in BucketTable(cfg.data.buckets).buckets():
+        assert math.prod(token_grid(bucket, cfg.model)) % cfg.parallel.sequence_chunks == 0, (name, bucket)

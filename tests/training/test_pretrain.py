@@ -49,11 +49,13 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tmp_path
 
 @pytest.fixture(scope="module")
 def dp2_runs(tiny_shards, tmp_path_factory):
-    """On 2 ranks at TP=1 (DP=2): 4 steps saving synchronously, and 2 + 2 resumed steps saving asynchronously."""
+    """On 2 ranks at TP=1 (DP=2): 4 steps saving synchronously, and 2 + 2 resumed steps saving asynchronously
+    and keeping the last step only."""
     root = tmp_path_factory.mktemp("dp2")
     whole = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "sync", 4),))[-1]
-    run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 2, ["train.async_save=true"]),))
-    resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 4, ["train.async_save=true"]),))
+    later = ["train.async_save=true", "train.keep_last=1"]
+    run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 2, later),))
+    resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 4, later),))
     return root, whole, resumed[-1]
 
 
@@ -69,7 +71,9 @@ def test_data_parallel_replicas_share_the_checkpoint_writing(dp2_runs):
 def test_async_saves_are_published_before_exit_and_resume_exactly(dp2_runs):
     root, whole, resumed = dp2_runs
     assert (root / "async" / "latest").read_text() == "iter_0000004"
-    assert sorted(p.name for p in (root / "async").glob("iter_*")) == ["iter_0000002", "iter_0000004"]  # no .tmp
+    # keep_last=1: step 2, the resume's `latest`, deleted once step 4 was published, at the exit; no .tmp left
+    assert sorted(p.name for p in (root / "async").glob("*iter_*")) == ["iter_0000004"]
+    assert sorted(p.name for p in (root / "sync").glob("iter_*")) == ["iter_0000002", "iter_0000004"]  # keep all
     assert sorted(_losses(resumed)) == [3, 4]
     for step in (3, 4):
         assert _losses(resumed)[step] == _losses(whole)[step]

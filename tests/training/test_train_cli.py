@@ -28,3 +28,18 @@ def test_two_rank_quickstart_prints_each_line_once_and_no_parameter_lists(tiny_s
     assert saved == LatentLoader(tiny_shards, 1, 0.0, 0).prompt_fps() and saved  # the shards' FPS-n values
     config_lines = len(to_yaml(load_config("quickstart", overrides)).splitlines())
     assert len(lines) <= config_lines + 8, f"{len(lines)} lines for a {config_lines}-line config:\n{output}"
+
+
+def test_a_nonfinite_loss_ends_the_job_with_one_line_and_exit_1(tiny_shards, tmp_path):
+    overrides = [f"data.shards={tiny_shards}", f"train.checkpoint_dir={tmp_path}", "train.steps=4",
+                 "train.global_batch_size=2", "train.save_every=1", "train.lr=1e30", "train.clip_grad=0.0",
+                 "train.progress_bar=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "megatron_moviegen.train", "--config", "tiny", *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("train: error: the weights after step 1 give loss nan"), proc.stderr
+    assert not list(tmp_path.glob("iter_*")) and not (tmp_path / "latest").exists()
