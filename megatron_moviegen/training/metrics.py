@@ -124,15 +124,22 @@ class MetricsLogger:
                 f"{row['tflops_per_gpu']:.4g} TFLOP/s/GPU | MFU {row['mfu']:.3g} | {mem}"
             )
 
-    def record_validation(self, step: int, values: dict) -> None:
-        """Validation values (`val_loss`, ...) after `step`: added to that step's history row, written as their own
-        metrics.jsonl row, under val/ in TensorBoard and W&B, and on the console."""
+    def _add_to_step(self, step: int, values: dict) -> bool:
+        """Add `values` to step `step`'s history row (every rank) and write them as their own metrics.jsonl row (the
+        logging rank); True on the logging rank, which goes on to TensorBoard / W&B / the console."""
         if self.history and self.history[-1]["step"] == step:
             self.history[-1].update(values)
         if not self.is_logger:
-            return
+            return False
         self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self.jsonl.flush()
+        return True
+
+    def record_validation(self, step: int, values: dict) -> None:
+        """Validation values (`val_loss`, ...) after `step`: added to that step's history row, written as their own
+        metrics.jsonl row, under val/ in TensorBoard and W&B, and on the console."""
+        if not self._add_to_step(step, values):
+            return
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
         if self.tensorboard is not None:
             for key, value in numbers.items():
@@ -145,13 +152,8 @@ class MetricsLogger:
     def record_samples(self, step: int, paths: list[Path], prompts: list[str], fps: int, seconds: float) -> None:
         """Sample videos written after `step` (rank 0 wrote them, every rank calls this after): their paths and the
         pass's seconds in that step's history row and in metrics.jsonl, the videos in TensorBoard and W&B."""
-        values = {"sample_s": seconds, "sample_files": [str(path) for path in paths]}
-        if self.history and self.history[-1]["step"] == step:
-            self.history[-1].update(values)
-        if not self.is_logger:
+        if not self._add_to_step(step, {"sample_s": seconds, "sample_files": [str(path) for path in paths]}):
             return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self.jsonl.flush()
         for path, prompt in zip(paths, prompts):
             if self.tensorboard is not None:
                 add_tensorboard_media(self.tensorboard, f"samples/{path.stem}", read_frames(path), step, fps)
