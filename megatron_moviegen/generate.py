@@ -23,6 +23,7 @@ loaded where they can be: one `generate: error: ...` line on stderr, exit status
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
+from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.distributed import CheckpointError
@@ -104,6 +106,12 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def bucket_multiple(cfg: MovieGenConfig, compression: int) -> int:
+    """The pixel multiple --aspect-ratio sizes to: the training buckets' `data.buckets.size_multiple` (t2v_30b: 64,
+    so that context parallelism splits every bucket) and the TAE x patch step, whichever both divide."""
+    return math.lcm(cfg.data.buckets.size_multiple, compression * cfg.model.patch_size[1])
+
+
 def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:
     fps = resolve_fps(args.fps, trained_fps)
     frames = args.frames if args.frames is not None else max(1, round(args.duration * fps))
@@ -123,7 +131,7 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     check_prompts(prompts)
     cfg = read_exported_config(args.checkpoint, args.overrides)
     tae = load_tae(args.tae)
-    settings = sampling_config(args, tae.cfg.compression * cfg.model.patch_size[1], cfg.model.trained_fps)
+    settings = sampling_config(args, bucket_multiple(cfg, tae.cfg.compression), cfg.model.trained_fps)
     settings.validate()
     if args.upsample:
         check_export_folder(args.upsample)

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 import megatron_moviegen.generate as generate_module
-from megatron_moviegen.generate import generate, main, parse_args, sampling_config
+from megatron_moviegen.data.buckets import BucketTable
+from megatron_moviegen.generate import bucket_multiple, generate, main, parse_args, sampling_config
 from megatron_moviegen.inference.pipeline import warn_truncated
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.recipes import load_config
@@ -212,6 +213,17 @@ def test_duration_and_aspect_ratio_bucket_set_frames_and_size():
     defaults = sampling_config(parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p"]), 16)
     assert (defaults.num_frames, defaults.height, defaults.width, defaults.steps, defaults.guidance_scale) == \
         (256, 768, 768, 50, 7.5)
+
+
+def test_aspect_ratio_buckets_follow_the_recipes_size_multiple():
+    """t2v_30b trains 4:3 at 640x896 (64 px steps, so CP x SP splits it); generation must ask for that bucket, not
+    the 656x880 a 16 px step gives."""
+    args = parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--aspect-ratio", "4:3"])
+    paper, tiny = load_config("t2v_30b"), load_config("tiny")
+    assert (bucket_multiple(paper, 8), bucket_multiple(tiny, 8)) == (64, 16)
+    cfg = sampling_config(args, bucket_multiple(paper, 8))
+    assert (cfg.height, cfg.width) == (640, 896)
+    assert (cfg.height, cfg.width) in {(b.height, b.width) for b in BucketTable(paper.data.buckets).buckets()}
 
 
 def test_fps_defaults_to_a_trained_rate_and_warns_on_an_unseen_one():
