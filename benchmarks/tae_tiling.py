@@ -10,15 +10,13 @@ the full output video; "streamed" consumes decode_tiles() chunk by chunk (what a
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
-import time
 
-import psutil
 import torch
 
+from benchmarks.isolated import measure_isolated
 
-def _case(frames: int, size: int, mode: str, queue) -> None:
+
+def _case(frames: int, size: int, mode: str):
     from megatron_moviegen.models.tae import TAE
     from megatron_moviegen.training.train_tae import load_tae_config
 
@@ -28,26 +26,20 @@ def _case(frames: int, size: int, mode: str, queue) -> None:
     latents = torch.randn(1, 16, frames // 8, size // 8, size // 8)
     with torch.no_grad():
         tae.decode(latents[:, :, :1], num_frames=1)  # warm-up
-        before = psutil.Process().memory_info().rss
-        started = time.perf_counter()
+
+    @torch.no_grad()
+    def decode() -> None:
         if mode == "streamed":
             for _chunk in tae.decode_tiles(latents, frames):
                 pass
         else:
             tae.decode(latents, tiled=mode == "tiled")
-        seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    queue.put((seconds, max(peak - before, 0) / 2**20))
+
+    return decode
 
 
 def measure(frames: int, size: int, mode: str) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_case, args=(frames, size, mode, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return measure_isolated(_case, frames, size, mode)
 
 
 def main() -> None:

@@ -11,15 +11,13 @@ latents themselves (b, 16, T, h, w) grow with T in both cases; the model's activ
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
-import time
 
-import psutil
 import torch
 
+from benchmarks.isolated import measure_isolated
 
-def _case(latent_frames: int, size: int, windowed: bool, queue) -> None:
+
+def _case(latent_frames: int, size: int, windowed: bool):
     from megatron_moviegen.inference.components import tiny_tae
     from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig
     from megatron_moviegen.parallel.build import build_dit_chunks
@@ -39,22 +37,11 @@ def _case(latent_frames: int, size: int, windowed: bool, queue) -> None:
     window = 2 if windowed else latent_frames
     settings = UpsamplingConfig(window_frames=window, overlap_frames=min(1, window - 1), steps=2)
     upsampler.sample_latents(condition[:, :, :2], UpsamplingConfig(window_frames=2, steps=1))  # warm-up
-    before = psutil.Process().memory_info().rss
-    started = time.perf_counter()
-    upsampler.sample_latents(condition, settings)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    queue.put((seconds, max(peak - before, 0) / 2**20))
+    return lambda: upsampler.sample_latents(condition, settings)
 
 
 def measure(latent_frames: int, size: int, windowed: bool) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_case, args=(latent_frames, size, windowed, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return measure_isolated(_case, latent_frames, size, windowed)
 
 
 def main() -> None:
