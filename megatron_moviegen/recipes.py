@@ -34,6 +34,19 @@ class MovieGenConfig:
         check_model_fits_layout(self.model, self.parallel)
 
 
+def check_conditions_fit_model(data: DataConfig, model: DiTConfig) -> None:
+    """What pre-encoding writes besides text (data.upsample / data.edit) is what the DiT reads: condition channels
+    of one latent each, and one task-table row per data.edit task."""
+    channels = model.latent_channels if data.upsample is not None or data.edit is not None else 0
+    if model.condition_channels != channels:
+        made = "data.upsample" if data.upsample else "data.edit" if data.edit else "neither data.upsample nor data.edit"
+        raise ConfigError(f"model.condition_channels: got {model.condition_channels}, but {made} gives the DiT "
+                          f"{channels} condition channels")
+    tasks = 0 if data.edit is None else len(data.edit.tasks)
+    if model.num_tasks != tasks:
+        raise ConfigError(f"model.num_tasks: got {model.num_tasks}, but data.edit.tasks lists {tasks} task(s)")
+
+
 def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
     """The text encoders about to run produce what the DiT reads: the same encoders, each with the DiT's
     `model.text_encoders.<name>.max_length` (the one source of those lengths)."""
@@ -57,6 +70,7 @@ def load_config(recipe: str | Path, overrides: list[str] | None = None) -> Movie
     data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
     apply_overrides(data, list(overrides or []))
     cfg = build(MovieGenConfig, data)
+    check_conditions_fit_model(cfg.data, cfg.model)
     check_buckets_fit_model(cfg.data.buckets, cfg.model)
     if cfg.train.samples is not None:
         cfg.train.samples.check_fits(cfg.model, cfg.parallel)

@@ -89,6 +89,30 @@ class UpsampleConfig:
 
 
 @dataclass
+class EditConfig:
+    """Video-editing pairs (Movie Gen Edit, SPEC section 6): each manifest entry's `source` (the unedited video or
+    image) is decoded with the same clip request as its target (`path`), and its latents become the sample's
+    Conditioning.channels; the entry's `task` (default `default_task`) indexes `tasks`, the DiT's task-embedding
+    table (model.num_tasks = len(tasks)). The caption is the instruction."""
+
+    tasks: list[str] = field(default_factory=lambda: ["image_edit", "video_edit"])
+    default_task: str = "video_edit"
+
+    def validate(self) -> None:
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"edit.tasks: got {self.tasks}, need at least one name, no repeats")
+        if self.default_task not in self.tasks:
+            raise ConfigError(f"edit.default_task: got {self.default_task!r}, not in edit.tasks {self.tasks}")
+
+    def task_id(self, name: str | None) -> int:
+        """A manifest entry's task name (None: default_task) -> its index in `tasks`."""
+        name = self.default_task if name is None else name
+        if name not in self.tasks:
+            raise ValueError(f"task: got {name!r}, expected one of data.edit.tasks {self.tasks}")
+        return self.tasks.index(name)
+
+
+@dataclass
 class DataConfig:
     """Where latent shards live, how they are written (pre-encoding) and read (training)."""
 
@@ -114,6 +138,9 @@ class DataConfig:
     # Set for the spatial upsampler: pre-encoding also writes the degraded low-res clip's latents as the
     # sample's Conditioning.channels (model.condition_channels = latent channels).
     upsample: Optional[UpsampleConfig] = None
+    # Set for video editing: manifest entries are (source, instruction, target) triples; pre-encoding writes the
+    # source's latents as Conditioning.channels and the task index as Conditioning.task (EditConfig).
+    edit: Optional[EditConfig] = None
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "encode_batch_size"):
@@ -128,3 +155,6 @@ class DataConfig:
             raise ConfigError(f"image_fraction: got {self.image_fraction}, must be in [0, 1]")
         if self.image_fraction > 0 and not self.buckets.include_images:
             raise ConfigError(f"image_fraction: got {self.image_fraction} but buckets.include_images is false")
+        if self.upsample is not None and self.edit is not None:
+            raise ConfigError("data.upsample and data.edit are both set; a sample's condition channels are one or "
+                              "the other")

@@ -1,7 +1,9 @@
 """Reading what to pre-encode: a JSONL or CSV manifest, or a folder of media with `.txt` caption sidecars.
 
 JSONL/CSV fields: `path` (relative paths are resolved against the manifest's folder), `caption`, and the
-optional `fps` (overrides the probed frame rate), `start`/`end` (seconds; the clip window).
+optional `fps` (overrides the probed frame rate), `start`/`end` (seconds; the clip window). Editing pairs
+(data.edit) add `source` (the unedited video or image; `path` is the edited target, `caption` the instruction)
+and optionally `task` (a name from data.edit.tasks).
 
 A malformed file (bad JSON, missing fields) is a ManifestError; an entry whose values are unusable (bytes that
 are not UTF-8, an empty caption, `"fps": "nan"`) is read as it is and `entry_problem` says why, so pre-encoding
@@ -32,6 +34,8 @@ class ManifestEntry:
     fps: Optional[float] = None
     start_s: float = 0.0
     end_s: Optional[float] = None
+    source: Optional[str] = None  # editing: the unedited media, decoded like `path`
+    task: Optional[str] = None  # editing: a data.edit.tasks name
 
 
 def _optional_float(value, where: str) -> Optional[float]:
@@ -49,12 +53,15 @@ def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
     if "caption" not in record or record["caption"] is None:
         raise ManifestError(f"{where}: missing 'caption'")
     path = Path(record["path"])
+    source = Path(record["source"]) if record.get("source") else None
     return ManifestEntry(
         path=str(path if path.is_absolute() else base / path),
         caption=str(record["caption"]),
         fps=_optional_float(record.get("fps"), f"{where} fps"),
         start_s=_optional_float(record.get("start"), f"{where} start") or 0.0,
         end_s=_optional_float(record.get("end"), f"{where} end"),
+        source=None if source is None else str(source if source.is_absolute() else base / source),
+        task=str(record["task"]) if record.get("task") else None,
     )
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
-from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.config import DataConfig, EditConfig
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
@@ -78,6 +78,8 @@ class Prepared:
     fps: float
     frames: torch.Tensor  # (t, h, w, 3) uint8
     sha256: str
+    source_frames: Optional[torch.Tensor] = None  # editing: the unedited media, decoded with the same request
+    source_sha256: Optional[str] = None
 
 
 @dataclass
@@ -180,14 +182,30 @@ def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Deco
     if isinstance(assignment, Rejected):
         return assignment
     frames = decoder.clip_frames(entry.path, assignment.clip)
-    return Prepared(index, entry, assignment.bucket, assignment.clip.fps, frames, file_sha256(entry.path))
+    prepared = Prepared(index, entry, assignment.bucket, assignment.clip.fps, frames, file_sha256(entry.path))
+    if entry.source is not None:
+        # The edit's source at the target's times and size: a pixel of the one sits where it does in the other.
+        prepared.source_frames = decoder.clip_frames(entry.source, assignment.clip)
+        prepared.source_sha256 = file_sha256(entry.source)
+    return prepared
+
+
+def edit_problem(entry: ManifestEntry, edit: Optional[EditConfig]) -> Optional[str]:
+    """Why this entry cannot be an editing pair under data.edit (or a plain sample without it), or None."""
+    if edit is None:
+        return None if entry.source is None else "has a 'source' (an editing pair) but data.edit is not set"
+    if entry.source is None:
+        return "data.edit is set but the entry has no 'source' (the unedited video or image)"
+    if (entry.task or edit.default_task) not in edit.tasks:
+        return f"task: got {entry.task!r}, expected one of data.edit.tasks {edit.tasks}"
+    return None
 
 
 def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-            io: IORetry) -> Union[Prepared, Assignment, Rejected]:
+            io: IORetry, edit: Optional[EditConfig] = None) -> Union[Prepared, Assignment, Rejected]:
     """`step` on one manifest entry, with every problem of the input turned into a Rejected of its kind:
     unusable fields, an unreadable file (after `io`'s retries), a file the decoder refuses."""
-    problem = entry_problem(entry)
+    problem = entry_problem(entry) or edit_problem(entry, edit)
     if problem is not None:
         return Rejected(index, entry.path, "manifest", problem)
     try:
@@ -200,15 +218,15 @@ def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable
 
 
 def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-                 io: IORetry = IORetry()) -> Union[Assignment, Rejected]:
+                 io: IORetry = IORetry(), edit: Optional[EditConfig] = None) -> Union[Assignment, Rejected]:
     """Probe and bucket one manifest entry (file headers only)."""
-    return checked(_assign, index, entry, table, decoder, io)
+    return checked(_assign, index, entry, table, decoder, io, edit)
 
 
 def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-                  io: IORetry = IORetry()) -> Union[Prepared, Rejected]:
-    """Probe, bucket and decode one manifest entry."""
-    return checked(_prepare, index, entry, table, decoder, io)
+                  io: IORetry = IORetry(), edit: Optional[EditConfig] = None) -> Union[Prepared, Rejected]:
+    """Probe, bucket and decode one manifest entry (and an editing pair's source)."""
+    return checked(_prepare, index, entry, table, decoder, io, edit)
 
 
 _worker_state: dict = {}
@@ -219,14 +237,19 @@ def _init_worker(config: DataConfig) -> None:
     _worker_state["table"] = BucketTable(config.buckets)
     _worker_state["decoder"] = build_decoder(config.decoder)
     _worker_state["io"] = IORetry(config.io_retries, config.io_retry_delay_s)
+    _worker_state["edit"] = config.edit
+
+
+def _worker_args() -> tuple:
+    return _worker_state["table"], _worker_state["decoder"], _worker_state["io"], _worker_state["edit"]
 
 
 def _prepare_in_worker(item: tuple[int, ManifestEntry]) -> Union[Prepared, Rejected]:
-    return prepare_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"], _worker_state["io"])
+    return prepare_entry(item[0], item[1], *_worker_args())
 
 
 def _assign_in_worker(item: tuple[int, ManifestEntry]) -> Union[Assignment, Rejected]:
-    return assign_entry(item[0], item[1], _worker_state["table"], _worker_state["decoder"], _worker_state["io"])
+    return assign_entry(item[0], item[1], *_worker_args())
 
 
 def ordered_map(fn: Callable, items: Iterable, config: DataConfig) -> Iterator:
@@ -356,13 +379,16 @@ class Preencoder:
 
     @torch.no_grad()
     def encode_batch(self, batch: list[Prepared]) -> list[EncodedSample]:
-        """One bucket's decoded samples -> latents and text embeddings (and, with data.upsample, the condition
-        latents of each clip's degraded low-res version), moved to CPU."""
+        """One bucket's decoded samples -> latents and text embeddings (and the condition latents: with
+        data.upsample, of each clip's degraded low-res version; with data.edit, of each pair's source, with its
+        task index), moved to CPU."""
         pixels = torch.stack([to_unit_range(p.frames) for p in batch]).to(self.device)  # (b, 3, t, h, w)
         latents = self.video_encoder.encode(pixels).cpu()  # (b, 16, t', h', w')
         prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
+        edit = self.config.edit
+        task = None if edit is None else torch.tensor([edit.task_id(p.entry.task) for p in batch])
         conditioning = Conditioning(tokens=self.text_encoder.encode(prompts),
-                                    channels=self.condition_latents(pixels, batch)).to("cpu")
+                                    channels=self.condition_latents(pixels, batch), task=task).to("cpu")
         upsample = self.config.upsample
         low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
                                                                      upsample.low_resolution_factor)
@@ -384,14 +410,20 @@ class Preencoder:
                     "latent_shape": list(latents[i].shape),
                     **({} if low_res is None else {"low_resolution": list(low_res),
                                                    "degradation": upsample.degradation}),
+                    **({} if edit is None else {"edit_source": p.entry.source, "source_sha256": p.source_sha256,
+                                                "task": edit.tasks[int(task[i])]}),
                 },
             )
             for i, p in enumerate(batch)
         ]
 
     def condition_latents(self, pixels: torch.Tensor, batch: list[Prepared]) -> Optional[torch.Tensor]:
-        """With data.upsample: (b, 3, t, h, w) high-res pixels -> latents (b, 16, t', h', w') of their degraded,
-        bilinearly re-upsampled versions (the upsampler's condition channels); None otherwise."""
+        """The condition channels (b, 16, t', h', w'): with data.upsample, latents of the (b, 3, t, h, w) high-res
+        pixels' degraded, bilinearly re-upsampled versions; with data.edit, latents of each pair's source; else
+        None."""
+        if self.config.edit is not None:
+            sources = torch.stack([to_unit_range(p.source_frames) for p in batch]).to(self.device)
+            return self.video_encoder.encode(sources).cpu()
         if self.config.upsample is None:
             return None
         degraded = [condition_pixels(pixels[i : i + 1], self.config.upsample,
@@ -401,10 +433,11 @@ class Preencoder:
     def _check_run_config(self, entries: list[ManifestEntry]) -> None:
         """Refuse to resume into a folder written from another manifest or config (shards would not line up)
         or with other encoders (one dataset would hold latents or embeddings of two models)."""
-        manifest_hash = hashlib.sha256(json.dumps([e.__dict__ for e in entries]).encode()).hexdigest()
+        manifest_hash = hashlib.sha256(json.dumps([manifest_record(e) for e in entries]).encode()).hexdigest()
         record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
-                  "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample)}
+                  "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample),
+                  **({} if self.config.edit is None else {"edit": to_dict(self.config.edit)})}
         encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
         path = self.out_dir / "preencode.json"
         if not path.exists():
@@ -424,6 +457,12 @@ class Preencoder:
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
                     f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
                     f"cannot mix encoders: resume with the same encoder or use a new output folder")
+
+
+def manifest_record(entry: ManifestEntry) -> dict:
+    """An entry's fields for the manifest hash; the editing fields only when set, so a plain manifest hashes as it
+    did before they existed (its folders still resume)."""
+    return {k: v for k, v in entry.__dict__.items() if v is not None or k not in ("source", "task")}
 
 
 def check_output_folder(out_dir: Path) -> None:

@@ -93,7 +93,7 @@ def test_next_stage_loads_all_weights_and_grows_the_spatial_tables(stage_result)
     assert torch.equal(doubled["position_embedding.t"], old["position_embedding.t"])  # time is not resampled
 
 
-CONDITIONED = ["model.condition_channels=16", "model.num_tasks=3",
+CONDITIONED = ["model.condition_channels=16", "model.num_tasks=3", "data.edit.tasks=[image_edit,video_edit,t2v]",
                "model.extra_context={reference_image: {width: 8, max_length: 4}}"]
 
 
@@ -179,8 +179,9 @@ def test_next_stage_with_fewer_layers_is_refused_naming_the_dropped_tensor(stage
     assert "model.num_layers=4, this model 2" in message
 
 
-def _upsampler_from_t2v(rank, world_size, old_dir):
-    """The tiny T2V checkpoint loaded as the start of the upsampler_tiny recipe (its train.load_from)."""
+def _stage_from_t2v(rank, world_size, old_dir, recipe):
+    """The tiny T2V checkpoint loaded as the start of a conditioned recipe (upsampler_tiny, edit_tiny: its
+    train.load_from); the new model's output with zero and with random condition channels, for each task."""
     from megatron_moviegen.conditioning import Conditioning
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
     from megatron_moviegen.parallel.build import build_dit_chunks
@@ -189,24 +190,28 @@ def _upsampler_from_t2v(rank, world_size, old_dir):
 
     runtime = Runtime.resolve(distributed_optimizer=False)
     t2v, old = _save_random_t2v(old_dir, runtime)
-    upsampler_cfg = load_config("upsampler_tiny", [f"train.load_from={old_dir}"])
-    upsampler = build_dit_chunks(upsampler_cfg, runtime)
-    load_weights_for_new_stage(upsampler_cfg.train.load_from, upsampler,
-                               resolution=upsampler_cfg.data.buckets.resolution)
+    cfg = load_config(recipe, [f"train.load_from={old_dir}", "parallel.tensor_model_parallel_size=1",
+                               "parallel.sequence_parallel=false"])
+    new = build_dit_chunks(cfg, runtime)
+    load_weights_for_new_stage(cfg.train.load_from, new, resolution=cfg.data.buckets.resolution)
     latents, text, t = _t2v_inputs(t2v, torch.Generator().manual_seed(3))
-    low_res = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    source = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    tasks = [torch.tensor([k]) for k in range(cfg.model.num_tasks)] or [None]
     with torch.no_grad():
         before = old[0](latents, t, Conditioning(text))
-        zero = upsampler[0](latents, t, Conditioning(text, channels=torch.zeros_like(low_res)))
-        conditioned = upsampler[0](latents, t, Conditioning(text, channels=low_res))
+        outputs = [new[0](latents, t, Conditioning(text, channels=channels, task=task))
+                   for channels in (torch.zeros_like(source), source) for task in tasks]
     destroy()
-    return {"before": before, "zero": zero, "conditioned": conditioned,
-            "condition_channels": upsampler_cfg.model.condition_channels}
+    return {"before": before, "outputs": outputs, "condition_channels": cfg.model.condition_channels,
+            "num_tasks": cfg.model.num_tasks}
 
 
-def test_the_upsampler_recipe_starts_from_a_t2v_checkpoint_with_exactly_its_output_at_zero_condition(tmp_path):
-    result = run_distributed(_upsampler_from_t2v, 1, args=(tmp_path / "t2v",))[0]
-    assert result["condition_channels"] == 16
-    # The new input channels start at zero: with any condition the loaded model is the T2V model until trained.
-    assert torch.allclose(result["zero"], result["before"], rtol=1e-6, atol=1e-7)
-    assert torch.allclose(result["conditioned"], result["before"], rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("recipe, tasks", [("upsampler_tiny", 0), ("edit_tiny", 2)])
+def test_conditioned_recipes_start_from_a_t2v_checkpoint_with_exactly_its_output(tmp_path, recipe, tasks):
+    result = run_distributed(_stage_from_t2v, 1, args=(tmp_path / "t2v", recipe))[0]
+    assert (result["condition_channels"], result["num_tasks"]) == (16, tasks)
+    # The new input channels and the task table start at zero: with any source (zero or random) and any task the
+    # loaded model is the T2V model until trained.
+    assert len(result["outputs"]) == 2 * max(tasks, 1)
+    for output in result["outputs"]:
+        assert torch.allclose(output, result["before"], rtol=1e-6, atol=1e-7)

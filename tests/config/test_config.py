@@ -24,6 +24,33 @@ def test_paper_recipe_has_the_papers_shape():
         "ul2": (4096, 300), "metaclip": (1024, 256), "byt5": (1536, 100)}
 
 
+def test_editing_stages_follow_text_to_video_with_source_channels_and_one_task_row_per_task():
+    image, video = load_config("edit_image"), load_config("edit_video")
+    for cfg in (image, video):
+        assert cfg.model.condition_channels == cfg.model.latent_channels == 16
+        assert cfg.model.num_tasks == len(cfg.data.edit.tasks) == 2 and cfg.flow.condition_drop_prob == 0.1
+        assert (cfg.model.num_layers, cfg.model.hidden_size) == (48, 6144)  # the 30B T2V model's shape
+    assert image.data.edit.default_task == "image_edit" and image.data.buckets.durations_s == []
+    assert image.data.image_fraction == 1.0 and image.train.load_from == "/checkpoints/sft"
+    assert video.data.edit.default_task == "video_edit" and video.data.buckets.durations_s[0] == 4.0
+    assert video.train.load_from == image.train.checkpoint_dir  # stage 2 starts from stage 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.condition_channels=16"], "model.condition_channels: got 16, but neither data.upsample nor data.edit"),
+    (["data.edit.default_task=video_edit"], "model.condition_channels: got 0, but data.edit gives the DiT 16"),
+    (["model.condition_channels=16", "data.edit.default_task=video_edit"],
+     r"model.num_tasks: got 0, but data.edit.tasks lists 2 task\(s\)"),
+    (["model.condition_channels=16", "model.num_tasks=2", "data.edit.default_task=remove"],
+     "edit.default_task: got 'remove', not in edit.tasks"),
+    (["model.condition_channels=16", "data.edit.default_task=video_edit", "model.num_tasks=2",
+      "data.upsample.degradation=blur"], "data.upsample and data.edit are both set"),
+])
+def test_condition_channels_and_tasks_must_be_what_the_data_gives(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
+
+
 def test_dotted_overrides_are_parsed_as_yaml_values():
     cfg = load_config("tiny", ["model.num_layers=2", "parallel.tensor_model_parallel_size=2",
                                "parallel.sequence_parallel=true", "model.patch_size=[1,1,1]"])
