@@ -82,6 +82,18 @@ class Conditioning:
         }
         return Conditioning(tokens, self.channels, self.task)
 
+    def keep_channels(self, keep: torch.Tensor) -> "Conditioning":
+        """The condition channels zeroed for the samples where `keep` (b,) is False ("no source video", for
+        guidance over it); tokens and task are kept."""
+        if self.channels is None:
+            raise ValueError("keep_channels: this conditioning has no channels")
+        mask = keep.to(self.channels.device, self.channels.dtype).view(-1, *([1] * (self.channels.dim() - 1)))
+        return Conditioning(self.tokens, self.channels * mask, self.task)
+
+    def without_channels(self) -> "Conditioning":
+        """Every sample's condition channels zeroed; tokens and task are kept."""
+        return self.keep_channels(torch.zeros(self.batch_size, dtype=torch.bool))
+
     def without_tokens(self, sources: Optional[list[str]] = None) -> "Conditioning":
         """Every sample's tokens of `sources` (default: all) masked out; channels and task are kept."""
         any_tokens = next(iter(self.tokens.values()), None)

@@ -35,6 +35,16 @@ def test_keep_tokens_masks_only_the_named_sources_of_dropped_samples():
     assert batch.tokens["ul2"].mask[1].any()  # the original is untouched
 
 
+def test_keep_channels_zeroes_the_source_of_dropped_samples_only():
+    batch = Conditioning.stack([_sample(0), _sample(1)])
+    dropped = batch.keep_channels(torch.tensor([False, True]))
+    assert not dropped.channels[0].any() and torch.equal(dropped.channels[1], batch.channels[1])
+    assert torch.equal(dropped.tokens["ul2"].mask, batch.tokens["ul2"].mask) and torch.equal(dropped.task, batch.task)
+    assert not batch.without_channels().channels.any() and batch.channels[0].any()
+    with pytest.raises(ValueError, match="no channels"):
+        Conditioning.stack([_sample(0, channels=False)]).keep_channels(torch.tensor([True]))
+
+
 def test_without_tokens_is_the_unconditional_branch():
     uncond = Conditioning.stack([_sample(0), _sample(1)]).without_tokens()
     assert not any(tokens.mask.any() for tokens in uncond.tokens.values())

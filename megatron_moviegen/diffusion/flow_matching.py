@@ -34,6 +34,10 @@ class FlowMatchingConfig:
     # Fraction of training samples whose text conditioning is dropped, so the model also learns the
     # unconditional velocity used by classifier-free guidance.
     text_drop_prob: float = 0.1
+    # Fraction of samples whose condition channels (editing's source video) are zeroed, drawn independently of
+    # the text drop, so the model also learns v(no source, text) and v(no source, no text): guidance over the
+    # source as well as the text (InstructPix2Pix). 0 for the upsampler, whose low-res video is always given.
+    condition_drop_prob: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.sigma_min < 1.0:
@@ -44,6 +48,8 @@ class FlowMatchingConfig:
             raise ConfigError(f"logit_normal_std: got {self.logit_normal_std}, must be > 0")
         if not 0.0 <= self.text_drop_prob <= 1.0:
             raise ConfigError(f"text_drop_prob: got {self.text_drop_prob}, must be in [0, 1]")
+        if not 0.0 <= self.condition_drop_prob <= 1.0:
+            raise ConfigError(f"condition_drop_prob: got {self.condition_drop_prob}, must be in [0, 1]")
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -107,9 +113,10 @@ def sample_timesteps(batch: int, generator: Optional[torch.Generator] = None, ki
     raise ValueError(f"kind: got {kind!r}, expected 'logit_normal' or 'uniform'")
 
 
-def sample_text_keep_mask(batch: int, drop_prob: float, generator: Optional[torch.Generator] = None,
-                          device: torch.device | str | None = None) -> torch.Tensor:
-    """Bool (batch,): False for the samples (each with probability drop_prob) trained without text, for CFG."""
+def sample_keep_mask(batch: int, drop_prob: float, generator: Optional[torch.Generator] = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool (batch,): False for the samples (each with probability drop_prob) trained without a condition (text,
+    or editing's source), for classifier-free guidance."""
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob: got {drop_prob}, must be in [0, 1]")
     return torch.rand(batch, generator=generator, device=device) >= drop_prob

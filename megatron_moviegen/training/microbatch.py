@@ -10,7 +10,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.diffusion.flow_matching import (
     interpolate,
-    sample_text_keep_mask,
+    sample_keep_mask,
     sample_timesteps,
     sequence_flow_matching_loss,
     velocity_target,
@@ -20,19 +20,23 @@ from megatron_moviegen.parallel.layout import SequenceLayout
 
 
 def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, generator: torch.Generator, cfg,
-                             device: torch.device, text_drop_prob: float) -> dict:
+                             device: torch.device, text_drop_prob: float, condition_drop_prob: float = 0.0) -> dict:
     """Clean latents X_1 (b, 16, t, h, w) float32 -> noise X_0, flow times t, X_t and the target velocity tokens,
-    drawn from `generator` in that order; the text of each sample is dropped with `text_drop_prob` (for CFG)."""
+    drawn from `generator` in that order; the text of each sample is dropped with `text_drop_prob`, and its
+    condition channels zeroed with `condition_drop_prob` (drawn last, only when > 0), for guidance."""
     x0 = torch.randn(latents.shape, generator=generator)
     t = sample_timesteps(latents.shape[0], generator, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
                          std=cfg.flow.logit_normal_std)
-    keep = sample_text_keep_mask(latents.shape[0], text_drop_prob, generator)
+    keep = sample_keep_mask(latents.shape[0], text_drop_prob, generator)
+    conditioning = conditioning.keep_tokens(keep, list(cfg.model.text_encoders))
+    if condition_drop_prob > 0 and conditioning.channels is not None:
+        conditioning = conditioning.keep_channels(sample_keep_mask(latents.shape[0], condition_drop_prob, generator))
     target = velocity_target(x0, latents, cfg.flow.sigma_min)
     return dict(
         noisy=interpolate(x0, latents, t, cfg.flow.sigma_min).to(device),
         target_tokens=patchify_latents(target, cfg.model.patch_size).to(device),
         timesteps=t.to(device),
-        conditioning=conditioning.keep_tokens(keep, list(cfg.model.text_encoders)).to(device, torch.float32),
+        conditioning=conditioning.to(device, torch.float32),
     )
 
 

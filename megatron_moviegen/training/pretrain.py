@@ -91,7 +91,7 @@ class PreemptionFlag:
 
 def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbatches: int,
                       device: torch.device) -> list[dict]:
-    """Split one bucket's samples into microbatches with their noise, flow times and text-drop masks, on `device`."""
+    """Split one bucket's samples into microbatches with their noise, flow times and drop masks, on `device`."""
     dp_rank = parallel_state.get_data_parallel_rank()
     latents = batch.latents.float()
     size = latents.shape[0] // num_microbatches
@@ -100,7 +100,8 @@ def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbat
         gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 65_537 + dp_rank) * 257 + index)
         microbatches.append(flow_matching_microbatch(latents[index * size:(index + 1) * size],
                                                      batch.conditioning.batch(index * size, (index + 1) * size),
-                                                     gen, cfg, device, cfg.flow.text_drop_prob))
+                                                     gen, cfg, device, cfg.flow.text_drop_prob,
+                                                     cfg.flow.condition_drop_prob))
     return microbatches
 
 

@@ -7,7 +7,7 @@ from megatron_moviegen.diffusion.flow_matching import (
     FlowMatchingConfig,
     flow_matching_loss,
     interpolate,
-    sample_text_keep_mask,
+    sample_keep_mask,
     sample_timesteps,
     velocity_target,
 )
@@ -108,11 +108,11 @@ def test_uniform_timesteps_are_uniform():
 
 
 def test_text_keep_mask_drops_about_drop_prob_and_is_deterministic():
-    keep = sample_text_keep_mask(20000, 0.1, torch.Generator().manual_seed(0))
+    keep = sample_keep_mask(20000, 0.1, torch.Generator().manual_seed(0))
     assert keep.dtype == torch.bool
     assert abs((~keep).float().mean().item() - 0.1) < 0.01
-    assert torch.equal(keep, sample_text_keep_mask(20000, 0.1, torch.Generator().manual_seed(0)))
-    assert sample_text_keep_mask(100, 0.0).all() and not sample_text_keep_mask(100, 1.0).any()
+    assert torch.equal(keep, sample_keep_mask(20000, 0.1, torch.Generator().manual_seed(0)))
+    assert sample_keep_mask(100, 0.0).all() and not sample_keep_mask(100, 1.0).any()
 
 
 def test_config_defaults_are_the_papers_and_bad_values_name_their_field():
