@@ -3,7 +3,10 @@
 - the TAE's reconstruction PSNR / SSIM per clip: the ceiling any generated video can reach against it;
 - per caption, the DiT's sample (at the clip's bucket, FPS-n and the same seed) against its own clip and against
   every other clip of the same shape: a model that learned the caption is much closer to its own clip;
-- a side-by-side PNG: per clip, rows original / TAE reconstruction / generated, a few frames each.
+- a side-by-side PNG: per clip, rows original / TAE reconstruction / generated, a few frames each;
+- for an editing model (a recipe with data.edit): per (source, instruction, target) pair, the edit sampled from the
+  source against the true target, against the unedited source (the score of doing nothing) and against the
+  source's other targets (another instruction's edit), with the TAE's ceiling on the target.
 
 Clips go through pre-encoding's decode and bucketing (`prepare_entry`), so they are exactly what training saw.
 
@@ -15,7 +18,7 @@ Clips go through pre-encoding's decode and bucketing (`prepare_entry`), so they 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -24,10 +27,11 @@ import torch
 from PIL import Image
 
 from megatron_moviegen.data.buckets import BucketTable
-from megatron_moviegen.data.config import BucketConfig
+from megatron_moviegen.data.config import BucketConfig, DataConfig
 from megatron_moviegen.data.decode import build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import Rejected, prepare_entry
+from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.text.prompts import prompt_fps
@@ -94,15 +98,83 @@ def evaluate(clips: list[ReferenceClip], tae: TAE, pipeline: Optional[MovieGenPi
     return {"clips": rows, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}, videos
 
 
+@dataclass
+class EditPair:
+    instruction: str
+    source: str
+    target: str
+    fps: Optional[float]  # None for an image
+    source_pixels: torch.Tensor  # (3, t, h, w) float32 in [-1, 1], the bucket's size
+    target_pixels: torch.Tensor  # the same shape
+
+
+def load_edit_pairs(manifest: str | Path, data: DataConfig) -> list[EditPair]:
+    """Every (source, instruction, target) entry decoded and bucketed as pre-encoding would (data.edit set)."""
+    if data.edit is None:
+        raise ValueError("load_edit_pairs: the recipe has no data.edit section")
+    table, reader = BucketTable(data.buckets), build_decoder(data.decoder)
+    pairs = []
+    for index, entry in enumerate(read_manifest(manifest)):
+        prepared = prepare_entry(index, entry, table, reader, edit=data.edit)
+        if isinstance(prepared, Rejected):
+            raise ValueError(f"{entry.path}: pre-encoding would reject it ({prepared.reason})")
+        fps = None if prepared.bucket.is_image else prepared.fps
+        pairs.append(EditPair(entry.caption, entry.source, entry.path, fps, to_unit_range(prepared.source_frames),
+                              to_unit_range(prepared.frames)))
+    return pairs
+
+
+def evaluate_edits(pairs: list[EditPair], editor: VideoEditor, settings: EditingConfig
+                   ) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """The report and, per pair, the videos {"source", "target", "tae", "edited"} for `side_by_side`. Each edit is
+    sampled from the source's latents with `settings` (its fps from the pair). Every rank of the editor's
+    model-parallel group must call this."""
+    rows, videos = [], []
+    for pair in pairs:
+        recon = tae_reconstruction(editor.tae, pair.target_pixels)
+        frames = pair.source_pixels.shape[1]
+        run = replace(settings, fps=prompt_fps(pair.fps) or settings.fps)
+        edited = editor.edit(pair.source_pixels[None], pair.instruction, run)[0].cpu()
+        rows.append({
+            "instruction": pair.instruction, "source": pair.source, "target": pair.target, "fps": pair.fps,
+            "shape": list(pair.target_pixels.shape), "tae": quality(recon, pair.target_pixels),
+            "edited": quality(edited, pair.target_pixels),
+            "source_vs_target": quality(pair.source_pixels, pair.target_pixels),
+            "edited_vs_other_targets": {other.instruction: quality(edited, other.target_pixels) for other in pairs
+                                        if other is not pair and other.source == pair.source
+                                        and other.target_pixels.shape == pair.target_pixels.shape},
+            "frames": frames,
+        })
+        videos.append({"source": pair.source_pixels, "target": pair.target_pixels, "tae": recon, "edited": edited})
+    return {"pairs": rows, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+            "source_guidance_scale": settings.source_guidance_scale, "seed": settings.seed}, videos
+
+
+def format_edit_table(report: dict) -> str:
+    """One line per pair: the TAE ceiling on the target, edited vs target, source vs target (doing nothing),
+    edited vs the source's closest other target."""
+    lines = [f"{'source':<20} {'instruction':<28} {'TAE ceiling':>12} {'edited':>13} {'unedited':>13} "
+             f"{'other edit':>13}   (PSNR dB/SSIM vs the true edit)"]
+    for row in report["pairs"]:
+        name = Path(row["source"]).parent.name or Path(row["source"]).stem
+        others = row["edited_vs_other_targets"]
+        best = max(others.values(), key=lambda q: q["psnr"]) if others else None
+        lines.append(f"{name[:20]:<20} {row['instruction'][:28]:<28} {_q(row['tae']):>12} {_q(row['edited']):>13} "
+                     f"{_q(row['source_vs_target']):>13} {(_q(best) if best else '-'):>13}")
+    return "\n".join(lines)
+
+
+def _q(quality: dict) -> str:
+    return f"{quality['psnr']:.2f}/{quality['ssim']:.3f}"
+
+
 def side_by_side(videos: list[dict[str, torch.Tensor]], frames: int = 4, gap: int = 2) -> np.ndarray:
-    """(H, W, 3) uint8: per clip, one row per video kind (original, tae, generated), `frames` frames spread
-    over the clip; clips of different sizes are padded to the widest."""
+    """(H, W, 3) uint8: per clip, one row per video kind in the dict's order (e.g. original, tae, generated),
+    `frames` frames spread over the clip; clips of different sizes are padded to the widest."""
     rows = []
     for video in videos:
-        for kind in ("original", "tae", "generated"):
-            if kind not in video:
-                continue
-            pixels = to_uint8_frames(video[kind])  # (t, h, w, 3)
+        for pixels in video.values():
+            pixels = to_uint8_frames(pixels)  # (t, h, w, 3)
             picks = np.linspace(0, pixels.shape[0] - 1, min(frames, pixels.shape[0])).round().astype(int)
             tiles = [np.pad(pixels[i], ((0, 0), (0, gap), (0, 0)), constant_values=255) for i in picks]
             rows.append(np.pad(np.concatenate(tiles, axis=1), ((0, gap), (0, 0), (0, 0)), constant_values=255))

@@ -8,6 +8,10 @@
     python -m megatron_moviegen.generate --checkpoint runs/tiny_export --tae toy-tae --text-encoders toy \\
         --prompt "a red ball" --frames 16 --height 64 --width 64 --steps 8
 
+    # edit a video by instruction with an editing export (recipes edit_image / edit_video)
+    python -m megatron_moviegen.generate --checkpoint runs/edit_export --tae runs/tae --edit-video in.mp4 \
+        --prompt "make it black and white" --guidance-scale 7.5 --source-guidance-scale 1.5
+
     # tensor + context parallel sampling: torchrun --nproc-per-node 4 -m megatron_moviegen.generate ... \\
     #     parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=2
 
@@ -24,29 +28,35 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 import os
 import sys
 import time
 from pathlib import Path
 
+import av
+import torch
 import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.config import parse_aspect_ratio
+from megatron_moviegen.data.decode import DecodeError, is_image
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
 from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConfig, check_prompts, latent_shape,
                                                   resolve_fps)
+from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.upsample import add_sampling_arguments, upsample_files
+from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
 from megatron_moviegen.utils.io import check_writable_folder
 
 
 DEFAULTS = SamplingConfig()
+EDIT_DEFAULTS = EditingConfig()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig override, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--output-dir", default="outputs")
+    parser.add_argument("--edit-video", metavar="VIDEO", default=None,
+                        help="edit this video (or image) by the prompt(s) with an editing export: decoded at --fps, "
+                             "--frames/--duration from the start (default: all of it), at --height x --width "
+                             "(default: its own size)")
+    parser.add_argument("--source-guidance-scale", type=float, default=None,
+                        help="with --edit-video: guidance over the source video (1 = none; default "
+                             f"{EDIT_DEFAULTS.source_guidance_scale})")
+    parser.add_argument("--task", default=None,
+                        help="with --edit-video: a task of the export's data.edit.tasks (default: its default_task)")
     parser.add_argument("--upsample", metavar="CHECKPOINT", default=None,
                         help="a spatial-upsampler export: each generated video is then upsampled to "
                              "<name>.upsampled.mp4 (windows over latent frames, megatron_moviegen/upsample.py)")
@@ -87,8 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_sampling_arguments(parser, prefix="upsample-")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
-    if args.frames is None and args.duration is None:
+    if args.frames is None and args.duration is None and args.edit_video is None:
         args.frames = DEFAULTS.num_frames
+    if args.edit_video is None and (args.task is not None or args.source_guidance_scale is not None):
+        parser.error("--task and --source-guidance-scale apply to --edit-video only")
+    if args.source_guidance_scale is None:
+        args.source_guidance_scale = EDIT_DEFAULTS.source_guidance_scale
     if (args.height is None) != (args.width is None):
         parser.error("give both --height and --width, or neither")
     if args.aspect_ratio and args.height is not None:
@@ -114,13 +137,33 @@ def bucket_multiple(cfg: MovieGenConfig, compression: int) -> int:
 
 def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:
     fps = resolve_fps(args.fps, trained_fps)
-    frames = args.frames if args.frames is not None else max(1, round(args.duration * fps))
+    frames = args.frames if args.frames is not None else max(1, round(args.duration * fps)) if args.duration else None
     if args.aspect_ratio:
         height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
     else:
         height, width = (args.height, args.width) if args.height is not None else (DEFAULTS.height, DEFAULTS.width)
     return SamplingConfig(num_frames=frames, height=height, width=width, fps=fps, steps=args.steps,
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
+
+
+def read_edit_source(args: argparse.Namespace, settings: SamplingConfig, cfg: MovieGenConfig
+                     ) -> tuple[torch.Tensor, SamplingConfig]:
+    """--edit-video -> its pixels (1, 3, t, h, w) in [-1, 1] and the settings with its frames and size, after
+    checking the export is an editing model and --task one of its tasks."""
+    if cfg.data.edit is None or cfg.model.condition_channels == 0:
+        raise ValueError(f"--edit-video: {args.checkpoint} is not a video-editing export (its config has no "
+                         "data.edit section / model.condition_channels); train one with the edit_video recipe")
+    if args.task is not None and args.task not in cfg.data.edit.tasks:
+        raise ValueError(f"--task: got {args.task!r}, the export knows {cfg.data.edit.tasks}")
+    if not Path(args.edit_video).is_file():
+        raise FileNotFoundError(f"--edit-video: {args.edit_video} is not a file")
+    frames = 1 if is_image(args.edit_video) else settings.num_frames  # an image edits as a 1-frame video
+    try:
+        pixels = read_video(args.edit_video, 0.0, settings.fps, frames, args.height, args.width)
+    except (DecodeError, av.FFmpegError) as exc:
+        raise ValueError(f"--edit-video: {args.edit_video} could not be decoded ({exc})") from None
+    frames, height, width = pixels.shape[2:]
+    return pixels, replace(settings, num_frames=frames, height=height, width=width)
 
 
 def generate(argv: list[str] | None = None) -> list[Path]:
@@ -132,6 +175,9 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     cfg = read_exported_config(args.checkpoint, args.overrides)
     tae = load_tae(args.tae)
     settings = sampling_config(args, bucket_multiple(cfg, tae.cfg.compression), cfg.model.trained_fps)
+    source = None
+    if args.edit_video:
+        source, settings = read_edit_source(args, settings, cfg)
     settings.validate()
     if args.upsample:
         check_export_folder(args.upsample)
@@ -144,10 +190,18 @@ def generate(argv: list[str] | None = None) -> list[Path]:
         dit = chunks[0]
         rank = dist.get_rank()
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
-        pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources={
-            "checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders})
+        sources = {"checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders}
         started = time.perf_counter()
-        paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
+        if source is not None:
+            editor = VideoEditor(dit, tae.to(runtime.device), text_encoders, cfg.data.edit.tasks,
+                                 cfg.data.edit.default_task, sources)
+            editing = EditingConfig(steps=settings.steps, guidance_scale=settings.guidance_scale,
+                                    source_guidance_scale=args.source_guidance_scale, seed=settings.seed,
+                                    task=args.task, fps=settings.fps)
+            paths = editor.edit_files(source, args.edit_video, prompts, editing, args.output_dir, args.same_seed)
+        else:
+            pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources)
+            paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
         if args.upsample:
             upsampling = UpsamplingConfig(window_frames=args.upsample_window_frames,
                                           overlap_frames=args.upsample_overlap_frames, steps=args.upsample_steps,

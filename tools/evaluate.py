@@ -6,6 +6,12 @@
 
 Clips are decoded and bucketed with the recipe's `data.buckets` (what pre-encoding did). Prints the table and
 writes <out>/eval.json and <out>/side_by_side.png (rows: original, TAE reconstruction, generated).
+
+With an editing recipe (data.edit) the manifest holds (source, instruction, target) pairs and each edit is sampled
+from its source (rows: source, true edit, TAE reconstruction of it, the model's edit):
+
+    python tools/evaluate.py --manifest pairs/manifest.jsonl --config edit_tiny --tae runs/tae \
+        --checkpoint outputs/edit/export --text-encoders toy --steps 50 --source-guidance-scale 1.5
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames-in-png", type=int, default=4)
     parser.add_argument("--out", default="outputs/eval")
@@ -37,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     from megatron_moviegen.recipes import load_config
 
     recipe = load_config(args.config, args.overrides)
+    if recipe.data.edit is not None:
+        return evaluate_editing(args, recipe)
     clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
     tae = load_tae(args.tae)
     pipeline, started_distributed = None, not dist.is_initialized()
@@ -59,6 +68,36 @@ def main(argv: list[str] | None = None) -> dict:
     report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
     json_path, png = write_report(report, videos, args.out, args.frames_in_png)
     print(format_table(report))
+    print(f"wrote {json_path} and {png}")
+    return report
+
+
+def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
+    from megatron_moviegen.checkpoints.export import load_exported_dit
+    from megatron_moviegen.evaluation import evaluate_edits, format_edit_table, load_edit_pairs
+    from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
+    from megatron_moviegen.parallel.initialize import destroy
+    from megatron_moviegen.runtime import Runtime
+
+    if not args.checkpoint:
+        raise SystemExit("evaluate: error: an editing recipe needs --checkpoint (the edit model's export)")
+    pairs = load_edit_pairs(args.manifest, recipe.data)
+    tae = load_tae(args.tae)
+    started_distributed = not dist.is_initialized()
+    cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
+    try:
+        editor = VideoEditor(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model),
+                             cfg.data.edit.tasks, cfg.data.edit.default_task)
+        settings = EditingConfig(steps=args.steps, guidance_scale=args.guidance_scale,
+                                 source_guidance_scale=args.source_guidance_scale, seed=args.seed)
+        report, videos = evaluate_edits(pairs, editor, settings)
+    finally:
+        destroy()
+        if started_distributed:
+            dist.destroy_process_group()
+    report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
+    json_path, png = write_report(report, videos, args.out, args.frames_in_png)
+    print(format_edit_table(report))
     print(f"wrote {json_path} and {png}")
     return report
 

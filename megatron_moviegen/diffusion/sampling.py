@@ -93,21 +93,24 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, timesteps: Union[
     return x
 
 
-def _concat_batch(cond: ModelConditioning, uncond: ModelConditioning) -> ModelConditioning:
-    """[cond; uncond] along the batch dimension, for a Conditioning, a tensor or a dict of tensors with the same
-    keys."""
-    if isinstance(cond, Conditioning) and isinstance(uncond, Conditioning):
-        return Conditioning.cat([cond, uncond])
-    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
-        if cond.shape != uncond.shape:
-            raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond shape {tuple(cond.shape)}")
-        return torch.cat([cond, uncond])
-    if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
-        if set(cond) != set(uncond):
-            raise ValueError(f"uncond: keys {sorted(uncond)} differ from cond keys {sorted(cond)}")
-        return {key: _concat_batch(cond[key], uncond[key]) for key in cond}
+def _concat_batch(cond: ModelConditioning, *others: ModelConditioning) -> ModelConditioning:
+    """[cond; uncond; ...] along the batch dimension, for Conditionings, tensors of one shape or dicts of tensors
+    with the same keys."""
+    parts = [cond, *others]
+    if all(isinstance(p, Conditioning) for p in parts):
+        return Conditioning.cat(parts)
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        for other in others:
+            if other.shape != cond.shape:
+                raise ValueError(f"uncond: shape {tuple(other.shape)} differs from cond shape {tuple(cond.shape)}")
+        return torch.cat(parts)
+    if all(isinstance(p, Mapping) for p in parts):
+        for other in others:
+            if set(other) != set(cond):
+                raise ValueError(f"uncond: keys {sorted(other)} differ from cond keys {sorted(cond)}")
+        return {key: _concat_batch(*(p[key] for p in parts)) for key in cond}
     raise TypeError(
-        f"cond/uncond: got {type(cond).__name__}/{type(uncond).__name__}, expected two tensors or two dicts"
+        f"cond/uncond: got {'/'.join(type(p).__name__ for p in parts)}, expected tensors or dicts of one kind"
     )
 
 
@@ -123,5 +126,26 @@ def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, ModelCondi
     def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
         v_cond, v_uncond = model_fn(torch.cat([x, x]), t, both).chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
+
+    return velocity_fn
+
+
+def source_and_text_guidance(model_fn: Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor],
+                             full: ModelConditioning, no_text: ModelConditioning, neither: ModelConditioning,
+                             text_scale: float, source_scale: float) -> VelocityFn:
+    """Guidance over two conditions, an edit's source and its instruction (InstructPix2Pix, eq. 3):
+
+        v = v(-, -) + source_scale * (v(src, -) - v(-, -)) + text_scale * (v(src, txt) - v(src, -))
+
+    from one batched call of 3b samples per step ([full; no_text; neither], concatenated once here). With
+    source_scale = 1 the first two terms are v(src, -): plain text guidance with the source always given, 2b
+    samples a step."""
+    if source_scale == 1.0:
+        return classifier_free_guidance(model_fn, full, no_text, text_scale)
+    batched = _concat_batch(full, no_text, neither)
+
+    def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
+        v_full, v_source, v_neither = model_fn(torch.cat([x, x, x]), t, batched).chunk(3)
+        return v_neither + source_scale * (v_source - v_neither) + text_scale * (v_full - v_source)
 
     return velocity_fn

@@ -8,6 +8,7 @@ from megatron_moviegen.diffusion.sampling import (
     euler_sample,
     linear_quadratic_schedule,
     linear_schedule,
+    source_and_text_guidance,
 )
 
 torch.set_num_threads(1)
@@ -166,3 +167,33 @@ def test_cfg_sampling_end_to_end_matches_the_guided_closed_form():
     velocity_fn = classifier_free_guidance(model_fn, a.expand(5, 4), torch.zeros(5, 4, dtype=torch.float64), 3.0)
     sample = euler_sample(velocity_fn, noise, linear_quadratic_schedule(50))
     torch.testing.assert_close(sample, 3.0 * a + SIGMA_MIN * noise, rtol=0, atol=1e-9)
+
+
+def test_source_and_text_guidance_combines_three_branches_from_one_call():
+    calls = []
+
+    def model_fn(x, t, conditioning):  # velocity = x * t + what the branch is conditioned on
+        calls.append(x.shape)
+        return x * t + conditioning.view(-1, 1)
+
+    x = _noise((2, 4), seed=6)
+    full, no_text, neither = (torch.tensor(v, dtype=torch.float64) for v in ([5.0, 6.0], [2.0, 3.0], [0.5, -1.0]))
+    velocity = source_and_text_guidance(model_fn, full, no_text, neither, text_scale=7.5, source_scale=1.5)(x, 0.25)
+    assert calls == [(6, 4)]
+    v = {name: x * 0.25 + c.view(-1, 1) for name, c in (("full", full), ("source", no_text), ("none", neither))}
+    expected = v["none"] + 1.5 * (v["source"] - v["none"]) + 7.5 * (v["full"] - v["source"])  # InstructPix2Pix eq. 3
+    torch.testing.assert_close(velocity, expected, rtol=0, atol=1e-13)
+
+
+def test_source_guidance_of_one_is_text_guidance_with_the_source_given_in_two_branches():
+    calls = []
+
+    def model_fn(x, t, conditioning):
+        calls.append(x.shape)
+        return x + conditioning.view(-1, 1)
+
+    x = _noise((2, 3), seed=7)
+    full, no_text = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64)
+    guided = source_and_text_guidance(model_fn, full, no_text, torch.zeros(2, dtype=torch.float64), 4.0, 1.0)(x, 0.0)
+    assert calls == [(4, 3)]
+    torch.testing.assert_close(guided, classifier_free_guidance(model_fn, full, no_text, 4.0)(x, 0.0), rtol=0, atol=0)

@@ -30,14 +30,40 @@ SAMPLING_LAYOUTS = {
 
 
 def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16, recipe: str = "tiny") -> None:
-    """The recipe's DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`."""
-    cfg = load_config(recipe)
+    """The recipe's DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`
+    (one process: the recipe's layout is reset to TP=CP=PP=1)."""
+    cfg = load_config(recipe, ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"])
     runtime = Runtime.resolve()
     init_model_parallel(cfg.parallel, runtime)
     set_seed(seed, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype)
+    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype, edit=cfg.data.edit)
+
+
+INSTRUCTION = "make it black and white"
+EDIT_SOURCE = dict(fps=8, frames=16, height=64, width=64)  # a real clip's first 2 s: latents (1, 16, 2, 8, 8)
+
+
+def edit_source_pixels() -> torch.Tensor:
+    """The bundled carphone clip as an edit's source: (1, 3, 16, 64, 64) in [-1, 1]."""
+    from megatron_moviegen.data.bundled import bundled_clips_dir
+    from megatron_moviegen.upsample import read_video
+
+    return read_video(str(bundled_clips_dir() / "carphone_pristine.mp4"), 0.0, EDIT_SOURCE["fps"],
+                      EDIT_SOURCE["frames"], EDIT_SOURCE["height"], EDIT_SOURCE["width"])
+
+
+def sample_edit(folder: Path, overrides: list[str], **settings) -> torch.Tensor:
+    """Edited latents of edit_source_pixels() by INSTRUCTION through the edit export, under `overrides`' layout."""
+    from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
+
+    cfg, chunks = load_exported_dit(folder, overrides)
+    editor = VideoEditor(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model), cfg.data.edit.tasks,
+                         cfg.data.edit.default_task)
+    source = editor.source_latents(edit_source_pixels())
+    return editor.sample_latents(source, INSTRUCTION, EditingConfig(steps=3, seed=5, fps=EDIT_SOURCE["fps"],
+                                                                    **settings))
 
 
 def sample(folder: Path, overrides: list[str]) -> torch.Tensor:
@@ -52,13 +78,17 @@ def single_process_job(rank: int, world_size: int, root: str) -> dict:
     make_tiny_export(Path(root) / "export")
     latents = sample(Path(root) / "export", [])
     destroy()
-    return {"latents": latents}
+    make_tiny_export(Path(root) / "edit_export", recipe="edit_tiny")
+    edit = sample_edit(Path(root) / "edit_export", [])
+    destroy()
+    return {"latents": latents, "edit_latents": edit}
 
 
 def layouts_job(rank: int, world_size: int, root: str) -> dict:
     """On 2 ranks: sample under each of SAMPLING_LAYOUTS; re-export from TP=2 and from PP=2 loads."""
     root = Path(root)
     latents = {name: sample(root / "export", overrides) for name, overrides in SAMPLING_LAYOUTS.items()}
+    latents["edit_tp2_sp"] = sample_edit(root / "edit_export", SAMPLING_LAYOUTS["tp2_sp"])
     for name, overrides in (("tp2", SAMPLING_LAYOUTS["tp2"]), ("pp2", ["parallel.pipeline_model_parallel_size=2"])):
         _, chunks = load_exported_dit(root / "export", overrides)
         export_dit(chunks, root / f"reexport_{name}")
@@ -94,3 +124,41 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     with contextlib.redirect_stderr(stderr):
         status = main(video + ["--prompt", PROMPT, "--output-dir", str(root / "mismatch"), "model.num_layers=2"])
     return {"errors": errors, "mismatch": (status, stderr.getvalue())}
+
+
+def edit_cli_job(rank: int, world_size: int, root: str) -> dict:
+    """`generate --edit-video` on a tiny random edit export and the bundled carphone clip: two runs with one seed,
+    one with another task, an image source; the exit status and stderr of each refused input; and the editor's
+    latents with and without guidance over the source."""
+    from megatron_moviegen.data.bundled import bundled_clips_dir
+    from megatron_moviegen.utils.video_io import write_image
+
+    root = Path(root)
+    make_tiny_export(root / "edit_export", recipe="edit_tiny")
+    destroy()
+    make_tiny_export(root / "t2v_export")
+    destroy()
+    clip = str(bundled_clips_dir() / "carphone_pristine.mp4")
+    common = ["--checkpoint", str(root / "edit_export"), "--tae", "toy-tae", "--text-encoders", "toy", "--steps", "3",
+              "--prompt", INSTRUCTION]
+    video = common + ["--edit-video", clip, "--fps", "8", "--frames", "16", "--height", "64", "--width", "64"]
+    for name, extra in (("a", []), ("b", []), ("image_task", ["--task", "image_edit"])):
+        generate(video + extra + ["--output-dir", str(root / name)])
+    write_image(root / "frame.png", edit_source_pixels()[0, :, :1])
+    generate(common + ["--edit-video", str(root / "frame.png"), "--output-dir", str(root / "image")])
+    (root / "corrupt.mp4").write_bytes(b"\x00\x01 not a video " * 200)
+    refused = {}
+    for name, args in (
+            ("t2v_export", ["--checkpoint", str(root / "t2v_export")] + video[2:]),
+            ("unknown_task", video + ["--task", "remove_object"]),
+            ("corrupt", common + ["--edit-video", str(root / "corrupt.mp4")]),
+            ("missing", common + ["--edit-video", str(root / "missing.mp4")]),
+            ("odd_size", common + ["--edit-video", clip, "--frames", "8", "--height", "72", "--width", "64"])):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = main(args + ["--output-dir", str(root / f"refused_{name}")])
+        refused[name] = (status, stderr.getvalue())
+    destroy()
+    latents = {scale: sample_edit(root / "edit_export", [], source_guidance_scale=scale) for scale in (1.0, 1.5)}
+    destroy()
+    return {"refused": refused, "latents": latents}

@@ -42,3 +42,11 @@ def test_export_round_trip_through_a_parallel_layout_is_exact(runs, layout):
         assert torch.equal(again[name], tensor), name
     assert (root / f"reexport_{layout}" / "config.yaml").read_text().split("\n", 1)[1] == \
         (root / "export" / "config.yaml").read_text().split("\n", 1)[1]  # same model section (names differ)
+
+
+def test_a_sampled_edit_matches_one_process_under_tp2_with_sequence_parallelism(runs):
+    _, reference, layouts = runs
+    want = reference["edit_latents"]  # three-branch guidance (source and text) through the edit_tiny DiT
+    assert want.shape == (1, 16, 2, 8, 8) and torch.isfinite(want).all()
+    for rank_result in layouts:
+        assert _relative_error(rank_result["latents"]["edit_tp2_sp"], want) < 1e-5
