@@ -36,12 +36,13 @@ def make_microbatches(cfg, seed: int = 7) -> list[dict]:
                   for n, e in cfg.model.text_encoders.items()}
         if index == 1:
             tokens["byt5"].mask[:] = False  # a prompt without quoted text: one encoder fully masked
-        channels = cfg.model.condition_channels  # e.g. the upsampler's low-res latents
+        channels = cfg.model.condition_channels  # the upsampler's low-res latents, an edit's source
         batches.append(dict(
             latents=torch.randn(*LATENT_SHAPE, generator=gen),
             timesteps=torch.rand(1, generator=gen),
             conditioning=Conditioning(tokens, channels=torch.randn(1, channels, *LATENT_SHAPE[2:], generator=gen)
-                                      if channels else None),
+                                      if channels else None,
+                                      task=torch.tensor([index % cfg.model.num_tasks]) if cfg.model.num_tasks else None),
             weight=torch.randn(*LATENT_SHAPE, generator=gen),
         ))
     return batches

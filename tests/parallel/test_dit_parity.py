@@ -9,11 +9,11 @@ from tests.parallel.dit_parity import run_step
 RTOL = 1e-5
 
 
-# What the model is conditioned on besides text: nothing (text-to-video), or the spatial upsampler's 16 condition
-# channels concatenated to the noisy latent before patchify.
-CONDITIONS = {"t2v": [], "upsampler": ["model.condition_channels=16"]}
-UPSAMPLER_LAYOUTS = ("tp2", "tp2_sp", "cp2", "pp2")
-
+# What the model is conditioned on besides text: nothing (text-to-video), or 16 condition channels concatenated to
+# the noisy latent before patchify plus a task embedding added to the time embedding (video editing; the spatial
+# upsampler is the same model without the task table). Microbatch i has task i % 2.
+CONDITIONS = {"t2v": [], "edit": ["model.condition_channels=16", "model.num_tasks=2",
+                                  "data.edit.tasks=[image_edit,video_edit]"]}
 
 
 
@@ -57,7 +57,7 @@ LAYOUTS = {
 }
 
 
-CASES = [("t2v", layout) for layout in LAYOUTS] + [("upsampler", layout) for layout in UPSAMPLER_LAYOUTS]
+CASES = [(condition, layout) for condition in CONDITIONS for layout in LAYOUTS]
 
 
 @pytest.mark.parametrize("condition,layout", CASES)
