@@ -1,6 +1,7 @@
 """The pretraining loop: exact resume, layout-independent checkpoints, preemption, early config errors."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +33,35 @@ def _train(rank, world_size, overrides):
     return {"history": result.history, "step": result.step}
 
 
+def _in_turn(rank, world_size, calls):
+    """`fn(rank, world_size, *args)` for each `(fn, args)` of `calls`, one after another on these ranks: several
+    runs for one launch (torch and Megatron imported once). Each run builds its own model, optimizer and loader
+    (pretrain sets up Megatron's groups and seeds afresh); the first runs in a fresh process. A resume that is
+    compared with an uninterrupted run still gets a launch of its own: the state must come from the checkpoint."""
+    return [fn(rank, world_size, *args) for fn, args in calls]
+
+
 def _losses(result):
     return {row["step"]: (row["loss"], row["grad_norm"]) for row in result["history"]}
 
 
-def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tmp_path):
-    whole = run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "a", 4, TP2_SP),))[-1]
-    run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "b", 2, TP2_SP),))
+@pytest.fixture(scope="module")
+def tp2_runs(tiny_shards, tmp_path_factory):
+    """At TP=2 with SP, in one launch: 4 uninterrupted steps, first; then a 2-step run (folder `two_steps`, its
+    checkpoint at step 2: where the resume test starts and what the load and export tests read); then the fixed
+    input's velocity from that checkpoint, loaded into a newly built TP=2 model."""
+    root = tmp_path_factory.mktemp("tp2")
+    ranks = run_distributed(_in_turn, 2, args=([
+        (_train, (_overrides(tiny_shards, root / "whole", 4, TP2_SP),)),
+        (_train, (_overrides(tiny_shards, root / "two_steps", 2, TP2_SP),)),
+        (_velocity_after_load, (TP2_SP, root / "two_steps" / "iter_0000002")),
+    ],))
+    return {"whole": ranks[-1][0], "two_steps": root / "two_steps", "tp2_velocity": ranks[0][2]}
+
+
+def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tp2_runs, tmp_path):
+    whole = tp2_runs["whole"]
+    shutil.copytree(tp2_runs["two_steps"], tmp_path / "b")  # resumed in a copy: other tests read the 2-step one
     resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "b", 4, TP2_SP),))[-1]
     assert sorted(_losses(resumed)) == [3, 4]
     for step in (3, 4):
@@ -52,9 +75,11 @@ def dp2_runs(tiny_shards, tmp_path_factory):
     """On 2 ranks at TP=1 (DP=2): 4 steps saving synchronously, and 2 + 2 resumed steps saving asynchronously
     and keeping the last step only."""
     root = tmp_path_factory.mktemp("dp2")
-    whole = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "sync", 4),))[-1]
     later = ["train.async_save=true", "train.keep_last=1"]
-    run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 2, later),))
+    whole, _ = run_distributed(_in_turn, 2, args=([  # one launch: the 4 steps first, then the first 2 of 2 + 2
+        (_train, (_overrides(tiny_shards, root / "sync", 4),)),
+        (_train, (_overrides(tiny_shards, root / "async", 2, later),)),
+    ],))[-1]
     resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "async", 4, later),))
     return root, whole, resumed[-1]
 
@@ -106,11 +131,19 @@ def _fixed_velocity(cfg, dit) -> torch.Tensor:
     return unpatchify_tokens(whole, dit.token_grid(latents.shape), tuple(cfg.model.patch_size))
 
 
-def test_a_tp2_checkpoint_loads_at_tp1_with_equal_outputs(tiny_shards, tmp_path):
-    run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path, 2, TP2_SP),))
-    checkpoint = tmp_path / "iter_0000002"
-    tp2 = run_distributed(_velocity_after_load, 2, args=(TP2_SP, checkpoint))[0]
-    tp1 = run_distributed(_velocity_after_load, 1, args=([], checkpoint))[0]
+@pytest.fixture(scope="module")
+def tp2_checkpoint_on_one_process(tp2_runs, tmp_path_factory):
+    """In one process, from the 2-step TP=2 checkpoint: the fixed input's velocity loaded at TP=1; the checkpoint
+    exported (float32) to a new folder; the velocity of the model loaded from that export."""
+    checkpoint, export = tp2_runs["two_steps"], tmp_path_factory.mktemp("tp2_export") / "export"
+    tp1, _, from_export = run_distributed(_in_turn, 1, args=([(_velocity_after_load, ([], checkpoint)),
+                                                             (_export, (checkpoint, export)),
+                                                             (_velocity_from_export, (export,))],))[0]
+    return {"tp1_velocity": tp1, "export": export, "velocity_from_export": from_export}
+
+
+def test_a_tp2_checkpoint_loads_at_tp1_with_equal_outputs(tp2_runs, tp2_checkpoint_on_one_process):
+    tp2, tp1 = tp2_runs["tp2_velocity"], tp2_checkpoint_on_one_process["tp1_velocity"]
     assert torch.allclose(tp1, tp2, rtol=1e-5, atol=1e-6)
 
 
@@ -168,15 +201,13 @@ def _export(rank, world_size, checkpoint, out):
     export_training_checkpoint(checkpoint, out, dtype=torch.float32)  # float32: velocities compared exactly
 
 
-def test_export_of_a_tp2_checkpoint_generates_the_same_velocity(tiny_shards, tmp_path):
+def test_export_of_a_tp2_checkpoint_generates_the_same_velocity(tp2_checkpoint_on_one_process):
     from megatron_moviegen.checkpoints.export import read_export_tensors
 
-    run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path / "ckpt", 2, TP2_SP),))
-    run_distributed(_export, 1, args=(tmp_path / "ckpt", tmp_path / "export"))
-    weights = read_export_tensors(tmp_path / "export")
+    weights = read_export_tensors(tp2_checkpoint_on_one_process["export"])
     assert "layers.3.mlp.linear_fc1.weight" in weights and weights["layers.3.mlp.linear_fc1.weight"].shape == (256, 64)
-    from_checkpoint = run_distributed(_velocity_after_load, 1, args=([], tmp_path / "ckpt"))[0]
-    from_export = run_distributed(_velocity_from_export, 1, args=(tmp_path / "export",))[0]
+    from_checkpoint = tp2_checkpoint_on_one_process["tp1_velocity"]
+    from_export = tp2_checkpoint_on_one_process["velocity_from_export"]
     assert torch.equal(from_checkpoint, from_export)
 
 
@@ -194,15 +225,18 @@ COSINE = ["train.lr_decay_style=cosine", "train.min_lr=1e-4"]
 
 
 def test_resuming_with_a_changed_schedule_is_refused_or_applied_when_asked(tiny_shards, tmp_path):
-    run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "b", 2, COSINE),))
-    longer = run_distributed(_train_expecting_error, 1, args=(_overrides(tiny_shards, tmp_path / "b", 4, COSINE),))[0]
+    # One launch: the 4-step run, the 2-step run, then the two refused resumes of the 2-step run's folder (each
+    # reads the schedule saved in the checkpoint).
+    whole, _, longer, new_lr = run_distributed(_in_turn, 1, args=([
+        (_train, (_overrides(tiny_shards, tmp_path / "a", 4, COSINE),)),
+        (_train, (_overrides(tiny_shards, tmp_path / "b", 2, COSINE),)),
+        (_train_expecting_error, (_overrides(tiny_shards, tmp_path / "b", 4, COSINE),)),
+        (_train_expecting_error, (_overrides(tiny_shards, tmp_path / "b", 2, [*COSINE, "train.lr=5e-4"]),)),
+    ],))[0]
     assert longer.startswith("ConfigError") and "train.lr_decay_steps (default: steps): checkpoint 2, now 4" in longer
     assert "train.override_lr_schedule=true" in longer
-    new_lr = run_distributed(_train_expecting_error, 1,
-                             args=(_overrides(tiny_shards, tmp_path / "b", 2, [*COSINE, "train.lr=5e-4"]),))[0]
     assert "train.lr: checkpoint 0.001, now 0.0005" in new_lr and "lr_decay_steps" not in new_lr
     # Overridden: steps 3 and 4 follow the 4-step schedule exactly, as a run planned for 4 steps would.
-    whole = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "a", 4, COSINE),))[0]
     resumed = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "b", 4,
                                                           [*COSINE, "train.override_lr_schedule=true"]),))[0]
     lrs = {row["step"]: row["lr"] for row in resumed["history"]}

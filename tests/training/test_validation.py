@@ -6,7 +6,7 @@ import pytest
 
 from megatron_moviegen.recipes import load_config
 from tests.harness import run_distributed
-from tests.training.test_pretrain import TP2_SP, _overrides, _train
+from tests.training.test_pretrain import TP2_SP, _in_turn, _overrides, _train
 
 
 def _validated(shards, ckpt, steps, extra=()):
@@ -55,8 +55,10 @@ def _rows(result):
 
 
 def test_the_plateau_rule_halves_the_lr_across_a_resume_as_without_one(tiny_shards, tmp_path):
-    whole = run_distributed(_train, 1, args=(_validated(tiny_shards, tmp_path / "a", 4, PLATEAU),))[0]
-    run_distributed(_train, 1, args=(_validated(tiny_shards, tmp_path / "b", 2, PLATEAU),))
+    whole, _ = run_distributed(_in_turn, 1, args=([  # one launch: the 4 steps first, then the 2 to resume from
+        (_train, (_validated(tiny_shards, tmp_path / "a", 4, PLATEAU),)),
+        (_train, (_validated(tiny_shards, tmp_path / "b", 2, PLATEAU),)),
+    ],))[0]
     resumed = run_distributed(_train, 1, args=(_validated(tiny_shards, tmp_path / "b", 4, PLATEAU),))[0]
     rows = _rows(whole)
     # Validation 1 sets the best, 2 is the first without improvement, 3 the second: the LR halves after step 3.
