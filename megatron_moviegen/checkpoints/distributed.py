@@ -53,7 +53,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
-from megatron_moviegen.utils.io import atomic_output
+from megatron_moviegen.utils.io import atomic_output, full_disk_message, is_full_disk
 
 LATEST = "latest"
 
@@ -319,17 +319,25 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     state["step"] = step
     state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
-    # Into an empty folder: dist_checkpointing warns about anything already there.
-    request = dist_checkpointing.save(state, str(tmp), save_strategy(), async_sharded_save=cfg.train.async_save)
-    (tmp / "rank_state").mkdir(exist_ok=True)
+    try:
+        # Into an empty folder: dist_checkpointing warns about anything already there.
+        request = dist_checkpointing.save(state, str(tmp), save_strategy(), async_sharded_save=cfg.train.async_save)
+        (tmp / "rank_state").mkdir(exist_ok=True)
 
-    if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_pipeline_model_parallel_rank() == 0 \
-            and parallel_state.get_context_parallel_rank() == 0 and loader is not None:
-        dp_rank = parallel_state.get_data_parallel_rank()
-        _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
-    _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
-    if ema is not None:
-        _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
+        if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_pipeline_model_parallel_rank() \
+                == 0 and parallel_state.get_context_parallel_rank() == 0 and loader is not None:
+            dp_rank = parallel_state.get_data_parallel_rank()
+            _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
+        _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
+        if ema is not None:
+            _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
+    except (OSError, RuntimeError) as exc:
+        if not is_full_disk(exc):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # an incomplete step folder: give its space back
+        raise CheckpointError(full_disk_message(checkpoint_dir, f"saving step {step}", exc) + "; nothing of this "
+                              f"step was kept and the last complete step ({_latest_name(checkpoint_dir)}) is "
+                              "untouched: free space (or set train.keep_last) and resume") from exc
     publish = partial(_publish, checkpoint_dir, tmp, final, cfg.train.keep_last, cfg.train.load_from)
     if request is None:
         publish()
@@ -338,6 +346,11 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         _async_saves = _async_saves or AsyncCallsQueue()
         _async_saves.schedule_async_request(request)
     return final
+
+
+def _latest_name(checkpoint_dir: Path) -> str:
+    latest = checkpoint_dir / LATEST
+    return latest.read_text().strip() if latest.is_file() else "none yet"
 
 
 def ema_file(step_dir: Path, rank: int) -> Path:

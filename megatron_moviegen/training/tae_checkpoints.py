@@ -31,7 +31,7 @@ from torch import nn
 
 from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
-from megatron_moviegen.utils.io import atomic_write_text
+from megatron_moviegen.utils.io import atomic_write_text, full_disk_message, is_full_disk
 
 CHECKPOINTS = "checkpoints"
 LINK = "checkpoint"
@@ -178,8 +178,18 @@ def save_checkpoint(out_dir: str | Path, step: int, model: TAE, train_state: dic
     tmp = checkpoints / f".{final.name}.tmp"
     for leftover in checkpoints.glob(".step_*.tmp"):  # saves cut short by a kill
         shutil.rmtree(leftover)
-    model.save_pretrained(tmp)
-    torch.save(train_state, tmp / TRAIN_STATE)
+    try:
+        model.save_pretrained(tmp)
+        torch.save(train_state, tmp / TRAIN_STATE)
+    except (OSError, RuntimeError) as exc:
+        if not is_full_disk(exc):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # incomplete: give its space back
+        latest = checkpoints / LATEST
+        kept = latest.read_text().strip() if latest.is_file() else "none yet"
+        raise CheckpointError(full_disk_message(checkpoints, f"saving TAE step {step}", exc) + "; nothing of this "
+                              f"step was kept and the last complete step ({kept}) is untouched: free space (or set "
+                              "train.keep_last) and resume") from exc
     _replace_folder(tmp, final)
     atomic_write_text(checkpoints / LATEST, final.name)
     _point_link(out_dir / LINK, Path(CHECKPOINTS) / final.name)

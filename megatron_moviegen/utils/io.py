@@ -12,7 +12,9 @@ leftovers are recognisable), and is removed if the writer fails.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -56,3 +58,35 @@ def check_writable_folder(folder: PathLike, what: str = "output folder") -> None
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"{what} {str(folder)!r} is not writable: {exc.strerror or exc}") from None
+
+
+# What a full disk looks like through the writers we use: an OSError with ENOSPC/EDQUOT, or torch.save's
+# RuntimeError ("[enforce fail at inline_container.cc:672] ... file write failed") that keeps no errno.
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "file write failed")
+
+
+def is_full_disk(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says the disk or quota is full."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _FULL_DISK_ERRNOS:
+            return True
+        if isinstance(exc, (OSError, RuntimeError)) and any(text in str(exc) for text in _FULL_DISK_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(folder: PathLike) -> int:
+    """Free bytes on the file system holding `folder` (or its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def full_disk_message(folder: PathLike, what: str, exc: BaseException) -> str:
+    """One line for a write into `folder` that failed because the disk is full."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{what}: the disk holding {folder} is full ({free_bytes(folder) / 2**30:.2f} GiB free; "
+            f"{type(exc).__name__}: {first[:160]})")

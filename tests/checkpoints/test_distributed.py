@@ -180,3 +180,71 @@ def test_retention_never_deletes_the_step_latest_names(tmp_path):
     root = _steps_folder(tmp_path / "ckpt", (1, 2, 3), latest=1)  # pointed back by hand
     assert [p.name for p in prune_steps(root, root / step_dir_name(3), keep_last=1)] == ["iter_0000002"]
     assert (root / step_dir_name(1)).is_dir() and (root / step_dir_name(3)).is_dir()
+
+
+TORCH_FULL_DISK = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                   "file write failed")
+
+
+def _full_disk_job(rank, world_size, root):
+    """The tiny DiT saved at step 1 by save_checkpoint, then a save of step 2 whose rank-state write finds the disk
+    full (torch.save's own message, which carries no errno)."""
+    from unittest import mock
+
+    import megatron_moviegen.checkpoints.distributed as checkpoints
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.recipes import load_config
+    from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
+
+    root = Path(root)
+    runtime = Runtime.resolve(distributed_optimizer=False)
+    cfg = load_config("tiny")
+    init_model_parallel(cfg.parallel, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
+    optimizer = build_optimizer(chunks, cfg.train, runtime)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    checkpoints.save_checkpoint(root, 1, chunks, optimizer, scheduler, None, cfg)
+
+    def full(obj, path):
+        raise RuntimeError(TORCH_FULL_DISK)
+
+    with mock.patch.object(checkpoints, "_atomic_torch_save", full):
+        try:
+            checkpoints.save_checkpoint(root, 2, chunks, optimizer, scheduler, None, cfg)
+            message = "saved"
+        except checkpoints.CheckpointError as exc:
+            message = str(exc)
+    destroy()
+    return {"message": message, "names": sorted(p.name for p in root.iterdir()),
+            "latest": (root / LATEST).read_text().strip()}
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_the_last_step_stays(tmp_path):
+    result = run_distributed(_full_disk_job, world_size=1, args=(str(tmp_path / "ckpt"),))[0]
+    assert result["message"].startswith(f"saving step 2: the disk holding {tmp_path / 'ckpt'} is full (")
+    assert "GiB free; RuntimeError: [enforce fail at inline_container.cc:672]" in result["message"]
+    assert "the last complete step (iter_0000001) is untouched" in result["message"]
+    assert result["names"] == ["iter_0000001", "latest"]  # the incomplete step-2 folder was removed
+    assert result["latest"] == "iter_0000001"
+
+
+def test_full_disk_errors_are_recognised_by_errno_or_torch_message_and_others_are_not():
+    import errno
+
+    from megatron_moviegen.utils.io import is_full_disk
+
+    assert is_full_disk(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_full_disk(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_full_disk(RuntimeError(TORCH_FULL_DISK))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("writing shard 3 failed") from inner
+    except RuntimeError as outer:
+        assert is_full_disk(outer)  # through the chain
+    assert not is_full_disk(OSError(errno.EIO, "Input/output error"))
+    assert not is_full_disk(PermissionError(errno.EACCES, "Permission denied"))
+    assert not is_full_disk(RuntimeError("shape mismatch"))

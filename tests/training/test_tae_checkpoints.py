@@ -89,6 +89,25 @@ def test_pruning_keeps_the_newest_steps_up_to_the_saved_one_and_leaves_later_one
     assert _names(tmp_path) == ["latest", "step_000003"]
 
 
+def test_a_full_disk_during_a_save_is_one_clear_error_and_the_previous_step_stays(two_steps, tmp_path, monkeypatch):
+    run = _copy(two_steps, tmp_path)
+    step2 = _weights(run / "checkpoints" / "step_000002")
+
+    def full(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(tae_checkpoints.torch, "save", full)
+    with pytest.raises(CheckpointError) as refused:
+        tae_checkpoints.save_checkpoint(run, 3, TAE(load_tae_config("tae_tiny").model), {"step": 3}, keep_last=0)
+    monkeypatch.undo()
+    message = str(refused.value)
+    assert message.startswith(f"saving TAE step 3: the disk holding {run / 'checkpoints'} is full (")
+    assert "the last complete step (step_000002) is untouched" in message
+    assert _names(run) == ["latest", "step_000001", "step_000002"]  # no leftover of step 3
+    assert torch.equal(_weights(run / "checkpoint"), step2)
+
+
 class Killed(BaseException):
     """A kill: nothing after it runs, no cleanup."""
 
