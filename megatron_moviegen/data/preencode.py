@@ -16,6 +16,7 @@ shards that gain samples, keeping their other samples byte for byte.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -326,8 +327,6 @@ class Preencoder:
                 if retry:
                     work[k] = ([item for item in plan[k] if item[0] in retry], index)
         remove_partial_files(self.out_dir, list(work))
-        if self.rank == 0:
-            (self.out_dir / FINALIZE_LOCK).unlink(missing_ok=True)  # left by a run killed while finalizing
         summary = RunSummary(shards_skipped=sum(1 for k in mine if k not in work))
         start = time.perf_counter()
         items = [item for k in work for item in work[k][0]]
@@ -509,24 +508,29 @@ def _hash_into(digest, value) -> None:
 def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0) -> None:
     """`finalize` by the first rank to see every shard complete; the others leave it to that one. A rank that
     rewrote shards (--retry-rejects) passes `wait_s`: another rank may be finalizing from the old shards, so it
-    waits for that one to finish and finalizes again, last."""
+    waits for that one to finish and finalizes again, last.
+
+    The lock is an flock on `.finalize.lock`, held while the file is open: the kernel drops it when its holder
+    exits or is killed, so no rank ever removes a lock file another rank may hold (the O_EXCL file used before had
+    to be unlinked at start-up after a kill, which let a late rank 0 unlink the lock of a rank finalizing)."""
     lock = out_dir / FINALIZE_LOCK
     deadline = time.monotonic() + wait_s
-    while True:
+    with open(lock, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    if wait_s:
+                        raise RuntimeError(f"{lock} was held for {wait_s:.0f}s by another pre-encoding rank that is "
+                                           "still running; rerun once it has finished") from None
+                    return
+                time.sleep(0.5)
         try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
-            break
-        except FileExistsError:
-            if time.monotonic() >= deadline:
-                if wait_s:
-                    raise RuntimeError(f"{lock} was held for {wait_s:.0f}s; if no pre-encoding job is running, "
-                                       "remove it and rerun") from None
-                return
-            time.sleep(0.5)
-    try:
-        finalize(out_dir, num_shards)
-    finally:
-        lock.unlink()
+            finalize(out_dir, num_shards)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def finalize(out_dir: Path, num_shards: int) -> dict | None:

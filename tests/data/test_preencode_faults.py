@@ -2,7 +2,9 @@
 the bad-input matrix of docs/reliability.md. Nothing may be lost: every entry ends as a sample or a reject."""
 
 import errno
+import fcntl
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEnc
 from megatron_moviegen.recipes import load_config
 from tests.data.conftest import write_garbage
 from tests.data.test_preencode import read_all, small_config
+
+FORK = multiprocessing.get_context("fork")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -341,27 +345,84 @@ def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     assert not out.exists()
 
 
+def _hold_finalize_lock(lock: Path, held, release) -> None:
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held.set()
+        release.wait(120)
+
+
+def _finalizing_rank(lock: Path):
+    """Another process (a rank finalizing) holding `lock` until its `release` event is set: (process, release)."""
+    held, release = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold_finalize_lock, args=(lock, held, release), daemon=True)
+    holder.start()
+    assert held.wait(timeout=60), "the other process did not get the lock"
+    return holder, release
+
+
+def _is_locked(lock: Path) -> bool:
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def test_finalize_after_a_rewrite_waits_for_a_running_finalize_and_runs_last(three_entries, tmp_path, clips,
                                                                              no_sleep, monkeypatch):
     out = tmp_path / "out"
     run(three_entries, out, shard_size=1)  # shard k holds entry k; with 2 ranks, rank 1 owns shard 1 (later.mp4)
     shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "later.mp4")
     lock = out / ".finalize.lock"
-    lock.write_text("")  # rank 0 is finalizing from the shards as they were before the rewrite
-    preencode_module.finalize_once(out, 3)
-    assert no_sleep == [] and lock.exists()  # a rank that rewrote nothing leaves it to the lock holder
+    holder, release = _finalizing_rank(lock)  # rank 0 is finalizing from the shards as they were before the rewrite
+    try:
+        preencode_module.finalize_once(out, 3)
+        assert no_sleep == [] and _is_locked(lock)  # a rank that rewrote nothing leaves it to the lock holder
 
-    def rank0_finishes_after_two_polls(seconds):
-        no_sleep.append(seconds)
-        if len(no_sleep) == 2:
-            lock.unlink()
+        def rank0_finishes_after_two_polls(seconds):
+            no_sleep.append(seconds)
+            if len(no_sleep) == 2:
+                release.set()
+                holder.join(timeout=60)
 
-    monkeypatch.setattr(preencode_module.time, "sleep", rank0_finishes_after_two_polls)
-    rank1 = Preencoder(small_config(shard_size=1), TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model), out, rank=1, world_size=2)
-    assert rank1.run(read_manifest(three_entries), retry_rejects=True).shards_written == 1
-    assert no_sleep == [0.5, 0.5] and not lock.exists()
+        monkeypatch.setattr(preencode_module.time, "sleep", rank0_finishes_after_two_polls)
+        rank1 = Preencoder(small_config(shard_size=1), TinyVideoEncoder(),
+                           TinyTextEncoders.for_model(load_config("tiny").model), out, rank=1, world_size=2)
+        assert rank1.run(read_manifest(three_entries), retry_rejects=True).shards_written == 1
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    assert no_sleep == [0.5, 0.5] and not _is_locked(lock)
     assert [r["index"] for r in rejects(out)] == [2]  # finalized after rank 0, from the rewritten shard
     assert json.loads((out / "summary.json").read_text())["samples"] == 2
+
+
+def test_a_late_rank_0_never_takes_the_lock_of_a_rank_finalizing_and_a_killed_holders_file_blocks_nothing(
+        three_entries, tmp_path, no_sleep):
+    out = tmp_path / "out"
+    run(three_entries, out, shard_size=1)
+    lock = out / ".finalize.lock"
+    holder, release = _finalizing_rank(lock)  # rank 1 found every shard complete and is finalizing
+    try:
+        # Rank 0 starts late on the complete folder: before, it unlinked the lock file at start-up (taken for a
+        # killed run's leftover), finalized beside rank 1, and rank 1's own unlink then failed.
+        rank0 = Preencoder(small_config(shard_size=1), TinyVideoEncoder(),
+                           TinyTextEncoders.for_model(load_config("tiny").model), out, rank=0, world_size=2)
+        assert rank0.run(read_manifest(three_entries)).shards_written == 0
+        assert _is_locked(lock)
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    (out / "summary.json").unlink()
+    holder = FORK.Process(target=_hold_finalize_lock, args=(lock, FORK.Event(), FORK.Event()), daemon=True)
+    holder.start()
+    holder.kill()  # a finalizing rank killed: its file stays, its lock goes with it
+    holder.join()
+    preencode_module.finalize_once(out, 3)
+    assert json.loads((out / "summary.json").read_text())["samples"] == 1 and no_sleep == []
 
 
 def test_finalize_writes_nothing_while_a_shard_is_being_rewritten(three_entries, tmp_path, no_sleep):
