@@ -3,8 +3,8 @@ megatron_moviegen.data.edits): each clip's window becomes <out>/<stem>/source.mp
 listed in <out>/manifest.jsonl as {"path": edited, "source", "caption": instruction, "task"}, ready for
 `tools/preencode_latents.py --config edit_video --manifest <out>/manifest.jsonl`.
 
-    python tools/make_edit_pairs.py --out data/edit_pairs --edits flip invert --seconds 2 clip1.mp4 clip2.mp4
-    python tools/make_edit_pairs.py --out data/edit_images --frames 1 --task image_edit --edits grayscale clip.mp4
+    python tools/make_edit_pairs.py clip1.mp4 clip2.mp4 --out data/edit_pairs --edits flip invert --seconds 2
+    python tools/make_edit_pairs.py clip.mp4 --out data/edit_images --frames 1 --task image_edit --edits grayscale
     python tools/make_edit_pairs.py --list        # the edits and their instructions
 """
 
