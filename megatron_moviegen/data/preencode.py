@@ -42,6 +42,7 @@ from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.utils.io import check_writable_folder
+from megatron_moviegen.utils.processes import die_with_parent
 from megatron_moviegen.data.shards import (
     EncodedSample,
     INDEX_DIR,
@@ -233,7 +234,9 @@ def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder:
 _worker_state: dict = {}
 
 
-def _init_worker(config: DataConfig) -> None:
+def _init_worker(config: DataConfig, parent_pid: Optional[int] = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # a kill -9 of pre-encoding must not leave its decode workers running
     torch.set_num_threads(1)
     _worker_state["table"] = BucketTable(config.buckets)
     _worker_state["decoder"] = build_decoder(config.decoder)
@@ -261,7 +264,7 @@ def ordered_map(fn: Callable, items: Iterable, config: DataConfig) -> Iterator:
         yield from map(fn, items)
         return
     with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(config,)) as pool:
+                             initargs=(config, os.getpid())) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))

@@ -5,9 +5,12 @@ import errno
 import fcntl
 import json
 import multiprocessing
+import os
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -432,3 +435,45 @@ def test_finalize_writes_nothing_while_a_shard_is_being_rewritten(three_entries,
     (out / "index" / "shard-000000.tar.json").unlink()  # what a rewrite looks like from another rank
     assert preencode_module.finalize(out, 2) is None
     assert (out / "summary.json").read_bytes() == before
+
+
+def _report_pid_and_sleep(folder: str) -> None:
+    """A decode worker's task that never ends: it leaves its pid in `folder` and sleeps."""
+    (Path(folder) / f"worker-{os.getpid()}").write_text("")
+    time.sleep(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited (PID 1 of a container may never reap it)
+
+
+def test_decode_workers_die_with_a_killed_pre_encoding_process(tmp_path):
+    script = ("import sys\n"
+              "from megatron_moviegen.data.preencode import ordered_map\n"
+              "from tests.data.test_preencode import small_config\n"
+              "from tests.data.test_preencode_faults import _report_pid_and_sleep\n"
+              "if __name__ == '__main__':\n"
+              "    list(ordered_map(_report_pid_and_sleep, [sys.argv[1]] * 2, small_config(num_workers=2)))\n")
+    (tmp_path / "run.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker-*"))) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+            time.sleep(0.2)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+        parent.kill()  # kill -9: no cleanup runs in the parent
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if _alive(pid)], "decode workers outlived the killed parent"
+    finally:
+        for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
