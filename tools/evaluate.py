@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
             destroy()
             if started_distributed:
                 dist.destroy_process_group()
-    report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
-    json_path, png = write_report(report, videos, args.out, args.frames_in_png)
-    print(format_table(report))
-    print(f"wrote {json_path} and {png}")
-    return report
+    return finish(args, report, videos, format_table)
 
 
 def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
@@ -95,9 +91,14 @@ def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
         destroy()
         if started_distributed:
             dist.destroy_process_group()
+    return finish(args, report, videos, format_edit_table)
+
+
+def finish(args: argparse.Namespace, report: dict, videos: list, table) -> dict:
+    """Record the inputs in the report, write eval.json and side_by_side.png, print `table(report)`."""
     report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
     json_path, png = write_report(report, videos, args.out, args.frames_in_png)
-    print(format_edit_table(report))
+    print(table(report))
     print(f"wrote {json_path} and {png}")
     return report
 

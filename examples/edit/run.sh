@@ -9,6 +9,7 @@
 #   bash examples/edit/run.sh   ->  $OUT/eval/{eval.json,side_by_side.png}
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source examples/common.sh
 OUT=${OUT:-outputs/edit}
 TAE_STEPS=${TAE_STEPS:-1000}
 DIT_STEPS=${DIT_STEPS:-3000}
@@ -33,14 +34,7 @@ if [[ -z "${TAE:-}" ]]; then
 fi
 
 echo "== 3/6 pre-encode raw latents, their per-channel statistics, pre-encode normalised latents"
-preencode() {  # $1: TAE folder, $2: output shards
-    python tools/preencode_latents.py --config "$CONFIG" --manifest "$MANIFEST" --out "$2" \
-        --tae "$1" --text-encoders toy > "$2.log" 2>&1
-}
-rm -rf "$OUT/shards_raw" "$OUT/shards" "$OUT/tae_normalised"
-preencode "$TAE" "$OUT/shards_raw"
-python tools/latent_stats.py --shards "$OUT/shards_raw" --tae "$TAE" --out "$OUT/tae_normalised"
-preencode "$OUT/tae_normalised" "$OUT/shards"
+preencode_normalised "$CONFIG" "$MANIFEST" "$TAE" "$OUT"
 
 echo "== 4/6 train the edit DiT ($DIT_STEPS steps, 2 ranks, TP=2 + SP)"
 torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config "$CONFIG" \

@@ -7,6 +7,7 @@
 #   bash examples/learn_two_clips/run.sh   ->  $OUT/normalised/eval/{eval.json,side_by_side.png} (and $OUT/raw/eval)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source examples/common.sh
 OUT=${OUT:-outputs/learn_two_clips}
 TAE_STEPS=${TAE_STEPS:-1000}
 DIT_STEPS=${DIT_STEPS:-3000}
@@ -34,14 +35,7 @@ python tools/train_tae.py --config tae_tiny \
 TAE="$OUT/tae/checkpoint"
 
 echo "== 3/6 pre-encode raw latents, their per-channel statistics, pre-encode normalised latents"
-preencode() {  # $1: TAE folder, $2: output shards
-    python tools/preencode_latents.py --config "$CONFIG" --manifest "$OUT/manifest.jsonl" --out "$2" \
-        --tae "$1" --text-encoders toy > "$2.log" 2>&1
-}
-preencode "$TAE" "$OUT/shards_raw"
-rm -rf "$OUT/tae_normalised"
-python tools/latent_stats.py --shards "$OUT/shards_raw" --tae "$TAE" --out "$OUT/tae_normalised"
-preencode "$OUT/tae_normalised" "$OUT/shards"
+preencode_normalised "$CONFIG" "$OUT/manifest.jsonl" "$TAE" "$OUT"
 
 train_dit() {  # $1: shards, $2: run folder
     torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config "$CONFIG" \
