@@ -25,6 +25,7 @@ the saved one (a tensor of another shape, or saved tensors the model does not ha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -32,6 +33,7 @@ import re
 import shutil
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -66,14 +68,37 @@ def step_dir_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+def latest_name(checkpoint_dir: str | Path) -> str | None:
+    """The step folder name `checkpoint_dir/latest` holds (DiT `iter_X`, TAE `step_X`), or None without one."""
     pointer = Path(checkpoint_dir) / LATEST
-    if not pointer.exists():
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    name = latest_name(checkpoint_dir)
+    if name is None:
         return None
-    path = Path(checkpoint_dir) / pointer.read_text().strip()
+    path = Path(checkpoint_dir) / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{pointer} points to {path}, which does not exist")
+        raise FileNotFoundError(f"{Path(checkpoint_dir) / LATEST} points to {path}, which does not exist")
     return path
+
+
+@contextlib.contextmanager
+def full_disk_named(checkpoint_dir: Path, partial_step: Path, what: str) -> Iterator[None]:
+    """Writes of a step into `partial_step` (a temporary folder in `checkpoint_dir`) that find the disk or quota
+    full: the partial folder is removed (its space given back) and one CheckpointError names the folder, the free
+    space and the last complete step, which stays as it was. Other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not is_full_disk(exc):
+            raise
+        shutil.rmtree(partial_step, ignore_errors=True)
+        raise CheckpointError(
+            f"{full_disk_message(checkpoint_dir, what, exc)}; nothing of this step was kept and the last complete "
+            f"step ({latest_name(checkpoint_dir) or 'none yet'}) is untouched: free space (or set train.keep_last) "
+            "and resume") from exc
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -276,13 +301,13 @@ def prune_steps(checkpoint_dir: Path, newest: Path, keep_last: int, load_from: s
     """Delete the step folders older than `newest` beyond the newest `keep_last` (`newest` counted), except the
     one `latest` names and `load_from`'s (a step folder, or a checkpoint_dir's latest); returns those deleted.
     Folders of later steps (a run overwritten with train.overwrite=true) are left alone."""
-    keep = {(checkpoint_dir / LATEST).read_text().strip()} if (checkpoint_dir / LATEST).exists() else set()
+    keep = {latest_name(checkpoint_dir)}
     protected = set()
     if load_from:
         source = Path(load_from)
         protected = {source.resolve()}
-        if (source / LATEST).exists():
-            protected.add((source / (source / LATEST).read_text().strip()).resolve())
+        if latest_name(source) is not None:
+            protected.add((source / latest_name(source)).resolve())
     older = [f for f in step_folders(checkpoint_dir) if _step_of(f) < _step_of(newest)]
     doomed = [f for f in older[:max(len(older) - (keep_last - 1), 0)]
               if f.name not in keep and f.resolve() not in protected]
@@ -319,7 +344,7 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     state["step"] = step
     state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
-    try:
+    with full_disk_named(checkpoint_dir, tmp, f"saving step {step}"):
         # Into an empty folder: dist_checkpointing warns about anything already there.
         request = dist_checkpointing.save(state, str(tmp), save_strategy(), async_sharded_save=cfg.train.async_save)
         (tmp / "rank_state").mkdir(exist_ok=True)
@@ -331,13 +356,6 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
         if ema is not None:
             _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
-    except (OSError, RuntimeError) as exc:
-        if not is_full_disk(exc):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # an incomplete step folder: give its space back
-        raise CheckpointError(full_disk_message(checkpoint_dir, f"saving step {step}", exc) + "; nothing of this "
-                              f"step was kept and the last complete step ({_latest_name(checkpoint_dir)}) is "
-                              "untouched: free space (or set train.keep_last) and resume") from exc
     publish = partial(_publish, checkpoint_dir, tmp, final, cfg.train.keep_last, cfg.train.load_from)
     if request is None:
         publish()
@@ -346,11 +364,6 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         _async_saves = _async_saves or AsyncCallsQueue()
         _async_saves.schedule_async_request(request)
     return final
-
-
-def _latest_name(checkpoint_dir: Path) -> str:
-    latest = checkpoint_dir / LATEST
-    return latest.read_text().strip() if latest.is_file() else "none yet"
 
 
 def ema_file(step_dir: Path, rank: int) -> Path:

@@ -25,7 +25,7 @@ from typing import IO, Iterator
 import torch
 import torch.distributed as dist
 
-from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError, step_folders
+from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError, latest_name, step_folders
 
 LOCK = ".lock"
 log = logging.getLogger("megatron_moviegen.checkpoints")
@@ -33,11 +33,10 @@ log = logging.getLogger("megatron_moviegen.checkpoints")
 
 def overwrite_problem(checkpoint_dir: Path) -> str | None:
     """Why a fresh run (train.resume=false) must not write into `checkpoint_dir`, or None if it holds no steps."""
-    steps = step_folders(checkpoint_dir)
-    pointer = checkpoint_dir / LATEST
-    if not steps and not pointer.exists():
+    steps, latest = step_folders(checkpoint_dir), latest_name(checkpoint_dir)
+    if not steps and latest is None:
         return None
-    latest = pointer.read_text().strip() if pointer.exists() else f"none; newest folder {steps[-1].name}"
+    latest = latest or f"none; newest folder {steps[-1].name}"
     return (f"train.resume=false, but train.checkpoint_dir {checkpoint_dir} holds {len(steps)} checkpoint(s) "
             f"(latest: {latest}); this run would overwrite their steps and move `{LATEST}`. Set "
             "train.overwrite=true to do that, train.resume=true to continue them, or another train.checkpoint_dir")

@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError
+from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError, full_disk_named, latest_name
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
-from megatron_moviegen.utils.io import atomic_write_text, full_disk_message, is_full_disk
+from megatron_moviegen.utils.io import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 LINK = "checkpoint"
@@ -107,9 +107,9 @@ def resume_folder(out_dir: str | Path) -> Path | None:
     folder (a kill between the rename and `latest`), else a real `checkpoint/` folder holding any of the files (the
     single-folder layout written before kept steps); None when `out_dir` holds no checkpoint."""
     out_dir = Path(out_dir)
-    pointer = out_dir / CHECKPOINTS / LATEST
-    if pointer.exists():
-        return pointer.parent / pointer.read_text().strip()
+    latest = latest_name(out_dir / CHECKPOINTS)
+    if latest is not None:
+        return out_dir / CHECKPOINTS / latest
     folders = step_folders(out_dir / CHECKPOINTS)
     if folders:
         return folders[-1]
@@ -178,18 +178,9 @@ def save_checkpoint(out_dir: str | Path, step: int, model: TAE, train_state: dic
     tmp = checkpoints / f".{final.name}.tmp"
     for leftover in checkpoints.glob(".step_*.tmp"):  # saves cut short by a kill
         shutil.rmtree(leftover)
-    try:
+    with full_disk_named(checkpoints, tmp, f"saving TAE step {step}"):
         model.save_pretrained(tmp)
         torch.save(train_state, tmp / TRAIN_STATE)
-    except (OSError, RuntimeError) as exc:
-        if not is_full_disk(exc):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # incomplete: give its space back
-        latest = checkpoints / LATEST
-        kept = latest.read_text().strip() if latest.is_file() else "none yet"
-        raise CheckpointError(full_disk_message(checkpoints, f"saving TAE step {step}", exc) + "; nothing of this "
-                              f"step was kept and the last complete step ({kept}) is untouched: free space (or set "
-                              "train.keep_last) and resume") from exc
     _replace_folder(tmp, final)
     atomic_write_text(checkpoints / LATEST, final.name)
     _point_link(out_dir / LINK, Path(CHECKPOINTS) / final.name)
