@@ -9,7 +9,7 @@
         --prompt "a red ball" --frames 16 --height 64 --width 64 --steps 8
 
     # edit a video by instruction with an editing export (recipes edit_image / edit_video)
-    python -m megatron_moviegen.generate --checkpoint runs/edit_export --tae runs/tae --edit-video in.mp4 \
+    python -m megatron_moviegen.generate --checkpoint runs/edit_export --tae runs/tae --edit-video in.mp4 \\
         --prompt "make it black and white" --guidance-scale 7.5 --source-guidance-scale 1.5
 
     # tensor + context parallel sampling: torchrun --nproc-per-node 4 -m megatron_moviegen.generate ... \\
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -137,7 +137,9 @@ def bucket_multiple(cfg: MovieGenConfig, compression: int) -> int:
 
 def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:
     fps = resolve_fps(args.fps, trained_fps)
-    frames = args.frames if args.frames is not None else max(1, round(args.duration * fps)) if args.duration else None
+    frames = args.frames  # None with --edit-video alone: all of the source (read_edit_source)
+    if args.duration is not None:
+        frames = max(1, round(args.duration * fps))
     if args.aspect_ratio:
         height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
     else:
@@ -193,8 +195,7 @@ def generate(argv: list[str] | None = None) -> list[Path]:
         sources = {"checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders}
         started = time.perf_counter()
         if source is not None:
-            editor = VideoEditor(dit, tae.to(runtime.device), text_encoders, cfg.data.edit.tasks,
-                                 cfg.data.edit.default_task, sources)
+            editor = VideoEditor(dit, tae.to(runtime.device), text_encoders, cfg.data.edit, sources)
             editing = EditingConfig(steps=settings.steps, guidance_scale=settings.guidance_scale,
                                     source_guidance_scale=args.source_guidance_scale, seed=settings.seed,
                                     task=args.task, fps=settings.fps)

@@ -83,7 +83,7 @@ def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
     cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
     try:
         editor = VideoEditor(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model),
-                             cfg.data.edit.tasks, cfg.data.edit.default_task)
+                             cfg.data.edit)
         settings = EditingConfig(steps=args.steps, guidance_scale=args.guidance_scale,
                                  source_guidance_scale=args.source_guidance_scale, seed=args.seed)
         report, videos = evaluate_edits(pairs, editor, settings)

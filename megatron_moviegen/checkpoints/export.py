@@ -216,8 +216,9 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                edit: Optional[EditConfig] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
-    must call it. An editing model passes its data.edit (the names of its task-table rows), kept in config.yaml. The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global
-    rank 0 writes config.yaml and, last, the index. Each file is written atomically, and the folder has no
+    must call it. An editing model passes its data.edit (the names of its task-table rows), kept in config.yaml.
+    The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
+    config.yaml and, last, the index. Each file is written atomically, and the folder has no
     index (is not an export) while the files are being replaced."""
     folder = Path(folder)
     if dist.get_rank() == 0:

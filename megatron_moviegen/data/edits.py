@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder
 from megatron_moviegen.utils.io import atomic_write_text
-from megatron_moviegen.utils.video_io import write_image, write_video
+from megatron_moviegen.utils.video_io import write_media
 
 Frames = np.ndarray  # (t, h, w, 3) uint8 RGB
 
@@ -118,8 +118,9 @@ def write_edit_pairs(clips: list[str | Path], edits: list[str], out_dir: str | P
     """For each clip: its window [start_s, start_s + seconds) at `fps` (default: native), written as
     `<stem>/source.mp4`, and each edit of it as `<stem>/<edit>.mp4`; `frames=1` writes one frame as PNGs
     (image-editing pairs). Both files of a pair hold the same frames at the same times, so pre-encoding decodes
-    them alike. `max_side` shrinks larger clips to that longer side (aspect kept, even sides). Returns `<out_dir>/manifest.jsonl`: one {"path": target, "source", "caption": instruction,
-    "task"} per (clip, edit); existing pairs are rewritten (every file atomically)."""
+    them alike. `max_side` shrinks larger clips to that longer side (aspect kept, even sides). Returns
+    `<out_dir>/manifest.jsonl`: one {"path": target, "source", "caption": instruction, "task"} per (clip, edit);
+    existing pairs are rewritten (every file atomically)."""
     chosen = [get_edit(name) for name in edits]
     if not chosen:
         raise ValueError("edits: need at least one")
@@ -144,10 +145,7 @@ def write_edit_pairs(clips: list[str | Path], edits: list[str], out_dir: str | P
         for name, pixels in [("source", source)] + [(e.name, e.apply(source)) for e in chosen]:
             path = folder / f"{name}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if count == 1:
-                write_image(path, _to_pixels(pixels))
-            else:
-                write_video(path, _to_pixels(pixels), fps=rate, crf=crf)
+            write_media(path, _to_pixels(pixels), fps=rate, crf=crf)
             written[name] = path
         for edit in chosen:
             lines.append({"path": str(written[edit.name].relative_to(out_dir)),

@@ -47,20 +47,24 @@ def _optional_float(value, where: str) -> Optional[float]:
         raise ManifestError(f"{where}: got {value!r}, expected a number") from None
 
 
+def _resolve(path: str, base: Path) -> str:
+    """A manifest path; a relative one is taken from the manifest's folder."""
+    path = Path(path)
+    return str(path if path.is_absolute() else base / path)
+
+
 def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
     if not record.get("path"):
         raise ManifestError(f"{where}: missing 'path'")
     if "caption" not in record or record["caption"] is None:
         raise ManifestError(f"{where}: missing 'caption'")
-    path = Path(record["path"])
-    source = Path(record["source"]) if record.get("source") else None
     return ManifestEntry(
-        path=str(path if path.is_absolute() else base / path),
+        path=_resolve(record["path"], base),
         caption=str(record["caption"]),
         fps=_optional_float(record.get("fps"), f"{where} fps"),
         start_s=_optional_float(record.get("start"), f"{where} start") or 0.0,
         end_s=_optional_float(record.get("end"), f"{where} end"),
-        source=None if source is None else str(source if source.is_absolute() else base / source),
+        source=_resolve(record["source"], base) if record.get("source") else None,
         task=str(record["task"]) if record.get("task") else None,
     )
 

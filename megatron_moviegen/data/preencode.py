@@ -198,8 +198,10 @@ def edit_problem(entry: ManifestEntry, edit: Optional[EditConfig]) -> Optional[s
         return None if entry.source is None else "has a 'source' (an editing pair) but data.edit is not set"
     if entry.source is None:
         return "data.edit is set but the entry has no 'source' (the unedited video or image)"
-    if (entry.task or edit.default_task) not in edit.tasks:
-        return f"task: got {entry.task!r}, expected one of data.edit.tasks {edit.tasks}"
+    try:
+        edit.task_id(entry.task)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -3,7 +3,7 @@ source's TAE latents as the condition channels, the instruction through the text
 through the edit DiT with guidance over source and text -> TAE decode.
 
     cfg, chunks = load_exported_dit("runs/edit_export")
-    editor = VideoEditor(chunks[0], tae, text_encoders, tasks=cfg.data.edit.tasks)
+    editor = VideoEditor(chunks[0], tae, text_encoders, cfg.data.edit)
     pixels = editor.edit(source_pixels, "make it black and white", EditingConfig(task="video_edit"))
 
 Every rank runs the DiT on the same noise (one seeded CPU generator) and the same source latents, so a seed gives
@@ -13,7 +13,7 @@ the same edit under any TP/CP layout; rank 0 encodes the text (broadcast) and wr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,13 +22,14 @@ import torch.distributed as dist
 
 from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.config import EditConfig
 from megatron_moviegen.diffusion import euler_sample, linear_quadratic_schedule, source_and_text_guidance
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, check_prompts, output_name
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder
 from megatron_moviegen.text.prompts import conditioning_prompt
-from megatron_moviegen.utils.video_io import write_image, write_json, write_video
+from megatron_moviegen.utils.video_io import write_json, write_media
 
 
 @dataclass
@@ -40,7 +41,7 @@ class EditingConfig:
     guidance_scale: float = 7.5
     source_guidance_scale: float = 1.5
     seed: int = 0
-    task: Optional[str] = None  # a data.edit.tasks name; None: the model's default task
+    task: Optional[str] = None  # a data.edit.tasks name; None: its default_task
     fps: int = 16  # the instruction's FPS-n prefix (none for a 1-frame image) and the written video's rate
 
     def validate(self) -> None:
@@ -55,27 +56,21 @@ class EditingConfig:
 
 
 class VideoEditor:
-    def __init__(self, dit: MovieGenDiT, tae: TAE, text_encoders: Optional[TextEncoder], tasks: list[str],
-                 default_task: Optional[str] = None, sources: Optional[dict[str, str]] = None):
-        """dit: the edit DiT (condition_channels = the TAE's latent channels, one task row per `tasks` name), this
-        rank's only chunk; text_encoders: needed on rank 0; sources: names recorded in the sidecars."""
+    def __init__(self, dit: MovieGenDiT, tae: TAE, text_encoders: Optional[TextEncoder], edit: EditConfig,
+                 sources: Optional[dict[str, str]] = None):
+        """dit: the edit DiT (condition_channels = the TAE's latent channels, one task row per `edit.tasks` name),
+        this rank's only chunk; edit: the export's data.edit; text_encoders: needed on rank 0; sources: names
+        recorded in the sidecars."""
         model = dit.dit_config
         if model.condition_channels != tae.cfg.latent_channels:
             raise ValueError(f"the DiT takes {model.condition_channels} condition channels, the TAE gives "
                              f"{tae.cfg.latent_channels}-channel latents: not a video-editing checkpoint")
-        if model.num_tasks != len(tasks):
-            raise ValueError(f"the DiT has {model.num_tasks} task rows, tasks lists {len(tasks)}: {tasks} "
-                             "(data.edit.tasks of the export's config)")
+        if model.num_tasks != len(edit.tasks):
+            raise ValueError(f"the DiT has {model.num_tasks} task rows, data.edit.tasks of the export's config "
+                             f"lists {len(edit.tasks)}: {edit.tasks}")
         self.pipeline = MovieGenPipeline(dit, tae, text_encoders, sources)
-        self.tae, self.tasks = tae, list(tasks)
-        self.default_task = default_task or self.tasks[0]
+        self.tae, self.edit_config = tae, edit
         self.encoder = TAEVideoEncoder(tae)
-
-    def task_id(self, name: Optional[str]) -> int:
-        name = name or self.default_task
-        if name not in self.tasks:
-            raise ValueError(f"task: got {name!r}, the model knows {self.tasks}")
-        return self.tasks.index(name)
 
     def source_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Source pixels (b, 3, t, h, w) in [-1, 1] -> normalised latents (b, 16, ceil(t/8), h/8, w/8) float32, as
@@ -96,7 +91,7 @@ class VideoEditor:
         text, no_text = self.pipeline.encode_text([prompt] * batch)
         device, dtype = self.pipeline.device, self.pipeline.dtype
         channels = source.to(device, dtype)
-        task = torch.full((batch,), self.task_id(cfg.task), dtype=torch.long, device=device)
+        task = torch.full((batch,), self.edit_config.task_id(cfg.task), dtype=torch.long, device=device)
         full = Conditioning(text.tokens, channels, task)
         source_only = Conditioning(no_text.tokens, channels, task)
         velocity_fn = source_and_text_guidance(self.pipeline.velocity, full, source_only,
@@ -123,20 +118,16 @@ class VideoEditor:
         frames = pixels.shape[2]
         paths = []
         for index, instruction in enumerate(instructions):
-            settings = EditingConfig(**{**cfg.__dict__, "seed": cfg.seed if same_seed else cfg.seed + index})
+            settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents(source, instruction, settings, progress=True, num_frames=frames)
             path = Path(output_dir) / output_name(index, instruction, settings.seed, frames)
             if self.pipeline.rank == 0:
-                edited = self.pipeline.decode(latents, frames)[0]
-                if frames == 1:
-                    write_image(path, edited)
-                else:
-                    write_video(path, edited, fps=settings.fps)
+                write_media(path, self.pipeline.decode(latents, frames)[0], fps=settings.fps)
                 write_json(path.with_suffix(".json"), {
                     "file": path.name, "edit_source": source_path, "instruction": instruction,
                     "text_prompt": conditioning_prompt(instruction, None if frames == 1 else settings.fps),
-                    "task": settings.task or self.default_task, "seed": settings.seed, "steps": settings.steps,
-                    "schedule": "linear_quadratic", "guidance_scale": settings.guidance_scale,
+                    "task": settings.task or self.edit_config.default_task, "seed": settings.seed,
+                    "steps": settings.steps, "schedule": "linear_quadratic", "guidance_scale": settings.guidance_scale,
                     "source_guidance_scale": settings.source_guidance_scale, "fps": settings.fps, "frames": frames,
                     "height": pixels.shape[3], "width": pixels.shape[4], **self.pipeline.sources})
             paths.append(path)

@@ -32,7 +32,7 @@ from megatron_moviegen.models.dit_config import DiTConfig, sample_latent_grid
 from megatron_moviegen.models.embeddings import unpatchify_tokens
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.text.prompts import conditioning_prompt
-from megatron_moviegen.utils.video_io import write_image, write_json, write_video
+from megatron_moviegen.utils.video_io import write_json, write_media
 
 log = logging.getLogger("megatron_moviegen.generate")
 
@@ -218,10 +218,7 @@ class MovieGenPipeline:
 
     def _write(self, path: Path, pixels: torch.Tensor, prompt: str, cfg: SamplingConfig, latent_shape: tuple) -> None:
         """pixels (3, t, h, w) in [-1, 1] -> the media file and its JSON sidecar (path with .json)."""
-        if cfg.num_frames == 1:
-            write_image(path, pixels)
-        else:
-            write_video(path, pixels, fps=cfg.fps)
+        write_media(path, pixels, fps=cfg.fps)
         write_json(path.with_suffix(".json"), {
             "file": path.name,
             "prompt": prompt,

@@ -58,6 +58,14 @@ def write_image(path: PathLike, image: torch.Tensor) -> None:
         Image.fromarray(frames[0]).save(temporary, format="PNG")
 
 
+def write_media(path: PathLike, video: torch.Tensor, fps: Union[int, float, Fraction], crf: int = 18) -> None:
+    """(3, t, h, w) in [-1, 1]: one frame as a PNG (`write_image`, fps unused), more as H.264 (`write_video`)."""
+    if video.shape[1] == 1:
+        write_image(path, video)
+    else:
+        write_video(path, video, fps=fps, crf=crf)
+
+
 def read_frames(path: PathLike) -> np.ndarray:
     """A written .mp4 or .png -> its frames (t, h, w, 3) uint8 RGB."""
     if str(path).endswith(".png"):

@@ -59,8 +59,7 @@ def sample_edit(folder: Path, overrides: list[str], **settings) -> torch.Tensor:
     from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 
     cfg, chunks = load_exported_dit(folder, overrides)
-    editor = VideoEditor(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model), cfg.data.edit.tasks,
-                         cfg.data.edit.default_task)
+    editor = VideoEditor(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model), cfg.data.edit)
     source = editor.source_latents(edit_source_pixels())
     return editor.sample_latents(source, INSTRUCTION, EditingConfig(steps=3, seed=5, fps=EDIT_SOURCE["fps"],
                                                                     **settings))
@@ -161,4 +160,12 @@ def edit_cli_job(rank: int, world_size: int, root: str) -> dict:
     destroy()
     latents = {scale: sample_edit(root / "edit_export", [], source_guidance_scale=scale) for scale in (1.0, 1.5)}
     destroy()
-    return {"refused": refused, "latents": latents}
+    from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
+
+    cfg, chunks = load_exported_dit(root / "edit_export", [])
+    editor = VideoEditor(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model), cfg.data.edit)
+    settings = EditingConfig(steps=3, seed=5, fps=EDIT_SOURCE["fps"])
+    edited = editor.edit(edit_source_pixels(), INSTRUCTION, settings)  # pixels in, pixels out
+    decoded = editor.pipeline.decode(latents[settings.source_guidance_scale], EDIT_SOURCE["frames"])
+    destroy()
+    return {"refused": refused, "latents": latents, "edited": edited, "decoded": decoded}

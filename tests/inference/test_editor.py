@@ -76,6 +76,14 @@ def test_guidance_over_the_source_changes_the_edit(runs):
     assert (plain - guided).abs().max() > 1e-3
 
 
+def test_edit_takes_source_pixels_to_the_decoded_edit_of_its_latents(runs):
+    _, result = runs
+    edited = result["edited"]
+    assert edited.shape == (1, 3, EDIT_SOURCE["frames"], EDIT_SOURCE["height"], EDIT_SOURCE["width"])
+    assert edited.min() >= -1 and edited.max() <= 1
+    assert torch.equal(edited, result["decoded"])  # = TAE decode of sample_latents(source_latents(pixels))
+
+
 def test_editing_options_without_edit_video_are_refused():
     with pytest.raises(SystemExit):
         parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--task", "video_edit"])
