@@ -11,7 +11,7 @@ from pathlib import Path
 
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
 from megatron_moviegen.data.buckets import check_buckets_fit_model, check_buckets_split_evenly
-from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
 from megatron_moviegen.parallel.config import ParallelConfig
@@ -35,13 +35,22 @@ class MovieGenConfig:
 
 
 def check_conditions_fit_model(data: DataConfig, model: DiTConfig) -> None:
-    """What pre-encoding writes besides text (data.upsample / data.edit) is what the DiT reads: condition channels
-    of one latent each, and one task-table row per data.edit task."""
+    """What pre-encoding writes besides text (data.upsample / data.edit / data.reference) is what the DiT reads:
+    condition channels of one latent each, one task-table row per data.edit task, and the reference image's tokens
+    as model.extra_context.reference_image."""
     channels = model.latent_channels if data.upsample is not None or data.edit is not None else 0
     if model.condition_channels != channels:
         made = "data.upsample" if data.upsample else "data.edit" if data.edit else "neither data.upsample nor data.edit"
         raise ConfigError(f"model.condition_channels: got {model.condition_channels}, but {made} gives the DiT "
                           f"{channels} condition channels")
+    wanted = model.extra_context.get(REFERENCE_SOURCE)
+    if (data.reference is None) != (wanted is None):
+        raise ConfigError(f"model.extra_context.{REFERENCE_SOURCE} and data.reference must be set together (the "
+                          "reference image's tokens are written by pre-encoding and read by the DiT); got "
+                          f"{'only the model entry' if wanted else 'only data.reference'}")
+    if wanted is not None and wanted.max_length != data.reference.max_length:
+        raise ConfigError(f"model.extra_context.{REFERENCE_SOURCE}.max_length: {wanted.max_length}, but "
+                          f"data.reference.max_length is {data.reference.max_length}")
     tasks = 0 if data.edit is None else len(data.edit.tasks)
     if model.num_tasks != tasks:
         raise ConfigError(f"model.num_tasks: got {model.num_tasks}, but data.edit.tasks lists {tasks} task(s)")

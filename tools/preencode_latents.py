@@ -11,6 +11,9 @@ seed 0: the decoder `generate --tae toy-tae` uses) or `toy-conv` (a fixed random
 fastest). `--text-encoders paper` loads UL2/MetaCLIP/ByT5 (paths via `--text FIELD=VALUE`); `toy` uses
 random byte-embedding encoders shaped like configs/tiny.yaml's text inputs. Toys are for tests and demos.
 
+A recipe with data.reference (personalization: pt2v, pt2v_tiny) also encodes each entry's reference image with its
+CLIP vision tower (`--set reference.encoder=/models/metaclip-h14`).
+
 Unusable entries go to rejects.jsonl with a kind and a reason; a source that cannot be read is retried
 (`--set io_retries=3 io_retry_delay_s=0.5`) and, if it still fails, rejected with kind "io". After the file
 system recovers, rerun with `--retry-rejects` to read those entries again. A bad manifest, config or output
@@ -26,7 +29,7 @@ import sys
 import torch
 
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build
-from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import ManifestError, read_manifest
 from megatron_moviegen.data.preencode import Preencoder, use_local_device
@@ -103,6 +106,35 @@ def build_text_encoder(args, device: torch.device):
     return TextEncoders(config)
 
 
+def build_reference_encoder(config: DataConfig, device: torch.device, model=None):
+    """With data.reference (personalization), its CLIP vision tower on this rank's device; else None."""
+    if config.reference is None:
+        return None
+    from dataclasses import replace
+
+    from megatron_moviegen.models.vision_tower import ReferenceEncoder
+
+    reference = config.reference if config.reference.device != "auto" else replace(config.reference, device=str(device))
+    try:
+        encoder = ReferenceEncoder(reference)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data.reference.encoder: {exc}") from None
+    if model is not None:  # the recipe's DiT reads these tokens: their width and length must match
+        wanted = model.extra_context.get(REFERENCE_SOURCE)
+        if wanted != encoder.context_source():
+            raise ConfigError(f"model.extra_context.{REFERENCE_SOURCE}: {wanted}, but {reference.encoder} gives "
+                              f"{encoder.context_source()}")
+    return encoder
+
+
+def load_recipe_model(recipe: str | None):
+    if recipe is None:
+        return None
+    from megatron_moviegen.recipes import load_config
+
+    return load_config(recipe).model
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -131,8 +163,10 @@ def preencode(args: argparse.Namespace) -> int:
     device = torch.device("cpu") if args.dry_run else use_local_device(args.device)
     video_encoder = None if args.dry_run else build_video_encoder(args.tae, device)
     text_encoder = None if args.dry_run else build_text_encoder(args, device)
-    preencoder = Preencoder(config, video_encoder, text_encoder, args.out,
-                            device=device, rank=rank, world_size=world_size)
+    reference_encoder = None if args.dry_run else build_reference_encoder(
+        config, device, load_recipe_model(args.config))
+    preencoder = Preencoder(config, video_encoder, text_encoder, args.out, device=device, rank=rank,
+                            world_size=world_size, reference_encoder=reference_encoder)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)
         print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),

@@ -112,6 +112,35 @@ class EditConfig:
         return self.tasks.index(name)
 
 
+REFERENCE_SOURCE = "reference_image"  # the model.extra_context name of the reference image's tokens
+
+
+@dataclass
+class ReferenceConfig:
+    """Personalized video (PT2V, SPEC section 6): each sample is conditioned on a reference image of its subject,
+    encoded by a frozen CLIP vision tower (`models.vision_tower.ReferenceEncoder`) into the cross-attention source
+    model.extra_context.reference_image (width = the tower's hidden size, max_length = this one).
+
+    The manifest gives each entry's reference: `reference` (an image, or a video with `reference_time` in seconds)
+    or `subject` (an id: a frame of another clip of the same subject; see data.manifest). `crop`, when set, is a
+    "package.module:function" taking and returning one (h, w, 3) uint8 frame, applied before the tower's resize:
+    the place for a face detector's crop (none is bundled or required)."""
+
+    encoder: str = "facebook/metaclip-h14-fullcc2.5b"  # a CLIPVisionModel folder or hub id
+    max_length: int = 264  # ViT-H/14 at 224 px gives 257 tokens; padded to a multiple of 8 for TP x SP
+    crop: Optional[str] = None
+    device: str = "auto"  # auto: this rank's runtime device
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    def validate(self) -> None:
+        if not self.encoder:
+            raise ConfigError("encoder: empty; give a CLIPVisionModel folder or hub id")
+        if self.max_length < 1:
+            raise ConfigError(f"max_length: got {self.max_length}, must be >= 1")
+        if self.crop is not None and (self.crop.count(":") != 1 or not all(self.crop.split(":"))):
+            raise ConfigError(f"crop: got {self.crop!r}, expected 'package.module:function'")
+
+
 @dataclass
 class DataConfig:
     """Where latent shards live, how they are written (pre-encoding) and read (training)."""
@@ -141,6 +170,9 @@ class DataConfig:
     # Set for video editing: manifest entries are (source, instruction, target) triples; pre-encoding writes the
     # source's latents as Conditioning.channels and the task index as Conditioning.task (EditConfig).
     edit: Optional[EditConfig] = None
+    # Set for personalized video: each entry's reference image is encoded into the sample's
+    # Conditioning.tokens["reference_image"] (ReferenceConfig).
+    reference: Optional[ReferenceConfig] = None
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "encode_batch_size"):

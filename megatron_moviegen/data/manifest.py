@@ -3,7 +3,10 @@
 JSONL/CSV fields: `path` (relative paths are resolved against the manifest's folder), `caption`, and the
 optional `fps` (overrides the probed frame rate), `start`/`end` (seconds; the clip window). Editing pairs
 (data.edit) add `source` (the unedited video or image; `path` is the edited target, `caption` the instruction)
-and optionally `task` (a name from data.edit.tasks).
+and optionally `task` (a name from data.edit.tasks). Personalized video (data.reference) adds `reference` (an image,
+or a video with `reference_time` in seconds, default 0) and/or `subject` (an id): an entry with a subject and no
+reference takes a frame of another clip of the same subject (`resolve_subject_references`), so the model sees the
+person, not the target's own pixels.
 
 A malformed file (bad JSON, missing fields) is a ManifestError; an entry whose values are unusable (bytes that
 are not UTF-8, an empty caption, `"fps": "nan"`) is read as it is and `entry_problem` says why, so pre-encoding
@@ -16,7 +19,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +39,9 @@ class ManifestEntry:
     end_s: Optional[float] = None
     source: Optional[str] = None  # editing: the unedited media, decoded like `path`
     task: Optional[str] = None  # editing: a data.edit.tasks name
+    reference: Optional[str] = None  # personalization: the reference image, or a video to take a frame of
+    reference_time: Optional[float] = None  # seconds into a video reference (None: 0)
+    subject: Optional[str] = None  # personalization: who the clip shows, to find a reference in another clip
 
 
 def _optional_float(value, where: str) -> Optional[float]:
@@ -66,7 +72,44 @@ def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
         end_s=_optional_float(record.get("end"), f"{where} end"),
         source=_resolve(record["source"], base) if record.get("source") else None,
         task=str(record["task"]) if record.get("task") else None,
+        reference=_resolve(record["reference"], base) if record.get("reference") else None,
+        reference_time=_optional_float(record.get("reference_time"), f"{where} reference_time"),
+        subject=str(record["subject"]) if record.get("subject") not in (None, "") else None,
     )
+
+
+def resolve_subject_references(entries: list[ManifestEntry]) -> list[ManifestEntry]:
+    """Entries with a `subject` and no `reference` get one: the first frame of the next clip of the same subject
+    (manifest order, wrapping around) from another file, else from another window (`start`) of the same file.
+    Entries whose subject has no other clip keep None (`reference_problem` rejects them). Deterministic: the same
+    manifest gives the same references."""
+    clips: dict[str, list[tuple[str, float]]] = {}
+    for entry in entries:
+        if entry.subject is not None and (entry.path, entry.start_s) not in clips.get(entry.subject, []):
+            clips.setdefault(entry.subject, []).append((entry.path, entry.start_s))
+    out = []
+    for entry in entries:
+        if entry.reference is None and entry.subject is not None:
+            others = clips[entry.subject]
+            position = others.index((entry.path, entry.start_s))
+            following = [others[(position + step) % len(others)] for step in range(1, len(others))]
+            choice = next((c for c in following if c[0] != entry.path), following[0] if following else None)
+            if choice is not None:
+                entry = replace(entry, reference=choice[0], reference_time=choice[1])
+        out.append(entry)
+    return out
+
+
+def reference_problem(entry: ManifestEntry) -> Optional[str]:
+    """Why this entry has no usable reference image under data.reference, or None."""
+    if entry.reference is not None:
+        if entry.reference_time is not None and not (math.isfinite(entry.reference_time) and entry.reference_time >= 0):
+            return f"reference_time: got {entry.reference_time}, need a finite number >= 0"
+        return None
+    if entry.subject is not None:
+        return (f"subject {entry.subject!r} has no other clip in the manifest to take a reference from; give "
+                "'reference' (an image, or a video and 'reference_time')")
+    return "data.reference is set but the entry has neither 'reference' nor 'subject'"
 
 
 def entry_problem(entry: ManifestEntry) -> Optional[str]:
@@ -132,14 +175,14 @@ def read_folder(folder: Path) -> list[ManifestEntry]:
 
 
 def read_manifest(source: str | Path) -> list[ManifestEntry]:
-    """A `.jsonl`, `.csv` or a folder -> entries in file order."""
+    """A `.jsonl`, `.csv` or a folder -> entries in file order, subjects' references resolved."""
     source = Path(source)
     if not source.exists():
         raise ManifestError(f"{source}: no such manifest file or folder")
     if source.is_dir():
         return read_folder(source)
     if source.suffix == ".jsonl":
-        return read_jsonl(source)
+        return resolve_subject_references(read_jsonl(source))
     if source.suffix == ".csv":
-        return read_csv(source)
+        return resolve_subject_references(read_csv(source))
     raise ManifestError(f"{source}: expected a .jsonl or .csv manifest or a folder of media")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Union
@@ -32,13 +34,13 @@ import av
 import torch
 from tqdm import tqdm
 
-from megatron_moviegen.conditioning import Conditioning, TextEncoder
+from megatron_moviegen.conditioning import Conditioning, TextEncoder, Tokens
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
-from megatron_moviegen.data.config import DataConfig, EditConfig
+from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig, EditConfig, ReferenceConfig
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
-from megatron_moviegen.data.decode import DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.data.manifest import ManifestEntry, entry_problem
+from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
+from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt
 from megatron_moviegen.utils.io import check_writable_folder
@@ -70,6 +72,15 @@ class VideoEncoder(Protocol):
         """(b, 3, t, h, w) in [-1, 1] -> latents (b, 16, ceil(t/8), h/8, w/8)."""
 
 
+class ImageEncoder(Protocol):
+    """What pre-encoding needs of a reference-image encoder (`models.vision_tower.ReferenceEncoder`)."""
+
+    model: torch.nn.Module
+
+    def encode(self, frames: list[torch.Tensor]) -> Tokens:
+        """b (h, w, 3) uint8 images -> Tokens((b, max_length, width), (b, max_length) bool)."""
+
+
 @dataclass
 class Prepared:
     """One decoded sample waiting for its encode batch."""
@@ -82,6 +93,8 @@ class Prepared:
     sha256: str
     source_frames: Optional[torch.Tensor] = None  # editing: the unedited media, decoded with the same request
     source_sha256: Optional[str] = None
+    reference_frame: Optional[torch.Tensor] = None  # personalization: (h, w, 3) uint8, cropped when data.reference.crop
+    reference_sha256: Optional[str] = None
 
 
 @dataclass
@@ -179,7 +192,8 @@ def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decod
     return Rejected(index, entry.path, "bucket", result.reason) if isinstance(result, Rejection) else result
 
 
-def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Prepared, Rejected]:
+def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+             reference: Optional[ReferenceConfig] = None) -> Union[Prepared, Rejected]:
     assignment = _assign(index, entry, table, decoder)
     if isinstance(assignment, Rejected):
         return assignment
@@ -189,7 +203,44 @@ def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Deco
         # The edit's source at the target's times and size: a pixel of the one sits where it does in the other.
         prepared.source_frames = decoder.clip_frames(entry.source, assignment.clip)
         prepared.source_sha256 = file_sha256(entry.source)
+    if reference is not None:
+        prepared.reference_frame = reference_frame(entry.reference, entry.reference_time or 0.0, decoder,
+                                                   load_crop(reference.crop))
+        prepared.reference_sha256 = file_sha256(entry.reference)
     return prepared
+
+
+def reference_frame(path: str, time_s: float, decoder: Decoder, crop: Optional[Callable] = None) -> torch.Tensor:
+    """One frame of a reference image or video (at `time_s`) at its own size, through `crop` when given:
+    (h, w, 3) uint8."""
+    info = decoder.probe(path)
+    if not info.is_image and time_s >= info.duration_s:
+        raise DecodeError(f"reference_time {time_s} s is past the end of {path} ({info.duration_s:.2f} s)")
+    request = ClipRequest(start_s=0.0 if info.is_image else time_s, fps=info.fps, num_frames=1, height=info.height,
+                          width=info.width)
+    frame = decoder.native_frames(path, request)[0]  # (h, w, 3) uint8
+    if crop is None:
+        return frame
+    cropped = crop(frame)
+    if not (isinstance(cropped, torch.Tensor) and cropped.dtype == torch.uint8 and cropped.dim() == 3
+            and cropped.shape[-1] == 3 and min(cropped.shape[:2]) > 0):
+        raise DecodeError(f"data.reference.crop returned {type(cropped).__name__} "
+                          f"{tuple(getattr(cropped, 'shape', ()))} for {path}; expected an (h, w, 3) uint8 tensor")
+    return cropped
+
+
+def load_crop(spec: Optional[str]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """data.reference.crop ("package.module:function") -> the function, or None."""
+    if spec is None:
+        return None
+    module_name, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"data.reference.crop: cannot import {spec!r} ({exc})") from None
+    if not callable(function):
+        raise ConfigError(f"data.reference.crop: {spec!r} is not callable")
+    return function
 
 
 def edit_problem(entry: ManifestEntry, edit: Optional[EditConfig]) -> Optional[str]:
@@ -206,10 +257,12 @@ def edit_problem(entry: ManifestEntry, edit: Optional[EditConfig]) -> Optional[s
 
 
 def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-            io: IORetry, edit: Optional[EditConfig] = None) -> Union[Prepared, Assignment, Rejected]:
+            io: IORetry, edit: Optional[EditConfig] = None, reference: Optional[ReferenceConfig] = None
+            ) -> Union[Prepared, Assignment, Rejected]:
     """`step` on one manifest entry, with every problem of the input turned into a Rejected of its kind:
     unusable fields, an unreadable file (after `io`'s retries), a file the decoder refuses."""
-    problem = entry_problem(entry) or edit_problem(entry, edit)
+    problem = (entry_problem(entry) or edit_problem(entry, edit)
+               or (reference_problem(entry) if reference is not None else None))
     if problem is not None:
         return Rejected(index, entry.path, "manifest", problem)
     try:
@@ -222,15 +275,17 @@ def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable
 
 
 def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-                 io: IORetry = IORetry(), edit: Optional[EditConfig] = None) -> Union[Assignment, Rejected]:
+                 io: IORetry = IORetry(), edit: Optional[EditConfig] = None,
+                 reference: Optional[ReferenceConfig] = None) -> Union[Assignment, Rejected]:
     """Probe and bucket one manifest entry (file headers only)."""
-    return checked(_assign, index, entry, table, decoder, io, edit)
+    return checked(_assign, index, entry, table, decoder, io, edit, reference)
 
 
 def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-                  io: IORetry = IORetry(), edit: Optional[EditConfig] = None) -> Union[Prepared, Rejected]:
-    """Probe, bucket and decode one manifest entry (and an editing pair's source)."""
-    return checked(_prepare, index, entry, table, decoder, io, edit)
+                  io: IORetry = IORetry(), edit: Optional[EditConfig] = None,
+                  reference: Optional[ReferenceConfig] = None) -> Union[Prepared, Rejected]:
+    """Probe, bucket and decode one manifest entry (and an editing pair's source, a reference image)."""
+    return checked(partial(_prepare, reference=reference), index, entry, table, decoder, io, edit, reference)
 
 
 _worker_state: dict = {}
@@ -244,10 +299,12 @@ def _init_worker(config: DataConfig, parent_pid: Optional[int] = None) -> None:
     _worker_state["decoder"] = build_decoder(config.decoder)
     _worker_state["io"] = IORetry(config.io_retries, config.io_retry_delay_s)
     _worker_state["edit"] = config.edit
+    _worker_state["reference"] = config.reference
 
 
 def _worker_args() -> tuple:
-    return _worker_state["table"], _worker_state["decoder"], _worker_state["io"], _worker_state["edit"]
+    state = _worker_state
+    return state["table"], state["decoder"], state["io"], state["edit"], state["reference"]
 
 
 def _prepare_in_worker(item: tuple[int, ManifestEntry]) -> Union[Prepared, Rejected]:
@@ -281,7 +338,8 @@ class Preencoder:
 
     def __init__(self, config: DataConfig, video_encoder: VideoEncoder, text_encoder: TextEncoder, out_dir: str | Path,
                  device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                 on_prepared: Optional[Callable[[int], None]] = None):
+                 on_prepared: Optional[Callable[[int], None]] = None, reference_encoder: Optional[ImageEncoder] = None):
+        """reference_encoder: with data.reference, the vision tower (`models.vision_tower.ReferenceEncoder`)."""
         config.validate()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank: got {rank}, must be in [0, world_size={world_size})")
@@ -295,6 +353,9 @@ class Preencoder:
         self.rank, self.world_size = rank, world_size
         self.on_prepared = on_prepared
         self.latent_dtype = getattr(torch, config.latent_dtype)
+        self.reference_encoder = reference_encoder
+        if config.reference is not None:
+            load_crop(config.reference.crop)  # a crop that cannot be imported fails here, not in every worker
 
     def shard_plan(self, entries: list[ManifestEntry]) -> list[list[tuple[int, ManifestEntry]]]:
         size = self.config.shard_size
@@ -317,6 +378,9 @@ class Preencoder:
         """Write this rank's missing shards; with `retry_rejects`, also read the "io" rejects of its complete
         shards again (the file system may have recovered) and rewrite the shards that gain samples."""
         check_output_folder(self.out_dir)
+        if self.config.reference is not None and self.reference_encoder is None:
+            raise ConfigError("data.reference is set: pre-encoding needs the reference-image encoder "
+                              "(models.vision_tower.ReferenceEncoder)")
         self._check_run_config(entries)
         plan = self.shard_plan(entries)
         done = completed_shards(self.out_dir)
@@ -389,10 +453,12 @@ class Preencoder:
         pixels = torch.stack([to_unit_range(p.frames) for p in batch]).to(self.device)  # (b, 3, t, h, w)
         latents = self.video_encoder.encode(pixels).cpu()  # (b, 16, t', h', w')
         prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
-        edit = self.config.edit
+        edit, reference = self.config.edit, self.config.reference
         task = None if edit is None else torch.tensor([edit.task_id(p.entry.task) for p in batch])
-        conditioning = Conditioning(tokens=self.text_encoder.encode(prompts),
-                                    channels=self.condition_latents(pixels, batch), task=task).to("cpu")
+        tokens = self.text_encoder.encode(prompts)
+        if reference is not None:
+            tokens = {**tokens, REFERENCE_SOURCE: self.reference_encoder.encode([p.reference_frame for p in batch])}
+        conditioning = Conditioning(tokens=tokens, channels=self.condition_latents(pixels, batch), task=task).to("cpu")
         upsample = self.config.upsample
         low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
                                                                      upsample.low_resolution_factor)
@@ -416,6 +482,10 @@ class Preencoder:
                                                    "degradation": upsample.degradation}),
                     **({} if edit is None else {"edit_source": p.entry.source, "source_sha256": p.source_sha256,
                                                 "task": edit.tasks[int(task[i])]}),
+                    **({} if reference is None else {"reference": p.entry.reference,
+                                                     "reference_time": p.entry.reference_time,
+                                                     "reference_sha256": p.reference_sha256,
+                                                     "subject": p.entry.subject}),
                 },
             )
             for i, p in enumerate(batch)
@@ -441,8 +511,11 @@ class Preencoder:
         record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
                   "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample),
-                  **({} if self.config.edit is None else {"edit": to_dict(self.config.edit)})}
+                  **({} if self.config.edit is None else {"edit": to_dict(self.config.edit)}),
+                  **({} if self.config.reference is None else {"reference": to_dict(self.config.reference)})}
         encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
+        if self.config.reference is not None:
+            encoders["reference"] = encoder_record(self.reference_encoder.model)
         path = self.out_dir / "preencode.json"
         if not path.exists():
             atomic_write_text(path, json.dumps({**record, "encoders": encoders}, indent=2))
@@ -454,8 +527,8 @@ class Preencoder:
         if "encoders" not in previous:  # written before encoders were recorded: from now on they are
             atomic_write_text(path, json.dumps({**previous, "encoders": encoders}, indent=2))
             return
-        for role in ("video", "text"):
-            was, now = previous["encoders"][role], encoders[role]
+        for role in encoders:
+            was, now = previous["encoders"].get(role), encoders[role]
             if was != now:
                 raise ConfigError(
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
@@ -466,7 +539,11 @@ class Preencoder:
 def manifest_record(entry: ManifestEntry) -> dict:
     """An entry's fields for the manifest hash; the editing fields only when set, so a plain manifest hashes as it
     did before they existed (its folders still resume)."""
-    return {k: v for k, v in entry.__dict__.items() if v is not None or k not in ("source", "task")}
+    return {k: v for k, v in entry.__dict__.items() if v is not None or k not in OPTIONAL_ENTRY_FIELDS}
+
+
+# Manifest fields added after the first datasets were written: left out of the hash while unset.
+OPTIONAL_ENTRY_FIELDS = ("source", "task", "reference", "reference_time", "subject")
 
 
 def check_output_folder(out_dir: Path) -> None:
