@@ -34,9 +34,11 @@ class FlowMatchingConfig:
     # Fraction of training samples whose text conditioning is dropped, so the model also learns the
     # unconditional velocity used by classifier-free guidance.
     text_drop_prob: float = 0.1
-    # Fraction of samples whose condition channels (editing's source video) are zeroed, drawn independently of
-    # the text drop, so the model also learns v(no source, text) and v(no source, no text): guidance over the
-    # source as well as the text (InstructPix2Pix). 0 for the upsampler, whose low-res video is always given.
+    # Fraction of samples whose condition is dropped (editing's source video: channels zeroed; personalization's
+    # reference image: its extra-context tokens masked), drawn independently of the text drop, so the model also
+    # learns v(no source, text) and v(no source, no text): guidance over the condition as well as the text
+    # (InstructPix2Pix), and a PT2V model that still generates without a reference. 0 for the upsampler, whose
+    # low-res video is always given.
     condition_drop_prob: float = 0.0
 
     def validate(self) -> None:

@@ -145,12 +145,18 @@ class TimestepEmbedding(nn.Module):
 
 class ContextProjection(nn.Module):
     """Per source (text encoder, reference image) Linear + LayerNorm to the model width; outputs concatenated
-    along the sequence in `DiTConfig.context_sources()` order (SPEC: one projection per text encoder)."""
+    along the sequence in `DiTConfig.context_sources()` order (SPEC: one projection per text encoder).
+
+    An extra source (model.extra_context) whose tokens are masked in every sample of the batch is left out of the
+    context rather than attended as masked keys: a personalized model given no reference computes exactly what the
+    text-to-video model it started from computes (the same keys, the same reductions), not merely up to rounding.
+    Every extra source's max_length is a multiple of TP under sequence parallelism, so the split stays even."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         sources = cfg.context_sources()
         self.max_lengths = {name: source.max_length for name, source in sources.items()}
+        self.optional = frozenset(cfg.extra_context)
         self.proj = nn.ModuleDict({name: nn.Linear(source.width, cfg.hidden_size) for name, source in sources.items()})
         self.norm = nn.ModuleDict({name: nn.LayerNorm(cfg.hidden_size) for name in sources})
 
@@ -166,6 +172,8 @@ class ContextProjection(nn.Module):
                     f"context source {name!r}: embeddings {tuple(emb.shape)} / mask {tuple(mask.shape)} do not match "
                     f"(b, {max_length}, width)"
                 )
+            if name in self.optional and not mask.any():
+                continue  # no sample has these tokens: as if the source did not exist (see the class docstring)
             context.append(self.norm[name](self.proj[name](emb.to(self.proj[name].weight.dtype))))
             real.append(mask.bool())
         return torch.cat(context, dim=1).transpose(0, 1).contiguous(), torch.cat(real, dim=1)

@@ -23,14 +23,20 @@ def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, 
                              device: torch.device, text_drop_prob: float, condition_drop_prob: float = 0.0) -> dict:
     """Clean latents X_1 (b, 16, t, h, w) float32 -> noise X_0, flow times t, X_t and the target velocity tokens,
     drawn from `generator` in that order; the text of each sample is dropped with `text_drop_prob`, and its
-    condition channels zeroed with `condition_drop_prob` (drawn last, only when > 0), for guidance."""
+    condition (channels zeroed, extra-context tokens such as a reference image masked) with `condition_drop_prob`
+    (drawn last, only when > 0), for guidance."""
     x0 = torch.randn(latents.shape, generator=generator)
     t = sample_timesteps(latents.shape[0], generator, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
                          std=cfg.flow.logit_normal_std)
     keep = sample_keep_mask(latents.shape[0], text_drop_prob, generator)
     conditioning = conditioning.keep_tokens(keep, list(cfg.model.text_encoders))
-    if condition_drop_prob > 0 and conditioning.channels is not None:
-        conditioning = conditioning.keep_channels(sample_keep_mask(latents.shape[0], condition_drop_prob, generator))
+    extra = list(cfg.model.extra_context)
+    if condition_drop_prob > 0 and (conditioning.channels is not None or extra):
+        keep_condition = sample_keep_mask(latents.shape[0], condition_drop_prob, generator)
+        if conditioning.channels is not None:
+            conditioning = conditioning.keep_channels(keep_condition)
+        if extra:
+            conditioning = conditioning.keep_tokens(keep_condition, extra)
     target = velocity_target(x0, latents, cfg.flow.sigma_min)
     return dict(
         noisy=interpolate(x0, latents, t, cfg.flow.sigma_min).to(device),

@@ -36,6 +36,9 @@ def make_microbatches(cfg, seed: int = 7) -> list[dict]:
                   for n, e in cfg.model.text_encoders.items()}
         if index == 1:
             tokens["byt5"].mask[:] = False  # a prompt without quoted text: one encoder fully masked
+        for n, e in cfg.model.extra_context.items():  # a reference image in microbatch 0; none (dropped) in 1
+            tokens[n] = Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
+                               torch.full((1, e.max_length), index == 0))
         channels = cfg.model.condition_channels  # the upsampler's low-res latents, an edit's source
         batches.append(dict(
             latents=torch.randn(*LATENT_SHAPE, generator=gen),

@@ -9,11 +9,15 @@ from tests.parallel.dit_parity import run_step
 RTOL = 1e-5
 
 
-# What the model is conditioned on besides text: nothing (text-to-video), or 16 condition channels concatenated to
-# the noisy latent before patchify plus a task embedding added to the time embedding (video editing; the spatial
-# upsampler is the same model without the task table). Microbatch i has task i % 2.
-CONDITIONS = {"t2v": [], "edit": ["model.condition_channels=16", "model.num_tasks=2",
-                                  "data.edit.tasks=[image_edit,video_edit]"]}
+# What the model is conditioned on besides text: nothing (text-to-video), or every other condition at once: 16
+# condition channels concatenated to the noisy latent before patchify plus a task embedding added to the time
+# embedding (video editing; the spatial upsampler is the same model without the task table; microbatch i has task
+# i % 2), and a reference image's tokens as an extra cross-attention source (personalization; given in microbatch 0,
+# dropped in microbatch 1, where the source is left out of the context).
+CONDITIONS = {"t2v": [], "conditioned": ["model.condition_channels=16", "model.num_tasks=2",
+                                         "data.edit.tasks=[image_edit,video_edit]",
+                                         "model.extra_context={reference_image: {width: 8, max_length: 4}}",
+                                         "data.reference={encoder: tiny, max_length: 4}"]}
 
 
 

@@ -39,3 +39,20 @@ def test_source_dropout_zeroes_channels_after_the_text_draws_and_leaves_the_rest
     text_dropped = ~plain["conditioning"].tokens["ul2"].mask.any(dim=1)
     # Independent draws: samples without text but with their source, and with text but without their source.
     assert (text_dropped & ~zeroed).any() and (~text_dropped & zeroed).any()
+
+
+def test_condition_dropout_masks_a_reference_images_tokens_with_the_channels_and_keeps_the_text():
+    cfg = load_config("tiny", ["model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
+                               "model.extra_context={reference_image: {width: 8, max_length: 4}}",
+                               "data.reference={encoder: x, max_length: 4}"])
+    latents, cond = _batch(cfg, 64)
+    reference = Tokens(torch.randn(64, 4, 8), torch.ones(64, 4, dtype=torch.bool))
+    cond = Conditioning({**cond.tokens, "reference_image": reference}, cond.channels, cond.task)
+    plain = _run(cfg, latents, cond, 0.0, 0.0)
+    half = _run(cfg, latents, cond, 0.0, 0.5)
+    assert torch.equal(plain["conditioning"].tokens["reference_image"].mask, reference.mask)  # 0: nothing dropped
+    dropped = ~half["conditioning"].tokens["reference_image"].mask.any(dim=1)  # (64,)
+    assert 16 < int(dropped.sum()) < 48 and half["conditioning"].tokens["reference_image"].mask[~dropped].all()
+    # One draw per sample for the whole condition: the reference goes exactly where the source channels go.
+    assert torch.equal(dropped, ~half["conditioning"].channels.flatten(1).any(dim=1))
+    assert half["conditioning"].tokens["ul2"].mask.all()  # text is not the condition
