@@ -12,6 +12,10 @@
     python -m megatron_moviegen.generate --checkpoint runs/edit_export --tae runs/tae --edit-video in.mp4 \\
         --prompt "make it black and white" --guidance-scale 7.5 --source-guidance-scale 1.5
 
+    # personalized video with a PT2V export (recipes pt2v / pt2v_tiny): the reference image selects who appears
+    python -m megatron_moviegen.generate --checkpoint runs/pt2v_export --tae runs/tae --reference-image face.png \
+        --prompt "a person surfing" --reference-encoder /models/metaclip-h14
+
     # tensor + context parallel sampling: torchrun --nproc-per-node 4 -m megatron_moviegen.generate ... \\
     #     parallel.tensor_model_parallel_size=2 parallel.context_parallel_size=2
 
@@ -40,8 +44,9 @@ import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.recipes import MovieGenConfig
-from megatron_moviegen.data.config import parse_aspect_ratio
-from megatron_moviegen.data.decode import DecodeError, is_image
+from megatron_moviegen.data.config import REFERENCE_SOURCE, ReferenceConfig, parse_aspect_ratio
+from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, is_image
+from megatron_moviegen.data.preencode import load_crop, reference_frame
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
@@ -49,6 +54,7 @@ from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConf
                                                   resolve_fps)
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
+from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import destroy
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
@@ -99,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{EDIT_DEFAULTS.source_guidance_scale})")
     parser.add_argument("--task", default=None,
                         help="with --edit-video: a task of the export's data.edit.tasks (default: its default_task)")
+    parser.add_argument("--reference-image", metavar="MEDIA", default=None,
+                        help="personalized (PT2V) export: the subject's reference image, or a video and "
+                             "--reference-time")
+    parser.add_argument("--reference-time", type=float, default=0.0, help="seconds into a --reference-image video")
+    parser.add_argument("--reference-encoder", default=None,
+                        help="the vision tower folder (default: the export's data.reference.encoder)")
     parser.add_argument("--upsample", metavar="CHECKPOINT", default=None,
                         help="a spatial-upsampler export: each generated video is then upsampled to "
                              "<name>.upsampled.mp4 (windows over latent frames, megatron_moviegen/upsample.py)")
@@ -110,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.frames = DEFAULTS.num_frames
     if args.edit_video is None and (args.task is not None or args.source_guidance_scale is not None):
         parser.error("--task and --source-guidance-scale apply to --edit-video only")
+    if args.reference_image is None and args.reference_encoder is not None:
+        parser.error("--reference-encoder applies to --reference-image only")
+    if args.reference_image is not None and args.edit_video is not None:
+        parser.error("--reference-image and --edit-video are exclusive (a personalized or an editing export)")
     if args.source_guidance_scale is None:
         args.source_guidance_scale = EDIT_DEFAULTS.source_guidance_scale
     if (args.height is None) != (args.width is None):
@@ -168,6 +184,25 @@ def read_edit_source(args: argparse.Namespace, settings: SamplingConfig, cfg: Mo
     return pixels, replace(settings, num_frames=frames, height=height, width=width)
 
 
+def read_reference(args: argparse.Namespace, cfg: MovieGenConfig) -> tuple[torch.Tensor, ReferenceConfig]:
+    """--reference-image -> its frame (h, w, 3) uint8, through the export's crop as in pre-encoding, and the
+    reference config (encoder from --reference-encoder when given), after checking the export is personalized."""
+    if cfg.data.reference is None or REFERENCE_SOURCE not in cfg.model.extra_context:
+        raise ValueError(f"--reference-image: {args.checkpoint} is not a personalized export (its config has no "
+                         f"data.reference / model.extra_context.{REFERENCE_SOURCE}); train one with the pt2v recipe")
+    if not Path(args.reference_image).is_file():
+        raise FileNotFoundError(f"--reference-image: {args.reference_image} is not a file")
+    reference = cfg.data.reference
+    if args.reference_encoder is not None:
+        reference = replace(reference, encoder=args.reference_encoder)
+    resolve_encoder_source(reference.encoder)  # a missing tower folder is named before the DiT loads
+    try:
+        frame = reference_frame(args.reference_image, args.reference_time, PyAVDecoder(), load_crop(reference.crop))
+    except (DecodeError, ValueError, av.FFmpegError) as exc:
+        raise ValueError(f"--reference-image: {args.reference_image} could not be decoded ({exc})") from None
+    return frame, reference
+
+
 def generate(argv: list[str] | None = None) -> list[Path]:
     """Run the command line `argv`; returns the media paths. Everything that can be checked without the DiT's
     weights (prompts, settings, sizes, the export's config, the TAE, the output folder) is checked first."""
@@ -177,9 +212,11 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     cfg = read_exported_config(args.checkpoint, args.overrides)
     tae = load_tae(args.tae)
     settings = sampling_config(args, bucket_multiple(cfg, tae.cfg.compression), cfg.model.trained_fps)
-    source = None
+    source = reference = None
     if args.edit_video:
         source, settings = read_edit_source(args, settings, cfg)
+    if args.reference_image:
+        reference, reference_config = read_reference(args, cfg)
     settings.validate()
     if args.upsample:
         check_export_folder(args.upsample)
@@ -201,8 +238,15 @@ def generate(argv: list[str] | None = None) -> list[Path]:
                                     task=args.task, fps=settings.fps)
             paths = editor.edit_files(source, args.edit_video, prompts, editing, args.output_dir, args.same_seed)
         else:
-            pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources)
-            paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed)
+            reference_encoder = None
+            if reference is not None:
+                sources["reference_image"] = f"{args.reference_image}@{args.reference_time:g}s"
+                reference_encoder = ReferenceEncoder(replace(reference_config, device=str(runtime.device))) \
+                    if rank == 0 else None
+            pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources,
+                                        reference_encoder=reference_encoder)
+            paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed,
+                                      reference=reference)
         if args.upsample:
             upsampling = UpsamplingConfig(window_frames=args.upsample_window_frames,
                                           overlap_frames=args.upsample_overlap_frames, steps=args.upsample_steps,
@@ -226,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     """`generate` as a command: 0, or 2 after one `generate: error: ...` line (rank 0 prints it)."""
     try:
         generate(argv)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, OSError, CheckpointError) as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"generate: error: {exc}", file=sys.stderr)
         return 2

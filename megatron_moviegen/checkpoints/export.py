@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from megatron_moviegen.config import to_yaml
-from megatron_moviegen.data.config import DataConfig, EditConfig
+from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
@@ -214,9 +214,10 @@ def _gather_whole(name: str, local: torch.Tensor, split: int | None) -> torch.Te
 @torch.no_grad()
 def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = "export",
                dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-               edit: Optional[EditConfig] = None) -> None:
+               data: Optional[DataConfig] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
-    must call it. An editing model passes its data.edit (the names of its task-table rows), kept in config.yaml.
+    must call it. A model trained with conditions passes its recipe's `data`: config.yaml keeps data.edit (the names
+    of an editing model's task-table rows) and data.reference (a personalized model's vision tower).
     The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
     config.yaml and, last, the index. Each file is written atomically, and the folder has no
     index (is not an export) while the files are being replaced."""
@@ -251,8 +252,10 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     dist.barrier()
     if dist.get_rank() == 0:
         weight_map = {key: files[i] for i, keys in enumerate(all_shards) for key in keys}
-        # The layout is not part of an export; an editing model's task names are.
-        cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=DataConfig(edit=edit))
+        # The layout is not part of an export; an editing model's task names and a personalized model's vision
+        # tower are.
+        kept = DataConfig() if data is None else DataConfig(edit=data.edit, reference=data.reference)
+        cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=kept)
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
     dist.barrier()
 
@@ -302,6 +305,6 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     chunks = build_dit_chunks(cfg, runtime)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)
     export_dit(chunks, out, name=f"{cfg.name}@{step}", dtype=dtype, max_shard_bytes=max_shard_bytes,
-               edit=cfg.data.edit)
+               data=cfg.data)
     destroy()
     return Path(out)

@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_moviegen.conditioning import Conditioning, TextEncoder
+from megatron_moviegen.conditioning import Conditioning, TextEncoder, Tokens
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.config import REFERENCE_SOURCE
 from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.models.dit_config import DiTConfig, sample_latent_grid
@@ -107,11 +108,13 @@ def slug(prompt: str, max_length: int = 48) -> str:
 
 class MovieGenPipeline:
     def __init__(self, dit: MovieGenDiT, tae: TAE, text_encoders: Optional[TextEncoder],
-                 sources: Optional[dict[str, str]] = None, data_parallel_replicas: bool = False):
+                 sources: Optional[dict[str, str]] = None, data_parallel_replicas: bool = False,
+                 reference_encoder=None):
         """dit: this rank's (only) model chunk, eval mode; tae: on the output device (used on rank 0);
         text_encoders: used on rank 0 only (None elsewhere is fine); sources: names recorded in the sidecar
         (checkpoint, tae, text_encoders); data_parallel_replicas: allow data-parallel replicas, each running the
-        same sampling (training's sample videos), else one replica is required."""
+        same sampling (training's sample videos), else one replica is required; reference_encoder: a personalized
+        (PT2V) model's vision tower (`models.vision_tower.ReferenceEncoder`), used on rank 0 for `reference=`."""
         if not (dit.pre_process and dit.post_process):
             raise ValueError(
                 f"sampling needs the whole model on every rank, got a pipeline stage (pipeline_model_parallel_size="
@@ -128,6 +131,7 @@ class MovieGenPipeline:
             raise ValueError(f"TAE latent_channels {tae.cfg.latent_channels} != DiT latent_channels "
                              f"{dit.dit_config.latent_channels}")
         self.dit, self.tae, self.text_encoders = dit, tae, text_encoders
+        self.reference_encoder = reference_encoder
         self.sources = dict(sources or {})
         first = next(dit.parameters())
         self.device, self.dtype = first.device, first.dtype
@@ -138,24 +142,47 @@ class MovieGenPipeline:
         return latent_shape(self.tae, self.dit.dit_config, batch, num_frames, height, width)
 
     # ---- text --------------------------------------------------------------------------------------------
-    def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str]
-                         ) -> tuple[Conditioning, Conditioning]:
+    def _encode_on_rank0(self, prompts: list[str], negative_prompt: Optional[str],
+                         reference: Optional[torch.Tensor] = None) -> tuple[Conditioning, Conditioning]:
         if self.text_encoders is None:
             raise ValueError("text_encoders: rank 0 needs text encoders to encode the prompts")
         tokens = self.text_encoders.encode(prompts)
         warn_truncated(prompts, tokens)
-        cond = Conditioning(tokens=tokens)
+        text = list(tokens)
+        extra = {name: t.map(lambda x: x.cpu()) for name, t in self.extra_tokens(len(prompts), reference).items()}
+        cond = Conditioning(tokens={**{k: t.map(lambda x: x.cpu()) for k, t in tokens.items()}, **extra})
         if negative_prompt is None:
-            uncond = cond.without_tokens()  # as when text is dropped in training
+            uncond = cond.without_tokens(text)  # as when text is dropped in training; the reference stays
         else:
-            uncond = Conditioning(tokens=self.text_encoders.encode([negative_prompt] * len(prompts)))
+            negative = self.text_encoders.encode([negative_prompt] * len(prompts))
+            uncond = Conditioning(tokens={**{k: t.map(lambda x: x.cpu()) for k, t in negative.items()}, **extra})
         return cond.to("cpu"), uncond.to("cpu")
 
-    def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None
-                    ) -> tuple[Conditioning, Conditioning]:
-        """Prompts (FPS rule already applied) -> (cond, uncond) on the DiT's device. Encoded on rank 0 and
+    def extra_tokens(self, batch: int, reference: Optional[torch.Tensor] = None) -> dict[str, Tokens]:
+        """The DiT's extra-context sources for `batch` samples: the reference image's tokens (a personalized model
+        given `reference`, (h, w, 3) uint8) or, for a source not given, masked zeros (the model then runs as
+        when the condition was dropped in training)."""
+        sources = self.dit.dit_config.extra_context
+        if reference is not None and REFERENCE_SOURCE not in sources:
+            raise ValueError(f"a reference image was given, but this DiT has no {REFERENCE_SOURCE!r} context source "
+                             "(not a personalized model)")
+        out = {}
+        for name, source in sources.items():
+            if name == REFERENCE_SOURCE and reference is not None:
+                if self.reference_encoder is None:
+                    raise ValueError("a reference image needs the reference encoder (the export's data.reference)")
+                out[name] = self.reference_encoder.encode([reference] * batch)
+            else:
+                out[name] = Tokens(torch.zeros(batch, source.max_length, source.width),
+                                   torch.zeros(batch, source.max_length, dtype=torch.bool))
+        return out
+
+    def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None,
+                    reference: Optional[torch.Tensor] = None) -> tuple[Conditioning, Conditioning]:
+        """Prompts (FPS rule already applied) and, for a personalized model, a reference image -> (cond, uncond)
+        on the DiT's device; the reference is in both (guidance is over the text). Encoded on rank 0 and
         broadcast (as CPU tensors: the object broadcast pickles them)."""
-        payload = [self._encode_on_rank0(prompts, negative_prompt) if self.rank == 0 else None]
+        payload = [self._encode_on_rank0(prompts, negative_prompt, reference) if self.rank == 0 else None]
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast_object_list(payload, src=0, device=self.device)
         cond, uncond = payload[0]
@@ -176,12 +203,14 @@ class MovieGenPipeline:
         return conditioning_prompt(prompt, None if cfg.num_frames == 1 else cfg.fps)
 
     @torch.no_grad()  # not inference_mode: buffers the DiT caches here (Megatron's all-gather buffer) may serve training
-    def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> torch.Tensor:
-        """Raw prompts -> clean latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
+    def sample_latents(self, prompts: list[str], cfg: SamplingConfig, progress: bool = True,
+                       reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Raw prompts (and a personalized model's reference image (h, w, 3) uint8, used on rank 0) -> clean
+        latents X_1 (b, 16, T, h, w) float32, identical on every rank."""
         cfg.validate()
         check_prompts(prompts)
         shape = self.latent_shape(len(prompts), cfg.num_frames, cfg.height, cfg.width)
-        cond, uncond = self.encode_text([self.text_prompt(p, cfg) for p in prompts], cfg.negative_prompt)
+        cond, uncond = self.encode_text([self.text_prompt(p, cfg) for p in prompts], cfg.negative_prompt, reference)
         generator = torch.Generator().manual_seed(cfg.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)  # X_0
         velocity_fn = classifier_free_guidance(self.velocity, cond, uncond, cfg.guidance_scale)
@@ -199,15 +228,17 @@ class MovieGenPipeline:
 
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
-                 progress: bool = True, same_seed: bool = False) -> list[Path]:
+                 progress: bool = True, same_seed: bool = False, reference: Optional[torch.Tensor] = None
+                 ) -> list[Path]:
         """One file + sidecar per prompt, named by `output_name`; prompt i uses seed cfg.seed + i, or cfg.seed for
-        all with `same_seed` (the same starting noise, so prompts can be compared). Every rank must call it;
-        returns the media paths written (rank 0) or that rank 0 writes (other ranks)."""
+        all with `same_seed` (the same starting noise, so prompts can be compared); `reference`: a personalized
+        model's reference image (h, w, 3) uint8 for every prompt. Every rank must call it; returns the media paths
+        written (rank 0) or that rank 0 writes (other ranks)."""
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
             settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
-            latents = self.sample_latents([prompt], settings, progress)
+            latents = self.sample_latents([prompt], settings, progress, reference)
             path = output_dir / output_name(index, prompt, settings.seed, settings.num_frames)
             if self.rank == 0:
                 self._write(path, self.decode(latents, settings.num_frames)[0], prompt, settings, tuple(latents.shape))

@@ -38,7 +38,7 @@ def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.
     set_seed(seed, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype, edit=cfg.data.edit)
+    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype, data=cfg.data)
 
 
 INSTRUCTION = "make it black and white"
@@ -169,3 +169,41 @@ def edit_cli_job(rank: int, world_size: int, root: str) -> dict:
     decoded = editor.pipeline.decode(latents[settings.source_guidance_scale], EDIT_SOURCE["frames"])
     destroy()
     return {"refused": refused, "latents": latents, "edited": edited, "decoded": decoded}
+
+
+def personalize_cli_job(rank: int, world_size: int, root: str) -> dict:
+    """`generate --reference-image` on a tiny random PT2V export (pt2v_tiny) with a tiny random CLIP vision tower and
+    frames of the bundled clips as references: one reference twice, another reference, none; the exit status and
+    stderr of each refused input."""
+    from megatron_moviegen.data.bundled import bundled_clips_dir
+    from megatron_moviegen.models.vision_tower import save_tiny_vision_tower
+
+    root = Path(root)
+    tower = save_tiny_vision_tower(root / "tower")
+    make_tiny_export(root / "pt2v_export", recipe="pt2v_tiny")
+    destroy()
+    make_tiny_export(root / "t2v_export")
+    destroy()
+    phone, rabbit = (str(bundled_clips_dir() / name) for name in ("carphone_pristine.mp4", "bigbuckbunny.mp4"))
+    common = ["--checkpoint", str(root / "pt2v_export"), "--tae", "toy-tae", "--text-encoders", "toy", "--steps", "3",
+              "--prompt", "a short video clip", "--fps", "16", "--frames", "16", "--height", "64", "--width", "64"]
+    with_tower = common + ["--reference-encoder", str(tower)]
+    for name, extra in (("a", ["--reference-image", phone, "--reference-time", "0.5"]),
+                        ("b", ["--reference-image", phone, "--reference-time", "0.5"]),
+                        ("other", ["--reference-image", rabbit, "--reference-time", "1"])):
+        generate(with_tower + extra + ["--output-dir", str(root / name)])
+    generate(common + ["--output-dir", str(root / "none")])  # a PT2V model without a reference: none is loaded
+    (root / "corrupt.png").write_bytes(b"\x00\x01 not an image " * 200)
+    refused = {}
+    for name, args in (
+            ("t2v_export", ["--checkpoint", str(root / "t2v_export")] + with_tower[2:] + ["--reference-image", phone]),
+            ("missing", with_tower + ["--reference-image", str(root / "missing.png")]),
+            ("corrupt", with_tower + ["--reference-image", str(root / "corrupt.png")]),
+            ("past_the_end", with_tower + ["--reference-image", phone, "--reference-time", "9"]),
+            ("no_tower", common + ["--reference-encoder", str(root / "no_tower"), "--reference-image", phone])):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = main(args + ["--output-dir", str(root / f"refused_{name}")])
+        refused[name] = (status, stderr.getvalue())
+    destroy()
+    return {"refused": refused}
