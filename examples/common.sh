@@ -1,16 +1,18 @@
 # Steps the example scripts share (sourced, after `cd` to the repository root).
 
-# preencode CONFIG MANIFEST TAE OUT: pre-encode MANIFEST with the TAE folder into OUT (log in OUT.log), toy text.
+# preencode CONFIG MANIFEST TAE OUT [--set FIELD=VALUE ...]: pre-encode MANIFEST with the TAE folder into OUT (log in
+# OUT.log), toy text.
 preencode() {
     python tools/preencode_latents.py --config "$1" --manifest "$2" --out "$4" --tae "$3" --text-encoders toy \
-        > "$4.log" 2>&1
+        "${@:5}" > "$4.log" 2>&1
 }
 
-# preencode_normalised CONFIG MANIFEST TAE OUT: raw latents into OUT/shards_raw, their per-channel statistics into
-# the TAE folder OUT/tae_normalised, then normalised latents into OUT/shards (what the DiT trains on).
+# preencode_normalised CONFIG MANIFEST TAE OUT [--set FIELD=VALUE ...]: raw latents into OUT/shards_raw, their
+# per-channel statistics into the TAE folder OUT/tae_normalised, then normalised latents into OUT/shards (what the
+# DiT trains on).
 preencode_normalised() {
     rm -rf "$4/shards_raw" "$4/shards" "$4/tae_normalised"
-    preencode "$1" "$2" "$3" "$4/shards_raw"
+    preencode "$1" "$2" "$3" "$4/shards_raw" "${@:5}"
     python tools/latent_stats.py --shards "$4/shards_raw" --tae "$3" --out "$4/tae_normalised"
-    preencode "$1" "$2" "$4/tae_normalised" "$4/shards"
+    preencode "$1" "$2" "$4/tae_normalised" "$4/shards" "${@:5}"
 }

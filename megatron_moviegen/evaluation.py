@@ -6,7 +6,10 @@
 - a side-by-side PNG: per clip, rows original / TAE reconstruction / generated, a few frames each;
 - for an editing model (a recipe with data.edit): per (source, instruction, target) pair, the edit sampled from the
   source against the true target, against the unedited source (the score of doing nothing) and against the
-  source's other targets (another instruction's edit), with the TAE's ceiling on the target.
+  source's other targets (another instruction's edit), with the TAE's ceiling on the target;
+- for a personalized model (a recipe with data.reference): per caption, videos sampled with each subject's
+  reference image (the one it trained with and a held-out frame), another subject's, and none, each against every
+  subject's clips: the reference, not the caption, should decide who appears.
 
 Clips go through pre-encoding's decode and bucketing (`prepare_entry`), so they are exactly what training saw.
 
@@ -30,7 +33,7 @@ from megatron_moviegen.data.buckets import BucketTable
 from megatron_moviegen.data.config import BucketConfig, DataConfig
 from megatron_moviegen.data.decode import build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import read_manifest
-from megatron_moviegen.data.preencode import Rejected, prepare_entry
+from megatron_moviegen.data.preencode import Rejected, load_crop, prepare_entry, reference_frame
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.pipeline import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.models.tae import TAE
@@ -161,6 +164,93 @@ def format_edit_table(report: dict) -> str:
         best = max(others.values(), key=lambda q: q["psnr"]) if others else None
         lines.append(f"{name[:20]:<20} {row['instruction'][:28]:<28} {_q(row['tae']):>12} {_q(row['edited']):>13} "
                      f"{_q(row['source_vs_target']):>13} {(_q(best) if best else '-'):>13}")
+    return "\n".join(lines)
+
+
+@dataclass
+class SubjectClip:
+    subject: str
+    caption: str
+    source: str
+    start_s: float
+    fps: Optional[float]  # None for an image
+    pixels: torch.Tensor  # (3, t, h, w) float32 in [-1, 1], the bucket's size
+    reference: torch.Tensor  # (h, w, 3) uint8: the reference image pre-encoding gave this clip
+    reference_name: str  # "<file>@<seconds>s"
+
+
+def load_subject_clips(manifest: str | Path, data: DataConfig) -> list[SubjectClip]:
+    """Every entry of a personalization manifest (data.reference set; each entry with a `subject`) decoded and
+    bucketed as pre-encoding would, with the reference frame it gave that entry."""
+    if data.reference is None:
+        raise ValueError("load_subject_clips: the recipe has no data.reference section")
+    table, reader = BucketTable(data.buckets), build_decoder(data.decoder)
+    clips = []
+    for index, entry in enumerate(read_manifest(manifest)):
+        if entry.subject is None:
+            raise ValueError(f"{entry.path}: a personalization evaluation needs a 'subject' for every entry")
+        prepared = prepare_entry(index, entry, table, reader, reference=data.reference)
+        if isinstance(prepared, Rejected):
+            raise ValueError(f"{entry.path}: pre-encoding would reject it ({prepared.reason})")
+        fps = None if prepared.bucket.is_image else prepared.fps
+        clips.append(SubjectClip(entry.subject, entry.caption, entry.path, entry.start_s, fps,
+                                 to_unit_range(prepared.frames), prepared.reference_frame,
+                                 f"{Path(entry.reference).name}@{entry.reference_time or 0:g}s"))
+    return clips
+
+
+def held_out_reference(clip: SubjectClip, data: DataConfig) -> tuple[torch.Tensor, str]:
+    """A frame of `clip` that no entry used as its reference (references are clip starts): the middle of its
+    window, through data.reference.crop."""
+    middle = clip.start_s + (clip.pixels.shape[1] / 2) / (clip.fps or 1.0) if clip.fps else 0.0
+    frame = reference_frame(clip.source, middle, build_decoder(data.decoder), load_crop(data.reference.crop))
+    return frame, f"{Path(clip.source).name}@{middle:.2f}s"
+
+
+def evaluate_personalization(clips: list[SubjectClip], pipeline: MovieGenPipeline, data: DataConfig, steps: int = 50,
+                             guidance_scale: float = 7.5, seed: int = 0) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """Does the reference image (not the caption) select who appears? Per caption, with its first clip's bucket and
+    one seed, a video is sampled (a) with the reference its clips trained with, (b) with a held-out frame
+    of it, (c) with another subject's reference and (d) with none; each is scored (PSNR/SSIM) against every
+    subject's clips, best clip per subject. Every rank of the pipeline's model-parallel group must call this."""
+    subjects = list(dict.fromkeys(clip.subject for clip in clips))
+    first = {subject: next(c for c in clips if c.subject == subject) for subject in subjects}
+    references = []  # (label, subject shown, frame)
+    for subject in subjects:
+        references.append((f"{subject}: trained {first[subject].reference_name}", subject, first[subject].reference))
+        frame, name = held_out_reference(first[subject], data)
+        references.append((f"{subject}: held-out {name}", subject, frame))
+    rows, videos = [], []
+    by_caption = {clip.caption: clip for clip in reversed(clips)}  # each caption's first clip
+    for clip in (by_caption[caption] for caption in dict.fromkeys(c.caption for c in clips)):
+        _, t, h, w = clip.pixels.shape
+        settings = SamplingConfig(num_frames=t, height=h, width=w, fps=prompt_fps(clip.fps) or 16, steps=steps,
+                                  guidance_scale=guidance_scale, seed=seed)
+        for label, shown, frame in references + [("no reference", None, None)]:
+            generated = pipeline.decode(pipeline.sample_latents([clip.caption], settings, False, frame), t)[0].cpu()
+            scores = {subject: max((quality(generated, other.pixels) for other in clips
+                                    if other.subject == subject and other.pixels.shape == clip.pixels.shape),
+                                   key=lambda q: q["psnr"]) for subject in subjects}
+            rows.append({"caption": clip.caption, "caption_of": clip.subject, "reference": label,
+                         "reference_subject": shown, "vs_subject": scores})
+            videos.append({"reference clip" if shown else "caption's clip": (first[shown] if shown else clip).pixels,
+                           "generated": generated})
+    ceiling = {subject: quality(tae_reconstruction(pipeline.tae, first[subject].pixels), first[subject].pixels)
+               for subject in subjects}
+    return {"subjects": subjects, "tae_ceiling": ceiling, "rows": rows, "steps": steps,
+            "guidance_scale": guidance_scale, "seed": seed}, videos
+
+
+def format_personalization_table(report: dict) -> str:
+    """One line per (caption, reference): PSNR dB/SSIM of the generated video against each subject's best clip;
+    the subject the reference shows should win its line."""
+    subjects = report["subjects"]
+    lines = [f"{'caption':<20} {'reference':<44} " + " ".join(f"{'vs ' + s:>14}" for s in subjects)
+             + "   (PSNR dB/SSIM, best clip of each subject)",
+             f"{'':<20} {'TAE ceiling':<44} " + " ".join(f"{_q(report['tae_ceiling'][s]):>14}" for s in subjects)]
+    for row in report["rows"]:
+        lines.append(f"{row['caption'][:20]:<20} {row['reference'][:44]:<44} "
+                     + " ".join(f"{_q(row['vs_subject'][s]):>14}" for s in subjects))
     return "\n".join(lines)
 
 

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = load_config(args.config, args.overrides)
     if recipe.data.edit is not None:
         return evaluate_editing(args, recipe)
+    if recipe.data.reference is not None:
+        return evaluate_personalized(args, recipe)
     clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
     tae = load_tae(args.tae)
     pipeline, started_distributed = None, not dist.is_initialized()
@@ -92,6 +94,32 @@ def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
         if started_distributed:
             dist.destroy_process_group()
     return finish(args, report, videos, format_edit_table)
+
+
+def evaluate_personalized(args: argparse.Namespace, recipe) -> dict:
+    from megatron_moviegen.checkpoints.export import load_exported_dit
+    from megatron_moviegen.evaluation import evaluate_personalization, format_personalization_table, load_subject_clips
+    from megatron_moviegen.inference.pipeline import MovieGenPipeline
+    from megatron_moviegen.models.vision_tower import ReferenceEncoder
+    from megatron_moviegen.parallel.initialize import destroy
+    from megatron_moviegen.runtime import Runtime
+
+    if not args.checkpoint:
+        raise SystemExit("evaluate: error: a personalization recipe needs --checkpoint (the PT2V model's export)")
+    clips = load_subject_clips(args.manifest, recipe.data)
+    tae = load_tae(args.tae)
+    started_distributed = not dist.is_initialized()
+    cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
+    try:
+        pipeline = MovieGenPipeline(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model),
+                                    reference_encoder=ReferenceEncoder(recipe.data.reference))
+        report, videos = evaluate_personalization(clips, pipeline, recipe.data, args.steps, args.guidance_scale,
+                                                  args.seed)
+    finally:
+        destroy()
+        if started_distributed:
+            dist.destroy_process_group()
+    return finish(args, report, videos, format_personalization_table)
 
 
 def finish(args: argparse.Namespace, report: dict, videos: list, table) -> dict:
