@@ -5,11 +5,14 @@ model.
     cond = Conditioning(tokens=..., channels=low_res_latents)               # spatial upsampler, editing source
     cond = Conditioning(tokens={..., "reference_image": Tokens(...)})       # personalization (vision tokens)
     cond = Conditioning(tokens=..., channels=source_latents, task=task_ids) # editing
+    cond = Conditioning(tokens=..., images={"reference_image": Images(...)}) # personalization, trainable tower
 
 - `tokens`: cross-attention context, one `Tokens` per source (the text encoders, then any extra source such as a
   reference image's vision tokens), in the order `DiTConfig.context_sources()` lists them.
 - `channels`: extra input channels concatenated to the noisy latent before patchify.
 - `task`: an index into the DiT's learned task-embedding table, added to the flow-time embedding.
+- `images`: pixels for a context source whose encoder is part of the DiT (a trainable vision tower,
+  `ContextSource.encoder`): the DiT turns them into that source's tokens. Dropping the source masks them like tokens.
 
 Batch-first throughout: a batch of b samples has tensors with a leading b; one sample (as stored in a shard)
 has none.
@@ -17,7 +20,7 @@ has none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
@@ -33,6 +36,17 @@ class Tokens(NamedTuple):
         return Tokens(fn(self.embeddings), fn(self.mask))
 
 
+class Images(NamedTuple):
+    """Images a source's in-model encoder reads: pixels (b, 3, s, s), already resized and normalised for it, and
+    present (b,) bool (False = no image for that sample: its tokens are masked, as a dropped condition)."""
+
+    pixels: torch.Tensor
+    present: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Images":
+        return Images(fn(self.pixels), fn(self.present))
+
+
 class TextEncoder(Protocol):
     """What pre-encoding and generation need of text encoders (`text.TextEncoders`, or the toy ones)."""
 
@@ -45,6 +59,7 @@ class Conditioning:
     tokens: dict[str, Tokens] = field(default_factory=dict)
     channels: Optional[torch.Tensor] = None  # (b, c_cond, t, h, w), the latent's grid
     task: Optional[torch.Tensor] = None  # (b,) long
+    images: dict[str, Images] = field(default_factory=dict)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
         """The same conditioning with `fn` applied to every tensor (slicing, moving, pinning)."""
@@ -52,6 +67,7 @@ class Conditioning:
             tokens={name: tokens.map(fn) for name, tokens in self.tokens.items()},
             channels=None if self.channels is None else fn(self.channels),
             task=None if self.task is None else fn(self.task),
+            images={name: images.map(fn) for name, images in self.images.items()},
         )
 
     def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Conditioning":
@@ -70,17 +86,19 @@ class Conditioning:
     def frames(self, start: int, stop: int) -> "Conditioning":
         """Latent frames start..stop-1 of the condition channels (a sampling window); tokens and task are whole."""
         channels = None if self.channels is None else self.channels[:, :, start:stop]
-        return Conditioning(self.tokens, channels, self.task)
+        return replace(self, channels=channels)
 
     def keep_tokens(self, keep: torch.Tensor, sources: Optional[list[str]] = None) -> "Conditioning":
         """Drop the tokens of `sources` (default: all) for the samples where `keep` (b,) is False: their masks
-        become all False, as for the unconditional branch of classifier-free guidance."""
-        names = set(self.tokens) if sources is None else set(sources)
+        become all False (and their images absent), as for the unconditional branch of classifier-free guidance."""
+        names = set(self.tokens) | set(self.images) if sources is None else set(sources)
         tokens = {
             name: Tokens(t.embeddings, t.mask & keep.to(t.mask.device)[:, None]) if name in names else t
             for name, t in self.tokens.items()
         }
-        return Conditioning(tokens, self.channels, self.task)
+        images = {name: Images(i.pixels, i.present & keep.to(i.present.device)) if name in names else i
+                  for name, i in self.images.items()}
+        return replace(self, tokens=tokens, images=images)
 
     def keep_channels(self, keep: torch.Tensor) -> "Conditioning":
         """The condition channels zeroed for the samples where `keep` (b,) is False ("no source video", for
@@ -88,19 +106,17 @@ class Conditioning:
         if self.channels is None:
             raise ValueError("keep_channels: this conditioning has no channels")
         mask = keep.to(self.channels.device, self.channels.dtype).view(-1, *([1] * (self.channels.dim() - 1)))
-        return Conditioning(self.tokens, self.channels * mask, self.task)
+        return replace(self, channels=self.channels * mask)
 
     def without_channels(self) -> "Conditioning":
         """Every sample's condition channels zeroed; tokens and task are kept."""
         return self.keep_channels(torch.zeros(self.batch_size, dtype=torch.bool))
 
     def without_tokens(self, sources: Optional[list[str]] = None) -> "Conditioning":
-        """Every sample's tokens of `sources` (default: all) masked out; channels and task are kept."""
-        any_tokens = next(iter(self.tokens.values()), None)
-        if any_tokens is None:
+        """Every sample's tokens (and images) of `sources` (default: all) masked out; channels and task are kept."""
+        if not self.tokens and not self.images:
             return self
-        keep = torch.zeros(any_tokens.mask.shape[0], dtype=torch.bool)
-        return self.keep_tokens(keep, sources)
+        return self.keep_tokens(torch.zeros(self.batch_size, dtype=torch.bool), sources)
 
     @property
     def batch_size(self) -> int:
@@ -115,6 +131,8 @@ class Conditioning:
             yield self.channels
         if self.task is not None:
             yield self.task
+        for images in self.images.values():
+            yield images.pixels
 
     # ---- stacking samples and batches ---------------------------------------------------------------------
     @staticmethod
@@ -138,16 +156,21 @@ class Conditioning:
             out["channels"] = self.channels.to(float_dtype).contiguous()
         if self.task is not None:
             out["task"] = self.task.to(torch.long).contiguous()
+        for name, images in self.images.items():
+            out[f"images.{name}.pixels"] = images.pixels.to(float_dtype).contiguous()
+            out[f"images.{name}.present"] = images.present.to(torch.bool).contiguous()
         return out
 
     @staticmethod
     def from_tensors(tensors: dict[str, torch.Tensor]) -> "Conditioning":
         """Inverse of `to_tensors`."""
         names = sorted({key.split(".")[1] for key in tensors if key.startswith("tokens.")})
+        image_names = sorted({key.split(".")[1] for key in tensors if key.startswith("images.")})
         return Conditioning(
             tokens={n: Tokens(tensors[f"tokens.{n}.embeddings"], tensors[f"tokens.{n}.mask"]) for n in names},
             channels=tensors.get("channels"),
             task=tensors.get("task"),
+            images={n: Images(tensors[f"images.{n}.pixels"], tensors[f"images.{n}.present"]) for n in image_names},
         )
 
 
@@ -156,8 +179,9 @@ def _combine(parts: list[Conditioning], join) -> Conditioning:
         raise ValueError("no conditionings to combine")
     first = parts[0]
     for other in parts[1:]:
-        if set(other.tokens) != set(first.tokens):
-            raise ValueError(f"token sources differ: {sorted(other.tokens)} vs {sorted(first.tokens)}")
+        if set(other.tokens) != set(first.tokens) or set(other.images) != set(first.images):
+            raise ValueError(f"token/image sources differ: {sorted(other.tokens)} + {sorted(other.images)} vs "
+                             f"{sorted(first.tokens)} + {sorted(first.images)}")
         if (other.channels is None) != (first.channels is None) or (other.task is None) != (first.task is None):
             raise ValueError("some conditionings carry channels or a task and others do not")
     return Conditioning(
@@ -167,4 +191,6 @@ def _combine(parts: list[Conditioning], join) -> Conditioning:
         },
         channels=None if first.channels is None else join([p.channels for p in parts]),
         task=None if first.task is None else join([p.task for p in parts]),
+        images={name: Images(join([p.images[name].pixels for p in parts]),
+                             join([p.images[name].present for p in parts])) for name in first.images},
     )

@@ -176,7 +176,12 @@ class SubjectClip:
     fps: Optional[float]  # None for an image
     pixels: torch.Tensor  # (3, t, h, w) float32 in [-1, 1], the bucket's size
     reference: torch.Tensor  # (h, w, 3) uint8: the reference image pre-encoding gave this clip
-    reference_name: str  # "<file>@<seconds>s"
+    reference_path: str
+    reference_time: float
+
+    @property
+    def reference_name(self) -> str:
+        return f"{Path(self.reference_path).name}@{self.reference_time:g}s"
 
 
 def load_subject_clips(manifest: str | Path, data: DataConfig) -> list[SubjectClip]:
@@ -194,17 +199,24 @@ def load_subject_clips(manifest: str | Path, data: DataConfig) -> list[SubjectCl
             raise ValueError(f"{entry.path}: pre-encoding would reject it ({prepared.reason})")
         fps = None if prepared.bucket.is_image else prepared.fps
         clips.append(SubjectClip(entry.subject, entry.caption, entry.path, entry.start_s, fps,
-                                 to_unit_range(prepared.frames), prepared.reference_frame,
-                                 f"{Path(entry.reference).name}@{entry.reference_time or 0:g}s"))
+                                 to_unit_range(prepared.frames), prepared.reference_frame, entry.reference,
+                                 entry.reference_time or 0.0))
     return clips
 
 
-def held_out_reference(clip: SubjectClip, data: DataConfig) -> tuple[torch.Tensor, str]:
-    """A frame of `clip` that no entry used as its reference (references are clip starts): the middle of its
-    window, through data.reference.crop."""
-    middle = clip.start_s + (clip.pixels.shape[1] / 2) / (clip.fps or 1.0) if clip.fps else 0.0
-    frame = reference_frame(clip.source, middle, build_decoder(data.decoder), load_crop(data.reference.crop))
-    return frame, f"{Path(clip.source).name}@{middle:.2f}s"
+def held_out_reference(clips: list[SubjectClip], data: DataConfig) -> tuple[torch.Tensor, str]:
+    """A frame of one subject's `clips` that no entry used as its reference (references are clip starts): the middle
+    of its last clip's window, moved on by a quarter window while it is within a frame of a reference; through
+    data.reference.crop."""
+    clip = clips[-1]
+    fps = clip.fps or 1.0
+    window = clip.pixels.shape[1] / fps if clip.fps else 0.0
+    used = [c.reference_time for c in clips if c.reference_path == clip.source]
+    time = clip.start_s + window / 2
+    while window and any(abs(time - t) < 1.0 / fps for t in used):
+        time += window / 4
+    frame = reference_frame(clip.source, time, build_decoder(data.decoder), load_crop(data.reference.crop))
+    return frame, f"{Path(clip.source).name}@{time:.2f}s"
 
 
 def evaluate_personalization(clips: list[SubjectClip], pipeline: MovieGenPipeline, data: DataConfig, steps: int = 50,
@@ -218,7 +230,7 @@ def evaluate_personalization(clips: list[SubjectClip], pipeline: MovieGenPipelin
     references = []  # (label, subject shown, frame)
     for subject in subjects:
         references.append((f"{subject}: trained {first[subject].reference_name}", subject, first[subject].reference))
-        frame, name = held_out_reference(first[subject], data)
+        frame, name = held_out_reference([c for c in clips if c.subject == subject], data)
         references.append((f"{subject}: held-out {name}", subject, frame))
     rows, videos = [], []
     by_caption = {clip.caption: clip for clip in reversed(clips)}  # each caption's first clip

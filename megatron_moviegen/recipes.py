@@ -51,6 +51,10 @@ def check_conditions_fit_model(data: DataConfig, model: DiTConfig) -> None:
     if wanted is not None and wanted.max_length != data.reference.max_length:
         raise ConfigError(f"model.extra_context.{REFERENCE_SOURCE}.max_length: {wanted.max_length}, but "
                           f"data.reference.max_length is {data.reference.max_length}")
+    if wanted is not None and data.reference.trainable != (wanted.encoder is not None):
+        raise ConfigError(f"data.reference.trainable is {data.reference.trainable}, but model.extra_context."
+                          f"{REFERENCE_SOURCE}.encoder is {'set' if wanted.encoder else 'not set'}: a trainable tower "
+                          "is part of the DiT (its shape in the model config), a frozen one is not")
     tasks = 0 if data.edit is None else len(data.edit.tasks)
     if model.num_tasks != tasks:
         raise ConfigError(f"model.num_tasks: got {model.num_tasks}, but data.edit.tasks lists {tasks} task(s)")

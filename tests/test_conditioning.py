@@ -55,7 +55,7 @@ def test_cat_puts_cond_before_uncond_and_refuses_mismatched_sources():
     cond, uncond = Conditioning.stack([_sample(0)]), Conditioning.stack([_sample(1)])
     both = Conditioning.cat([cond, uncond])
     assert torch.equal(both.tokens["ul2"].embeddings[1], uncond.tokens["ul2"].embeddings[0])
-    with pytest.raises(ValueError, match="token sources differ"):
+    with pytest.raises(ValueError, match="token/image sources differ"):
         Conditioning.cat([cond, Conditioning({"ul2": cond.tokens["ul2"]}, cond.channels, cond.task)])
     with pytest.raises(ValueError, match="channels or a task"):
         Conditioning.stack([_sample(0), _sample(1, channels=False)])
@@ -69,3 +69,23 @@ def test_storage_round_trip_casts_floats_only():
     assert torch.equal(restored.tokens["ul2"].mask, sample.tokens["ul2"].mask)
     assert torch.equal(restored.task, sample.task) and restored.task.dtype == torch.long
     assert torch.allclose(restored.channels.float(), sample.channels, atol=1e-2, rtol=1e-2)
+
+
+def test_images_travel_with_the_conditioning_and_drop_like_tokens():
+    from megatron_moviegen.conditioning import Images
+
+    def one(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return Conditioning({"ul2": Tokens(torch.randn(3, 4, generator=gen), torch.ones(3, dtype=torch.bool))},
+                            images={"reference_image": Images(torch.randn(3, 8, 8, generator=gen), torch.tensor(True))})
+
+    batch = Conditioning.stack([one(0), one(1)])
+    assert batch.images["reference_image"].pixels.shape == (2, 3, 8, 8) and batch.batch_size == 2
+    back = Conditioning.from_tensors(batch.to_tensors(torch.float32))
+    assert torch.equal(back.images["reference_image"].pixels, batch.images["reference_image"].pixels)
+    assert back.images["reference_image"].present.tolist() == [True, True]
+    dropped = batch.keep_tokens(torch.tensor([True, False]), ["reference_image"])
+    assert dropped.images["reference_image"].present.tolist() == [True, False]
+    assert dropped.tokens["ul2"].mask.all()  # only the named source is dropped
+    assert batch.frames(0, 1).images is batch.images  # a sampling window keeps the images
+    assert not Conditioning.cat([batch, batch.without_tokens()]).images["reference_image"].present[2:].any()

@@ -121,7 +121,7 @@ def build_reference_encoder(config: DataConfig, device: torch.device, model=None
         raise ConfigError(f"data.reference.encoder: {exc}") from None
     if model is not None:  # the recipe's DiT reads these tokens: their width and length must match
         wanted = model.extra_context.get(REFERENCE_SOURCE)
-        if wanted != encoder.context_source():
+        if wanted is None or (wanted.width, wanted.max_length) != (encoder.width, reference.max_length):
             raise ConfigError(f"model.extra_context.{REFERENCE_SOURCE}: {wanted}, but {reference.encoder} gives "
                               f"{encoder.context_source()}")
     return encoder

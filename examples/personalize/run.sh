@@ -5,7 +5,8 @@
 # normalised and pre-encoded with the reference tokens, the tiny PT2V DiT trained on them (TP=2 + SP on 2 gloo
 # ranks), then the one caption sampled with each subject's reference (trained and held-out frames), the other
 # subject's and none, each scored against both subjects' clips: the reference, not the caption, must pick who.
-# TAE_STEPS / DIT_STEPS shorten it; TAE=<folder> skips the TAE training (it must have seen both clips).
+# TAE_STEPS / DIT_STEPS shorten it; TAE=<folder> skips the TAE training (it must have seen both clips);
+# CONFIG=pt2v_tiny_trainable trains the tower with the DiT (the paper's way) instead of caching a frozen tower's tokens.
 # GUIDANCE sets the text guidance scale (default 1.0: none). Results in README.md ("Personalization you can score").
 #   bash examples/personalize/run.sh   ->  $OUT/eval/{eval.json,side_by_side.png}
 set -euo pipefail
@@ -15,7 +16,7 @@ OUT=${OUT:-outputs/personalize}
 TAE_STEPS=${TAE_STEPS:-1000}
 DIT_STEPS=${DIT_STEPS:-3000}
 SAMPLE_STEPS=${SAMPLE_STEPS:-50}
-CONFIG=pt2v_tiny
+CONFIG=${CONFIG:-pt2v_tiny}  # pt2v_tiny_trainable: the paper's trainable tower, inside the DiT
 TOWER="$OUT/vision_tower"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONWARNINGS=ignore
 start=$(date +%s)

@@ -72,13 +72,13 @@ def _holder(current: ShardedTensor, shape: tuple[int, ...]) -> ShardedTensor:
                                            replica_id=current.replica_id)
 
 
-def load_weights_for_new_stage(path: str, model_chunks, resolution: Optional[int] = None) -> None:
+def load_weights_for_new_stage(path: str, model_chunks, resolution: Optional[int] = None) -> set[str]:
     """Load every weight of a previous stage's checkpoint into `model_chunks`. Position tables grow (`grow_table`;
     `resolution` is the new stage's data.buckets.resolution, the spatial tables are resampled at the ratio), the
     patch embedding's new condition channels start at zero (so zero-valued conditions change nothing), and
     modules the previous stage did not have (a task table, an extra context projection) keep their
     initialisation. Anything else must match the saved model (`check_model_matches`: no other shape change, no
-    saved tensor dropped)."""
+    saved tensor dropped). Returns the names of the tensors that kept their initialisation."""
     path = resolve_checkpoint(path)
     check_complete(path)
     scale = spatial_scale(read_saved_config(path), resolution)
@@ -110,6 +110,7 @@ def load_weights_for_new_stage(path: str, model_chunks, resolution: Optional[int
         chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in loaded.items()}, strict=True)
         if new:
             log.info("new stage: %s keep their initialisation (not in %s)", sorted(new), path)
+    return {name for new in new_of for name in new}
 
 
 def grow_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

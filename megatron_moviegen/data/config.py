@@ -118,8 +118,8 @@ REFERENCE_SOURCE = "reference_image"  # the model.extra_context name of the refe
 @dataclass
 class ReferenceConfig:
     """Personalized video (PT2V, SPEC section 6): each sample is conditioned on a reference image of its subject,
-    encoded by a frozen CLIP vision tower (`models.vision_tower.ReferenceEncoder`) into the cross-attention source
-    model.extra_context.reference_image (width = the tower's hidden size, max_length = this one).
+    encoded by a CLIP vision tower (`models.vision_tower`: frozen, its tokens cached by pre-encoding, or `trainable`
+    in the DiT) into the cross-attention source model.extra_context.reference_image (width = the tower's hidden size, max_length = this one).
 
     The manifest gives each entry's reference: `reference` (an image, or a video with `reference_time` in seconds)
     or `subject` (an id: a frame of another clip of the same subject; see data.manifest). `crop`, when set, is a
@@ -129,6 +129,10 @@ class ReferenceConfig:
     encoder: str = "facebook/metaclip-h14-fullcc2.5b"  # a CLIPVisionModel folder or hub id
     max_length: int = 264  # ViT-H/14 at 224 px gives 257 tokens; padded to a multiple of 8 for TP x SP
     crop: Optional[str] = None
+    # False: the tower is frozen and pre-encoding caches its tokens (Conditioning.tokens). True: the paper's
+    # trainable tower: pre-encoding caches the tower's input pixels (Conditioning.images) and the tower is part of
+    # the DiT (model.extra_context.reference_image.encoder, started from `encoder`'s weights).
+    trainable: bool = False
     device: str = "auto"  # auto: this rank's runtime device
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 

@@ -34,7 +34,7 @@ import av
 import torch
 from tqdm import tqdm
 
-from megatron_moviegen.conditioning import Conditioning, TextEncoder, Tokens
+from megatron_moviegen.conditioning import Conditioning, Images, TextEncoder, Tokens
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig, EditConfig, ReferenceConfig
@@ -79,6 +79,9 @@ class ImageEncoder(Protocol):
 
     def encode(self, frames: list[torch.Tensor]) -> Tokens:
         """b (h, w, 3) uint8 images -> Tokens((b, max_length, width), (b, max_length) bool)."""
+
+    def images(self, frames: list[torch.Tensor]) -> Images:
+        """b (h, w, 3) uint8 images -> the input of a trainable tower: Images((b, 3, s, s), (b,) bool)."""
 
 
 @dataclass
@@ -455,10 +458,15 @@ class Preencoder:
         prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
         edit, reference = self.config.edit, self.config.reference
         task = None if edit is None else torch.tensor([edit.task_id(p.entry.task) for p in batch])
-        tokens = self.text_encoder.encode(prompts)
-        if reference is not None:
-            tokens = {**tokens, REFERENCE_SOURCE: self.reference_encoder.encode([p.reference_frame for p in batch])}
-        conditioning = Conditioning(tokens=tokens, channels=self.condition_latents(pixels, batch), task=task).to("cpu")
+        tokens, images = self.text_encoder.encode(prompts), {}
+        if reference is not None:  # a frozen tower's tokens, or a trainable tower's input pixels
+            frames = [p.reference_frame for p in batch]
+            if reference.trainable:
+                images = {REFERENCE_SOURCE: self.reference_encoder.images(frames)}
+            else:
+                tokens = {**tokens, REFERENCE_SOURCE: self.reference_encoder.encode(frames)}
+        conditioning = Conditioning(tokens=tokens, channels=self.condition_latents(pixels, batch), task=task,
+                                    images=images).to("cpu")
         upsample = self.config.upsample
         low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
                                                                      upsample.low_resolution_factor)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_moviegen.conditioning import Conditioning, TextEncoder, Tokens
+from megatron_moviegen.conditioning import Conditioning, Images, TextEncoder, Tokens
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.config import REFERENCE_SOURCE
 from megatron_moviegen.diffusion import classifier_free_guidance, euler_sample, linear_quadratic_schedule
@@ -149,33 +149,38 @@ class MovieGenPipeline:
         tokens = self.text_encoders.encode(prompts)
         warn_truncated(prompts, tokens)
         text = list(tokens)
-        extra = {name: t.map(lambda x: x.cpu()) for name, t in self.extra_tokens(len(prompts), reference).items()}
-        cond = Conditioning(tokens={**{k: t.map(lambda x: x.cpu()) for k, t in tokens.items()}, **extra})
+        extra = self.extra_conditions(len(prompts), reference).to("cpu")
+        cond = Conditioning(tokens={**tokens, **extra.tokens}, images=extra.images).to("cpu")
         if negative_prompt is None:
             uncond = cond.without_tokens(text)  # as when text is dropped in training; the reference stays
         else:
             negative = self.text_encoders.encode([negative_prompt] * len(prompts))
-            uncond = Conditioning(tokens={**{k: t.map(lambda x: x.cpu()) for k, t in negative.items()}, **extra})
-        return cond.to("cpu"), uncond.to("cpu")
+            uncond = Conditioning(tokens={**negative, **extra.tokens}, images=extra.images).to("cpu")
+        return cond, uncond
 
-    def extra_tokens(self, batch: int, reference: Optional[torch.Tensor] = None) -> dict[str, Tokens]:
-        """The DiT's extra-context sources for `batch` samples: the reference image's tokens (a personalized model
-        given `reference`, (h, w, 3) uint8) or, for a source not given, masked zeros (the model then runs as
-        when the condition was dropped in training)."""
+    def extra_conditions(self, batch: int, reference: Optional[torch.Tensor] = None) -> Conditioning:
+        """The DiT's extra-context sources for `batch` samples: a personalized model given `reference` ((h, w, 3)
+        uint8) gets the reference image's tokens (a frozen tower) or pixels (a tower in the model); a source not
+        given gets masked zeros (the model then runs as when the condition was dropped in training)."""
         sources = self.dit.dit_config.extra_context
         if reference is not None and REFERENCE_SOURCE not in sources:
             raise ValueError(f"a reference image was given, but this DiT has no {REFERENCE_SOURCE!r} context source "
                              "(not a personalized model)")
-        out = {}
+        if reference is not None and self.reference_encoder is None:
+            raise ValueError("a reference image needs the reference encoder (the export's data.reference)")
+        tokens, images = {}, {}
         for name, source in sources.items():
-            if name == REFERENCE_SOURCE and reference is not None:
-                if self.reference_encoder is None:
-                    raise ValueError("a reference image needs the reference encoder (the export's data.reference)")
-                out[name] = self.reference_encoder.encode([reference] * batch)
+            given = name == REFERENCE_SOURCE and reference is not None
+            if source.encoder is not None:
+                size = source.encoder.image_size
+                images[name] = self.reference_encoder.images([reference] * batch) if given else \
+                    Images(torch.zeros(batch, 3, size, size), torch.zeros(batch, dtype=torch.bool))
+            elif given:
+                tokens[name] = self.reference_encoder.encode([reference] * batch)
             else:
-                out[name] = Tokens(torch.zeros(batch, source.max_length, source.width),
-                                   torch.zeros(batch, source.max_length, dtype=torch.bool))
-        return out
+                tokens[name] = Tokens(torch.zeros(batch, source.max_length, source.width),
+                                      torch.zeros(batch, source.max_length, dtype=torch.bool))
+        return Conditioning(tokens=tokens, images=images)
 
     def encode_text(self, prompts: list[str], negative_prompt: Optional[str] = None,
                     reference: Optional[torch.Tensor] = None) -> tuple[Conditioning, Conditioning]:

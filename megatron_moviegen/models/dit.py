@@ -159,7 +159,7 @@ class MovieGenDiT(MegatronModule):
         else:
             hidden = self.input_tensor  # (s_local, b, d)
         time_embedding, modulation = self.time_embedding(timesteps, conditioning.task)
-        context, real = self.context_projection(conditioning.tokens)  # (n, b, d), (b, n)
+        context, real = self.context_projection(conditioning.tokens, conditioning.images)  # (n, b, d), (b, n)
         if self.config.sequence_parallel:
             context = tensor_parallel.scatter_to_sequence_parallel_region(context)
         context_mask = ~real[:, None, None, :]  # (b, 1, 1, n), True = masked (Megatron convention)

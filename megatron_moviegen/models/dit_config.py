@@ -10,12 +10,43 @@ from megatron_moviegen.parallel.config import ParallelConfig
 
 
 @dataclass
+class VisionTowerConfig:
+    """The shape of a CLIP vision tower (transformers CLIPVisionConfig) trained inside the DiT. The paper's MetaCLIP
+    ViT-H/14: 1280 wide, 32 layers of 16 heads, MLP 5120, 224 px in 14 px patches (257 tokens), GELU."""
+
+    hidden_size: int = 1280
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1  # the class token, then one per patch
+
+    def validate(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                     "patch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"num_attention_heads: {self.num_attention_heads} does not divide hidden_size "
+                              f"{self.hidden_size}")
+
+
+@dataclass
 class ContextSource:
     """One source of cross-attention tokens as the DiT sees it (a text encoder, a reference image's vision
-    tower): the width of its embeddings and the number of tokens it contributes (padded to this length)."""
+    tower): the width of its embeddings and the number of tokens it contributes (padded to this length).
+    `encoder` set: the source's encoder is part of the DiT and trained with it (a trainable vision tower); its
+    input is Conditioning.images[name] and its tokens are the tower's last hidden states."""
 
     width: int
     max_length: int
+    encoder: Optional[VisionTowerConfig] = None
 
 
 def _paper_text_encoders() -> dict[str, ContextSource]:
@@ -104,6 +135,13 @@ class DiTConfig:
             for name, source in getattr(self, section).items():
                 if source.width < 1 or source.max_length < 1:
                     raise ConfigError(f"{section}.{name}: width and max_length must be >= 1, got {source}")
+        if any(source.encoder is not None for source in self.text_encoders.values()):
+            raise ConfigError("text_encoders: an in-model encoder is for extra_context sources only")
+        for name, source in self.extra_context.items():
+            tower = source.encoder
+            if tower is not None and (tower.hidden_size != source.width or tower.num_tokens > source.max_length):
+                raise ConfigError(f"extra_context.{name}: width {source.width} and max_length {source.max_length}, "
+                                  f"but its encoder gives {tower.num_tokens} tokens of {tower.hidden_size}")
         clash = set(self.text_encoders) & set(self.extra_context)
         if clash:
             raise ConfigError(f"extra_context: {sorted(clash)} already name text encoders")

@@ -4,13 +4,15 @@ projections of the cross-attention context (text encoders, then any extra source
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_moviegen.conditioning import Tokens
+from megatron_moviegen.conditioning import Images, Tokens
 from megatron_moviegen.models.dit_config import DiTConfig
+from megatron_moviegen.models.vision_tower import build_vision_tower, tower_tokens
 
 
 def mark_replicated_on_every_stage(module: nn.Module, grads_partial_over_tp: bool) -> None:
@@ -157,16 +159,31 @@ class ContextProjection(nn.Module):
         sources = cfg.context_sources()
         self.max_lengths = {name: source.max_length for name, source in sources.items()}
         self.optional = frozenset(cfg.extra_context)
+        # Trainable encoders in the model (a reference image's vision tower): their tokens come from images.
+        self.encoders = nn.ModuleDict({name: build_vision_tower(source.encoder)
+                                       for name, source in sources.items() if source.encoder is not None})
         self.proj = nn.ModuleDict({name: nn.Linear(source.width, cfg.hidden_size) for name, source in sources.items()})
         self.norm = nn.ModuleDict({name: nn.LayerNorm(cfg.hidden_size) for name in sources})
 
-    def forward(self, tokens: dict[str, Tokens]) -> tuple[torch.Tensor, torch.Tensor]:
-        """{source: Tokens((b, n_i, d_i), (b, n_i) bool)} -> context (n, b, d), mask (b, n) bool, True = real."""
-        if set(tokens) != set(self.max_lengths):
-            raise KeyError(f"context tokens: got sources {sorted(tokens)}, the model expects {sorted(self.max_lengths)}")
+    def forward(self, tokens: dict[str, Tokens], images: Optional[dict[str, Images]] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """{source: Tokens((b, n_i, d_i), (b, n_i) bool)} (and, for a source with an in-model encoder, its
+        {source: Images((b, 3, s, s), (b,) bool)} instead) -> context (n, b, d), mask (b, n) bool, True = real."""
+        images = images or {}
+        given = set(tokens) | set(images)
+        if given != set(self.max_lengths) or set(images) != set(self.encoders):
+            raise KeyError(f"context tokens: got sources {sorted(tokens)} and images {sorted(images)}, the model "
+                           f"expects tokens of {sorted(set(self.max_lengths) - set(self.encoders))} and images of "
+                           f"{sorted(self.encoders)}")
         context, real = [], []
         for name, max_length in self.max_lengths.items():
-            emb, mask = tokens[name].embeddings, tokens[name].mask
+            if name in self.encoders:
+                if not images[name].present.any():
+                    continue  # no sample has an image: left out, as masked tokens are
+                pixels = images[name].pixels.to(next(self.encoders[name].parameters()).dtype)
+                emb, mask = tower_tokens(self.encoders[name], pixels, max_length, images[name].present)
+            else:
+                emb, mask = tokens[name].embeddings, tokens[name].mask
             if emb.shape[1] != max_length or mask.shape != emb.shape[:2]:
                 raise ValueError(
                     f"context source {name!r}: embeddings {tuple(emb.shape)} / mask {tuple(mask.shape)} do not match "

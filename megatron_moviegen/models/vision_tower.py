@@ -1,18 +1,24 @@
 """The reference-image encoder of personalized video (PT2V, SPEC section 6): a CLIP vision tower (the paper's
-MetaCLIP ViT-H/14, `facebook/metaclip-h14-fullcc2.5b`) loaded through transformers' CLIPVisionModel, frozen here:
-pre-encoding runs it once per sample and caches its tokens in the shards, and the DiT's per-source context
-projection (`ContextProjection.proj["reference_image"]`, trained) maps them into the model width.
+MetaCLIP ViT-H/14, `facebook/metaclip-h14-fullcc2.5b`) through transformers' CLIPVisionModel, in one of two roles:
+
+- frozen (data.reference.trainable false): pre-encoding runs `ReferenceEncoder.encode` once per sample and caches
+  the tokens in the shards; the DiT's per-source projection (`ContextProjection.proj["reference_image"]`) is trained;
+- trainable (the paper's; model.extra_context.reference_image.encoder set): the tower is built inside the DiT
+  (`build_vision_tower`, in `ContextProjection.encoders`), started from the pretrained weights
+  (`load_pretrained_towers`) and trained with it; pre-encoding caches its input pixels (`ReferenceEncoder.images`).
 
     encoder = ReferenceEncoder(ReferenceConfig(encoder="/models/metaclip-h14"))
     tokens = encoder.encode(frames)   # b (h, w, 3) uint8 -> Tokens((b, max_length, 1280), (b, max_length) bool)
 
-Every token of the last hidden state is kept (the class token, then one per 14x14 patch: 257 at 224 px), padded
-to `max_length` with masked zeros. Pixels are resized (antialiased bilinear, cover) and centre-cropped to the
-tower's image size and normalised with its processor's mean and std, in torch, so the same frame gives the same
-tokens on CPU workers and on GPU.
+Both roles compute tokens with `tower_tokens`: every token of the last hidden state (the class token, then one per
+14x14 patch: 257 at 224 px), padded to `max_length` with masked zeros. Pixels are resized (antialiased bilinear,
+cover) and centre-cropped to the tower's image size and normalised with its processor's mean and std, in torch, so
+the same frame gives the same input on CPU workers and on GPU.
 
-Memory: the ViT-H/14 vision tower has 632M parameters (1.26 GB in bf16) and runs on `device` beside the text
-encoders. A trainable tower (the paper fine-tunes it) is not built: see docs/personalization.md.
+Memory: the ViT-H/14 vision tower has 630.8M parameters (1.26 GB in bf16); frozen it runs on `device` beside the
+text encoders; trainable it is replicated on every rank: bf16 weights, fp32 gradients, fp32 master weights and two
+Adam moments are 2 + 4 + 4 + 4 + 4 = 18 bytes per parameter, 11.4 GB, of which the distributed optimizer shards the
+12 bytes of optimizer state over the data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -21,16 +27,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from megatron_moviegen.conditioning import Tokens
+from megatron_moviegen.conditioning import Images, Tokens
 from megatron_moviegen.data.config import ReferenceConfig
 from megatron_moviegen.data.decode import resize_center_crop
-from megatron_moviegen.models.dit_config import ContextSource
+from megatron_moviegen.models.dit_config import ContextSource, VisionTowerConfig
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.text.encoders import hub_offline
 
@@ -56,6 +62,63 @@ def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         config = json.loads(processor.read_text())
         return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
     return CLIP_MEAN, CLIP_STD
+
+
+def build_vision_tower(shape: VisionTowerConfig) -> CLIPVisionModel:
+    """A randomly initialised CLIP vision tower of `shape` (the DiT's trainable one; pretrained weights are loaded
+    into it by `load_pretrained_towers`). Its post-layernorm serves only the pooled output, which is not used, and
+    its key biases cancel in the softmax: both are frozen, so every trainable parameter has a gradient (Adam would
+    turn the key biases' rounding-noise gradients into full-size steps)."""
+    tower = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
+        image_size=shape.image_size, patch_size=shape.patch_size, hidden_act=shape.hidden_act,
+        layer_norm_eps=shape.layer_norm_eps, projection_dim=shape.hidden_size, attention_dropout=0.0))
+    getattr(tower, "vision_model", tower).post_layernorm.requires_grad_(False)  # transformers 4 nests it
+    for name, param in tower.named_parameters():
+        if name.endswith("k_proj.bias"):  # adds one constant per query row: softmax cancels it, its gradient is 0
+            param.requires_grad_(False)
+    return tower
+
+
+def tower_tokens(model: CLIPVisionModel, pixels: torch.Tensor, max_length: int,
+                 present: Optional[torch.Tensor] = None) -> Tokens:
+    """The tower's last hidden states (every token: class, then patches) for (b, 3, s, s) normalised pixels,
+    padded with zeros to `max_length`: Tokens((b, max_length, width), (b, max_length) bool). `present` (b,) False
+    masks a sample's tokens (no image)."""
+    hidden = model(pixel_values=pixels).last_hidden_state  # (b, n, width)
+    b, n, width = hidden.shape
+    embeddings = torch.cat([hidden, hidden.new_zeros(b, max_length - n, width)], dim=1)
+    mask = (torch.arange(max_length, device=hidden.device) < n).expand(b, max_length)
+    if present is not None:
+        mask = mask & present.to(mask.device)[:, None]
+    return Tokens(embeddings, mask)
+
+
+def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str]:
+    """Copy the pretrained tower of `reference.encoder` into every in-model tower of `model_chunks` (a new
+    personalization stage, or one trained from scratch); returns the sources loaded. A tower whose shape differs
+    from the folder's is refused, naming both."""
+    loaded = []
+    for chunk in model_chunks:
+        towers = getattr(getattr(chunk, "module", chunk), "context_projection").encoders
+        for name, tower in towers.items():
+            source = resolve_encoder_source(reference.encoder)
+            pretrained = CLIPVisionModel.from_pretrained(source, local_files_only=hub_offline())
+            mine, theirs = tower.config, pretrained.config
+            fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                      "patch_size", "hidden_act")
+            different = {f: (getattr(mine, f), getattr(theirs, f)) for f in fields
+                         if getattr(mine, f) != getattr(theirs, f)}
+            if different:
+                raise ValueError(f"model.extra_context.{name}.encoder differs from {reference.encoder} in "
+                                 + ", ".join(f"{f} (model {a}, checkpoint {b})" for f, (a, b) in different.items()))
+            with torch.no_grad():
+                state = pretrained.state_dict()
+                for key, value in tower.state_dict().items():
+                    value.copy_(state[key])
+            loaded.append(name)
+    return loaded
 
 
 class ReferenceEncoder:
@@ -105,15 +168,15 @@ class ReferenceEncoder:
 
     @torch.no_grad()
     def encode(self, frames: Sequence[torch.Tensor]) -> Tokens:
-        """b (h, w, 3) uint8 reference images (a list, or a (b, h, w, 3) tensor) -> Tokens((b, max_length, width) float32, (b, max_length) bool) on
-        the tower's device; tokens past the tower's own count are zeros, masked."""
-        hidden = self.model(pixel_values=self.pixels(frames)).last_hidden_state.float()  # (b, n, width)
-        b, n, width = hidden.shape
-        embeddings = hidden.new_zeros(b, self.config.max_length, width)
-        embeddings[:, :n] = hidden
-        mask = torch.zeros(b, self.config.max_length, dtype=torch.bool, device=hidden.device)
-        mask[:, :n] = True
-        return Tokens(embeddings, mask)
+        """b (h, w, 3) uint8 reference images (a list, or a (b, h, w, 3) tensor) -> Tokens((b, max_length, width)
+        float32, (b, max_length) bool) on the tower's device; tokens past the tower's own count are zeros, masked."""
+        tokens = tower_tokens(self.model, self.pixels(frames), self.config.max_length)
+        return Tokens(tokens.embeddings.float(), tokens.mask)
+
+    def images(self, frames: Sequence[torch.Tensor]) -> Images:
+        """What a trainable tower in the DiT reads (data.reference.trainable): the normalised pixels, all present."""
+        pixels = self.pixels(frames).float()
+        return Images(pixels, torch.ones(pixels.shape[0], dtype=torch.bool, device=pixels.device))
 
 
 def save_tiny_vision_tower(folder: str | Path, width: int = 32, image_size: int = 32, patch_size: int = 8,

@@ -48,6 +48,7 @@ from megatron_moviegen.training.optimizer import (
     prepare_schedule_for_resume,
 )
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+from megatron_moviegen.models.vision_tower import load_pretrained_towers
 from megatron_moviegen.training.samples import TrainingSamples
 from megatron_moviegen.training.validation import Validation
 
@@ -106,14 +107,23 @@ def make_microbatches(batch: Batch, cfg: MovieGenConfig, step: int, num_microbat
 
 
 def check_conditioning(cfg: MovieGenConfig, batch: Batch) -> None:
-    """The shards' conditioning has the sources, shapes, channels and task the model takes."""
-    sources = cfg.model.context_sources()
-    tokens = batch.conditioning.tokens
-    if set(tokens) != set(sources):
+    """The shards' conditioning has the sources, shapes, channels and task the model takes (images for a source
+    whose encoder is in the model, tokens for the others)."""
+    all_sources = cfg.model.context_sources()
+    towers = {name: source.encoder for name, source in all_sources.items() if source.encoder is not None}
+    sources = {name: source for name, source in all_sources.items() if name not in towers}
+    tokens, images = batch.conditioning.tokens, batch.conditioning.images
+    if set(tokens) != set(sources) or set(images) != set(towers):
         raise ConfigError(
-            f"data.shards: samples carry context tokens {sorted(tokens)}, the model expects {sorted(sources)} "
-            "(model.text_encoders + model.extra_context)"
+            f"data.shards: samples carry context tokens {sorted(tokens)} and images {sorted(images)}, the model "
+            f"expects tokens {sorted(sources)} and images {sorted(towers)} (model.text_encoders + "
+            "model.extra_context; images for an extra source with an encoder, i.e. data.reference.trainable)"
         )
+    for name, pixels in images.items():
+        size = towers[name].image_size
+        if pixels.pixels.shape[1:] != (3, size, size):
+            raise ConfigError(f"model.extra_context.{name}.encoder.image_size: {size}, shards hold images of shape "
+                              f"{tuple(pixels.pixels.shape[1:])}")
     for name, (emb, _) in tokens.items():
         source = sources[name]
         if emb.shape[1:] != (source.max_length, source.width):
@@ -182,11 +192,20 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
             scheduler.step(increment=0)  # the configured schedule's lr at this step, before the first update
             log.warning(override)
         log.info("resumed from %s at step %d", resume_from, step)
-    elif cfg.train.load_from:
-        load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
-        log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
-        if ema is not None:
-            ema = ModelEMA(chunks, cfg.train.ema_decay)  # the average starts from the loaded weights
+    else:
+        new = set()
+        if cfg.train.load_from:
+            new = load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
+            log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
+        towers = [name for name, source in cfg.model.extra_context.items() if source.encoder is not None]
+        if towers and (not cfg.train.load_from or any(n.startswith("context_projection.encoders.") for n in new)):
+            loaded = load_pretrained_towers(chunks, cfg.data.reference)
+            log.info("vision towers %s start from %s", sorted(set(loaded)), cfg.data.reference.encoder)
+        if cfg.train.load_from or towers:
+            # Mixed-precision optimizers copied the model's weights when built: give them the loaded ones.
+            optimizer.reload_model_params()
+            if ema is not None:
+                ema = ModelEMA(chunks, cfg.train.ema_decay)  # the average starts from the loaded weights
 
     metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)
     preemption = PreemptionFlag()

@@ -138,3 +138,19 @@ def test_recipes_need_the_model_source_and_data_reference_together():
     with pytest.raises(ConfigError, match="max_length: 4, but data.reference.max_length is 8"):
         load_config("tiny", ["model.extra_context={reference_image: {width: 8, max_length: 4}}",
                              "data.reference={encoder: x, max_length: 8}"])
+
+
+def test_a_trainable_tower_gets_its_input_pixels_instead_of_tokens(tower, clips, tmp_path):
+    phone = str(clips / "carphone_pristine.mp4")
+    entries = [ManifestEntry(phone, "a clip", reference=phone, reference_time=3.0)]
+    config = reference_config(tower, trainable=True)
+    encoder = ReferenceEncoder(config.reference)
+    Preencoder(config, TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model), tmp_path,
+               reference_encoder=encoder).run(entries)
+    sample = decode_sample(next(iter(read_all(tmp_path).values())))
+    assert REFERENCE_SOURCE not in sample["conditioning"].tokens
+    images = sample["conditioning"].images[REFERENCE_SOURCE]
+    frame = PyAVDecoder().native_frames(phone, ClipRequest(3.0, 29.97, 1, 144, 176))[0]
+    want = encoder.pixels([frame])[0]  # (3, 32, 32), normalised
+    assert images.pixels.shape == (3, 32, 32) and bool(images.present)
+    assert (images.pixels.float() - want).abs().max() < 0.02  # stored as bfloat16 (latent_dtype)

@@ -29,10 +29,12 @@ SAMPLING_LAYOUTS = {
 }
 
 
-def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16, recipe: str = "tiny") -> None:
+def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.bfloat16, recipe: str = "tiny",
+                     overrides: tuple[str, ...] = ()) -> None:
     """The recipe's DiT with well-conditioned random weights (adaLN not zero), exported to `folder` in `dtype`
     (one process: the recipe's layout is reset to TP=CP=PP=1)."""
-    cfg = load_config(recipe, ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"])
+    cfg = load_config(recipe, ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false",
+                               *overrides])
     runtime = Runtime.resolve()
     init_model_parallel(cfg.parallel, runtime)
     set_seed(seed, runtime)
@@ -193,6 +195,16 @@ def personalize_cli_job(rank: int, world_size: int, root: str) -> dict:
                         ("other", ["--reference-image", rabbit, "--reference-time", "1"])):
         generate(with_tower + extra + ["--output-dir", str(root / name)])
     generate(common + ["--output-dir", str(root / "none")])  # a PT2V model without a reference: none is loaded
+    # The paper's trainable tower: in the DiT (random weights here), reading the reference's pixels.
+    from tests.training.test_pt2v import pt2v_overrides
+
+    make_tiny_export(root / "trainable_export", recipe="pt2v_tiny", overrides=tuple(pt2v_overrides(tower)))
+    destroy()
+    trainable = ["--checkpoint", str(root / "trainable_export")] + with_tower[2:]
+    for name, extra in (("trainable_phone", ["--reference-image", phone]),
+                        ("trainable_rabbit", ["--reference-image", rabbit]), ("trainable_none", [])):
+        generate((trainable if extra else ["--checkpoint", str(root / "trainable_export")] + common[2:]) + extra
+                 + ["--output-dir", str(root / name)])
     (root / "corrupt.png").write_bytes(b"\x00\x01 not an image " * 200)
     refused = {}
     for name, args in (

@@ -37,6 +37,15 @@ def test_the_reference_image_decides_the_video_and_the_sidecar_names_it(runs):
     assert "reference_image" not in json.loads((root / "none" / f"{STEM}.json").read_text())
 
 
+def test_a_trainable_tower_in_the_export_reads_the_reference_images_pixels(runs):
+    root, _ = runs
+    phone, rabbit, none = (_frames(root / name / f"{STEM}.mp4") for name in
+                           ("trainable_phone", "trainable_rabbit", "trainable_none"))
+    assert phone.shape == (16, 64, 64, 3)
+    assert np.abs(phone.astype(int) - rabbit.astype(int)).mean() > 1.0
+    assert np.abs(phone.astype(int) - none.astype(int)).mean() > 1.0
+
+
 @pytest.mark.parametrize("case, message", [
     ("t2v_export", "is not a personalized export"),
     ("missing", "missing.png is not a file"),

@@ -16,7 +16,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
-from megatron_moviegen.conditioning import Conditioning, Tokens
+from megatron_moviegen.conditioning import Conditioning, Images, Tokens
 from megatron_moviegen.models.embeddings import patchify_latents, unpatchify_tokens
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
@@ -36,16 +36,22 @@ def make_microbatches(cfg, seed: int = 7) -> list[dict]:
                   for n, e in cfg.model.text_encoders.items()}
         if index == 1:
             tokens["byt5"].mask[:] = False  # a prompt without quoted text: one encoder fully masked
-        for n, e in cfg.model.extra_context.items():  # a reference image in microbatch 0; none (dropped) in 1
-            tokens[n] = Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
-                               torch.full((1, e.max_length), index == 0))
+        images = {}
+        for n, e in cfg.model.extra_context.items():  # given in microbatch 0; none (dropped) in 1
+            if e.encoder is not None:  # a trainable tower in the model reads pixels
+                size = e.encoder.image_size
+                images[n] = Images(torch.randn(1, 3, size, size, generator=gen), torch.tensor([index == 0]))
+            else:
+                tokens[n] = Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
+                                   torch.full((1, e.max_length), index == 0))
         channels = cfg.model.condition_channels  # the upsampler's low-res latents, an edit's source
         batches.append(dict(
             latents=torch.randn(*LATENT_SHAPE, generator=gen),
             timesteps=torch.rand(1, generator=gen),
             conditioning=Conditioning(tokens, channels=torch.randn(1, channels, *LATENT_SHAPE[2:], generator=gen)
                                       if channels else None,
-                                      task=torch.tensor([index % cfg.model.num_tasks]) if cfg.model.num_tasks else None),
+                                      task=torch.tensor([index % cfg.model.num_tasks]) if cfg.model.num_tasks else None,
+                                      images=images),
             weight=torch.randn(*LATENT_SHAPE, generator=gen),
         ))
     return batches
@@ -111,7 +117,7 @@ def run_step(rank: int, world_size: int, overrides: list[str], reference: dict |
     )
     grads = {}
     for chunk in chunks:
-        local = {name: param.main_grad for name, param in chunk.named_parameters()}
+        local = {name: param.main_grad for name, param in chunk.named_parameters() if param.requires_grad}
         grads.update(gather_full_tensors(chunk, local, chunk.layer_offset))
     is_last = parallel_state.is_pipeline_last_stage()
     destroy()

@@ -12,12 +12,15 @@ RTOL = 1e-5
 # What the model is conditioned on besides text: nothing (text-to-video), or every other condition at once: 16
 # condition channels concatenated to the noisy latent before patchify plus a task embedding added to the time
 # embedding (video editing; the spatial upsampler is the same model without the task table; microbatch i has task
-# i % 2), and a reference image's tokens as an extra cross-attention source (personalization; given in microbatch 0,
-# dropped in microbatch 1, where the source is left out of the context).
-CONDITIONS = {"t2v": [], "conditioned": ["model.condition_channels=16", "model.num_tasks=2",
-                                         "data.edit.tasks=[image_edit,video_edit]",
-                                         "model.extra_context={reference_image: {width: 8, max_length: 4}}",
-                                         "data.reference={encoder: tiny, max_length: 4}"]}
+# i % 2), and two extra cross-attention sources (given in microbatch 0, dropped in microbatch 1, where they are left
+# out of the context): a reference image through a trainable vision tower in the model (personalization: a 1-layer
+# CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8, padded to 6) and precomputed tokens (a frozen tower's).
+TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2, image_size: 16, "
+         "patch_size: 8}")
+CONDITIONS = {"t2v": [], "conditioned": [
+    "model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
+    f"model.extra_context={{reference_image: {{width: 8, max_length: 6, encoder: {TOWER}}}, "
+    "frozen_tokens: {width: 8, max_length: 4}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"]}
 
 
 
