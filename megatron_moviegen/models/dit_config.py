@@ -27,6 +27,14 @@ class VisionTowerConfig:
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1  # the class token, then one per patch
 
+    @property
+    def num_parameters(self) -> int:
+        """CLIPVisionModel's parameter count (ViT-H/14: 630,766,080), without building it."""
+        h, i, p = self.hidden_size, self.intermediate_size, self.patch_size
+        embeddings = 3 * p * p * h + h + self.num_tokens * h  # patch conv (no bias), class token, positions
+        layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h  # q/k/v/out, MLP, two LayerNorms
+        return embeddings + 2 * h + self.num_hidden_layers * layer + 2 * h  # pre- and post-LayerNorm
+
     def validate(self) -> None:
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                      "patch_size"):

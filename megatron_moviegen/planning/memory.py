@@ -29,7 +29,8 @@ def parameter_counts(model: DiTConfig) -> tuple[int, int]:
     d, f = model.hidden_size, model.ffn_hidden_size
     per_block = 8 * d * d + 3 * d * f + 9 * d + 2 * model.head_dim
     blocks = model.num_layers * per_block
-    context = sum(source.width * d + d + 2 * d for source in model.context_sources().values())
+    context = sum(source.width * d + d + 2 * d + (source.encoder.num_parameters if source.encoder else 0)
+                  for source in model.context_sources().values())  # + a trainable vision tower, replicated
     time = model.timestep_embedding_dim * d + d + d * d + d + 6 * d * d + 6 * d + model.num_tasks * d
     pt, ph, pw = model.patch_size
     patch = model.input_channels * pt * ph * pw * d + d

@@ -15,7 +15,7 @@ COMPONENTS = OrderedDict(
     patch_embed="patch embedding (3D conv)",
     position_embedding="position tables (t, h, w)",
     time_embedding="flow-time MLP + shared adaLN",
-    context_projection="context projections (Linear+LayerNorm)",
+    context_projection="context projections (+ vision tower)",
     layers="transformer blocks",
     unpatchify="final adaLN + projection",
 )

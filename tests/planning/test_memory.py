@@ -13,12 +13,21 @@ def test_closed_form_parameter_count_matches_the_built_model():
     assert blocks + replicated == 29_377_794_112
 
 
-def test_closed_form_matches_the_tiny_model_parameter_by_parameter():
+@pytest.mark.parametrize("recipe", ["tiny", "edit_tiny", "pt2v_tiny_trainable"])
+def test_closed_form_matches_the_tiny_models_parameter_by_parameter(recipe):
     from megatron_moviegen.planning.summary import summarize
 
-    cfg = load_config("tiny")
+    cfg = load_config(recipe)
     blocks, replicated = parameter_counts(cfg.model)
     assert blocks + replicated == summarize(cfg, frames=8, height=64, width=64)["params_total"]
+
+
+def test_the_paper_pt2v_model_counts_its_trainable_metaclip_tower():
+    # The ViT-H/14 vision tower: 630,766,080 parameters (transformers CLIPVisionModel built on the meta device).
+    cfg = load_config("pt2v")
+    assert cfg.model.extra_context["reference_image"].encoder.num_parameters == 630_766_080
+    blocks, replicated = parameter_counts(cfg.model)
+    assert blocks + replicated == 29_377_794_112 + 630_766_080 + 1280 * 6144 + 3 * 6144  # + tower + its projection
 
 
 def test_stage3_layout_fits_an_h100_only_with_recomputation():
