@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.utils import logging as hf_logging
 
 from megatron_moviegen.conditioning import Images, Tokens
 from megatron_moviegen.data.config import ReferenceConfig
@@ -104,7 +105,11 @@ def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str
         towers = getattr(getattr(chunk, "module", chunk), "context_projection").encoders
         for name, tower in towers.items():
             source = resolve_encoder_source(reference.encoder)
-            pretrained = CLIPVisionModel.from_pretrained(source, local_files_only=hub_offline())
+            hf_logging.disable_progress_bar()  # every rank loads it: no per-rank "Loading weights" bars in the log
+            try:
+                pretrained = CLIPVisionModel.from_pretrained(source, local_files_only=hub_offline())
+            finally:
+                hf_logging.enable_progress_bar()
             mine, theirs = tower.config, pretrained.config
             fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                       "patch_size", "hidden_act")
