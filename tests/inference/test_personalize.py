@@ -2,14 +2,12 @@
 tiny random CLIP vision tower, toy text encoders and TAE, frames of the bundled clips as references)."""
 
 import json
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from tests.harness import run_distributed
-from tests.inference.jobs import personalize_cli_job
+from tests.inference.jobs import personalize_cli_job, read_frames
 
 STEM = "0000-a-short-video-clip-seed0"
 
@@ -20,14 +18,9 @@ def runs(tmp_path_factory):
     return root, run_distributed(personalize_cli_job, world_size=1, args=(str(root),))[0]
 
 
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
-
-
 def test_the_reference_image_decides_the_video_and_the_sidecar_names_it(runs):
     root, _ = runs
-    a, b, other, none = (_frames(root / name / f"{STEM}.mp4") for name in ("a", "b", "other", "none"))
+    a, b, other, none = (read_frames(root / name / f"{STEM}.mp4") for name in ("a", "b", "other", "none"))
     assert a.shape == (16, 64, 64, 3)
     assert np.array_equal(a, b)  # one reference, one seed: one video
     for changed in (other, none):  # another subject's frame, or no reference at all, with the same seed and prompt
@@ -39,7 +32,7 @@ def test_the_reference_image_decides_the_video_and_the_sidecar_names_it(runs):
 
 def test_a_trainable_tower_in_the_export_reads_the_reference_images_pixels(runs):
     root, _ = runs
-    phone, rabbit, none = (_frames(root / name / f"{STEM}.mp4") for name in
+    phone, rabbit, none = (read_frames(root / name / f"{STEM}.mp4") for name in
                            ("trainable_phone", "trainable_rabbit", "trainable_none"))
     assert phone.shape == (16, 64, 64, 3)
     assert np.abs(phone.astype(int) - rabbit.astype(int)).mean() > 1.0
