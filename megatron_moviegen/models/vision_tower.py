@@ -39,7 +39,7 @@ from megatron_moviegen.data.config import ReferenceConfig
 from megatron_moviegen.data.decode import resize_center_crop
 from megatron_moviegen.models.dit_config import ContextSource, VisionTowerConfig
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.text.encoders import hub_offline
+from megatron_moviegen.text.encoders import hub_offline, resolve_source
 
 # transformers' OPENAI_CLIP_MEAN / STD, the normalisation of every CLIP and MetaCLIP checkpoint.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,12 +48,8 @@ PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def resolve_encoder_source(path: str) -> str:
-    local = Path(path).expanduser()
-    if local.exists():
-        return str(local)
-    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
-        raise FileNotFoundError(f"reference encoder {path!r}: no such folder")
-    return path
+    """A tower folder (must exist) or a hub id, as the text encoders resolve theirs."""
+    return resolve_source(path, "reference encoder")
 
 
 def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -100,29 +96,31 @@ def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str
     """Copy the pretrained tower of `reference.encoder` into every in-model tower of `model_chunks` (a new
     personalization stage, or one trained from scratch); returns the sources loaded. A tower whose shape differs
     from the folder's is refused, naming both."""
+    towers = [(name, tower) for chunk in model_chunks
+              for name, tower in getattr(chunk, "module", chunk).context_projection.encoders.items()]
+    if not towers:
+        return []
+    hf_logging.disable_progress_bar()  # every rank loads it: no per-rank "Loading weights" bars in the log
+    try:  # read once, copied into every chunk's tower (one per virtual pipeline chunk)
+        pretrained = CLIPVisionModel.from_pretrained(resolve_encoder_source(reference.encoder),
+                                                     local_files_only=hub_offline())
+    finally:
+        hf_logging.enable_progress_bar()
+    state = pretrained.state_dict()
     loaded = []
-    for chunk in model_chunks:
-        towers = getattr(getattr(chunk, "module", chunk), "context_projection").encoders
-        for name, tower in towers.items():
-            source = resolve_encoder_source(reference.encoder)
-            hf_logging.disable_progress_bar()  # every rank loads it: no per-rank "Loading weights" bars in the log
-            try:
-                pretrained = CLIPVisionModel.from_pretrained(source, local_files_only=hub_offline())
-            finally:
-                hf_logging.enable_progress_bar()
-            mine, theirs = tower.config, pretrained.config
-            fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                      "patch_size", "hidden_act")
-            different = {f: (getattr(mine, f), getattr(theirs, f)) for f in fields
-                         if getattr(mine, f) != getattr(theirs, f)}
-            if different:
-                raise ValueError(f"model.extra_context.{name}.encoder differs from {reference.encoder} in "
-                                 + ", ".join(f"{f} (model {a}, checkpoint {b})" for f, (a, b) in different.items()))
-            with torch.no_grad():
-                state = pretrained.state_dict()
-                for key, value in tower.state_dict().items():
-                    value.copy_(state[key])
-            loaded.append(name)
+    for name, tower in towers:
+        mine, theirs = tower.config, pretrained.config
+        fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                  "patch_size", "hidden_act")
+        different = {f: (getattr(mine, f), getattr(theirs, f)) for f in fields
+                     if getattr(mine, f) != getattr(theirs, f)}
+        if different:
+            raise ValueError(f"model.extra_context.{name}.encoder differs from {reference.encoder} in "
+                             + ", ".join(f"{f} (model {a}, checkpoint {b})" for f, (a, b) in different.items()))
+        with torch.no_grad():
+            for key, value in tower.state_dict().items():
+                value.copy_(state[key])
+        loaded.append(name)
     return loaded
 
 

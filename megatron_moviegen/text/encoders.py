@@ -71,14 +71,14 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def resolve_source(path: str) -> str:
-    """A local folder (must exist) or a hub id ("google/ul2") for `from_pretrained`."""
+def resolve_source(path: str, what: str = "text encoder checkpoint") -> str:
+    """A local folder (must exist) or a hub id ("google/ul2") for `from_pretrained`; `what` names it in the error."""
     local = Path(path).expanduser()
     if local.exists():
         return str(local)
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
     if looks_local:
-        raise FileNotFoundError(f"text encoder checkpoint {path!r}: no such folder")
+        raise FileNotFoundError(f"{what} {path!r}: no such folder")
     return path
 
 
