@@ -55,6 +55,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
+from megatron_moviegen.models.lora import is_adapter_name
 from megatron_moviegen.utils.io import atomic_output, full_disk_message, is_full_disk
 
 LATEST = "latest"
@@ -250,10 +251,21 @@ def _set_rng_state(state: dict) -> None:
         get_cuda_rng_tracker().set_states(state["rng_tracker"])
 
 
+def _adapters_only(model_chunks) -> bool:
+    """A LoRA model: its training checkpoints hold the adapters only."""
+    dit_config = getattr(model_chunks[0], "dit_config", None)
+    return dit_config is not None and dit_config.lora.enabled
+
+
 def _model_sharded_state(model_chunks) -> dict:
+    """What a training checkpoint holds of each chunk: everything, or with LoRA only the adapters (the frozen base
+    model is train.load_from's)."""
+    states = [chunk.sharded_state_dict() for chunk in model_chunks]
+    if _adapters_only(model_chunks):
+        states = [{key: value for key, value in state.items() if is_adapter_name(key)} for state in states]
     if len(model_chunks) == 1:
-        return {"model": model_chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+        return {"model": states[0]}
+    return {f"model{i}": state for i, state in enumerate(states)}
 
 
 def _unwrap(chunks):
@@ -390,10 +402,13 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
     if torch.cuda.is_available():  # its exchange of loaded shards allocates on CUDA
         strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
     loaded = dist_checkpointing.load(state, str(path), strategy)
+    adapters_only = _adapters_only(chunks)
     for i, chunk in enumerate(chunks):
         # The sharded state is keyed by global layer index (any pipeline layout); the module by its local one.
         weights = loaded["model" if len(chunks) == 1 else f"model{i}"]
-        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in weights.items()}, strict=True)
+        # check_model_matches checked the keys; a LoRA checkpoint leaves the (frozen, loaded) base alone.
+        chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in weights.items()},
+                              strict=not adapters_only)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:

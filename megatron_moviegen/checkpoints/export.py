@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -34,8 +35,11 @@ from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
+from megatron_moviegen.models.dit_config import LoRAConfig
+from megatron_moviegen.models.lora import merge_lora
 from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 from megatron_moviegen.checkpoints.distributed import (
     keys_of_every_stage,
     load_checkpoint,
@@ -295,7 +299,8 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
 
     Each rank builds its chunks of the layout in float32, so at TP=PP=1 one process holds the whole model
     (30B: 117 GB); run it under the training layout (e.g. 8 ranks with parallel.tensor_model_parallel_size=4
-    parallel.pipeline_model_parallel_size=2) and each rank holds 1/(TP x PP) of it."""
+    parallel.pipeline_model_parallel_size=2) and each rank holds 1/(TP x PP) of it. A LoRA run's checkpoint (its
+    adapters) is merged into its base model (the run's train.load_from) and exported as a plain model."""
     step_dir = resolve_checkpoint(checkpoint)
     saved = read_saved_config(step_dir)
     saved["parallel"] = {}
@@ -303,7 +308,13 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     runtime = Runtime.resolve("fp32", cfg.model.transformer_impl, distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
     chunks = build_dit_chunks(cfg, runtime)
+    if cfg.model.lora.enabled:  # the checkpoint holds the adapters; the base model is the run's train.load_from
+        load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)
+    if cfg.model.lora.enabled:
+        for chunk in chunks:
+            merge_lora(chunk.layers)
+            chunk.dit_config = replace(chunk.dit_config, lora=LoRAConfig())
     export_dit(chunks, out, name=f"{cfg.name}@{step}", dtype=dtype, max_shard_bytes=max_shard_bytes,
                data=cfg.data)
     destroy()

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing import ShardedTensor
+from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
 
 from megatron_moviegen.checkpoints.distributed import (
     check_complete,
@@ -108,9 +108,12 @@ def load_weights_for_new_stage(path: str, model_chunks, resolution: Optional[int
             loaded[PATCH_EMBED_WEIGHT] = grow_input_channels(old[PATCH_EMBED_WEIGHT], channels)
         loaded.update({name: tensor.data for name, tensor in new.items()})
         chunk.load_state_dict({local_name(k, chunk.layer_offset): v for k, v in loaded.items()}, strict=True)
-        if new:
-            log.info("new stage: %s keep their initialisation (not in %s)", sorted(new), path)
-    return {name for new in new_of for name in new}
+    kept = sorted({name for new in new_of for name, value in new.items() if not isinstance(value, ShardedObject)})
+    if kept:
+        listed = kept if len(kept) <= 8 else kept[:4] + [f"... {len(kept) - 4} more"]
+        log.info("new stage: %d tensors keep their initialisation (not in %s): %s", len(kept), path,
+                 ", ".join(listed))
+    return set(kept)
 
 
 def grow_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

@@ -17,7 +17,8 @@ _LAYER = re.compile(r"^layers\.(\d+)\.")
 
 
 def is_swiglu_fc1(name: str) -> bool:
-    return name.endswith("mlp.linear_fc1.weight") or name.endswith("mlp.linear_fc1.bias")
+    """fc1's weight and bias, and its LoRA B (models/lora.py): rows [gate; up]."""
+    return name.endswith(("mlp.linear_fc1.weight", "mlp.linear_fc1.bias", "mlp.linear_fc1_lora.b"))
 
 
 def global_name(local_name: str, layer_offset: int) -> str:

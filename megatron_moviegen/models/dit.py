@@ -37,6 +37,7 @@ from megatron_moviegen.models.embeddings import (
     Unpatchify,
     mark_replicated_on_every_stage,
 )
+from megatron_moviegen.models.lora import attach_lora, freeze_all_but_adapters
 from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
@@ -138,6 +139,9 @@ class MovieGenDiT(MegatronModule):
             self.unpatchify = Unpatchify(dit_config)
             for param in self.unpatchify.parameters():
                 param.sequence_parallel = True
+        if dit_config.lora.enabled:
+            attach_lora(self.layers, dit_config.lora, self.layer_offset)
+            freeze_all_but_adapters(self)
 
     # ---- pipeline plumbing -------------------------------------------------------------------------------
     def set_input_tensor(self, input_tensor) -> None:

@@ -9,6 +9,63 @@ from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.parallel.config import ParallelConfig
 
 
+# The DiT block's linears (dit_layer_specs.py) and how each is split over TP.
+COLUMN, ROW = "column", "row"
+LINEARS = {
+    "self_attention.linear_qkv": COLUMN,
+    "self_attention.linear_proj": ROW,
+    "cross_attention.linear_q": COLUMN,
+    "cross_attention.linear_kv": COLUMN,
+    "cross_attention.linear_proj": ROW,
+    "mlp.linear_fc1": COLUMN,
+    "mlp.linear_fc2": ROW,
+}
+
+
+@dataclass
+class LoRAConfig:
+    """rank 0: no LoRA. `targets`: which of the block's linears get an adapter (LINEARS' names)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = tuple(LINEARS)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def validate(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"rank: got {self.rank}, must be >= 0 (0: no LoRA)")
+        unknown = sorted(set(self.targets) - set(LINEARS))
+        if unknown:
+            raise ConfigError(f"targets: unknown linears {unknown}; the DiT block has {list(LINEARS)}")
+        if self.enabled and not self.targets:
+            raise ConfigError("targets: empty; LoRA needs at least one linear")
+
+    def num_parameters(self, sizes: dict[str, tuple[int, int]], num_layers: int) -> int:
+        """Adapter parameters of the whole DiT (every layer, all TP shards) for `linear_sizes(...)`."""
+        if not self.enabled:
+            return 0
+        return num_layers * sum(self.rank * sum(sizes[name]) for name in self.targets)
+
+
+def linear_sizes(hidden_size: int, ffn_hidden_size: int, attention_size: int, kv_size: int,
+                 gated: bool = True) -> dict[str, tuple[int, int]]:
+    """(in, out) whole sizes of each of the block's linears: `attention_size` = heads x head dim of the queries,
+    `kv_size` = K's width (= V's)."""
+    d, f = hidden_size, ffn_hidden_size
+    return {"self_attention.linear_qkv": (d, attention_size + 2 * kv_size),
+            "self_attention.linear_proj": (attention_size, d),
+            "cross_attention.linear_q": (d, attention_size), "cross_attention.linear_kv": (d, 2 * kv_size),
+            "cross_attention.linear_proj": (attention_size, d), "mlp.linear_fc1": (d, 2 * f if gated else f),
+            "mlp.linear_fc2": (f, d)}
+
+
 @dataclass
 class VisionTowerConfig:
     """The shape of a CLIP vision tower (transformers CLIPVisionConfig) trained inside the DiT. The paper's MetaCLIP
@@ -107,6 +164,8 @@ class DiTConfig:
     recompute_granularity: Optional[Literal["full", "selective"]] = None
     recompute_method: Literal["uniform", "block"] = "uniform"
     recompute_num_layers: int = 1
+    # LoRA adapters on the block's linears (models/lora.py): fine-tuning `train.load_from` with everything else frozen.
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     @property
     def head_dim(self) -> int:

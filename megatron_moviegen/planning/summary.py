@@ -56,6 +56,8 @@ def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict
         "params_total": sum(per_component.values()),
         "params_per_component": per_component,
         "params_per_layer": per_layer,
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lora_rank": cfg.model.lora.rank,
         "num_layers": cfg.model.num_layers,
         "hidden_size": cfg.model.hidden_size,
         "ffn_hidden_size": cfg.model.ffn_hidden_size,
@@ -80,6 +82,10 @@ def format_table(summary: dict) -> str:
     rows.append("-" * 58)
     rows.append(f"{'total':<40}{summary['params_total']:>18,}  ({summary['params_total'] / 1e9:.2f} B)")
     rows.append(f"{'per block':<40}{summary['params_per_layer']:>18,}")
+    if summary["lora_rank"]:
+        trainable = summary["params_trainable"]
+        rows.append(f"{'trainable: LoRA rank ' + str(summary['lora_rank']) + ' adapters':<40}{trainable:>18,}  "
+                    f"({trainable / summary['params_total']:.2%})")
     v = summary["video"]
     rows += [
         "",

@@ -161,6 +161,9 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
 
 
 def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
+    if cfg.model.lora.enabled and not cfg.train.load_from:
+        raise ConfigError(f"model.lora.rank: {cfg.model.lora.rank}, but LoRA fine-tunes a trained model and "
+                          "train.load_from is not set (its checkpoint folder or step folder)")
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
@@ -182,6 +185,14 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
 
     step = 0
     resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
+    if cfg.model.lora.enabled:
+        # The checkpoints of a LoRA run hold only the adapters: the frozen base comes from train.load_from, resumed
+        # or not.
+        load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
+        trainable = sum(p.numel() for chunk in chunks for p in chunk.parameters() if p.requires_grad)
+        total = sum(p.numel() for chunk in chunks for p in chunk.parameters())
+        log.info("LoRA rank %d on %s over %s: %s of this rank's %s parameters train", cfg.model.lora.rank,
+                 ", ".join(cfg.model.lora.targets), cfg.train.load_from, f"{trainable:,}", f"{total:,}")
     if resume_from is not None:
         saved = dist_checkpointing.load_common_state_dict(str(resume_from))
         schedule = getattr(scheduler, "schedule", scheduler)  # Megatron's, inside the plateau rule if any
@@ -194,7 +205,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
         log.info("resumed from %s at step %d", resume_from, step)
     else:
         new = set()
-        if cfg.train.load_from:
+        if cfg.train.load_from and not cfg.model.lora.enabled:
             new = load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
             log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
         towers = [name for name, source in cfg.model.extra_context.items() if source.encoder is not None]

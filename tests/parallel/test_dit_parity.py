@@ -17,7 +17,9 @@ RTOL = 1e-5
 # CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8, padded to 6) and precomputed tokens (a frozen tower's).
 TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2, image_size: 16, "
          "patch_size: 8}")
-CONDITIONS = {"t2v": [], "conditioned": [
+# LoRA (models/lora.py): adapters of rank 4 on all seven linears of every block (B random, as if trained, so both A
+# and B get gradients), everything else frozen: only the adapters' gradients exist and are compared.
+CONDITIONS = {"t2v": [], "lora": ["model.lora.rank=4"], "conditioned": [
     "model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
     f"model.extra_context={{reference_image: {{width: 8, max_length: 6, encoder: {TOWER}}}, "
     "frozen_tokens: {width: 8, max_length: 4}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"]}
@@ -64,7 +66,10 @@ LAYOUTS = {
 }
 
 
-CASES = [(condition, layout) for condition in CONDITIONS for layout in LAYOUTS]
+# LoRA on two layouts that exercise each of its paths: TP x SP x CP, and TP without SP x PP (layer offsets).
+LORA_LAYOUTS = ("tp2_sp_cp2", "tp2_pp2")
+CASES = [(condition, layout) for condition in CONDITIONS for layout in LAYOUTS
+         if condition != "lora" or layout in LORA_LAYOUTS]
 
 
 @pytest.mark.parametrize("condition,layout", CASES)
@@ -87,3 +92,5 @@ def test_parity_with_single_process(condition, layout, references):
     assert worst < RTOL, f"worst relative gradient error {worst:.2e}"
     # Every parameter gets a non-trivial gradient: nothing is silently detached.
     assert all(reference["grads"][n].abs().sum() > 0 for n in grads)
+    if condition == "lora":  # 4 layers x 7 linears x (A, B), and nothing else trains
+        assert len(grads) == 56 and all(n.endswith(("_lora.a", "_lora.b")) for n in grads), sorted(grads)

@@ -59,3 +59,11 @@ def test_position_tables_reject_a_video_larger_than_they_cover():
         from megatron_moviegen.models.embeddings import FactorizedPositionEmbedding
 
         FactorizedPositionEmbedding(load_config("tiny").model, std=0.02)((9, 4, 4))
+
+
+def test_lora_on_the_paper_model_trains_only_its_adapters():
+    lora = summarize(load_config("t2v_30b", ["model.lora.rank=16"]), frames=256, height=768, width=768)
+    d, f = 6144, 16384
+    # rank x (in + out) of qkv, self-attention out, cross-attention q, kv and out, fc1 (gate and up), fc2
+    per_block = 16 * ((d + 3 * d) + 2 * d + 2 * d + (d + 2 * d) + 2 * d + (d + 2 * f) + (f + d))
+    assert lora["params_trainable"] == 48 * per_block == 108_527_616
