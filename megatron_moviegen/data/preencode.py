@@ -16,6 +16,7 @@ shards that gain samples, keeping their other samples byte for byte.
 
 from __future__ import annotations
 
+
 import fcntl
 import hashlib
 import importlib
@@ -25,7 +26,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Union
@@ -232,8 +233,9 @@ def reference_frame(path: str, time_s: float, decoder: Decoder, crop: Optional[C
     return cropped
 
 
+@lru_cache(maxsize=None)
 def load_crop(spec: Optional[str]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """data.reference.crop ("package.module:function") -> the function, or None."""
+    """data.reference.crop ("package.module:function") -> the function, or None (resolved once per process)."""
     if spec is None:
         return None
     module_name, _, name = spec.partition(":")

@@ -143,7 +143,7 @@ class ReferenceEncoder:
         mean, std = _normalisation(source)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        tokens = (self.image_size // model.config.patch_size) ** 2 + 1
+        tokens = VisionTowerConfig(image_size=self.image_size, patch_size=model.config.patch_size).num_tokens
         if tokens > config.max_length:
             raise ValueError(f"data.reference.max_length: {config.max_length}, but {config.encoder} gives {tokens} "
                              f"tokens per image ({self.image_size} px, patch {model.config.patch_size})")
