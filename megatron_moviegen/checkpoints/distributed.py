@@ -26,12 +26,14 @@ the saved one (a tensor of another shape, or saved tensors the model does not ha
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import os
 import pickle
 import random
 import re
 import shutil
 from functools import partial
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +45,7 @@ from megatron.core.dist_checkpointing.serialization import (
     get_default_load_sharded_strategy,
     get_default_save_sharded_strategy,
 )
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.dist_checkpointing.strategies.fully_parallel import (
     FullyParallelLoadStrategyWrapper,
@@ -56,6 +59,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.models.lora import is_adapter_name
+from megatron_moviegen.utils.processes import outlive_group_signals_not_parent
 from megatron_moviegen.utils.io import atomic_output, full_disk_message, is_full_disk
 
 LATEST = "latest"
@@ -281,7 +285,26 @@ def _replica_group():
 
 
 def save_strategy() -> FullyParallelSaveStrategyWrapper:
+    _install_writer_results_queue()
     return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy("torch_dist"), _replica_group())
+
+
+_writer_manager: SyncManager | None = None
+
+
+def _install_writer_results_queue() -> None:
+    """Megatron's torch_dist saves (sync and async) report their writers' results through a queue served by a
+    `multiprocessing` Manager process it spawns on first use (megatron-core 0.16, filesystem_async._results_queue).
+    A SIGTERM to the process group (SLURM, torchrun, Ctrl-C) killed that helper, so the very save the signal asked
+    for ended in BrokenPipeError; and a rank killed with SIGKILL left it orphaned, holding the job's stdout. Serve the
+    queue from a Manager that ignores those signals and dies with this process instead."""
+    global _writer_manager
+    if filesystem_async._results_queue is not None:
+        return
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(outlive_group_signals_not_parent, (os.getpid(),))
+    _writer_manager = manager  # kept: dropping the manager shuts it down
+    filesystem_async._results_queue = manager.Queue()
 
 
 def finalize_async_saves(blocking: bool = True) -> None:

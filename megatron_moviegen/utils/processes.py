@@ -21,3 +21,12 @@ def die_with_parent(parent_pid: int) -> None:
         return  # not permitted here (seccomp): keep the old behaviour rather than fail the job
     if os.getppid() != parent_pid:  # the parent died before the prctl took effect
         os._exit(1)
+
+
+def outlive_group_signals_not_parent(parent_pid: int) -> None:
+    """For a helper that a save depends on: ignore SIGINT / SIGTERM (SLURM, torchrun and Ctrl-C signal the whole
+    process group, and the save that SIGTERM asks for must still finish), but die with the parent (`die_with_parent`)
+    so a killed rank leaves no helper behind holding its stdout. The parent ends it at exit as before."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)

@@ -147,25 +147,47 @@ def test_a_tp2_checkpoint_loads_at_tp1_with_equal_outputs(tp2_runs, tp2_checkpoi
     assert torch.allclose(tp1, tp2, rtol=1e-5, atol=1e-6)
 
 
-def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tiny_shards, tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _train_in_own_session(shards, ckpt, extra=()):
+    """`python -m megatron_moviegen.train` on the tiny config in a new process group, logging every step, saving
+    every 2 steps (so Megatron's checkpoint-writer helper exists before any signal)."""
     cmd = [sys.executable, "-m", "megatron_moviegen.train", "--config", "tiny",
-           *_overrides(tiny_shards, tmp_path, 10_000, ["train.save_every=100000", "train.log_every=1"])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+           *_overrides(shards, ckpt, 10_000, ["train.save_every=2", "train.log_every=1", *extra])]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+
+
+def _read_until(proc, prefix):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("step 3/"):
-            proc.send_signal(signal.SIGTERM)
+        if line.startswith(prefix):
             break
+    return lines
+
+
+def test_sigterm_to_the_process_group_saves_a_loadable_checkpoint_and_exits_cleanly(tiny_shards, tmp_path):
+    # SLURM, torchrun and Ctrl-C signal the whole group: the checkpoint writer's helper process gets it too.
+    proc = _train_in_own_session(tiny_shards, tmp_path)
+    lines = _read_until(proc, "step 3/")
+    os.killpg(proc.pid, signal.SIGTERM)
     output = "".join(lines) + proc.stdout.read()
     assert proc.wait(timeout=120) == 0, output
-    assert "after a preemption signal" in output
+    assert "after a preemption signal" in output and "BrokenPipeError" not in output
     latest = (tmp_path / "latest").read_text().strip()
     saved_step = int(latest.split("_")[1])
     assert saved_step >= 3
     resumed = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path, saved_step + 1),))[0]
     assert [row["step"] for row in resumed["history"]] == [saved_step + 1]
+
+
+def test_a_killed_run_leaves_no_helper_holding_its_output(tiny_shards, tmp_path):
+    proc = _train_in_own_session(tiny_shards, tmp_path)
+    _read_until(proc, "step 3/")  # saved at step 2: the writer's helper process is running
+    proc.kill()
+    proc.wait(timeout=30)
+    # `train ... | tee log` returns only when every process holding the pipe has exited.
+    reader = subprocess.run(["timeout", "20", "cat"], stdin=proc.stdout, capture_output=True)
+    assert reader.returncode == 0, "the pipe stayed open after the run was killed: a helper process outlived it"
 
 
 def test_tp_that_does_not_divide_heads_fails_before_any_work():
