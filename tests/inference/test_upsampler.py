@@ -65,3 +65,25 @@ def test_upsampling_real_frames_in_windows(clip, tmp_path):
     assert torch.isfinite(result["windowed"]).all()
     assert not torch.allclose(result["windowed"], result["whole"], atol=1e-3)
     assert "window_frames/overlap_frames: got 2/2" in result["errors"]["window"]
+
+
+def _generate_then_upsample(rank, world_size, root):
+    from megatron_moviegen.generate import generate
+    from tests.inference.jobs import PROMPT, make_tiny_export, read_frames
+
+    root = Path(root)
+    make_tiny_export(root / "t2v")
+    make_tiny_export(root / "upsampler", recipe="upsampler_tiny")
+    paths = generate(["--checkpoint", str(root / "t2v"), "--tae", "toy-tae", "--text-encoders", "toy",
+                      "--prompt", PROMPT, "--frames", "16", "--height", "64", "--width", "64", "--fps", "8",
+                      "--steps", "2", "--upsample", str(root / "upsampler"), "--upsample-scale", "2.0",
+                      "--upsample-window-frames", "1", "--upsample-overlap-frames", "0", "--upsample-steps", "2",
+                      "--output-dir", str(root / "videos")])
+    return {str(p): read_frames(p).shape for p in paths if str(p).endswith(".mp4")}
+
+
+def test_generate_upsample_chains_text_to_video_and_the_upsampler(tmp_path):
+    shapes = run_distributed(_generate_then_upsample, 1, args=(str(tmp_path),))[0]
+    plain = [s for p, s in shapes.items() if not p.endswith(".upsampled.mp4")]
+    upsampled = [s for p, s in shapes.items() if p.endswith(".upsampled.mp4")]
+    assert plain == [(16, 64, 64, 3)] and upsampled == [(16, 128, 128, 3)], shapes
