@@ -55,6 +55,7 @@ from megatron.core.dist_checkpointing import ShardedTensor
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
@@ -96,7 +97,7 @@ def full_disk_named(checkpoint_dir: Path, partial_step: Path, what: str) -> Iter
     space and the last complete step, which stays as it was. Other errors pass unchanged."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except (Exception, CheckpointException) as exc:  # OSError, torch's RuntimeError, a background save's failure
         if not is_full_disk(exc):
             raise
         shutil.rmtree(partial_step, ignore_errors=True)
@@ -277,6 +278,7 @@ def _unwrap(chunks):
 
 
 _async_saves: AsyncCallsQueue | None = None
+_async_pending: tuple[Path, Path, str] | None = None  # (checkpoint_dir, its iter_X.tmp, what) of the save in flight
 
 
 def _replica_group():
@@ -310,9 +312,18 @@ def _install_writer_results_queue() -> None:
 def finalize_async_saves(blocking: bool = True) -> None:
     """Publish (rename, `latest`) an asynchronous save once every rank has written it; with `blocking`, wait for
     it. Every rank must call it; a no-op when nothing is pending. The training loop calls it non-blocking after
-    every step, and blocking before the process exits."""
-    if _async_saves is not None:
-        _async_saves.maybe_finalize_async_calls(blocking=blocking)
+    every step, and blocking before the process exits. A background write that found the disk full is the same one
+    CheckpointError as a synchronous one (`full_disk_named`): its partial folder removed, the last step untouched."""
+    global _async_pending
+    if _async_saves is None:
+        return
+    guard = full_disk_named(*_async_pending) if _async_pending is not None else contextlib.nullcontext()
+    try:
+        with guard:
+            _async_saves.maybe_finalize_async_calls(blocking=blocking)
+    finally:
+        if _async_saves.get_num_unfinalized_calls() == 0:  # finished, or failed (Megatron drops a failed call)
+            _async_pending = None
 
 
 def _publish(checkpoint_dir: Path, tmp: Path, final: Path, keep_last: int | None = None,
@@ -359,7 +370,7 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
                     ema=None) -> Path:
     """Save everything needed to continue exactly at `step` (with `ema`, this rank's EMA shards too); returns the
     step folder (which, with cfg.train.async_save, exists once `finalize_async_saves` has run)."""
-    global _async_saves
+    global _async_saves, _async_pending
     finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
     final = checkpoint_dir / step_dir_name(step)
@@ -398,6 +409,7 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         request.add_finalize_fn(publish)
         _async_saves = _async_saves or AsyncCallsQueue()
         _async_saves.schedule_async_request(request)
+        _async_pending = (checkpoint_dir, tmp, f"saving step {step} (in the background)")
     return final
 
 

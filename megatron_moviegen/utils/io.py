@@ -73,6 +73,12 @@ def is_full_disk(exc: BaseException) -> bool:
             return True
         if isinstance(exc, (OSError, RuntimeError)) and any(text in str(exc) for text in _FULL_DISK_TEXTS):
             return True
+        # torch.distributed.checkpoint's CheckpointException (a background save's failure): {rank: (exception, tb)}
+        failures = getattr(exc, "failures", None)
+        if isinstance(failures, dict) and any(
+                is_full_disk(failure[0] if isinstance(failure, tuple) else failure)
+                for failure in failures.values() if isinstance(failure, (BaseException, tuple))):
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 

@@ -230,6 +230,54 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_the_last_step_stays(tm
     assert result["latest"] == "iter_0000001"
 
 
+def _async_full_disk_job(rank, world_size, root):
+    """Step 1 saved; step 2 saved asynchronously while every tensor write of Megatron's background writer finds the
+    disk full (ENOSPC, raised in the forked writer process); then the finalize the training loop runs."""
+    import errno
+    from unittest import mock
+
+    import megatron_moviegen.checkpoints.distributed as checkpoints
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.recipes import load_config
+    from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
+
+    root = Path(root)
+    runtime = Runtime.resolve(distributed_optimizer=False)
+    cfg = load_config("tiny", ["train.async_save=true"])
+    init_model_parallel(cfg.parallel, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
+    optimizer = build_optimizer(chunks, cfg.train, runtime)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    checkpoints.save_checkpoint(root, 1, chunks, optimizer, scheduler, None, cfg)
+    checkpoints.finalize_async_saves()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with mock.patch.object(filesystem_async, "_write_item", full):
+        checkpoints.save_checkpoint(root, 2, chunks, optimizer, scheduler, None, cfg)
+        try:
+            checkpoints.finalize_async_saves()
+            message = "saved"
+        except checkpoints.CheckpointError as exc:
+            message = str(exc)
+    checkpoints.finalize_async_saves()  # as at exit: nothing left to do
+    destroy()
+    return {"message": message, "names": sorted(p.name for p in root.iterdir()),
+            "latest": (root / LATEST).read_text().strip()}
+
+
+def test_a_full_disk_in_a_background_save_is_the_same_clear_error_and_the_last_step_stays(tmp_path):
+    result = run_distributed(_async_full_disk_job, world_size=1, args=(str(tmp_path / "ckpt"),))[0]
+    assert result["message"].startswith(f"saving step 2 (in the background): the disk holding {tmp_path / 'ckpt'} "
+                                        "is full ("), result["message"]
+    assert "the last complete step (iter_0000001) is untouched" in result["message"]
+    assert result["names"] == ["iter_0000001", "latest"] and result["latest"] == "iter_0000001"
+
+
 def test_full_disk_errors_are_recognised_by_errno_or_torch_message_and_others_are_not():
     import errno
 
