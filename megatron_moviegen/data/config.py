@@ -157,6 +157,9 @@ class DataConfig:
     batch_size: int = 1
     image_fraction: float = 0.1  # share of batches that are images (paper stage 2: images 1:10)
     seed: int = 1234
+    # Training: batches read ahead of the loop by a background thread on each TP group's reading rank (0: read when
+    # the loop asks; data/feeder.py).
+    prefetch_batches: int = 2
     # Pre-encoding.
     shard_size: int = 64  # manifest entries per shard
     encode_batch_size: int = 4
@@ -187,6 +190,8 @@ class DataConfig:
                               "must be >= 0")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: got {self.num_workers}, must be >= 0")
+        if self.prefetch_batches < 0:
+            raise ConfigError(f"prefetch_batches: got {self.prefetch_batches}, must be >= 0")
         if not 0.0 <= self.image_fraction <= 1.0:
             raise ConfigError(f"image_fraction: got {self.image_fraction}, must be in [0, 1]")
         if self.image_fraction > 0 and not self.buckets.include_images:

@@ -41,6 +41,7 @@ class StepMetrics:
     seconds: float
     batch: Batch
     tokens_per_sample: int
+    data_seconds: float = 0.0  # of `seconds`, waiting for the batch (0 when the feeder read it ahead)
 
 
 class MetricsLogger:
@@ -95,6 +96,7 @@ class MetricsLogger:
             "grad_norm": float(m.grad_norm) if m.grad_norm is not None else None,
             "lr": m.lr,
             "step_s": m.seconds,
+            "data_s": m.data_seconds,
             "samples_per_s": totals[0].item() / m.seconds,
             "tokens_per_s": totals[1].item() / m.seconds,
             "tflops_per_gpu": totals[2].item() / self.world / m.seconds / 1e12,

@@ -24,6 +24,7 @@ from megatron.core.distributed import finalize_model_grads
 
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
+from megatron_moviegen.data.feeder import BatchFeeder
 from megatron_moviegen.data.loader import Batch, LatentLoader
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
@@ -141,11 +142,14 @@ def check_conditioning(cfg: MovieGenConfig, batch: Batch) -> None:
                           f"{'hold no task ids' if batch.conditioning.task is None else 'hold task ids'}")
 
 
-def build_loader(cfg: MovieGenConfig, num_microbatches: int) -> LatentLoader:
-    return LatentLoader(cfg.data.shards, batch_size=cfg.train.micro_batch_size * num_microbatches,
-                        image_fraction=cfg.data.image_fraction, seed=cfg.data.seed,
-                        dp_rank=parallel_state.get_data_parallel_rank(),
-                        dp_size=parallel_state.get_data_parallel_world_size())
+def build_loader(cfg: MovieGenConfig, num_microbatches: int, runtime: Runtime) -> BatchFeeder:
+    """This data-parallel rank's batches, read ahead on the first rank of its TP group and broadcast to the rest."""
+    loader = LatentLoader(cfg.data.shards, batch_size=cfg.train.micro_batch_size * num_microbatches,
+                          image_fraction=cfg.data.image_fraction, seed=cfg.data.seed,
+                          dp_rank=parallel_state.get_data_parallel_rank(),
+                          dp_size=parallel_state.get_data_parallel_world_size())
+    return BatchFeeder(loader, cfg.data.prefetch_batches, parallel_state.get_tensor_model_parallel_group(),
+                       runtime.device, pin_memory=runtime.on_gpu)
 
 
 def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
@@ -166,7 +170,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
                           "train.load_from is not set (its checkpoint folder or step folder)")
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
-    loader = build_loader(cfg, num_microbatches)  # fails early on missing shards
+    loader = build_loader(cfg, num_microbatches, runtime)  # fails early on missing shards
     validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
     cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
     samples = TrainingSamples.for_config(cfg, runtime)  # None without train.samples; encodes its prompts now
@@ -227,6 +231,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
         for step in range(step, cfg.train.steps):
             start = time.perf_counter()
             batch = next(data)
+            data_seconds = time.perf_counter() - start
             if metrics.steps_logged == 0:
                 check_conditioning(cfg, batch)
             microbatches = make_microbatches(batch, cfg, step, num_microbatches, runtime.device)
@@ -245,7 +250,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
                     guard.after_update(step + 1, grad_norm, batch, microbatches, tokens)
                 last_loss = loss
                 metrics.record(StepMetrics(step + 1, loss, grad_norm, optimizer.param_groups[0]["lr"],
-                                           time.perf_counter() - start, batch, tokens))
+                                           time.perf_counter() - start, batch, tokens, data_seconds))
             else:
                 guard.bad_loss(step + 1, loss, batch, losses)
             done = step + 1
@@ -266,5 +271,6 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
                 return TrainResult(done, last_loss, True, checkpoint, metrics.history, guard.skipped)
         return TrainResult(cfg.train.steps, last_loss, False, checkpoint, metrics.history, guard.skipped)
     finally:
+        loader.close()
         preemption.restore()
         metrics.close()
