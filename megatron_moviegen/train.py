@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
+        cfg.parallel.check_world_size(env_world)  # before any process group: one line, not a traceback per rank
     except ConfigError as exc:
         if speaks:
             print(f"config error: {exc}", file=sys.stderr)
@@ -47,18 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_moviegen.checkpoints.distributed import CheckpointError, finalize_async_saves
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
+    from megatron_moviegen.data.loader import DamagedShardError
     from megatron_moviegen.training.nonfinite import NonFiniteLossError
     from megatron_moviegen.training.pretrain import pretrain
 
     runtime = Runtime.for_config(cfg)
     _, world = init_distributed(runtime)
-    cfg.parallel.check_world_size(world)
     if speaks:
         print(f"# resolved config ({world} ranks)\n{to_yaml(cfg)}", flush=True)
     try:
         try:
             result = pretrain(cfg, runtime)
-        except (CheckpointError, ConfigError, NonFiniteLossError) as exc:  # every rank raises it: say it once
+        except (CheckpointError, ConfigError, DamagedShardError, NonFiniteLossError) as exc:  # every rank: say it once
             if speaks:
                 print(f"train: error: {exc}", file=sys.stderr, flush=True)
             return 1 if isinstance(exc, NonFiniteLossError) else 2

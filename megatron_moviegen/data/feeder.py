@@ -48,9 +48,13 @@ def _map_leaves(value: Any, leaf: type, fn: Callable[[Any], Any]) -> Any:
     return value
 
 
-def broadcast_batch(batch: Batch | None, src: int, group, device: torch.device) -> Batch:
+def broadcast_batch(batch: Batch | Exception | None, src: int, group, device: torch.device) -> Batch:
     """`batch` (given on global rank `src` only) on every rank of `group`. Receivers get their tensors on `device`
-    (the one the group's backend takes); the sender keeps its own."""
+    (the one the group's backend takes); the sender keeps its own. An exception in place of the batch (the read
+    failed) is raised on every rank."""
+    if dist.get_rank() == src and isinstance(batch, BaseException):  # the read failed: every rank raises it
+        dist.broadcast_object_list([batch], src=src, group=group, device=device)
+        raise batch
     if dist.get_rank() == src:
         tensors: list[torch.Tensor] = []
         skeleton = _map_leaves(batch, torch.Tensor,
@@ -61,6 +65,8 @@ def broadcast_batch(batch: Batch | None, src: int, group, device: torch.device) 
         return batch
     received = [None]
     dist.broadcast_object_list(received, src=src, group=group, device=device)
+    if isinstance(received[0], BaseException):
+        raise received[0]
 
     def receive(spec: _TensorSpec) -> torch.Tensor:
         tensor = torch.empty(spec.shape, dtype=spec.dtype, device=device)
@@ -129,7 +135,14 @@ class BatchFeeder:
         return self
 
     def __next__(self) -> Batch:
-        batch = self._next_read() if self.reads else None
+        batch = None
+        if self.reads:
+            try:
+                batch = self._next_read()
+            except Exception as exc:  # the group's other ranks wait for this batch: they raise it too
+                if self.group is None:
+                    raise
+                batch = exc
         if self.group is not None:
             batch = broadcast_batch(batch, self.src, self.group, self.device)
         return batch

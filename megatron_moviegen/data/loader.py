@@ -39,6 +39,10 @@ class Batch:
     captions: list[str]
 
 
+class DamagedShardError(ValueError):
+    """A shard's bytes do not hold the sample its index says they do."""
+
+
 SampleRef = tuple[str, dict]  # (shard name, the sample's record in its shard index)
 
 
@@ -134,9 +138,16 @@ class LatentLoader:
         )
 
     def read_sample(self, shard: str, record: dict) -> dict:
-        members = {suffix: read_member(self.dir / shard, offset, size)
-                   for suffix, (offset, size) in record["members"].items()}
-        return decode_sample(members)
+        """One sample; a shard cut short or a sample whose bytes do not decode is a DamagedShardError naming both."""
+        try:
+            members = {suffix: read_member(self.dir / shard, offset, size)
+                       for suffix, (offset, size) in record["members"].items()}
+            return decode_sample(members)
+        except Exception as exc:  # OSError (short read), safetensors' / json's decode errors
+            raise DamagedShardError(
+                f"{self.dir / shard}: sample {record['key']} cannot be read ({type(exc).__name__}: {exc}); the shard "
+                "is damaged (cut short or overwritten). Restore it, or pre-encode its videos again into a new "
+                "folder; training resumes from the last checkpoint") from exc
 
     def sample_names(self, keys: list[str]) -> list[str]:
         """'<shard>/<key> (<source video>)' for sample keys of these shards: how errors name a sample."""

@@ -43,3 +43,13 @@ def test_a_nonfinite_loss_ends_the_job_with_one_line_and_exit_1(tiny_shards, tmp
     assert len(errors) == 1, proc.stderr
     assert errors[0].startswith("train: error: the weights after step 1 give loss nan"), proc.stderr
     assert not list(tmp_path.glob("iter_*")) and not (tmp_path / "latest").exists()
+
+
+def test_a_world_size_that_no_layout_fits_is_one_line_before_any_process_group(tmp_path):
+    env = dict(os.environ, RANK="2", WORLD_SIZE="3", LOCAL_RANK="2", PYTHONWARNINGS="ignore")  # as torchrun sets them
+    proc = subprocess.run([sys.executable, "-m", "megatron_moviegen.train", "--config", "tiny",
+                           "parallel.tensor_model_parallel_size=2", f"train.checkpoint_dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("config error: parallel: world size 3 is not divisible by tensor(2) x context(1) "
+                                   "x pipeline(1) = 2"), proc.stderr
