@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             result = pretrain(cfg, runtime)
-        except (CheckpointError, ConfigError, DamagedShardError, NonFiniteLossError) as exc:  # every rank: say it once
+        except (CheckpointError, ConfigError, DamagedShardError, FileNotFoundError, NonFiniteLossError) as exc:
+            # every rank raises it (FileNotFoundError: data.shards not pre-encoded, a missing train.load_from): once
             if speaks:
                 print(f"train: error: {exc}", file=sys.stderr, flush=True)
             return 1 if isinstance(exc, NonFiniteLossError) else 2

@@ -53,3 +53,14 @@ def test_a_world_size_that_no_layout_fits_is_one_line_before_any_process_group(t
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("config error: parallel: world size 3 is not divisible by tensor(2) x context(1) "
                                    "x pipeline(1) = 2"), proc.stderr
+
+
+def test_an_empty_shard_folder_is_one_line_naming_it(tmp_path):
+    (tmp_path / "shards").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "megatron_moviegen.train", "--config", "tiny",
+                           f"data.shards={tmp_path / 'shards'}", f"train.checkpoint_dir={tmp_path / 'ckpt'}"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"train: error: {tmp_path / 'shards'}: no .nv-meta/.info.json; pre-encoding has "
+                                   "not finished here"), proc.stderr
+    assert not (tmp_path / "ckpt" / "latest").exists()
