@@ -1,6 +1,7 @@
 """The TAE and the text encoders that generation decodes and conditions with, by name or folder.
 
-- TAE: a folder written by `TAE.save_pretrained` (e.g. `runs/tae_tiny/checkpoint`), or "toy-tae": a DEMO decoder,
+- TAE: a folder written by `TAE.save_pretrained` (e.g. `runs/tae_tiny/checkpoint`), an exported diffusers
+  pipeline's vae/ folder, a Hub id, or "toy-tae": a DEMO decoder,
   configs/tae/tae_tiny.yaml's model freshly initialised with a fixed seed. It is untrained: its videos show
   the pipeline works end to end, not what the DiT learned.
 - Text encoders: "paper" (UL2, MetaCLIP, ByT5 from `TextEncodersConfig`, paths via dotted overrides such as
@@ -17,10 +18,11 @@ import torch
 from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.models.dit_config import DiTConfig
-from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
+from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME, WEIGHTS_NAMES
 from megatron_moviegen.recipes import check_text_encoders
 from megatron_moviegen.text import TextEncoders, TextEncodersConfig
 from megatron_moviegen.training.train_tae import load_tae_config
+from megatron_moviegen.utils.hub import resolve_pretrained_folder
 
 TOY_TAE, TOY_TEXT_ENCODERS = "toy-tae", "toy"  # the names pre-encoding uses for the same toys
 TINY_TAE_SEED = 0
@@ -33,15 +35,18 @@ def tiny_tae(seed: int = TINY_TAE_SEED) -> TAE:
         return TAE(load_tae_config("tae_tiny").model)
 
 
-def load_tae(source: str, device: torch.device | str = "cpu") -> TAE:
-    """"toy-tae" or a save_pretrained folder -> the TAE in eval mode on `device`."""
+def load_tae(source: str, device: torch.device | str = "cpu", subfolder: str | None = None) -> TAE:
+    """"toy-tae", a save_pretrained folder (ours, or a diffusers pipeline's vae/), or a Hugging Face Hub id (with
+    `subfolder`, e.g. "vae") -> the TAE in eval mode on `device`."""
     if source == TOY_TAE:
         tae = tiny_tae()
     else:
-        folder = Path(source)
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+        folder = resolve_pretrained_folder(source, subfolder, what="TAE")
+        missing = [] if (folder / CONFIG_NAME).is_file() else [CONFIG_NAME]
+        if not any((folder / name).is_file() for name in WEIGHTS_NAMES):
+            missing.append(" or ".join(WEIGHTS_NAMES))
         if missing:
-            raise FileNotFoundError(f"TAE {source!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
+            raise FileNotFoundError(f"TAE {str(folder)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
                                     f"(TAE.save_pretrained), missing {missing}; or use 'toy-tae' for an untrained demo decoder")
         tae = TAE.from_pretrained(folder)
     return tae.to(device).eval().requires_grad_(False)

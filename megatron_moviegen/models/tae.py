@@ -33,10 +33,12 @@ from megatron_moviegen.models.tae_blocks import (
     Upsample,
     upsampled_lengths,
 )
+from megatron_moviegen.utils.hub import resolve_pretrained_folder
 from megatron_moviegen.utils.io import atomic_output, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAMES = (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors")  # ours, diffusers'
 
 
 @dataclass
@@ -363,11 +365,18 @@ class TAE(nn.Module):
             save_file(state, str(tmp))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "TAE":
-        path = Path(path)
-        cfg = build(TAEConfig, json.loads((path / CONFIG_NAME).read_text()))
-        model = cls(cfg)
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+    def from_pretrained(cls, path: str | Path, subfolder: str | None = None, cache_dir: str | Path | None = None
+                        ) -> "TAE":
+        """A folder written by `save_pretrained`, or a diffusers-format one (`hf.MovieGenTAEModel`, e.g. the vae/ of
+        an exported pipeline), given as a local path or a Hugging Face Hub id, optionally in `subfolder`
+        (offline-safe: with HF_HUB_OFFLINE=1 only the local hub cache is read)."""
+        folder = resolve_pretrained_folder(path, subfolder, cache_dir, what="TAE")
+        config = {k: v for k, v in json.loads((folder / CONFIG_NAME).read_text()).items() if not k.startswith("_")}
+        model = cls(build(TAEConfig, config))
+        weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"TAE {str(folder)!r}: no {' or '.join(WEIGHTS_NAMES)}")
+        model.load_state_dict(load_file(str(weights)))
         return model
 
     @classmethod

@@ -15,11 +15,15 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 @dataclass
 class EncoderConfig:
-    """One encoder. `path` is a hub id ("google/ul2") or a local folder written by `save_pretrained`."""
+    """One encoder. `path` is a hub id ("google/ul2") or a local folder written by `save_pretrained`; `subfolder`
+    the folder inside it, and `tokenizer_subfolder` the tokenizer's if it is elsewhere (an exported diffusers
+    pipeline: `path: out, subfolder: text_encoder, tokenizer_subfolder: tokenizer`)."""
 
     path: str
     max_length: int
     enabled: bool = True
+    subfolder: Optional[str] = None
+    tokenizer_subfolder: Optional[str] = None
     # accelerate device map for a checkpoint too big for one GPU (UL2 on small GPUs); None = whole on `device`.
     device_map: Optional[str] = None
 

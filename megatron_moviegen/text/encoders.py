@@ -44,6 +44,7 @@ from megatron_moviegen.conditioning import Tokens
 from megatron_moviegen.text.config import EncoderConfig, TextEncodersConfig
 from megatron_moviegen.text.metaclip import extend_clip_context
 from megatron_moviegen.text.prompts import add_fps_prefix, byt5_text
+from megatron_moviegen.utils.hub import hub_offline, looks_local
 
 _CLASSES = {
     "ul2": (T5EncoderModel, T5Tokenizer),
@@ -67,17 +68,12 @@ _TEXT_FNS: dict[str, Callable[[str], Optional[str]]] = {
 }
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
 def resolve_source(path: str, what: str = "text encoder checkpoint") -> str:
     """A local folder (must exist) or a hub id ("google/ul2") for `from_pretrained`; `what` names it in the error."""
     local = Path(path).expanduser()
     if local.exists():
         return str(local)
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
-    if looks_local:
+    if looks_local(path):
         raise FileNotFoundError(f"{what} {path!r}: no such folder")
     return path
 
@@ -86,8 +82,12 @@ def _load(name: str, cfg: EncoderConfig, dtype: torch.dtype, device: torch.devic
     model_cls, tokenizer_cls = _CLASSES[name]
     source = resolve_source(cfg.path)
     kwargs = {"local_files_only": hub_offline()}
+    if cfg.subfolder:
+        kwargs["subfolder"] = cfg.subfolder
+    tokenizer_subfolder = cfg.tokenizer_subfolder or cfg.subfolder
     try:
-        tokenizer = tokenizer_cls.from_pretrained(source, **kwargs)
+        tokenizer = tokenizer_cls.from_pretrained(
+            source, **{**kwargs, **({"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {})})
         if cfg.device_map is None:
             model = model_cls.from_pretrained(source, dtype=dtype, **kwargs).to(device)
         else:
