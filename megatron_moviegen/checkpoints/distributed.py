@@ -369,7 +369,9 @@ def prune_steps(checkpoint_dir: Path, newest: Path, keep_last: int, load_from: s
 def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg,
                     ema=None) -> Path:
     """Save everything needed to continue exactly at `step` (with `ema`, this rank's EMA shards too); returns the
-    step folder (which, with cfg.train.async_save, exists once `finalize_async_saves` has run)."""
+    step folder (which, with cfg.train.async_save, exists once `finalize_async_saves` has run). Without an
+    optimizer and scheduler it is a weights-only checkpoint: a start for `train.load_from` (a new stage) and for
+    export, not a run to resume."""
     global _async_saves, _async_pending
     finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
@@ -385,10 +387,12 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
 
     chunks = _unwrap(model_chunks)
     state = _model_sharded_state(chunks)
-    state["optimizer"] = optimizer.sharded_state_dict(state["model"] if len(chunks) == 1 else
-                                                      {k: v for k, v in state.items() if k.startswith("model")})
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"] if len(chunks) == 1 else
+                                                          {k: v for k, v in state.items() if k.startswith("model")})
     state["step"] = step
-    state["scheduler"] = scheduler.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
     with full_disk_named(checkpoint_dir, tmp, f"saving step {step}"):
         # Into an empty folder: dist_checkpointing warns about anything already there.

@@ -89,8 +89,13 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, timesteps: Union[
             raise ValueError(
                 f"velocity_fn: returned shape {tuple(velocity.shape)} for a sample of shape {tuple(x.shape)}"
             )
-        x = x + (t_next - t) * velocity.to(x.dtype)
+        x = euler_step(x, velocity, t, t_next)
     return x
+
+
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """One Euler step of dx/dt = velocity from time t to t_next (python floats), in x's dtype."""
+    return x + (t_next - t) * velocity.to(x.dtype)
 
 
 def _concat_batch(cond: ModelConditioning, *others: ModelConditioning) -> ModelConditioning:

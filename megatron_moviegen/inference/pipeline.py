@@ -74,6 +74,16 @@ def latent_shape(tae: TAE, model: DiTConfig, batch: int, num_frames: int, height
     return (batch, model.latent_channels, *sample_latent_grid(model, tae.cfg.compression, num_frames, height, width))
 
 
+@torch.no_grad()
+def decode_latents(tae: TAE, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The DiT's latents (b, 16, T, h, w) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1]: denormalised,
+    decoded with temporal and spatial tiling (bf16 autocast on GPU)."""
+    device = next(tae.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pixels = tae.decode(tae.denormalize_latents(latents.to(device)), num_frames=num_frames, tiled=True)
+    return pixels.float().clamp(-1.0, 1.0)
+
+
 def output_name(index: int, prompt: str, seed: int, num_frames: int) -> str:
     """<index>-<prompt words>-seed<seed>.mp4 (.png for one frame): another seed never overwrites a file."""
     return f"{index:04d}-{slug(prompt)}-seed{seed}{'.png' if num_frames == 1 else '.mp4'}"
@@ -226,10 +236,7 @@ class MovieGenPipeline:
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         """The DiT's latents (b, 16, T, h, w) (denormalised here) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], temporally and
         spatially tiled."""
-        device = next(self.tae.parameters()).device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pixels = self.tae.decode(self.tae.denormalize_latents(latents.to(device)), num_frames=num_frames, tiled=True)
-        return pixels.float().clamp(-1.0, 1.0)
+        return decode_latents(self.tae, latents, num_frames)
 
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,

@@ -62,19 +62,21 @@ class TinyTextEncoders:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> dict[str, Tokens]:
-        out = {}
-        for name, (width, max_length) in self.shapes.items():
-            tokens = torch.zeros(len(prompts), max_length, dtype=torch.long)
-            mask = torch.zeros(len(prompts), max_length, dtype=torch.bool)
-            for i, prompt in enumerate(prompts):
-                text = byt5_text(prompt) if name == "byt5" else prompt
-                data = list(text.encode("utf-8"))[:max_length]
-                tokens[i, : len(data)] = torch.tensor(data, dtype=torch.long)
-                mask[i, : len(data)] = True
-            byte_table, positions = self.tables[name]
-            embeddings = (byte_table[tokens] + positions) * mask.unsqueeze(-1)  # (b, n, d)
-            out[name] = Tokens(embeddings, mask)
-        return out
+        return {name: embed_bytes([byt5_text(p) if name == "byt5" else p for p in prompts], *self.tables[name])
+                for name in self.shapes}
+
+
+def embed_bytes(texts: list[str], byte_table: torch.Tensor, positions: torch.Tensor) -> Tokens:
+    """Texts -> Tokens((b, max_length, width), (b, max_length) bool): each UTF-8 byte's row of `byte_table` (256,
+    width) plus its position's row of `positions` (max_length, width), truncated to max_length, padding zeroed."""
+    max_length = positions.shape[0]
+    tokens = torch.zeros(len(texts), max_length, dtype=torch.long)
+    mask = torch.zeros(len(texts), max_length, dtype=torch.bool)
+    for i, text in enumerate(texts):
+        data = list(text.encode("utf-8"))[:max_length]
+        tokens[i, : len(data)] = torch.tensor(data, dtype=torch.long)
+        mask[i, : len(data)] = True
+    return Tokens((byte_table[tokens] + positions) * mask.unsqueeze(-1), mask)
 
 
 class TAEVideoEncoder:
