@@ -1,0 +1,51 @@
+"""Run on a spawned gloo rank by test_diffusers.py: tiny exports sampled by our pipeline, their diffusers folders,
+and the way back (import, a weights-only training checkpoint, its re-export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_moviegen.checkpoints.diffusers_format import (
+    export_diffusers,
+    export_to_training_checkpoint,
+    import_diffusers,
+    paper_text_encoders,
+    toy_text_encoders,
+)
+from megatron_moviegen.checkpoints.export import export_training_checkpoint, load_exported_dit, read_exported_config
+from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
+from megatron_moviegen.inference.components import tiny_tae
+from megatron_moviegen.inference.pipeline import decode_latents
+from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.text import TextEncoders
+from tests.inference.jobs import PROMPT, SAMPLING, make_tiny_export, sample
+from tests.text.tiny_models import tiny_config
+
+# The tiny recipe's text widths are the tiny T5 / CLIP checkpoints' (tests/text/tiny_models.py); their lengths:
+PAPER_LENGTHS = ("model.text_encoders.ul2.max_length=24", "model.text_encoders.metaclip.max_length=256",
+                 "model.text_encoders.byt5.max_length=32")
+
+
+def exports_job(rank: int, world_size: int, root: str, text_checkpoints: dict) -> dict:
+    root = Path(root)
+    make_tiny_export(root / "export")
+    latents = sample(root / "export", [])
+    destroy()
+    model = read_exported_config(root / "export").model
+    export_diffusers(root / "export", root / "hf", tiny_tae(), toy_text_encoders(model))
+
+    make_tiny_export(root / "paper_export", overrides=PAPER_LENGTHS)
+    _, chunks = load_exported_dit(root / "paper_export")
+    encoders = TextEncoders(tiny_config(text_checkpoints))
+    paper = MovieGenPipeline(chunks[0], tiny_tae(), encoders).sample_latents(
+        [PROMPT], SamplingConfig(**SAMPLING, seed=5), progress=False)
+    destroy()
+    export_diffusers(root / "paper_export", root / "hf_paper", tiny_tae(), paper_text_encoders(encoders))
+
+    import_diffusers(root / "hf", root / "imported")
+    export_to_training_checkpoint(root / "imported", root / "imported_ckpt")
+    export_training_checkpoint(root / "imported_ckpt", root / "reexported")
+    make_tiny_export(root / "edit_export", recipe="edit_tiny")
+    destroy()
+    return {"latents": latents, "pixels": decode_latents(tiny_tae(), latents, SAMPLING["num_frames"]),
+            "paper_latents": paper}
