@@ -98,9 +98,10 @@ def build_text_encoder(args, device: torch.device):
 
         return TinyTextEncoders.for_model(load_config(args.config or "tiny").model)
     from megatron_moviegen.recipes import check_text_encoders, load_config
-    from megatron_moviegen.text import TextEncoders, TextEncodersConfig
+    from megatron_moviegen.text import TextEncoders
+    from megatron_moviegen.text.config import text_encoders_config
 
-    config = build(TextEncodersConfig, apply_overrides({"device": str(device)}, list(args.text)))  # --text wins
+    config = text_encoders_config(args.text, base={"device": str(device)})  # --text wins
     if args.config is not None:  # the recipe's model reads these embeddings: their lengths must match
         check_text_encoders(config, load_config(args.config).model)
     return TextEncoders(config)

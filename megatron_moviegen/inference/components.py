@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_moviegen.config.schema import apply_overrides, build
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME, WEIGHTS_NAMES
 from megatron_moviegen.recipes import check_text_encoders
-from megatron_moviegen.text import TextEncoders, TextEncodersConfig
+from megatron_moviegen.text import TextEncoders
+from megatron_moviegen.text.config import text_encoders_config
 from megatron_moviegen.training.train_tae import load_tae_config
 from megatron_moviegen.utils.hub import resolve_pretrained_folder
 
@@ -61,6 +61,6 @@ def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
         return TinyTextEncoders.for_model(model)
     if kind != "paper":
         raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'toy'")
-    config = build(TextEncodersConfig, apply_overrides({}, overrides))
+    config = text_encoders_config(overrides)
     check_text_encoders(config, model)
     return TextEncoders(config)

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import torch
 
-from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, to_dict
 from megatron_moviegen.runtime import Runtime
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -76,3 +76,9 @@ class TextEncodersConfig:
             torch.device(self.device if self.device != "auto" else "cpu")
         except RuntimeError:
             raise ConfigError(f"device: got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:<i>'") from None
+
+
+def text_encoders_config(overrides: list[str], base: dict | None = None) -> "TextEncodersConfig":
+    """The paper's encoders with `base` fields, then `field=value` overrides (`ul2.path=/models/ul2` changes the path
+    and keeps ul2's max_length)."""
+    return build(TextEncodersConfig, apply_overrides({**to_dict(TextEncodersConfig()), **(base or {})}, list(overrides)))

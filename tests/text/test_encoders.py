@@ -214,3 +214,11 @@ def test_auto_device_and_dtype_are_cuda_bfloat16(checkpoints):
     for embeddings, mask in out.values():
         assert embeddings.device.type == mask.device.type == "cuda"
         assert embeddings.dtype == torch.bfloat16
+
+
+def test_a_path_override_keeps_the_encoders_other_fields():
+    from megatron_moviegen.text.config import text_encoders_config
+
+    config = text_encoders_config(["ul2.path=/models/ul2", "ul2.subfolder=text_encoder"], base={"device": "cpu"})
+    assert (config.ul2.path, config.ul2.max_length, config.ul2.subfolder) == ("/models/ul2", 300, "text_encoder")
+    assert config.byt5 == TextEncodersConfig().byt5 and config.device == "cpu"
