@@ -220,8 +220,9 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                data: Optional[DataConfig] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
-    must call it. A model trained with conditions passes its recipe's `data`: config.yaml keeps data.edit (the names
-    of an editing model's task-table rows) and data.reference (a personalized model's vision tower).
+    must call it. The caller passes its recipe's `data`: config.yaml keeps data.buckets (the trained resolution),
+    data.edit (the names of an editing model's task-table rows) and data.reference (a personalized model's vision
+    tower).
     The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
     config.yaml and, last, the index. Each file is written atomically, and the folder has no
     index (is not an export) while the files are being replaced."""
@@ -256,9 +257,11 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     dist.barrier()
     if dist.get_rank() == 0:
         weight_map = {key: files[i] for i, keys in enumerate(all_shards) for key in keys}
-        # The layout is not part of an export; an editing model's task names and a personalized model's vision
-        # tower are.
-        kept = DataConfig() if data is None else DataConfig(edit=data.edit, reference=data.reference)
+        # The layout is not part of an export; an editing model's task names, a personalized model's vision
+        # tower and the buckets it was trained on (their resolution scales the position tables of a later
+        # stage started from it) are.
+        kept = DataConfig() if data is None else DataConfig(buckets=data.buckets, image_fraction=data.image_fraction,
+                                                            edit=data.edit, reference=data.reference)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=kept)
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
     dist.barrier()

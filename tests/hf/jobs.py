@@ -16,7 +16,11 @@ from megatron_moviegen.checkpoints.export import export_training_checkpoint, loa
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.inference.pipeline import decode_latents
-from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+from megatron_moviegen.parallel.build import build_dit_chunks
+from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+from megatron_moviegen.recipes import load_config
+from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.text import TextEncoders
 from tests.inference.jobs import PROMPT, SAMPLING, make_tiny_export, sample
 from tests.text.tiny_models import tiny_config
@@ -44,8 +48,21 @@ def exports_job(rank: int, world_size: int, root: str, text_checkpoints: dict) -
 
     import_diffusers(root / "hf", root / "imported")
     export_to_training_checkpoint(root / "imported", root / "imported_ckpt")
+    fine_tune_start = loaded_for_a_new_stage(root / "imported_ckpt")
     export_training_checkpoint(root / "imported_ckpt", root / "reexported")
     make_tiny_export(root / "edit_export", recipe="edit_tiny")
     destroy()
     return {"latents": latents, "pixels": decode_latents(tiny_tae(), latents, SAMPLING["num_frames"]),
-            "paper_latents": paper}
+            "paper_latents": paper, "fine_tune_start": fine_tune_start}
+
+
+def loaded_for_a_new_stage(checkpoint: Path) -> dict:
+    """The tiny recipe's DiT after `train.load_from=checkpoint`'s load: {name: whole tensor}."""
+    cfg = load_config("tiny", ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"])
+    runtime = Runtime.resolve()
+    init_model_parallel(cfg.parallel, runtime)
+    chunks = build_dit_chunks(cfg, runtime)
+    load_weights_for_new_stage(str(checkpoint), chunks, resolution=cfg.data.buckets.resolution)
+    weights = {name: param.detach().clone() for name, param in chunks[0].named_parameters()}
+    destroy()
+    return weights

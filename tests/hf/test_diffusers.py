@@ -74,12 +74,16 @@ def test_the_pipeline_with_the_paper_text_encoders_matches_too(runs):
 
 
 def test_tensors_come_back_exactly_through_diffusers_and_a_training_checkpoint(runs):
-    root, _, _ = runs
+    root, _, reference = runs
     original = read_export_tensors(root / "export")
     for folder in ("imported", "reexported"):
         back = read_export_tensors(root / folder)
         assert set(back) == set(original)
         assert all(torch.equal(back[name], original[name]) for name in original), folder
+    # train.load_from=<the imported checkpoint> starts fine-tuning from exactly these weights (bf16 -> float32).
+    start = reference["fine_tune_start"]
+    assert set(start) == set(original)
+    assert all(torch.equal(start[name], original[name].float()) for name in original)
     hf = {name for name in _safetensors_names(root / "hf" / "transformer")}
     assert "blocks.0.attn1.to_q.weight" in hf and "blocks.3.ff.gate.weight" in hf
     assert not any("linear_qkv" in name or "linear_fc1" in name for name in hf)
