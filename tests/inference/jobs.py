@@ -100,8 +100,8 @@ def layouts_job(rank: int, world_size: int, root: str) -> dict:
     latents = {name: sample(root / "export", overrides) for name, overrides in SAMPLING_LAYOUTS.items()}
     latents["edit_tp2_sp"] = sample_edit(root / "edit_export", SAMPLING_LAYOUTS["tp2_sp"])
     for name, overrides in (("tp2", SAMPLING_LAYOUTS["tp2"]), ("pp2", ["parallel.pipeline_model_parallel_size=2"])):
-        _, chunks = load_exported_dit(root / "export", overrides)
-        export_dit(chunks, root / f"reexport_{name}")
+        cfg, chunks = load_exported_dit(root / "export", overrides)
+        export_dit(chunks, root / f"reexport_{name}", data=cfg.data)
     destroy()
     return {"latents": latents}
 
