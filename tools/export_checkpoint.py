@@ -11,33 +11,32 @@ import argparse
 import sys
 import warnings
 
+from megatron_moviegen.utils.io import byte_size_argument
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a step folder, or a checkpoint dir with `latest`")
     parser.add_argument("--out", required=True, help="export folder to write (config.yaml, index, safetensors files)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the exported tensors")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest file, e.g. 5GB, 500MB, 2GiB")
+    parser.add_argument("--max-shard-size", type=byte_size_argument, default="5GB",
+                        help="largest file, e.g. 5GB, 500MB, 2GiB")
     parser.add_argument("overrides", nargs="*", help="layout to load under, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import torch.distributed as dist
 
-    from megatron_moviegen.checkpoints.export import EXPORT_DTYPES, export_training_checkpoint, parse_byte_size
+    from megatron_moviegen.checkpoints.export import EXPORT_DTYPES, export_training_checkpoint
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
 
     from megatron_moviegen.checkpoints.distributed import CheckpointError
     from megatron_moviegen.config.schema import ConfigError
 
-    try:
-        max_shard_bytes = parse_byte_size(args.max_shard_size)
-    except ValueError as exc:
-        parser.error(f"--max-shard-size: {exc}")
     rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
     try:
         out = export_training_checkpoint(args.checkpoint, args.out, args.overrides, EXPORT_DTYPES[args.dtype],
-                                         max_shard_bytes)
+                                         args.max_shard_size)
     except (CheckpointError, ConfigError, FileNotFoundError) as exc:
         if rank == 0:
             print(f"export_checkpoint: error: {exc}", file=sys.stderr)

@@ -20,6 +20,8 @@ import argparse
 import sys
 import warnings
 
+from megatron_moviegen.utils.io import byte_size_argument
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,24 +33,21 @@ def main(argv=None) -> int:
                         help="paper text-encoder overrides, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--dtype", choices=["bf16", "fp32", "as-saved"], default="as-saved",
                         help="dtype of the transformer's tensors (default: the export's)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest transformer file, e.g. 5GB, 500MB")
+    parser.add_argument("--max-shard-size", type=byte_size_argument, default="5GB",
+                        help="largest transformer file, e.g. 5GB, 500MB")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import torch.distributed as dist
 
     from megatron_moviegen.checkpoints.diffusers_format import export_pipeline
     from megatron_moviegen.checkpoints.distributed import CheckpointError
-    from megatron_moviegen.checkpoints.export import EXPORT_DTYPES, parse_byte_size
+    from megatron_moviegen.checkpoints.export import EXPORT_DTYPES
     from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
     from megatron_moviegen.config.schema import ConfigError
 
     try:
-        max_shard_bytes = parse_byte_size(args.max_shard_size)
-    except ValueError as exc:
-        parser.error(f"--max-shard-size: {exc}")
-    try:
         out = export_pipeline(args.checkpoint, args.out, args.tae, args.text_encoders, args.text,
-                              EXPORT_DTYPES.get(args.dtype), max_shard_bytes)
+                              EXPORT_DTYPES.get(args.dtype), args.max_shard_size)
     except (CheckpointError, ConfigError, ShapeMismatch, FileNotFoundError, FileExistsError, OSError) as exc:
         print(f"export_diffusers: error: {exc}", file=sys.stderr)
         return 2

@@ -13,13 +13,16 @@ import argparse
 import sys
 import warnings
 
+from megatron_moviegen.utils.io import byte_size_argument
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="a pipeline folder (or its transformer/ folder)")
     parser.add_argument("--out", required=True, help="our export folder to write")
     parser.add_argument("--checkpoint-dir", help="also write a weights-only training checkpoint here")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest file of the export, e.g. 5GB, 500MB")
+    parser.add_argument("--max-shard-size", type=byte_size_argument, default="5GB",
+                        help="largest file of the export, e.g. 5GB, 500MB")
     parser.add_argument("overrides", nargs="*", help="layout to build the checkpoint under (parallel.*=...)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
@@ -27,16 +30,11 @@ def main(argv=None) -> int:
 
     from megatron_moviegen.checkpoints.diffusers_format import export_to_training_checkpoint, import_diffusers
     from megatron_moviegen.checkpoints.distributed import CheckpointError
-    from megatron_moviegen.checkpoints.export import parse_byte_size
     from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
     from megatron_moviegen.config.schema import ConfigError
     from megatron_moviegen.parallel.initialize import init_distributed
     from megatron_moviegen.runtime import Runtime
 
-    try:
-        max_shard_bytes = parse_byte_size(args.max_shard_size)
-    except ValueError as exc:
-        parser.error(f"--max-shard-size: {exc}")
     errors = (CheckpointError, ConfigError, ShapeMismatch, FileNotFoundError, OSError)
     rank, error = 0, None
     try:
@@ -44,7 +42,7 @@ def main(argv=None) -> int:
             rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
         if rank == 0:  # one writer; the other ranks learn whether it worked
             try:
-                import_diffusers(args.pipeline, args.out, max_shard_bytes)
+                import_diffusers(args.pipeline, args.out, args.max_shard_size)
             except errors as exc:
                 error = str(exc)
         if dist.is_initialized():

@@ -56,26 +56,13 @@ from megatron_moviegen.checkpoints.tp_shards import (
     unshard_tensor,
 )
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.utils.io import atomic_output
+from megatron_moviegen.utils.io import atomic_output, parse_byte_size  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "config.yaml"
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"  # exports written before the index; still read
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_byte_size(text: str) -> int:
-    """"5GB" -> 5_000_000_000, "512MiB" -> 536_870_912, "1000" -> 1000."""
-    match = _SIZE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"size: got {text!r}, expected a positive number of bytes such as 5GB, 500MB or 2GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
 def check_export_folder(folder: str | Path) -> Path:
     """The folder, or FileNotFoundError naming what is missing."""
     folder = Path(folder)

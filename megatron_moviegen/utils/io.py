@@ -11,9 +11,11 @@ leftovers are recognisable), and is removed if the writer fails.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator, Union
@@ -96,3 +98,24 @@ def full_disk_message(folder: PathLike, what: str, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"{what}: the disk holding {folder} is full ({free_bytes(folder) / 2**30:.2f} GiB free; "
             f"{type(exc).__name__}: {first[:160]})")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_byte_size(text: str) -> int:
+    """"5GB" -> 5_000_000_000, "512MiB" -> 536_870_912, "1000" -> 1000."""
+    match = _SIZE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"size: got {text!r}, expected a positive number of bytes such as 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def byte_size_argument(text: str) -> int:
+    """`parse_byte_size` as an argparse `type=`: a bad size is the parser's one-line usage error."""
+    try:
+        return parse_byte_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
