@@ -11,7 +11,6 @@ temporal conv, rounding up), so a 1-frame video (an image) stays one frame all t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from megatron_moviegen.config.schema import ConfigError, build, to_dict
@@ -33,12 +31,13 @@ from megatron_moviegen.models.tae_blocks import (
     Upsample,
     upsampled_lengths,
 )
-from megatron_moviegen.utils.hub import resolve_pretrained_folder
-from megatron_moviegen.utils.io import atomic_output, atomic_write_text
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_NAMES = (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors")  # ours, diffusers'
+from megatron_moviegen.models.pretrained import (  # noqa: F401 (the file names, re-exported)
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_NAMES,
+    PretrainedAutoencoder,
+    check_latent_stats,
+)
 
 
 @dataclass
@@ -94,12 +93,7 @@ class TAEConfig:
         for name in ("spatial_tile_size", "spatial_tile_overlap"):
             if getattr(self, name) % self.compression:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be a multiple of {self.compression}")
-        for name in ("latent_shift", "latent_scale"):
-            if len(getattr(self, name)) not in (0, self.latent_channels):
-                raise ConfigError(f"{name}: got {len(getattr(self, name))} values, need 0 (identity) or "
-                                  f"latent_channels={self.latent_channels}")
-        if any(s <= 0 for s in self.latent_scale):
-            raise ConfigError(f"latent_scale: got {list(self.latent_scale)}, every value must be > 0")
+        check_latent_stats(self)
         if not 0 <= self.spatial_tile_overlap < self.spatial_tile_size:
             raise ConfigError(f"spatial_tile_overlap: got {self.spatial_tile_overlap}, must be in "
                               f"[0, spatial_tile_size={self.spatial_tile_size})")
@@ -213,7 +207,9 @@ def _ramp(length: int, overlap_before: int, overlap_after: int, like: torch.Tens
     return weights
 
 
-class TAE(nn.Module):
+class TAE(PretrainedAutoencoder, nn.Module):
+    config_class, display_name = TAEConfig, "TAE"
+
     def __init__(self, cfg: TAEConfig):
         super().__init__()
         cfg.validate()
@@ -276,23 +272,6 @@ class TAE(nn.Module):
         latents = posterior.sample() if sample else posterior.mode()
         return self.decode(latents, num_frames=pixels.shape[2]), posterior
 
-    # ---- the DiT's latent space ----------------------------------------------------------------------------
-    def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.cfg.latent_channels
-        shift = torch.tensor(self.cfg.latent_shift or [0.0] * c, dtype=like.dtype, device=like.device)
-        scale = torch.tensor(self.cfg.latent_scale or [1.0] * c, dtype=like.dtype, device=like.device)
-        return shift.view(1, c, 1, 1, 1), scale.view(1, c, 1, 1, 1)
-
-    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Encoder latents (b, 16, T, h, w) -> the DiT's: (z - latent_shift) / latent_scale per channel."""
-        shift, scale = self._channel_stats(latents)
-        return (latents - shift) / scale
-
-    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """The DiT's latents (b, 16, T, h, w) -> the decoder's: z * latent_scale + latent_shift per channel."""
-        shift, scale = self._channel_stats(latents)
-        return latents * scale + shift
-
     # ---- tiling -------------------------------------------------------------------------------------------
     def decode_tiles(self, latents: torch.Tensor, num_frames: int) -> Iterator[torch.Tensor]:
         """Yield the decoded video (b, 3, *, h, w) chunk by chunk along time, from overlapping latent tiles.
@@ -353,31 +332,6 @@ class TAE(nn.Module):
 
     def _decode_spatially_tiled(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self._blend_spatial_tiles(latents, lambda z: self._decode(z, num_frames), 1, self.cfg.compression)
-
-    # ---- checkpoints --------------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json and model.safetensors into folder `path` (each atomically)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / CONFIG_NAME, json.dumps(to_dict(self.cfg), indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_output(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, subfolder: str | None = None, cache_dir: str | Path | None = None
-                        ) -> "TAE":
-        """A folder written by `save_pretrained`, or a diffusers-format one (`hf.MovieGenTAEModel`, e.g. the vae/ of
-        an exported pipeline), given as a local path or a Hugging Face Hub id, optionally in `subfolder`
-        (offline-safe: with HF_HUB_OFFLINE=1 only the local hub cache is read)."""
-        folder = resolve_pretrained_folder(path, subfolder, cache_dir, what="TAE")
-        config = {k: v for k, v in json.loads((folder / CONFIG_NAME).read_text()).items() if not k.startswith("_")}
-        model = cls(build(TAEConfig, config))
-        weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(f"TAE {str(folder)!r}: no {' or '.join(WEIGHTS_NAMES)}")
-        model.load_state_dict(load_file(str(weights)))
-        return model
 
     @classmethod
     def from_image_vae(cls, path: str | Path, **tiling) -> "TAE":
