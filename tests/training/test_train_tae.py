@@ -8,7 +8,7 @@ from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.inference.components import load_tae
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.models.tae_losses import TAELoss
-from megatron_moviegen.training import train_tae as train_tae_module
+from megatron_moviegen.training import autoencoder as autoencoder_module
 from megatron_moviegen.training.metrics import NonFiniteLossError
 from megatron_moviegen.training.tae_data import read_clip
 from megatron_moviegen.training.train_tae import load_tae_config, resolve_data_parallel, resolve_video, train_tae
@@ -110,7 +110,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_data_parallel_falls_back_to_ddp_without_deepspeed(monkeypatch):
-    monkeypatch.setattr(train_tae_module, "import_deepspeed", lambda: None)
+    monkeypatch.setattr(autoencoder_module, "import_deepspeed", lambda: None)
     assert resolve_data_parallel("auto") == "ddp" and resolve_data_parallel("ddp") == "ddp"
     with pytest.raises(ConfigError, match="train.data_parallel: got 'deepspeed' but deepspeed is not installed"):
         resolve_data_parallel("deepspeed")
