@@ -146,6 +146,46 @@ class ReferenceConfig:
 
 
 @dataclass
+class AudioDataConfig:
+    """Movie Gen Audio samples (SPEC section 7). Each manifest entry's audio (PyAV, resampled to `sample_rate` and
+    mixed to `channels`) is cut to the longest of `durations_s` it fills from its start and encoded by the audio
+    autoencoder into the sample's latents (c, T, 1, 1), T = duration x `latent_rate` (the autoencoder's rate, checked
+    at pre-encoding). Its video, when it has one, is sampled at the latent rate (one frame per latent frame, resized
+    to cover `frame_size` px) and encoded frame by frame by the CLIP vision tower `video_encoder` (its pooled
+    output): the sample's Conditioning.channels (width, T, 1, 1), which the audio DiT adds to its tokens; a file
+    without video gets zeros there (as a dropped video: text-to-audio). The caption is the text prompt."""
+
+    sample_rate: int = 48000
+    channels: int = 1
+    latent_rate: float = 25.0
+    durations_s: list[float] = field(default_factory=lambda: [10.0])
+    video_encoder: str = "facebook/metaclip-h14-fullcc2.5b"  # a CLIPVisionModel folder or hub id
+    frame_size: int = 224
+    device: str = "auto"  # the vision tower's; auto: this rank's runtime device
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    def validate(self) -> None:
+        if self.sample_rate < 1 or self.channels not in (1, 2):
+            raise ConfigError(f"sample_rate/channels: got {self.sample_rate}/{self.channels}, need a rate >= 1 and "
+                              "1 (mono) or 2 (stereo) channels")
+        if not self.latent_rate > 0 or self.frame_size < 1:
+            raise ConfigError(f"latent_rate/frame_size: got {self.latent_rate}/{self.frame_size}, must be > 0")
+        if not self.durations_s or len(set(self.durations_s)) != len(self.durations_s):
+            raise ConfigError(f"durations_s: got {self.durations_s}, need distinct durations")
+        for duration in self.durations_s:
+            frames = duration * self.latent_rate
+            if duration <= 0 or abs(frames - round(frames)) > 1e-6:
+                raise ConfigError(f"durations_s: {duration} s is not a positive whole number of latent frames at "
+                                  f"latent_rate {self.latent_rate} ({frames:g})")
+        if not self.video_encoder:
+            raise ConfigError("video_encoder: empty; give a CLIPVisionModel folder or hub id")
+
+    def latent_frames(self) -> list[int]:
+        """The buckets: latent frames of each duration, ascending."""
+        return sorted(round(d * self.latent_rate) for d in self.durations_s)
+
+
+@dataclass
 class DataConfig:
     """Where latent shards live, how they are written (pre-encoding) and read (training)."""
 
@@ -180,6 +220,9 @@ class DataConfig:
     # Set for personalized video: each entry's reference image is encoded into the sample's
     # Conditioning.tokens["reference_image"] (ReferenceConfig).
     reference: Optional[ReferenceConfig] = None
+    # Set for Movie Gen Audio: samples are a file's audio latents conditioned on its caption and per-frame video
+    # features (AudioDataConfig); `buckets` then does not apply.
+    audio: Optional[AudioDataConfig] = None
 
     def validate(self) -> None:
         for name in ("batch_size", "shard_size", "encode_batch_size"):
@@ -199,3 +242,9 @@ class DataConfig:
         if self.upsample is not None and self.edit is not None:
             raise ConfigError("data.upsample and data.edit are both set; a sample's condition channels are one or "
                               "the other")
+        if self.audio is not None and any(x is not None for x in (self.upsample, self.edit, self.reference)):
+            raise ConfigError("data.audio is set with data.upsample, data.edit or data.reference; those are video "
+                              "conditions")
+        if self.audio is not None and self.image_fraction > 0:
+            raise ConfigError(f"image_fraction: got {self.image_fraction}, but data.audio samples are never images "
+                              "(set 0)")

@@ -138,6 +138,16 @@ def select_frame_indices(frame_times: np.ndarray, targets: np.ndarray, path: str
     return np.clip(idx, 0, len(frame_times) - 1)
 
 
+def open_media(path: str | Path) -> av.container.InputContainer:
+    """`av.open(path)`: a file that cannot be read raises MediaReadError, one that is not media DecodeError."""
+    try:
+        return av.open(str(path))
+    except OSError as exc:  # PyAV's FileNotFoundError, PermissionError, OSError(EIO) are OSErrors too
+        raise MediaReadError(f"{path}: cannot read ({exc})") from exc
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"{path}: cannot open ({exc})") from exc
+
+
 class PyAVDecoder:
     """FFmpeg through PyAV on CPU. `seek=True` jumps to the keyframe before the clip; `False` decodes from 0."""
 
@@ -192,12 +202,7 @@ class PyAVDecoder:
             return np.sort(np.array(pts, dtype=np.float64)) * float(stream.time_base)
 
     def _open(self, path: str | Path) -> av.container.InputContainer:
-        try:
-            container = av.open(str(path))
-        except OSError as exc:  # PyAV's FileNotFoundError, PermissionError, OSError(EIO) are OSErrors too
-            raise MediaReadError(f"{path}: cannot read ({exc})") from exc
-        except (av.FFmpegError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"{path}: cannot open ({exc})") from exc
+        container = open_media(path)
         if not container.streams.video:
             container.close()
             raise DecodeError(f"{path}: has no video stream")
