@@ -6,6 +6,7 @@ model.
     cond = Conditioning(tokens={..., "reference_image": Tokens(...)})       # personalization (vision tokens)
     cond = Conditioning(tokens=..., channels=source_latents, task=task_ids) # editing
     cond = Conditioning(tokens=..., images={"reference_image": Images(...)}) # personalization, trainable tower
+    cond = Conditioning(tokens={"t5": ...}, channels=video_features, infill=Infill(known_latents, known))  # audio
 
 - `tokens`: cross-attention context, one `Tokens` per source (the text encoders, then any extra source such as a
   reference image's vision tokens), in the order `DiTConfig.context_sources()` lists them.
@@ -13,6 +14,10 @@ model.
 - `task`: an index into the DiT's learned task-embedding table, added to the flow-time embedding.
 - `images`: pixels for a context source whose encoder is part of the DiT (a trainable vision tower,
   `ContextSource.encoder`): the DiT turns them into that source's tokens. Dropping the source masks them like tokens.
+- `infill`: latent frames given for masked infilling (Movie Gen Audio's continuation and extension): their clean
+  values and which frames they are; a model with `DiTConfig.infill` reads them as two more groups of input channels
+  (the known latents, zeros elsewhere, and the known-frame mask). Made per step by training (random spans) and by
+  the sampler (the audio to continue), never stored in shards.
 
 Batch-first throughout: a batch of b samples has tensors with a leading b; one sample (as stored in a shard)
 has none.
@@ -47,6 +52,26 @@ class Images(NamedTuple):
         return Images(fn(self.pixels), fn(self.present))
 
 
+class Infill(NamedTuple):
+    """Known latent frames: latents (b, c, t, h, w), the clean values (only those of known frames are read), and
+    known (b, t) bool, True = the frame is given."""
+
+    latents: torch.Tensor
+    known: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Infill":
+        return Infill(fn(self.latents), fn(self.known))
+
+    def frames(self, start: int, stop: int) -> "Infill":
+        return Infill(self.latents[:, :, start:stop], self.known[:, start:stop])
+
+    def channels(self) -> torch.Tensor:
+        """The DiT's input channels (b, c + 1, t, h, w): the known frames' latents (zeros elsewhere), then the mask."""
+        b, c, t, h, w = self.latents.shape
+        mask = self.known.to(self.latents.dtype).view(b, 1, t, 1, 1).expand(b, 1, t, h, w)
+        return torch.cat([self.latents * mask, mask], dim=1)
+
+
 class TextEncoder(Protocol):
     """What pre-encoding and generation need of text encoders (`text.TextEncoders`, or the toy ones)."""
 
@@ -60,6 +85,7 @@ class Conditioning:
     channels: Optional[torch.Tensor] = None  # (b, c_cond, t, h, w), the latent's grid
     task: Optional[torch.Tensor] = None  # (b,) long
     images: dict[str, Images] = field(default_factory=dict)
+    infill: Optional[Infill] = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
         """The same conditioning with `fn` applied to every tensor (slicing, moving, pinning)."""
@@ -68,6 +94,7 @@ class Conditioning:
             channels=None if self.channels is None else fn(self.channels),
             task=None if self.task is None else fn(self.task),
             images={name: images.map(fn) for name, images in self.images.items()},
+            infill=None if self.infill is None else self.infill.map(fn),
         )
 
     def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Conditioning":
@@ -84,9 +111,11 @@ class Conditioning:
         return self.map(lambda tensor: tensor[start:stop])
 
     def frames(self, start: int, stop: int) -> "Conditioning":
-        """Latent frames start..stop-1 of the condition channels (a sampling window); tokens and task are whole."""
+        """Latent frames start..stop-1 of the condition channels and the infill (a sampling window); tokens and task
+        are whole."""
         channels = None if self.channels is None else self.channels[:, :, start:stop]
-        return replace(self, channels=channels)
+        infill = None if self.infill is None else self.infill.frames(start, stop)
+        return replace(self, channels=channels, infill=infill)
 
     def keep_tokens(self, keep: torch.Tensor, sources: Optional[list[str]] = None) -> "Conditioning":
         """Drop the tokens of `sources` (default: all) for the samples where `keep` (b,) is False: their masks
@@ -133,6 +162,8 @@ class Conditioning:
             yield self.task
         for images in self.images.values():
             yield images.pixels
+        if self.infill is not None:
+            yield self.infill.latents
 
     # ---- stacking samples and batches ---------------------------------------------------------------------
     @staticmethod
@@ -159,6 +190,9 @@ class Conditioning:
         for name, images in self.images.items():
             out[f"images.{name}.pixels"] = images.pixels.to(float_dtype).contiguous()
             out[f"images.{name}.present"] = images.present.to(torch.bool).contiguous()
+        if self.infill is not None:
+            out["infill.latents"] = self.infill.latents.to(float_dtype).contiguous()
+            out["infill.known"] = self.infill.known.to(torch.bool).contiguous()
         return out
 
     @staticmethod
@@ -171,6 +205,7 @@ class Conditioning:
             channels=tensors.get("channels"),
             task=tensors.get("task"),
             images={n: Images(tensors[f"images.{n}.pixels"], tensors[f"images.{n}.present"]) for n in image_names},
+            infill=Infill(tensors["infill.latents"], tensors["infill.known"]) if "infill.latents" in tensors else None,
         )
 
 
@@ -182,8 +217,8 @@ def _combine(parts: list[Conditioning], join) -> Conditioning:
         if set(other.tokens) != set(first.tokens) or set(other.images) != set(first.images):
             raise ValueError(f"token/image sources differ: {sorted(other.tokens)} + {sorted(other.images)} vs "
                              f"{sorted(first.tokens)} + {sorted(first.images)}")
-        if (other.channels is None) != (first.channels is None) or (other.task is None) != (first.task is None):
-            raise ValueError("some conditionings carry channels or a task and others do not")
+        if any((getattr(other, name) is None) != (getattr(first, name) is None) for name in ("channels", "task", "infill")):
+            raise ValueError("some conditionings carry channels or a task (or an infill) and others do not")
     return Conditioning(
         tokens={
             name: Tokens(join([p.tokens[name].embeddings for p in parts]), join([p.tokens[name].mask for p in parts]))
@@ -193,4 +228,6 @@ def _combine(parts: list[Conditioning], join) -> Conditioning:
         task=None if first.task is None else join([p.task for p in parts]),
         images={name: Images(join([p.images[name].pixels for p in parts]),
                              join([p.images[name].present for p in parts])) for name in first.images},
+        infill=None if first.infill is None else Infill(join([p.infill.latents for p in parts]),
+                                                        join([p.infill.known for p in parts])),
     )

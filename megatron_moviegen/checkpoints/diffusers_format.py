@@ -132,11 +132,12 @@ def from_diffusers(tensors: dict[str, torch.Tensor], heads: int) -> dict[str, to
 def transformer_config(model: DiTConfig) -> dict:
     """MovieGenTransformer3DModel's config for a text-to-video DiT; other models are refused by name."""
     extras = {"model.condition_channels": model.condition_channels, "model.num_tasks": model.num_tasks,
-              "model.extra_context": sorted(model.extra_context), "model.lora.rank": model.lora.rank}
-    used = {name: value for name, value in extras.items() if value}
+              "model.extra_context": sorted(model.extra_context), "model.lora.rank": model.lora.rank,
+              "model.infill": model.infill, "model.gated_mlp": not model.gated_mlp}
+    used = {name: (not value if name == "model.gated_mlp" else value) for name, value in extras.items() if value}
     if used:
         raise ConfigError(f"the diffusers pipeline is text-to-video; this model has {used} (an upsampler, editing, "
-                          "personalized or unmerged LoRA model)")
+                          "personalized, audio or unmerged LoRA model)")
     return dict(num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
                 num_attention_heads=model.num_attention_heads, latent_channels=model.latent_channels,
                 patch_size=list(model.patch_size), max_frames=model.max_frames, max_height=model.max_height,

@@ -2,7 +2,9 @@
 
 Used to load an exported single-file checkpoint under any TP/PP layout, to export one, and by the parity
 tests. Megatron marks TP-split parameters with `tensor_model_parallel` and `partition_dim`; the SwiGLU fc1
-weight is special: its output is [gate; up], and each TP rank holds [gate_r; up_r].
+weight is special: its output is [gate; up], and each TP rank holds [gate_r; up_r]. A model without SwiGLU
+(`DiTConfig.gated_mlp` false: the audio model's GELU MLP) splits its fc1 like any column-parallel linear, so every
+function here takes `swiglu`, the model's `gated_mlp` (`swiglu_rows(model)`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from megatron.core import parallel_state
 _LAYER = re.compile(r"^layers\.(\d+)\.")
 
 
-def is_swiglu_fc1(name: str) -> bool:
-    """fc1's weight and bias, and its LoRA B (models/lora.py): rows [gate; up]."""
-    return name.endswith(("mlp.linear_fc1.weight", "mlp.linear_fc1.bias", "mlp.linear_fc1_lora.b"))
+def swiglu_rows(model: torch.nn.Module) -> bool:
+    """Whether `model` (a DiT chunk) has SwiGLU MLPs, whose fc1 rows are [gate; up]."""
+    return model.dit_config.gated_mlp
+
+
+def is_swiglu_fc1(name: str, swiglu: bool) -> bool:
+    """fc1's weight and bias, and its LoRA B (models/lora.py), of a SwiGLU model: rows [gate; up]."""
+    return swiglu and name.endswith(("mlp.linear_fc1.weight", "mlp.linear_fc1.bias", "mlp.linear_fc1_lora.b"))
 
 
 def global_name(local_name: str, layer_offset: int) -> str:
@@ -37,14 +44,14 @@ def tp_partition_dim(param: torch.nn.Parameter) -> int | None:
     return None
 
 
-def shard_index(name: str, full_shape: tuple[int, ...], partition_dim: int | None, rank: int, world: int
-                ) -> list[tuple[slice, ...]]:
+def shard_index(name: str, full_shape: tuple[int, ...], partition_dim: int | None, rank: int, world: int, *,
+                swiglu: bool) -> list[tuple[slice, ...]]:
     """Index tuples whose pieces, concatenated along dim 0, are TP rank `rank`'s shard of the whole tensor:
     one piece, or two for the SwiGLU fc1 ([gate_r; up_r]). Works on tensors and on safetensors slices alike."""
     whole = [slice(None)] * len(full_shape)
     if partition_dim is None or world == 1:
         return [tuple(whole)]
-    halves = 2 if is_swiglu_fc1(name) else 1
+    halves = 2 if is_swiglu_fc1(name, swiglu) else 1
     rows = full_shape[0] // halves
     split = rows if partition_dim == 0 else full_shape[partition_dim]
     if split % world:
@@ -60,15 +67,18 @@ def shard_index(name: str, full_shape: tuple[int, ...], partition_dim: int | Non
     return pieces
 
 
-def shard_tensor(name: str, full: torch.Tensor, partition_dim: int | None, rank: int, world: int) -> torch.Tensor:
-    pieces = [full[index] for index in shard_index(name, tuple(full.shape), partition_dim, rank, world)]
+def shard_tensor(name: str, full: torch.Tensor, partition_dim: int | None, rank: int, world: int, *,
+                 swiglu: bool) -> torch.Tensor:
+    pieces = [full[index] for index in shard_index(name, tuple(full.shape), partition_dim, rank, world,
+                                                   swiglu=swiglu)]
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
 
-def unshard_tensor(name: str, shards: list[torch.Tensor], partition_dim: int | None) -> torch.Tensor:
+def unshard_tensor(name: str, shards: list[torch.Tensor], partition_dim: int | None, *, swiglu: bool
+                   ) -> torch.Tensor:
     if partition_dim is None or len(shards) == 1:
         return shards[0]
-    if is_swiglu_fc1(name):
+    if is_swiglu_fc1(name, swiglu):
         halves = [s.chunk(2, dim=0) for s in shards]
         return torch.cat([torch.cat([h[i] for h in halves], dim=partition_dim) for i in range(2)], dim=0)
     return torch.cat(shards, dim=partition_dim)
@@ -101,7 +111,8 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
         if tuple(full[key].shape) != needed:
             raise ShapeMismatch(f"tensor {key!r} is {tuple(full[key].shape)} in the checkpoint but {needed} in "
                                 "this model")
-        param.copy_(shard_tensor(key, full[key], tp_partition_dim(param), tp_rank, tp_world))
+        param.copy_(shard_tensor(key, full[key], tp_partition_dim(param), tp_rank, tp_world,
+                                 swiglu=swiglu_rows(model)))
         used.add(key)
     return used
 
@@ -121,5 +132,5 @@ def gather_full_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
             continue
         shards = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(shards, local.detach().contiguous(), group=group)
-        out[key] = unshard_tensor(key, shards, split)
+        out[key] = unshard_tensor(key, shards, split, swiglu=swiglu_rows(model))
     return out

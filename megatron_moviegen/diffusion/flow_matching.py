@@ -40,6 +40,12 @@ class FlowMatchingConfig:
     # (InstructPix2Pix), and a PT2V model that still generates without a reference. 0 for the upsampler, whose
     # low-res video is always given.
     condition_drop_prob: float = 0.0
+    # Masked infilling (model.infill, Movie Gen Audio): the share of samples given known frames, and the length of
+    # the span left to generate, a uniform fraction of the sample's frames in [infill_span[0], infill_span[1]] (at
+    # least one frame) at a uniform position; the rest is known (Voicebox-style spans, ours). The others generate
+    # every frame. The loss covers the frames to generate.
+    infill_prob: float = 0.5
+    infill_span: tuple[float, float] = (0.7, 1.0)
 
     def validate(self) -> None:
         if not 0.0 <= self.sigma_min < 1.0:
@@ -52,6 +58,11 @@ class FlowMatchingConfig:
             raise ConfigError(f"text_drop_prob: got {self.text_drop_prob}, must be in [0, 1]")
         if not 0.0 <= self.condition_drop_prob <= 1.0:
             raise ConfigError(f"condition_drop_prob: got {self.condition_drop_prob}, must be in [0, 1]")
+        if not 0.0 <= self.infill_prob <= 1.0:
+            raise ConfigError(f"infill_prob: got {self.infill_prob}, must be in [0, 1]")
+        low, high = self.infill_span
+        if not 0.0 < low <= high <= 1.0:
+            raise ConfigError(f"infill_span: got {list(self.infill_span)}, need 0 < low <= high <= 1")
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -124,14 +135,41 @@ def sample_keep_mask(batch: int, drop_prob: float, generator: Optional[torch.Gen
     return torch.rand(batch, generator=generator, device=device) >= drop_prob
 
 
+def sample_infill_known(batch: int, frames: int, prob: float, span: tuple[float, float],
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Bool (batch, frames), True = a known frame: with probability `prob` a sample knows every frame but one span
+    to generate of round(u * frames) frames, u ~ U[span], at least one, at a uniform start; the others know none.
+    Draws 3 numbers per sample from `generator`, in a fixed order."""
+    draws = torch.rand(batch, 3, generator=generator)
+    known = torch.zeros(batch, frames, dtype=torch.bool)
+    for i, (given, length, start) in enumerate(draws.tolist()):
+        if given >= prob:
+            continue
+        n = min(frames, max(1, round((span[0] + length * (span[1] - span[0])) * frames)))
+        first = min(int(start * (frames - n + 1)), frames - n)
+        known[i] = True
+        known[i, first:first + n] = False
+    return known
+
+
 def sequence_flow_matching_loss(velocity_tokens: torch.Tensor, target_tokens: torch.Tensor,
-                                layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+                                layout: SequenceLayout, weights: Optional[torch.Tensor] = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE of this rank's predicted velocity tokens (s_local, b, e) against its tokens of the whole target
-    (s, b, e), normalised by the whole target's element count, so the partial losses of the ranks that share a
-    sequence add up to the mean. Returns (this rank's partial loss for backward, the whole mean for reporting)."""
+    (s, b, e), normalised by the whole target's element count (with `weights` (s, b), per-token weights of the
+    whole sequence, such as the infill's frames to generate: the weighted squared error over their weighted count),
+    so the partial losses of the ranks that share a sequence add up to the mean. Returns (this rank's partial loss
+    for backward, the whole mean for reporting)."""
     local_target = layout.split(target_tokens)
     if velocity_tokens.shape != local_target.shape:
         raise ValueError(f"velocity tokens {tuple(velocity_tokens.shape)} do not match this rank's target tokens "
                          f"{tuple(local_target.shape)}")
-    loss = (velocity_tokens.float() - local_target.float()).pow(2).sum() / target_tokens.numel()
+    squared_error = (velocity_tokens.float() - local_target.float()).pow(2)
+    if weights is None:
+        loss = squared_error.sum() / target_tokens.numel()
+    else:
+        if weights.shape != target_tokens.shape[:2]:
+            raise ValueError(f"weights: got shape {tuple(weights.shape)}, expected {tuple(target_tokens.shape[:2])}")
+        total = weights.float().sum() * target_tokens.shape[-1]
+        loss = (squared_error * layout.split(weights).float()[..., None]).sum() / total
     return loss, layout.sum_partials(loss)

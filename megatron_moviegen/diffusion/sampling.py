@@ -119,6 +119,18 @@ def _concat_batch(cond: ModelConditioning, *others: ModelConditioning) -> ModelC
     )
 
 
+def guided(model_fn: Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor], scale: float
+           ) -> Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor]:
+    """`model_fn` with classifier-free guidance: (x, t, [cond; uncond]) -> v_uncond + scale * (v_cond - v_uncond),
+    from one model call on [x; x]; the conditioning is already concatenated (it may change per call: windows)."""
+
+    def velocity_fn(x: torch.Tensor, t: float, both: ModelConditioning) -> torch.Tensor:
+        v_cond, v_uncond = model_fn(torch.cat([x, x]), t, both).chunk(2)
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return velocity_fn
+
+
 def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor],
                              cond: ModelConditioning, uncond: ModelConditioning, scale: float) -> VelocityFn:
     """A velocity field v = v_uncond + scale * (v_cond - v_uncond) from one batched model call per step.
@@ -127,12 +139,8 @@ def classifier_free_guidance(model_fn: Callable[[torch.Tensor, float, ModelCondi
     (tensors, or dicts of tensors, concatenated along dim 0 once, here). scale = 1 gives v_cond.
     """
     both = _concat_batch(cond, uncond)
-
-    def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
-        v_cond, v_uncond = model_fn(torch.cat([x, x]), t, both).chunk(2)
-        return v_uncond + scale * (v_cond - v_uncond)
-
-    return velocity_fn
+    velocity_fn = guided(model_fn, scale)
+    return lambda x, t: velocity_fn(x, t, both)
 
 
 def source_and_text_guidance(model_fn: Callable[[torch.Tensor, float, ModelConditioning], torch.Tensor],

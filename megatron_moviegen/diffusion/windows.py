@@ -1,6 +1,7 @@
-"""Sampling a video longer than the model's clips in overlapping temporal windows, MultiDiffusion-style (used by
-the spatial upsampler, SPEC section 5: windows of 14 frames, overlap 4). At every Euler step the model runs on
-each window of latent frames, and the velocities of overlapping frames are averaged with blend weights:
+"""Sampling a video (or audio) longer than the model's clips in overlapping temporal windows, MultiDiffusion-style
+(the spatial upsampler, SPEC section 5: windows of 14 frames, overlap 4; Movie Gen Audio's extension, SPEC section 7:
+triangle windows). At every Euler step the model runs on each window of latent frames, and the velocities of
+overlapping frames are averaged with blend weights:
 
     plan = window_plan(num_frames=12, window=2, overlap=1)          # [(0, 2), (1, 3), ..., (10, 12)]
     velocity_fn = windowed_velocity(model_fn, conditioning, plan)  # model_fn(x, t, conditioning) on one window
@@ -33,11 +34,21 @@ def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, i
     return [(start, start + window) for start in starts]
 
 
-def blend_weights(plan: list[tuple[int, int]], num_frames: int) -> list[torch.Tensor]:
-    """Per window, (stop - start,) float64 weights: linear ramps over the frames it shares with its neighbours,
-    normalised so that at every frame the weights of the windows holding it sum to 1."""
+BLENDS = ("ramp", "triangle")
+
+
+def blend_weights(plan: list[tuple[int, int]], num_frames: int, blend: str = "ramp") -> list[torch.Tensor]:
+    """Per window, (stop - start,) float64 weights, normalised so that at every frame the weights of the windows
+    holding it sum to 1. "ramp": linear ramps over the frames it shares with its neighbours, 1 elsewhere;
+    "triangle": min(j + 1, n - j) over the window's n frames, peaking at its middle (Movie Gen Audio's)."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend: got {blend!r}, expected one of {list(BLENDS)}")
     raw = []
     for index, (start, stop) in enumerate(plan):
+        if blend == "triangle":
+            j = torch.arange(stop - start, dtype=torch.float64)
+            raw.append(torch.minimum(j + 1, stop - start - j))
+            continue
         weights = torch.ones(stop - start, dtype=torch.float64)
         before = plan[index - 1][1] - start if index > 0 else 0
         after = stop - plan[index + 1][0] if index + 1 < len(plan) else 0
@@ -57,11 +68,12 @@ def blend_weights(plan: list[tuple[int, int]], num_frames: int) -> list[torch.Te
 
 
 def windowed_velocity(model_fn: Callable[[torch.Tensor, float, Conditioning], torch.Tensor],
-                      conditioning: Conditioning, plan: list[tuple[int, int]]) -> VelocityFn:
+                      conditioning: Conditioning, plan: list[tuple[int, int]], blend: str = "ramp") -> VelocityFn:
     """A velocity field over the whole clip (b, c, T, h, w) from `model_fn(x_window, t, conditioning_window)` run
-    on each window of `plan` (latent frames; the conditioning's channels sliced alike) and blended."""
+    on each window of `plan` (latent frames; the conditioning's channels and infill sliced alike) and blended
+    (`blend_weights`)."""
     num_frames = plan[-1][1]
-    weights = blend_weights(plan, num_frames)
+    weights = blend_weights(plan, num_frames, blend)
 
     def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
         if x.shape[2] != num_frames:

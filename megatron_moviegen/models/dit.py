@@ -53,8 +53,8 @@ def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime
         ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads,
         kv_channels=model.head_dim,
-        gated_linear_unit=True,
-        activation_func=F.silu,
+        gated_linear_unit=model.gated_mlp,
+        activation_func=F.silu if model.gated_mlp else F.gelu,
         normalization="RMSNorm",
         layernorm_epsilon=model.norm_epsilon,
         qk_layernorm=model.qk_norm,
@@ -155,7 +155,7 @@ class MovieGenDiT(MegatronModule):
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         """latents (b, 16, t, h, w) noisy X_t; timesteps (b,) in [0, 1]; conditioning with the model's context
-        sources (and condition channels / task when it has them). Returns this rank's velocity tokens
+        sources (and condition channels / task / infill when it has them). Returns this rank's velocity tokens
         (s_local, b, 16*pt*ph*pw) on the last pipeline stage, hidden states (s_local, b, d) elsewhere."""
         grid = self.token_grid(latents.shape)
         if self.pre_process:
@@ -180,18 +180,29 @@ class MovieGenDiT(MegatronModule):
         return self.unpatchify(hidden, time_embedding)
 
     def _with_condition_channels(self, latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """(b, 16, t, h, w) -> (b, 16 + condition_channels, t, h, w)."""
+        """(b, c, t, h, w) -> (b, DiTConfig.input_channels, t, h, w): the latents, the condition channels, then the
+        infill's channels (known latents, mask)."""
         expected = self.dit_config.condition_channels
         channels = conditioning.channels
         if (channels.shape[1] if channels is not None else 0) != expected:
             got = "none" if channels is None else f"{channels.shape[1]}"
             raise ValueError(f"conditioning.channels: got {got}, the model takes {expected} condition channels")
-        if channels is None:
-            return latents
-        if channels.shape[0] != latents.shape[0] or channels.shape[2:] != latents.shape[2:]:
-            raise ValueError(f"conditioning.channels: shape {tuple(channels.shape)} does not match the latents' "
-                             f"(b, t, h, w) of {tuple(latents.shape)}")
-        return torch.cat([latents, channels.to(latents.dtype)], dim=1)
+        if (conditioning.infill is not None) != self.dit_config.infill:
+            raise ValueError(f"conditioning.infill: got {'none' if conditioning.infill is None else 'known frames'}, "
+                             f"the model {'takes' if self.dit_config.infill else 'has no'} infill channels")
+        parts = [latents]
+        if channels is not None:
+            parts.append(channels)
+        if conditioning.infill is not None:
+            if conditioning.infill.latents.shape != latents.shape:
+                raise ValueError(f"conditioning.infill.latents: shape {tuple(conditioning.infill.latents.shape)} "
+                                 f"differs from the latents' {tuple(latents.shape)}")
+            parts.append(conditioning.infill.channels())
+        for part in parts[1:]:
+            if part.shape[0] != latents.shape[0] or part.shape[2:] != latents.shape[2:]:
+                raise ValueError(f"conditioning: channels of shape {tuple(part.shape)} do not match the latents' "
+                                 f"(b, t, h, w) of {tuple(latents.shape)}")
+        return torch.cat([p.to(latents.dtype) for p in parts], dim=1) if len(parts) > 1 else latents
 
     def tokens_per_sample(self, latent_shape) -> int:
         t, h, w = self.token_grid(latent_shape)

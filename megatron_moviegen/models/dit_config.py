@@ -147,11 +147,17 @@ class DiTConfig:
     extra_context: dict[str, ContextSource] = field(default_factory=dict)
     condition_channels: int = 0
     num_tasks: int = 0
+    # Masked infilling (Movie Gen Audio, SPEC section 7): the input also carries the known latent frames and their
+    # mask (Conditioning.infill: latent_channels + 1 more input channels), and the loss covers the unknown frames.
+    infill: bool = False
     # The n of the "FPS-n" prompt prefixes the model was trained on; training adds its shards' values, and
     # generation defaults to them and warns on others. Empty: unknown.
     trained_fps: tuple[int, ...] = ()
     timestep_embedding_dim: int = 256
     qk_norm: bool = True
+    # SwiGLU FFN (the video model's: 16384 = 8/3 x 6144); False: a two-layer GELU MLP (ours for the audio model,
+    # whose FFN of 18432 = 4 x 4608 is the classic non-gated width).
+    gated_mlp: bool = True
     norm_epsilon: float = 1e-6
     init_std: float = 0.02
     # Movie Gen trains without dropout; Megatron's TransformerConfig defaults these to 0.1.
@@ -181,8 +187,9 @@ class DiTConfig:
 
     @property
     def input_channels(self) -> int:
-        """Channels the patch embedding reads: the noisy latent's, then the condition channels."""
-        return self.latent_channels + self.condition_channels
+        """Channels the patch embedding reads: the noisy latent's, the condition channels, then the infill's (the
+        known latents and their mask)."""
+        return self.latent_channels + self.condition_channels + (self.latent_channels + 1 if self.infill else 0)
 
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "latent_channels",

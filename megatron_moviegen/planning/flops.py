@@ -5,7 +5,7 @@ tokens, width d and FFN width f (SwiGLU: two input projections):
 
     self-attention  projections 8*s*d^2 (qkv + out)          scores and weighted sum 4*s^2*d
     cross-attention projections 4*s*d^2 + 4*n*d^2 (q, out; kv) scores and weighted sum 4*s*n*d
-    SwiGLU MLP      6*s*d*f
+    SwiGLU MLP      6*s*d*f                                    (a non-gated MLP, model.gated_mlp false: 4*s*d*f)
 
 Backward costs twice the forward, so training costs 3x. Norms, adaLN and embeddings are O(s*d) and left out.
 """
@@ -56,6 +56,6 @@ def dit_training_flops(cfg: DiTConfig, tokens: int, text_tokens: int | None = No
     s, d, f = tokens, cfg.hidden_size, cfg.ffn_hidden_size
     n = cfg.context_length if text_tokens is None else text_tokens
     layers = cfg.num_layers if num_layers is None else num_layers
-    matmul = 8 * s * d * d + 4 * s * d * d + 4 * n * d * d + 6 * s * d * f
+    matmul = 8 * s * d * d + 4 * s * d * d + 4 * n * d * d + (6 if cfg.gated_mlp else 4) * s * d * f
     attention = 4 * s * s * d + 4 * s * n * d
     return FlopCount(matmul=3.0 * layers * matmul, attention=3.0 * layers * attention)

@@ -27,7 +27,7 @@ WORKSPACE_GIB = 4.0  # NCCL buffers, CUDA context, allocator fragmentation
 def parameter_counts(model: DiTConfig) -> tuple[int, int]:
     """(parameters of the blocks, which TP shards; parameters outside them, replicated) without building."""
     d, f = model.hidden_size, model.ffn_hidden_size
-    per_block = 8 * d * d + 3 * d * f + 9 * d + 2 * model.head_dim
+    per_block = 8 * d * d + (3 if model.gated_mlp else 2) * d * f + 9 * d + 2 * model.head_dim
     blocks = model.num_layers * per_block
     context = sum(source.width * d + d + 2 * d + (source.encoder.num_parameters if source.encoder else 0)
                   for source in model.context_sources().values())  # + a trainable vision tower, replicated

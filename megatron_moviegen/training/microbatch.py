@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_moviegen.conditioning import Conditioning
+from megatron_moviegen.conditioning import Conditioning, Infill
 from megatron_moviegen.diffusion.flow_matching import (
     interpolate,
+    sample_infill_known,
     sample_keep_mask,
     sample_timesteps,
     sequence_flow_matching_loss,
@@ -24,7 +26,8 @@ def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, 
     """Clean latents X_1 (b, 16, t, h, w) float32 -> noise X_0, flow times t, X_t and the target velocity tokens,
     drawn from `generator` in that order; the text of each sample is dropped with `text_drop_prob`, and its
     condition (channels zeroed, extra-context tokens such as a reference image masked) with `condition_drop_prob`
-    (drawn last, only when > 0), for guidance."""
+    (drawn next, only when > 0), for guidance. A model with infill then gets its known frames (drawn last) and
+    `loss_weights` (s, b): the loss covers the frames to generate."""
     x0 = torch.randn(latents.shape, generator=generator)
     t = sample_timesteps(latents.shape[0], generator, kind=cfg.flow.timestep_sampling, mean=cfg.flow.logit_normal_mean,
                          std=cfg.flow.logit_normal_std)
@@ -37,10 +40,18 @@ def flow_matching_microbatch(latents: torch.Tensor, conditioning: Conditioning, 
             conditioning = conditioning.keep_channels(keep_condition)
         if extra:
             conditioning = conditioning.keep_tokens(keep_condition, extra)
+    weights = None
+    if cfg.model.infill:
+        b, _, frames, h, w = latents.shape
+        known = sample_infill_known(b, frames, cfg.flow.infill_prob, tuple(cfg.flow.infill_span), generator)
+        conditioning = replace(conditioning, infill=Infill(latents, known))
+        unknown = (~known).float().view(b, 1, frames, 1, 1).expand(b, 1, frames, h, w)
+        weights = patchify_latents(unknown, cfg.model.patch_size).mean(-1).to(device)  # (s, b)
     target = velocity_target(x0, latents, cfg.flow.sigma_min)
     return dict(
         noisy=interpolate(x0, latents, t, cfg.flow.sigma_min).to(device),
         target_tokens=patchify_latents(target, cfg.model.patch_size).to(device),
+        loss_weights=weights,
         timesteps=t.to(device),
         conditioning=conditioning.to(device, torch.float32),
     )
@@ -53,7 +64,8 @@ def forward_step(layout: SequenceLayout, data_iterator, ddp_chunk):
     output = ddp_chunk(microbatch["noisy"], microbatch["timesteps"], microbatch["conditioning"])
 
     def loss_func(output_tensor):
-        loss, reported = sequence_flow_matching_loss(output_tensor, microbatch["target_tokens"], layout)
+        loss, reported = sequence_flow_matching_loss(output_tensor, microbatch["target_tokens"], layout,
+                                                     microbatch.get("loss_weights"))
         return loss, {"loss": reported}
 
     return output, loss_func

@@ -175,7 +175,7 @@ def test_a_tp_rank_reads_only_its_slice_of_each_tensor(exports):
     for rank, got in enumerate(ranks):
         assert got["read"] == {name: t.numel() for name, t in got["local"].items()}  # no more read than kept
         for name, tensor in got["local"].items():
-            assert torch.equal(tensor, shard_tensor(name, full[name], got["partition"][name], rank, 2)), name
+            assert torch.equal(tensor, shard_tensor(name, full[name], got["partition"][name], rank, 2, swiglu=True)), name
     split = [n for n, d in ranks[0]["partition"].items() if d is not None]
     assert "layers.0.mlp.linear_fc1.weight" in split
     assert all(ranks[0]["read"][n] * 2 == full[n].numel() for n in split)

@@ -36,10 +36,12 @@ def _split_gather_and_loss(rank, world_size):
     layout = SequenceLayout.from_parallel_state(sequence_parallel=True)
     gen = torch.Generator().manual_seed(0)
     target, prediction = torch.randn(8, 1, 3, generator=gen), torch.randn(8, 1, 3, generator=gen)
+    weights = (torch.arange(8) % 3 != 0).float().view(8, 1)  # an infill's frames to generate: 5 of 8
     local = layout.split(prediction)
     _, reported = sequence_flow_matching_loss(local, target, layout)
+    _, weighted = sequence_flow_matching_loss(local, target, layout, weights)
     result = {"gathered": torch.equal(layout.gather(local), prediction), "reported": reported.item(),
-              "chunks": layout.num_chunks}
+              "weighted": weighted.item(), "chunks": layout.num_chunks}
     destroy()
     return result
 
@@ -49,6 +51,10 @@ def test_four_ranks_gather_the_whole_sequence_and_sum_the_loss_to_the_single_pro
     gen = torch.Generator().manual_seed(0)
     target, prediction = torch.randn(8, 1, 3, generator=gen), torch.randn(8, 1, 3, generator=gen)
     expected = (prediction - target).pow(2).mean().item()
+    generated = torch.arange(8) % 3 != 0
+    expected_weighted = (prediction - target)[generated].pow(2).mean().item()
+    assert expected_weighted != pytest.approx(expected)
     for result in results:
         assert result["gathered"] and result["chunks"] == 4
         assert result["reported"] == pytest.approx(expected, rel=1e-6)
+        assert result["weighted"] == pytest.approx(expected_weighted, rel=1e-6)
