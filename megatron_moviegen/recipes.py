@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
-from megatron_moviegen.data.buckets import check_buckets_fit_model, check_buckets_split_evenly
+from megatron_moviegen.data.buckets import check_audio_buckets, check_buckets_fit_model, check_buckets_split_evenly
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
 from megatron_moviegen.models.dit_config import DiTConfig, check_model_fits_layout
@@ -38,6 +38,13 @@ def check_conditions_fit_model(data: DataConfig, model: DiTConfig) -> None:
     """What pre-encoding writes besides text (data.upsample / data.edit / data.reference) is what the DiT reads:
     condition channels of one latent each, one task-table row per data.edit task, and the reference image's tokens
     as model.extra_context.reference_image."""
+    if data.audio is not None:
+        if model.condition_channels < 1:
+            raise ConfigError(f"model.condition_channels: got {model.condition_channels}, but data.audio gives the DiT "
+                              "per-frame video features (the width of data.audio.video_encoder)")
+        return check_no_video_conditions(model)
+    if model.infill:
+        raise ConfigError("model.infill: true, but infilling is for data.audio models")
     channels = model.latent_channels if data.upsample is not None or data.edit is not None else 0
     if model.condition_channels != channels:
         made = "data.upsample" if data.upsample else "data.edit" if data.edit else "neither data.upsample nor data.edit"
@@ -58,6 +65,14 @@ def check_conditions_fit_model(data: DataConfig, model: DiTConfig) -> None:
     tasks = 0 if data.edit is None else len(data.edit.tasks)
     if model.num_tasks != tasks:
         raise ConfigError(f"model.num_tasks: got {model.num_tasks}, but data.edit.tasks lists {tasks} task(s)")
+
+
+def check_no_video_conditions(model: DiTConfig) -> None:
+    """An audio model (data.audio) has no extra context source or task table: it reads text tokens, video features
+    and its infill."""
+    if model.extra_context or model.num_tasks:
+        raise ConfigError(f"model.extra_context {sorted(model.extra_context)} / num_tasks {model.num_tasks}: an audio "
+                          "model (data.audio) reads text tokens, video features and its infill only")
 
 
 def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
@@ -84,6 +99,11 @@ def load_config(recipe: str | Path, overrides: list[str] | None = None) -> Movie
     apply_overrides(data, list(overrides or []))
     cfg = build(MovieGenConfig, data)
     check_conditions_fit_model(cfg.data, cfg.model)
+    if cfg.data.audio is not None:
+        if cfg.train.samples is not None:
+            raise ConfigError("train.samples: sample videos while training are for video models, not data.audio")
+        check_audio_buckets(cfg.data.audio, cfg.model, cfg.parallel)
+        return cfg
     check_buckets_fit_model(cfg.data.buckets, cfg.model)
     if cfg.train.samples is not None:
         cfg.train.samples.check_fits(cfg.model, cfg.parallel)

@@ -14,6 +14,14 @@ random byte-embedding encoders shaped like configs/tiny.yaml's text inputs. Toys
 A recipe with data.reference (personalization: pt2v, pt2v_tiny) also encodes each entry's reference image with its
 CLIP vision tower (`--set reference.encoder=/models/metaclip-h14`).
 
+A recipe with data.audio (Movie Gen Audio: audio_13b, audio_tiny) encodes each entry's soundtrack with the audio
+autoencoder given by `--audio-ae` (a train_audio_ae checkpoint folder) instead of a TAE, its video frame by frame
+with the CLIP vision tower data.audio.video_encoder, and its caption with the model's text encoder (T5):
+
+    python tools/preencode_latents.py --config audio_13b --manifest clips.jsonl --out data/audio_latents \
+        --audio-ae runs/audio_ae/checkpoint --text-encoders paper --text t5.path=/models/t5-base \
+        --set audio.video_encoder=/models/metaclip-h14
+
 Unusable entries go to rejects.jsonl with a kind and a reason; a source that cannot be read is retried
 (`--set io_retries=3 io_retry_delay_s=0.5`) and, if it still fails, rejected with kind "io". After the file
 system recovers, rerun with `--retry-rejects` to read those entries again. A bad manifest, config or output
@@ -45,7 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help=".jsonl, .csv, or a folder of media with .txt captions")
     parser.add_argument("--out", required=True, help="output folder of shards")
-    parser.add_argument("--tae", help=f"TAE folder, or {' / '.join(TOY_TAES)} (see above); required")
+    parser.add_argument("--tae", help=f"TAE folder, or {' / '.join(TOY_TAES)} (see above); required for video")
+    parser.add_argument("--audio-ae", help="audio autoencoder folder (train_audio_ae's checkpoint), for a data.audio "
+                                           "recipe, instead of --tae")
     parser.add_argument("--text-encoders", help=f"{' or '.join(TEXT_ENCODERS)}; required")
     parser.add_argument("--text", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig overrides for --text-encoders paper, e.g. ul2.path=/models/ul2")
@@ -63,15 +73,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
     args = parser.parse_args(argv)
     # A dry run encodes nothing, so it may leave the encoders out.
-    problem = encoder_choice_error(args.tae, args.text_encoders, required=not args.dry_run)
+    problem = encoder_choice_error(args.tae, args.text_encoders, required=not args.dry_run, audio_ae=args.audio_ae)
     if problem:
         parser.error(problem)
     return args
 
 
-def encoder_choice_error(tae: str | None, text_encoders: str | None, required: bool = True) -> str | None:
-    """Why this --tae / --text-encoders pair cannot run, or None when it can."""
-    for flag, value, needed in (("--tae", tae, f"a TAE folder or {' / '.join(TOY_TAES)}"),
+def encoder_choice_error(tae: str | None, text_encoders: str | None, required: bool = True,
+                         audio_ae: str | None = None) -> str | None:
+    """Why this --tae (or --audio-ae) / --text-encoders pair cannot run, or None when it can."""
+    if tae is not None and audio_ae is not None:
+        return "--tae and --audio-ae: give one (the TAE for video recipes, the audio autoencoder for data.audio)"
+    for flag, value, needed in (("--tae", tae if audio_ae is None else audio_ae,
+                                 f"a TAE folder or {' / '.join(TOY_TAES)} (--audio-ae for a data.audio recipe)"),
                                 ("--text-encoders", text_encoders, " or ".join(TEXT_ENCODERS))):
         if value is None and required:
             return f"{flag} is required: give {needed} (the toys write random latents/embeddings)"
@@ -99,12 +113,35 @@ def build_text_encoder(args, device: torch.device):
         return TinyTextEncoders.for_model(load_config(args.config or "tiny").model)
     from megatron_moviegen.recipes import check_text_encoders, load_config
     from megatron_moviegen.text import TextEncoders
-    from megatron_moviegen.text.config import text_encoders_config
+    from megatron_moviegen.text.config import text_encoders_config, text_encoders_for_model
 
-    config = text_encoders_config(args.text, base={"device": str(device)})  # --text wins
-    if args.config is not None:  # the recipe's model reads these embeddings: their lengths must match
-        check_text_encoders(config, load_config(args.config).model)
+    if args.config is None:  # the video model's three encoders at their default lengths
+        return TextEncoders(text_encoders_config(args.text, base={"device": str(device)}))  # --text wins
+    model = load_config(args.config).model  # the recipe's model reads these embeddings: the encoders it names
+    config = text_encoders_for_model(args.text, model.text_encoders, base={"device": str(device)})
+    check_text_encoders(config, model)
     return TextEncoders(config)
+
+
+def build_audio_encoders(config: DataConfig, audio_ae: str | None, device: torch.device, model=None):
+    """With data.audio: (the audio autoencoder of folder `audio_ae` behind AudioLatentEncoder, the video-feature
+    tower); else (None, None). The tower's width must be the recipe's model.condition_channels."""
+    if config.audio is None:
+        return None, None
+    from megatron_moviegen.models.audio_ae import AudioAutoencoder, AudioLatentEncoder
+    from megatron_moviegen.models.vision_tower import FrameFeatureEncoder
+
+    audio = config.audio
+    try:
+        autoencoder = AudioAutoencoder.from_pretrained(audio_ae).to(device).eval().requires_grad_(False)
+        frames = FrameFeatureEncoder(audio.video_encoder, str(device) if audio.device == "auto" else audio.device,
+                                     audio.dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if model is not None and model.condition_channels != frames.width:
+        raise ConfigError(f"model.condition_channels: {model.condition_channels}, but {audio.video_encoder} gives "
+                          f"{frames.width}-wide video features")
+    return AudioLatentEncoder(autoencoder), frames
 
 
 def build_reference_encoder(config: DataConfig, device: torch.device, model=None):
@@ -162,12 +199,22 @@ def preencode(args: argparse.Namespace) -> int:
     rank, world_size = rank_and_world_from_env()
     # A dry run decodes and encodes nothing, so it needs no model weights (and no GPU).
     device = torch.device("cpu") if args.dry_run else use_local_device(args.device)
-    video_encoder = None if args.dry_run else build_video_encoder(args.tae, device)
+    if config.audio is None and args.audio_ae is not None:
+        raise ConfigError("--audio-ae is for a data.audio recipe (audio_13b, audio_tiny); this one encodes video: "
+                          "give --tae")
+    if config.audio is not None and args.tae is not None:
+        raise ConfigError("data.audio is set: give the audio autoencoder with --audio-ae, not --tae")
+    if config.audio is not None and args.audio_ae is None and not args.dry_run:
+        raise ConfigError("data.audio is set: give the audio autoencoder with --audio-ae")
+    model = None if args.dry_run else load_recipe_model(args.config)
+    video_encoder = None if args.dry_run or config.audio is not None else build_video_encoder(args.tae, device)
+    audio_encoder, frame_encoder = (None, None) if args.dry_run else build_audio_encoders(config, args.audio_ae,
+                                                                                         device, model)
     text_encoder = None if args.dry_run else build_text_encoder(args, device)
-    reference_encoder = None if args.dry_run else build_reference_encoder(
-        config, device, load_recipe_model(args.config))
+    reference_encoder = None if args.dry_run else build_reference_encoder(config, device, model)
     preencoder = Preencoder(config, video_encoder, text_encoder, args.out, device=device, rank=rank,
-                            world_size=world_size, reference_encoder=reference_encoder)
+                            world_size=world_size, reference_encoder=reference_encoder, audio_encoder=audio_encoder,
+                            frame_encoder=frame_encoder)
     if args.dry_run:
         counts, rejects = preencoder.dry_run(entries)
         print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),

@@ -19,7 +19,6 @@ Training checkpoints (Megatron dist-checkpointing) are converted into this forma
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -52,6 +51,7 @@ from megatron_moviegen.checkpoints.tp_shards import (
     full_shape,
     global_name,
     shard_index,
+    swiglu_rows,
     tp_partition_dim,
     unshard_tensor,
 )
@@ -146,7 +146,7 @@ def load_export_slices(model: torch.nn.Module, folder: str | Path, weight_map: d
             raise ShapeMismatch(f"tensor {key!r} is {tuple(stored.get_shape())} in the export but {needed} in this "
                                 "model")
         pieces = [stored[index] for index in shard_index(key, tuple(stored.get_shape()), tp_partition_dim(param),
-                                                         tp_rank, tp_world)]
+                                                         tp_rank, tp_world, swiglu=swiglu_rows(model))]
         shard = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
         param.copy_(shard)
         used.add(key)
@@ -190,7 +190,7 @@ def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list
     return shards + ([current] if current else [])
 
 
-def _gather_whole(name: str, local: torch.Tensor, split: int | None) -> torch.Tensor | None:
+def _gather_whole(name: str, local: torch.Tensor, split: int | None, swiglu: bool) -> torch.Tensor | None:
     """The whole tensor on TP rank 0 (None on the other TP ranks, which only send)."""
     world = parallel_state.get_tensor_model_parallel_world_size()
     if split is None or world == 1:
@@ -199,7 +199,7 @@ def _gather_whole(name: str, local: torch.Tensor, split: int | None) -> torch.Te
     first = parallel_state.get_tensor_model_parallel_rank() == 0
     shards = [torch.empty_like(local) for _ in range(world)] if first else None
     dist.gather(local.contiguous(), shards, dst=dist.get_global_rank(group, 0), group=group)
-    return unshard_tensor(name, shards, split) if first else None
+    return unshard_tensor(name, shards, split, swiglu=swiglu) if first else None
 
 
 @torch.no_grad()
@@ -208,8 +208,8 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                data: Optional[DataConfig] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
     must call it. The caller passes its recipe's `data`: config.yaml keeps data.buckets (the trained resolution),
-    data.edit (the names of an editing model's task-table rows) and data.reference (a personalized model's vision
-    tower).
+    data.edit (the names of an editing model's task-table rows), data.reference (a personalized model's vision
+    tower) and data.audio (an audio model's rates and video-feature tower).
     The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
     config.yaml and, last, the index. Each file is written atomically, and the folder has no
     index (is not an export) while the files are being replaced."""
@@ -235,7 +235,8 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
         for number, keys in enumerate(shards, start=first):
             content = {}
             for key in keys:  # one tensor at a time: TP peers send their part, rank 0 of TP keeps it
-                whole = _gather_whole(key, by_name[key][0].detach(), by_name[key][1])
+                whole = _gather_whole(key, by_name[key][0].detach(), by_name[key][1],
+                                      swiglu_rows(model_chunks[0]))
                 if writes:
                     content[key] = whole.to(device="cpu", dtype=dtype).contiguous()
             if writes:
@@ -245,10 +246,11 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     if dist.get_rank() == 0:
         weight_map = {key: files[i] for i, keys in enumerate(all_shards) for key in keys}
         # The layout is not part of an export; an editing model's task names, a personalized model's vision
-        # tower and the buckets it was trained on (their resolution scales the position tables of a later
+        # tower, an audio model's rates and feature tower, and the buckets it was trained on (their resolution scales the position tables of a later
         # stage started from it) are.
         kept = DataConfig() if data is None else DataConfig(buckets=data.buckets, image_fraction=data.image_fraction,
-                                                            edit=data.edit, reference=data.reference)
+                                                            edit=data.edit, reference=data.reference,
+                                                            audio=data.audio)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=kept)
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
     dist.barrier()

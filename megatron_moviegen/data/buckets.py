@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from megatron_moviegen.data.config import BucketConfig, parse_aspect_ratio
+from megatron_moviegen.data.config import AudioDataConfig, BucketConfig, parse_aspect_ratio
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.decode import ClipRequest, MediaInfo
 from megatron_moviegen.models.dit_config import DiTConfig
@@ -172,3 +172,20 @@ def check_buckets_split_evenly(buckets: BucketConfig, model: DiTConfig, parallel
                 f"{parallel.context_parallel_size} x sequence-parallel TP size "
                 f"{chunks // parallel.context_parallel_size}"
             )
+
+
+def check_audio_buckets(audio: AudioDataConfig, model: DiTConfig, parallel: ParallelConfig) -> None:
+    """Audio samples are (c, T, 1, 1) latents: the model patches 1 x 1 x 1, its temporal table and token budget hold
+    every duration's T, and the layout's sequence chunks divide each T."""
+    if tuple(model.patch_size) != (1, 1, 1):
+        raise ConfigError(f"model.patch_size: got {list(model.patch_size)}, but data.audio latents are one token per "
+                          "latent frame: [1, 1, 1]")
+    for frames in audio.latent_frames():
+        if frames > model.max_frames or frames > model.max_video_tokens:
+            raise ConfigError(f"model.max_frames / max_video_tokens: {model.max_frames} / {model.max_video_tokens}, "
+                              f"but data.audio.durations_s has {frames / audio.latent_rate:g} s = {frames} latent frames")
+        if frames % parallel.sequence_chunks:
+            raise ConfigError(f"parallel.context_parallel_size: {frames / audio.latent_rate:g} s of audio in "
+                              f"data.audio.durations_s has {frames} tokens, not divisible by context_parallel_size "
+                              f"{parallel.context_parallel_size} x sequence-parallel TP size "
+                              f"{parallel.sequence_chunks // parallel.context_parallel_size}")

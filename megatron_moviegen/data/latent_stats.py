@@ -1,8 +1,9 @@
-"""Per-channel statistics of pre-encoded latents, for the TAE's latent_shift / latent_scale (so the DiT's flow,
-which starts from N(0, I), ends at latents of that scale too).
+"""Per-channel statistics of pre-encoded latents, for an autoencoder's latent_shift / latent_scale (the TAE's, or the
+audio autoencoder's: so the DiT's flow, which starts from N(0, I), ends at latents of that scale too).
 
     shift, scale = latent_stats("data/latents_raw")            # shards encoded with the TAE's raw latents
     write_tae_with_stats("runs/tae/checkpoint", "runs/tae_normalised", shift, scale)
+    write_with_stats(AudioAutoencoder, "runs/audio_ae/checkpoint", "runs/audio_ae_normalised", shift, scale)
 """
 
 from __future__ import annotations
@@ -32,18 +33,25 @@ def latent_stats(shards_dir: str | Path) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def write_with_stats(autoencoder_class: type, folder: str | Path, out_folder: str | Path, shift: list[float],
+                     scale: list[float]) -> Path:
+    """The autoencoder (a `models.pretrained.PretrainedAutoencoder`: TAE, AudioAutoencoder) of `folder` with
+    latent_shift / latent_scale set, saved to `out_folder` (may be the same)."""
+    from dataclasses import replace
+
+    model = autoencoder_class.from_pretrained(folder)
+    if model.cfg.latent_shift or model.cfg.latent_scale:
+        raise ValueError(f"{folder}: its latents are already normalised (latent_shift/latent_scale set); "
+                         f"compute statistics from shards encoded with a {model.display_name} without them")
+    normalised = autoencoder_class(replace(model.cfg, latent_shift=tuple(shift), latent_scale=tuple(scale)))
+    normalised.load_state_dict(model.state_dict())
+    normalised.save_pretrained(out_folder)
+    return Path(out_folder)
+
+
 def write_tae_with_stats(tae_folder: str | Path, out_folder: str | Path, shift: list[float],
                          scale: list[float]) -> Path:
     """The TAE of `tae_folder` with latent_shift / latent_scale set, saved to `out_folder` (may be the same)."""
-    from dataclasses import replace
-
     from megatron_moviegen.models.tae import TAE
 
-    tae = TAE.from_pretrained(tae_folder)
-    if tae.cfg.latent_shift or tae.cfg.latent_scale:
-        raise ValueError(f"{tae_folder}: its latents are already normalised (latent_shift/latent_scale set); "
-                         "compute statistics from shards encoded with a TAE without them")
-    normalised = TAE(replace(tae.cfg, latent_shift=tuple(shift), latent_scale=tuple(scale)))
-    normalised.load_state_dict(tae.state_dict())
-    normalised.save_pretrained(out_folder)
-    return Path(out_folder)
+    return write_with_stats(TAE, tae_folder, out_folder, shift, scale)

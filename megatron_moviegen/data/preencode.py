@@ -38,7 +38,8 @@ from tqdm import tqdm
 from megatron_moviegen.conditioning import Conditioning, Images, TextEncoder, Tokens
 from megatron_moviegen.config.schema import ConfigError, to_dict
 from megatron_moviegen.data.buckets import Assignment, Bucket, BucketTable, Rejection
-from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig, EditConfig, ReferenceConfig
+from megatron_moviegen.data.audio import AudioClip, assign_audio, probe_audio, read_audio
+from megatron_moviegen.data.config import REFERENCE_SOURCE, AudioDataConfig, DataConfig, EditConfig, ReferenceConfig
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem
@@ -73,6 +74,25 @@ class VideoEncoder(Protocol):
         """(b, 3, t, h, w) in [-1, 1] -> latents (b, 16, ceil(t/8), h/8, w/8)."""
 
 
+class AudioEncoder(Protocol):
+    """What pre-encoding needs of the audio autoencoder (`models.audio_ae.AudioLatentEncoder`)."""
+
+    cfg: object  # AudioAEConfig: sample_rate, audio_channels, latent_rate
+
+    def encode(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(b, ch, n) in [-1, 1] -> latents (b, c, ceil(n / hop), 1, 1)."""
+
+
+class FrameEncoder(Protocol):
+    """What pre-encoding needs of the video-feature tower (`models.vision_tower.FrameFeatureEncoder`)."""
+
+    model: torch.nn.Module
+    width: int
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(t, h, w, 3) uint8 frames -> (t, width) features."""
+
+
 class ImageEncoder(Protocol):
     """What pre-encoding needs of a reference-image encoder (`models.vision_tower.ReferenceEncoder`)."""
 
@@ -99,6 +119,22 @@ class Prepared:
     source_sha256: Optional[str] = None
     reference_frame: Optional[torch.Tensor] = None  # personalization: (h, w, 3) uint8, cropped when data.reference.crop
     reference_sha256: Optional[str] = None
+
+
+@dataclass
+class PreparedAudio:
+    """One decoded audio sample waiting for its encode batch (data.audio)."""
+
+    index: int
+    entry: ManifestEntry
+    clip: AudioClip
+    waveform: torch.Tensor  # (channels, n) float32 in [-1, 1]
+    frames: Optional[torch.Tensor]  # (T, s, s, 3) uint8, one per latent frame; None: the file has no video
+    sha256: str
+
+    @property
+    def bucket(self):
+        return self.clip.bucket
 
 
 @dataclass
@@ -188,7 +224,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder) -> Union[Assignment, Rejected]:
+def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+            audio: Optional[AudioDataConfig] = None) -> Union[Assignment, AudioClip, Rejected]:
+    if audio is not None:
+        clip = assign_audio(probe_audio(entry.path), entry.start_s, entry.end_s, audio)
+        return Rejected(index, entry.path, "bucket", clip) if isinstance(clip, str) else clip
     info = decoder.probe(entry.path)
     if entry.fps is not None and not info.is_image:
         info = replace(info, fps=entry.fps)
@@ -196,8 +236,26 @@ def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decod
     return Rejected(index, entry.path, "bucket", result.reason) if isinstance(result, Rejection) else result
 
 
+def _prepare_audio(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
+                   audio: AudioDataConfig) -> Union[PreparedAudio, Rejected]:
+    """The entry's audio for its bucket's duration and, when it has video, one frame per latent frame."""
+    clip = _assign(index, entry, table, decoder, audio)
+    if isinstance(clip, Rejected):
+        return clip
+    waveform = read_audio(entry.path, audio.sample_rate, audio.channels, clip.start_s, clip.duration_s)
+    frames = None
+    if clip.has_video:
+        request = ClipRequest(clip.start_s, audio.latent_rate, clip.bucket.num_frames, audio.frame_size,
+                              audio.frame_size)
+        frames = decoder.clip_frames(entry.path, request)
+    return PreparedAudio(index, entry, clip, waveform, frames, file_sha256(entry.path))
+
+
 def _prepare(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
-             reference: Optional[ReferenceConfig] = None) -> Union[Prepared, Rejected]:
+             reference: Optional[ReferenceConfig] = None, audio: Optional[AudioDataConfig] = None
+             ) -> Union[Prepared, PreparedAudio, Rejected]:
+    if audio is not None:
+        return _prepare_audio(index, entry, table, decoder, audio)
     assignment = _assign(index, entry, table, decoder)
     if isinstance(assignment, Rejected):
         return assignment
@@ -281,16 +339,20 @@ def checked(step: Callable, index: int, entry: ManifestEntry, table: BucketTable
 
 def assign_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
                  io: IORetry = IORetry(), edit: Optional[EditConfig] = None,
-                 reference: Optional[ReferenceConfig] = None) -> Union[Assignment, Rejected]:
+                 reference: Optional[ReferenceConfig] = None, audio: Optional[AudioDataConfig] = None
+                 ) -> Union[Assignment, AudioClip, Rejected]:
     """Probe and bucket one manifest entry (file headers only)."""
-    return checked(_assign, index, entry, table, decoder, io, edit, reference)
+    return checked(partial(_assign, audio=audio), index, entry, table, decoder, io, edit, reference)
 
 
 def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decoder,
                   io: IORetry = IORetry(), edit: Optional[EditConfig] = None,
-                  reference: Optional[ReferenceConfig] = None) -> Union[Prepared, Rejected]:
-    """Probe, bucket and decode one manifest entry (and an editing pair's source, a reference image)."""
-    return checked(partial(_prepare, reference=reference), index, entry, table, decoder, io, edit, reference)
+                  reference: Optional[ReferenceConfig] = None, audio: Optional[AudioDataConfig] = None
+                  ) -> Union[Prepared, PreparedAudio, Rejected]:
+    """Probe, bucket and decode one manifest entry (and an editing pair's source, a reference image; with
+    data.audio, its audio and video frames)."""
+    return checked(partial(_prepare, reference=reference, audio=audio), index, entry, table, decoder, io, edit,
+                   reference)
 
 
 _worker_state: dict = {}
@@ -305,11 +367,12 @@ def _init_worker(config: DataConfig, parent_pid: Optional[int] = None) -> None:
     _worker_state["io"] = IORetry(config.io_retries, config.io_retry_delay_s)
     _worker_state["edit"] = config.edit
     _worker_state["reference"] = config.reference
+    _worker_state["audio"] = config.audio
 
 
 def _worker_args() -> tuple:
     state = _worker_state
-    return state["table"], state["decoder"], state["io"], state["edit"], state["reference"]
+    return state["table"], state["decoder"], state["io"], state["edit"], state["reference"], state["audio"]
 
 
 def _prepare_in_worker(item: tuple[int, ManifestEntry]) -> Union[Prepared, Rejected]:
@@ -341,10 +404,14 @@ def ordered_map(fn: Callable, items: Iterable, config: DataConfig) -> Iterator:
 class Preencoder:
     """Writes the shards of one rank. `on_prepared(n)` is called after each decoded sample (tests inject crashes)."""
 
-    def __init__(self, config: DataConfig, video_encoder: VideoEncoder, text_encoder: TextEncoder, out_dir: str | Path,
-                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                 on_prepared: Optional[Callable[[int], None]] = None, reference_encoder: Optional[ImageEncoder] = None):
-        """reference_encoder: with data.reference, the vision tower (`models.vision_tower.ReferenceEncoder`)."""
+    def __init__(self, config: DataConfig, video_encoder: Optional[VideoEncoder], text_encoder: TextEncoder,
+                 out_dir: str | Path, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                 on_prepared: Optional[Callable[[int], None]] = None, reference_encoder: Optional[ImageEncoder] = None,
+                 audio_encoder: Optional[AudioEncoder] = None, frame_encoder: Optional[FrameEncoder] = None):
+        """video_encoder: the TAE (None with data.audio); reference_encoder: with data.reference, the vision tower
+        (`models.vision_tower.ReferenceEncoder`); audio_encoder and frame_encoder: with data.audio, the audio
+        autoencoder (`models.audio_ae.AudioLatentEncoder`) and the video-feature tower
+        (`models.vision_tower.FrameFeatureEncoder`)."""
         config.validate()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank: got {rank}, must be in [0, world_size={world_size})")
@@ -359,6 +426,7 @@ class Preencoder:
         self.on_prepared = on_prepared
         self.latent_dtype = getattr(torch, config.latent_dtype)
         self.reference_encoder = reference_encoder
+        self.audio_encoder, self.frame_encoder = audio_encoder, frame_encoder
         if config.reference is not None:
             load_crop(config.reference.crop)  # a crop that cannot be imported fails here, not in every worker
 
@@ -386,6 +454,10 @@ class Preencoder:
         if self.config.reference is not None and self.reference_encoder is None:
             raise ConfigError("data.reference is set: pre-encoding needs the reference-image encoder "
                               "(models.vision_tower.ReferenceEncoder)")
+        if self.config.audio is not None:
+            check_audio_encoder(self.config.audio, self.audio_encoder, self.frame_encoder)
+        elif self.video_encoder is None:
+            raise ConfigError("pre-encoding video needs the TAE (video_encoder)")
         self._check_run_config(entries)
         plan = self.shard_plan(entries)
         done = completed_shards(self.out_dir)
@@ -451,10 +523,48 @@ class Preencoder:
             summary.frames += s.meta["num_frames"]
 
     @torch.no_grad()
+    def encode_audio_batch(self, batch: list[PreparedAudio]) -> list[EncodedSample]:
+        """One bucket's decoded audio samples -> audio latents (b, c, T, 1, 1), text embeddings of the captions and
+        the video features (b, width, T, 1, 1) as condition channels (zeros for a file without video), on CPU."""
+        waveforms = torch.stack([p.waveform for p in batch]).to(self.device)  # (b, ch, n)
+        latents = self.audio_encoder.encode(waveforms).float().cpu()
+        frames = latents.shape[2]
+        features = torch.zeros(len(batch), self.frame_encoder.width, frames, 1, 1)
+        for i, p in enumerate(batch):
+            if p.frames is not None:
+                features[i, :, :, 0, 0] = self.frame_encoder.encode(p.frames).float().cpu().T  # (width, T)
+        prompts = [p.entry.caption for p in batch]
+        conditioning = Conditioning(tokens=self.text_encoder.encode(prompts), channels=features).to("cpu")
+        return [
+            EncodedSample(
+                key=sample_key(p.index),
+                latents=latents[i],
+                conditioning=conditioning.map(lambda tensor, i=i: tensor[i]),
+                meta={
+                    "caption": p.entry.caption,
+                    "prompt": prompts[i],
+                    "fps": p.clip.video_fps,
+                    "num_frames": p.bucket.num_frames,
+                    "bucket": p.bucket.name,
+                    "is_image": False,
+                    "source": p.entry.path,
+                    "start_s": p.clip.start_s,
+                    "sha256": p.sha256,
+                    "latent_shape": list(latents[i].shape),
+                    "audio": {"duration_s": p.clip.duration_s, "sample_rate": self.config.audio.sample_rate,
+                              "channels": self.config.audio.channels, "has_video": p.frames is not None},
+                },
+            )
+            for i, p in enumerate(batch)
+        ]
+
+    @torch.no_grad()
     def encode_batch(self, batch: list[Prepared]) -> list[EncodedSample]:
         """One bucket's decoded samples -> latents and text embeddings (and the condition latents: with
         data.upsample, of each clip's degraded low-res version; with data.edit, of each pair's source, with its
-        task index), moved to CPU."""
+        task index), moved to CPU. With data.audio: `encode_audio_batch`."""
+        if self.config.audio is not None:
+            return self.encode_audio_batch(batch)
         pixels = torch.stack([to_unit_range(p.frames) for p in batch]).to(self.device)  # (b, 3, t, h, w)
         latents = self.video_encoder.encode(pixels).cpu()  # (b, 16, t', h', w')
         prompts = [conditioning_prompt(p.entry.caption, None if p.bucket.is_image else p.fps) for p in batch]
@@ -522,8 +632,13 @@ class Preencoder:
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
                   "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample),
                   **({} if self.config.edit is None else {"edit": to_dict(self.config.edit)}),
-                  **({} if self.config.reference is None else {"reference": to_dict(self.config.reference)})}
-        encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
+                  **({} if self.config.reference is None else {"reference": to_dict(self.config.reference)}),
+                  **({} if self.config.audio is None else {"audio": to_dict(self.config.audio)})}
+        if self.config.audio is None:
+            encoders = {"video": encoder_record(self.video_encoder), "text": encoder_record(self.text_encoder)}
+        else:
+            encoders = {"audio": encoder_record(self.audio_encoder), "text": encoder_record(self.text_encoder),
+                        "video features": encoder_record(self.frame_encoder.model)}
         if self.config.reference is not None:
             encoders["reference"] = encoder_record(self.reference_encoder.model)
         path = self.out_dir / "preencode.json"
@@ -544,6 +659,22 @@ class Preencoder:
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
                     f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
                     f"cannot mix encoders: resume with the same encoder or use a new output folder")
+
+
+def check_audio_encoder(audio: AudioDataConfig, encoder: Optional[AudioEncoder],
+                        frame_encoder: Optional[FrameEncoder]) -> None:
+    """data.audio's rates are the audio autoencoder's, and both encoders are there."""
+    if encoder is None or frame_encoder is None:
+        raise ConfigError("data.audio is set: pre-encoding needs the audio autoencoder and the video-feature tower "
+                          "(data.audio.video_encoder)")
+    model = encoder.cfg
+    if (model.sample_rate, model.audio_channels) != (audio.sample_rate, audio.channels):
+        raise ConfigError(f"data.audio: sample_rate {audio.sample_rate}, channels {audio.channels}, but the audio "
+                          f"autoencoder takes {model.sample_rate} Hz with {model.audio_channels} channel(s)")
+    if abs(model.latent_rate - audio.latent_rate) > 1e-9:
+        raise ConfigError(f"data.audio.latent_rate: {audio.latent_rate}, but the audio autoencoder gives "
+                          f"{model.latent_rate:g} latent frames a second ({model.sample_rate} Hz / hop "
+                          f"{model.hop_length})")
 
 
 def manifest_record(entry: ManifestEntry) -> dict:

@@ -4,14 +4,13 @@
   pipeline's vae/ folder, a Hub id, or "toy-tae": a DEMO decoder,
   configs/tae/tae_tiny.yaml's model freshly initialised with a fixed seed. It is untrained: its videos show
   the pipeline works end to end, not what the DiT learned.
-- Text encoders: "paper" (UL2, MetaCLIP, ByT5 from `TextEncodersConfig`, paths via dotted overrides such as
-  `ul2.path=/models/ul2`), or "toy": `TinyTextEncoders` shaped to the checkpoint's text inputs (CPU demos,
+- Text encoders: "paper" (those of `TextEncodersConfig` the DiT reads: UL2, MetaCLIP and ByT5 for video, T5 for audio;
+  paths via dotted overrides such as `ul2.path=/models/ul2`), or "toy": `TinyTextEncoders` shaped to the checkpoint's text inputs (CPU demos,
   tests).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -20,7 +19,7 @@ from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME, WEIGHTS_NAMES
 from megatron_moviegen.recipes import check_text_encoders
 from megatron_moviegen.text import TextEncoders
-from megatron_moviegen.text.config import text_encoders_config
+from megatron_moviegen.text.config import text_encoders_for_model
 from megatron_moviegen.training.train_tae import load_tae_config
 from megatron_moviegen.utils.hub import resolve_pretrained_folder
 
@@ -61,6 +60,6 @@ def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
         return TinyTextEncoders.for_model(model)
     if kind != "paper":
         raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'toy'")
-    config = text_encoders_config(overrides)
+    config = text_encoders_for_model(overrides, model.text_encoders)
     check_text_encoders(config, model)
     return TextEncoders(config)

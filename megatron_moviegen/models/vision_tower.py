@@ -1,5 +1,6 @@
-"""The reference-image encoder of personalized video (PT2V, SPEC section 6): a CLIP vision tower (the paper's
-MetaCLIP ViT-H/14, `facebook/metaclip-h14-fullcc2.5b`) through transformers' CLIPVisionModel, in one of two roles:
+"""CLIP vision towers (the paper's MetaCLIP ViT-H/14, `facebook/metaclip-h14-fullcc2.5b`) through transformers'
+CLIPVisionModel: Movie Gen Audio's per-frame video features (`FrameFeatureEncoder`, the pooled output of each frame)
+and the reference-image encoder of personalized video (PT2V, SPEC section 6), in one of two roles:
 
 - frozen (data.reference.trainable false): pre-encoding runs `ReferenceEncoder.encode` once per sample and caches
   the tokens in the shards; the DiT's per-source projection (`ContextProjection.proj["reference_image"]`) is trained;
@@ -47,9 +48,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
-def resolve_encoder_source(path: str) -> str:
+def resolve_encoder_source(path: str, what: str = "reference encoder") -> str:
     """A tower folder (must exist) or a hub id, as the text encoders resolve theirs."""
-    return resolve_source(path, "reference encoder")
+    return resolve_source(path, what)
 
 
 def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -124,30 +125,27 @@ def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str
     return loaded
 
 
-class ReferenceEncoder:
-    """A frozen CLIP vision tower in eval mode on `config.device` (auto: this rank's runtime device)."""
+class FrozenVisionTower:
+    """A frozen CLIP vision tower (a folder or hub id) in eval mode on `device` ("auto": this rank's runtime
+    device), with its preprocessing: `pixels` turns (h, w, 3) uint8 frames into its normalised input."""
 
-    def __init__(self, config: ReferenceConfig):
-        config.validate()
-        self.config = config
-        self.device = Runtime.resolve().device if config.device == "auto" else torch.device(config.device)
-        dtype = (torch.bfloat16 if self.device.type == "cuda" else torch.float32) if config.dtype == "auto" \
-            else getattr(torch, config.dtype)
-        source = resolve_encoder_source(config.encoder)
+    what = "vision tower"
+    field = "the encoder"  # the config field that names the tower, in errors
+
+    def __init__(self, encoder: str, device: str = "auto", dtype: str = "auto"):
+        self.device = Runtime.resolve().device if device == "auto" else torch.device(device)
+        dtype = (torch.bfloat16 if self.device.type == "cuda" else torch.float32) if dtype == "auto" \
+            else getattr(torch, dtype)
+        source = resolve_encoder_source(encoder, self.what)
         try:
             model = CLIPVisionModel.from_pretrained(source, dtype=dtype, local_files_only=hub_offline())
         except OSError as exc:
-            raise OSError(f"reference encoder: cannot load {config.encoder!r}; point data.reference.encoder at a "
-                          f"local folder (CLIPVisionModel.save_pretrained) or a cached hub id. {exc}") from exc
+            raise OSError(f"{self.what}: cannot load {encoder!r}; point {self.field} at a local folder "
+                          f"(CLIPVisionModel.save_pretrained) or a cached hub id. {exc}") from exc
         self.model: nn.Module = model.to(self.device).eval().requires_grad_(False)
         mean, std = _normalisation(source)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        tokens = VisionTowerConfig(image_size=self.image_size, patch_size=model.config.patch_size).num_tokens
-        if tokens > config.max_length:
-            raise ValueError(f"data.reference.max_length: {config.max_length}, but {config.encoder} gives {tokens} "
-                             f"tokens per image ({self.image_size} px, patch {model.config.patch_size})")
-        self.num_tokens = tokens
 
     @property
     def image_size(self) -> int:
@@ -157,10 +155,6 @@ class ReferenceEncoder:
     def width(self) -> int:
         return self.model.config.hidden_size
 
-    def context_source(self) -> ContextSource:
-        """What the DiT's model.extra_context entry for these tokens must say."""
-        return ContextSource(width=self.width, max_length=self.config.max_length)
-
     def pixels(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
         """b (h, w, 3) uint8 images of any sizes -> the tower's input (b, 3, size, size), normalised, on its device
         and dtype."""
@@ -168,6 +162,26 @@ class ReferenceEncoder:
         square = torch.stack([resize_center_crop(f.to(self.device)[None], size, size)[0] for f in frames])
         x = square.permute(0, 3, 1, 2).float().div(255.0)  # (b, 3, size, size)
         return ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+
+
+class ReferenceEncoder(FrozenVisionTower):
+    """Personalization's reference-image tower (data.reference), frozen, on `config.device`."""
+
+    what, field = "reference encoder", "data.reference.encoder"
+
+    def __init__(self, config: ReferenceConfig):
+        config.validate()
+        self.config = config
+        super().__init__(config.encoder, config.device, config.dtype)
+        tokens = VisionTowerConfig(image_size=self.image_size, patch_size=self.model.config.patch_size).num_tokens
+        if tokens > config.max_length:
+            raise ValueError(f"data.reference.max_length: {config.max_length}, but {config.encoder} gives {tokens} "
+                             f"tokens per image ({self.image_size} px, patch {self.model.config.patch_size})")
+        self.num_tokens = tokens
+
+    def context_source(self) -> ContextSource:
+        """What the DiT's model.extra_context entry for these tokens must say."""
+        return ContextSource(width=self.width, max_length=self.config.max_length)
 
     @torch.no_grad()
     def encode(self, frames: Sequence[torch.Tensor]) -> Tokens:
@@ -180,6 +194,24 @@ class ReferenceEncoder:
         """What a trainable tower in the DiT reads (data.reference.trainable): the normalised pixels, all present."""
         pixels = self.pixels(frames).float()
         return Images(pixels, torch.ones(pixels.shape[0], dtype=torch.bool, device=pixels.device))
+
+
+class FrameFeatureEncoder(FrozenVisionTower):
+    """Movie Gen Audio's video features (SPEC section 7): one vector per video frame, the tower's pooled output
+    (its class token after the final LayerNorm), for frames sampled at the audio latent rate (data.audio)."""
+
+    what, field = "video feature encoder", "data.audio.video_encoder"
+
+    def __init__(self, encoder: str, device: str = "auto", dtype: str = "auto", chunk: int = 64):
+        super().__init__(encoder, device, dtype)
+        self.chunk = chunk
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(t, h, w, 3) uint8 frames -> (t, width) float32 features on the tower's device, `chunk` frames a call."""
+        features = [self.model(pixel_values=self.pixels(frames[i:i + self.chunk])).pooler_output.float()
+                    for i in range(0, frames.shape[0], self.chunk)]
+        return torch.cat(features)
 
 
 def save_tiny_vision_tower(folder: str | Path, width: int = 32, image_size: int = 32, patch_size: int = 8,

@@ -43,13 +43,22 @@ def _build_on_meta(cfg: MovieGenConfig):
 
 
 def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict:
-    """Parameter counts per component, the token count of a (frames, height, width) video and its FLOPs."""
+    """Parameter counts per component, the token count of a (frames, height, width) video and its FLOPs; for an
+    audio model (data.audio), of its longest window instead (one token per latent frame)."""
     model = _build_on_meta(cfg)
     per_component = {name: 0 for name in COMPONENTS}
     for name, param in model.named_parameters():
         per_component[name.split(".", 1)[0]] += param.numel()
     per_layer = sum(p.numel() for p in model.layers[0].parameters())
-    tokens = num_tokens(cfg.model, frames, height, width)
+    audio = cfg.data.audio
+    if audio is not None:
+        tokens = max(audio.latent_frames())
+        sample = {"audio": {"seconds": tokens / audio.latent_rate, "sample_rate": audio.sample_rate},
+                  "latent_shape": [cfg.model.latent_channels, tokens, 1, 1]}
+    else:
+        tokens = num_tokens(cfg.model, frames, height, width)
+        sample = {"video": {"frames": frames, "height": height, "width": width},
+                  "latent_shape": list(latent_shape(frames, height, width, cfg.model.latent_channels))}
     flops = dit_training_flops(cfg.model, tokens)
     return {
         "recipe": cfg.name,
@@ -62,8 +71,7 @@ def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict
         "hidden_size": cfg.model.hidden_size,
         "ffn_hidden_size": cfg.model.ffn_hidden_size,
         "num_attention_heads": cfg.model.num_attention_heads,
-        "video": {"frames": frames, "height": height, "width": width},
-        "latent_shape": list(latent_shape(frames, height, width, cfg.model.latent_channels)),
+        **sample,
         "tokens": tokens,
         "text_tokens": cfg.model.context_length,
         "flops_per_sample": flops.total,
@@ -86,12 +94,17 @@ def format_table(summary: dict) -> str:
         trainable = summary["params_trainable"]
         rows.append(f"{'trainable: LoRA rank ' + str(summary['lora_rank']) + ' adapters':<40}{trainable:>18,}  "
                     f"({trainable / summary['params_total']:.2%})")
-    v = summary["video"]
+    if "audio" in summary:
+        a = summary["audio"]
+        sample = f"audio {a['seconds']:g} s at {a['sample_rate']} Hz"
+    else:
+        v = summary["video"]
+        sample = f"video {v['frames']}x{v['height']}x{v['width']}"
     rows += [
         "",
         f"blocks {summary['num_layers']}, width {summary['hidden_size']}, FFN {summary['ffn_hidden_size']}, "
         f"heads {summary['num_attention_heads']}",
-        f"video {v['frames']}x{v['height']}x{v['width']} -> latent {tuple(summary['latent_shape'])} -> "
+        f"{sample} -> latent {tuple(summary['latent_shape'])} -> "
         f"{summary['tokens']:,} tokens (+{summary['text_tokens']} text tokens)",
         f"training FLOPs per sample (fwd+bwd): {summary['flops_per_sample']:.3e} "
         f"(attention {summary['attention_flop_fraction']:.1%})",

@@ -38,19 +38,22 @@ class EncoderConfig:
 
 @dataclass
 class TextEncodersConfig:
-    """The paper's three encoders; output names are the field names (ul2, metaclip, byt5), the same keys as
-    `DiTConfig.text_encoders`. Max lengths: UL2 300, MetaCLIP 256, ByT5 100 (SPEC, ours)."""
+    """The paper's encoders; output names are the field names, the same keys as `DiTConfig.text_encoders`. Movie Gen
+    Video reads ul2, metaclip and byt5 (max lengths UL2 300, MetaCLIP 256, ByT5 100: SPEC, ours); Movie Gen Audio
+    reads t5, a T5-base encoder (SPEC section 7; 128 tokens, ours), off by default (`text_encoders_for_model` turns
+    on exactly the encoders a DiT reads)."""
 
     ul2: EncoderConfig = field(default_factory=lambda: EncoderConfig("google/ul2", 300))
     metaclip: EncoderConfig = field(default_factory=lambda: EncoderConfig("facebook/metaclip-h14-fullcc2.5b", 256))
     byt5: EncoderConfig = field(default_factory=lambda: EncoderConfig("google/byt5-large", 100))
+    t5: EncoderConfig = field(default_factory=lambda: EncoderConfig("google-t5/t5-base", 128, enabled=False))
     batch_size: int = 8
     # "auto": bfloat16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # "auto": cuda when available, else cpu. Outputs are returned on this device.
     device: str = "auto"
 
-    NAMES = ("ul2", "metaclip", "byt5")
+    NAMES = ("ul2", "metaclip", "byt5", "t5")
 
     def encoders(self) -> dict[str, EncoderConfig]:
         """The enabled encoders by name, in the paper's order."""
@@ -82,3 +85,17 @@ def text_encoders_config(overrides: list[str], base: dict | None = None) -> "Tex
     """The paper's encoders with `base` fields, then `field=value` overrides (`ul2.path=/models/ul2` changes the path
     and keeps ul2's max_length)."""
     return build(TextEncodersConfig, apply_overrides({**to_dict(TextEncodersConfig()), **(base or {})}, list(overrides)))
+
+
+def text_encoders_for_model(overrides: list[str], text_encoders: dict, base: dict | None = None) -> "TextEncodersConfig":
+    """`text_encoders_config` with exactly the encoders a DiT reads enabled (`text_encoders`: DiTConfig.text_encoders,
+    name -> ContextSource), each at the DiT's max_length; `overrides` still win."""
+    unknown = sorted(set(text_encoders) - set(TextEncodersConfig.NAMES))
+    if unknown:
+        raise ConfigError(f"model.text_encoders: {unknown} are not encoders this project loads "
+                          f"({list(TextEncodersConfig.NAMES)})")
+    defaults = to_dict(TextEncodersConfig())
+    chosen = {name: {**defaults[name], "enabled": name in text_encoders,
+                     **({"max_length": text_encoders[name].max_length} if name in text_encoders else {})}
+              for name in TextEncodersConfig.NAMES}
+    return text_encoders_config(overrides, {**chosen, **(base or {})})

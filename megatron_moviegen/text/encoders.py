@@ -9,6 +9,8 @@
   (see `metaclip.py`); per-token hidden states after the final layer norm.
 - byt5: the encoder of google/byt5-large on the prompt's quoted text only (see `prompts.py`); a prompt with
   no quoted text gives zeros and an all-False mask.
+- t5: a T5-base encoder (google-t5/t5-base, 768 wide), Movie Gen Audio's text encoder (SPEC section 7); off unless
+  enabled (`text.config.text_encoders_for_model`).
 Every output is padded to the encoder's `max_length`, with padded positions zeroed. UL2 and MetaCLIP see the
 "FPS-<n>" prefix when `fps` is given; ByT5 never does (the prefix is not quoted).
 
@@ -50,6 +52,7 @@ _CLASSES = {
     "ul2": (T5EncoderModel, T5Tokenizer),
     "metaclip": (CLIPTextModel, CLIPTokenizer),
     "byt5": (T5EncoderModel, ByT5Tokenizer),
+    "t5": (T5EncoderModel, T5Tokenizer),
 }
 
 
@@ -65,6 +68,7 @@ _TEXT_FNS: dict[str, Callable[[str], Optional[str]]] = {
     "ul2": _whole_prompt,
     "metaclip": _whole_prompt,
     "byt5": _quoted_text,
+    "t5": _whole_prompt,
 }
 
 

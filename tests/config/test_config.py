@@ -91,22 +91,30 @@ def test_recipe_inheritance_merges_sections(tmp_path):
     assert cfg.name == "child" and cfg.model.num_layers == 2 and cfg.model.hidden_size == 64
 
 
+def recipe_token_grids(cfg) -> dict[str, tuple[int, int, int]]:
+    """Each bucket's token grid: the video buckets, or an audio model's durations (one token per latent frame)."""
+    from megatron_moviegen.data.buckets import BucketTable, token_grid
+
+    if cfg.data.audio is not None:
+        return {f"{frames} latent frames": (frames, 1, 1) for frames in cfg.data.audio.latent_frames()}
+    return {f"{b.aspect_ratio} {b.name}": token_grid(b, cfg.model) for b in BucketTable(cfg.data.buckets).buckets()}
+
+
 @pytest.mark.parametrize("name", available_recipes())
 def test_every_bucket_of_every_recipe_fits_its_position_tables_and_token_budget(name):
     import math
 
-    from megatron_moviegen.data.buckets import BucketTable, token_grid
-
     cfg = load_config(name)
     model = cfg.model
-    buckets = BucketTable(cfg.data.buckets).buckets()
-    assert buckets
-    for bucket in buckets:
-        t, h, w = token_grid(bucket, model)
+    grids = recipe_token_grids(cfg)
+    assert grids
+    for bucket, (t, h, w) in grids.items():
         assert t <= model.max_frames and h <= model.max_height and w <= model.max_width, (name, bucket)
         assert t * h * w <= model.max_video_tokens, (name, bucket)
     if name in ("t2iv_768", "sft", "t2v_30b"):  # the longest 768 px clip is the paper's 73,728-token sample
-        assert max(math.prod(token_grid(b, model)) for b in buckets) == 73728
+        assert max(math.prod(grid) for grid in grids.values()) == 73728
+    if name == "audio_13b":  # 10 s windows of 25 Hz latents
+        assert list(grids.values()) == [(250, 1, 1)]
 
 
 @pytest.mark.parametrize("override, match", [
@@ -135,8 +143,6 @@ def test_a_bucket_the_layout_cannot_split_is_refused_at_load_naming_it(overrides
 def test_every_bucket_of_every_recipe_splits_over_its_layout(name):
     import math
 
-    from megatron_moviegen.data.buckets import BucketTable, token_grid
-
     cfg = load_config(name)
-    for bucket in BucketTable(cfg.data.buckets).buckets():
-        assert math.prod(token_grid(bucket, cfg.model)) % cfg.parallel.sequence_chunks == 0, (name, bucket)
+    for bucket, grid in recipe_token_grids(cfg).items():
+        assert math.prod(grid) % cfg.parallel.sequence_chunks == 0, (name, bucket)

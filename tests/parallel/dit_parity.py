@@ -16,7 +16,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
-from megatron_moviegen.conditioning import Conditioning, Images, Tokens
+from megatron_moviegen.conditioning import Conditioning, Images, Infill, Tokens
 from megatron_moviegen.models.embeddings import patchify_latents, unpatchify_tokens
 from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
@@ -25,16 +25,22 @@ from megatron_moviegen.runtime import Runtime
 
 NUM_MICROBATCHES = 2
 LATENT_SHAPE = (1, 16, 2, 8, 8)  # per microbatch: 2 x 4 x 4 = 32 tokens
+AUDIO_LATENT_SHAPE = (1, 128, 8, 1, 1)  # the audio DiT: 8 latent frames, one token each
+
+
+def latent_shape(cfg) -> tuple[int, ...]:
+    return AUDIO_LATENT_SHAPE if cfg.data.audio is not None else LATENT_SHAPE
 
 
 def make_microbatches(cfg, seed: int = 7) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
+    shape = latent_shape(cfg)
     batches = []
     for index in range(NUM_MICROBATCHES):
         tokens = {n: Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
                             torch.rand(1, e.max_length, generator=gen) > 0.3)
                   for n, e in cfg.model.text_encoders.items()}
-        if index == 1:
+        if index == 1 and "byt5" in tokens:
             tokens["byt5"].mask[:] = False  # a prompt without quoted text: one encoder fully masked
         images = {}
         for n, e in cfg.model.extra_context.items():  # given in microbatch 0; none (dropped) in 1
@@ -44,15 +50,19 @@ def make_microbatches(cfg, seed: int = 7) -> list[dict]:
             else:
                 tokens[n] = Tokens(torch.randn(1, e.max_length, e.width, generator=gen),
                                    torch.full((1, e.max_length), index == 0))
-        channels = cfg.model.condition_channels  # the upsampler's low-res latents, an edit's source
+        channels = cfg.model.condition_channels  # the upsampler's low-res latents, an edit's source, video features
+        infill = None
+        if cfg.model.infill:  # audio: frames 0-2 known in microbatch 0, none in 1
+            known = (torch.arange(shape[2]) < 3)[None] & (index == 0)
+            infill = Infill(torch.randn(*shape, generator=gen), known)
         batches.append(dict(
-            latents=torch.randn(*LATENT_SHAPE, generator=gen),
+            latents=torch.randn(*shape, generator=gen),
             timesteps=torch.rand(1, generator=gen),
-            conditioning=Conditioning(tokens, channels=torch.randn(1, channels, *LATENT_SHAPE[2:], generator=gen)
+            conditioning=Conditioning(tokens, channels=torch.randn(1, channels, *shape[2:], generator=gen)
                                       if channels else None,
                                       task=torch.tensor([index % cfg.model.num_tasks]) if cfg.model.num_tasks else None,
-                                      images=images),
-            weight=torch.randn(*LATENT_SHAPE, generator=gen),
+                                      images=images, infill=infill),
+            weight=torch.randn(*shape, generator=gen),
         ))
     return batches
 
@@ -70,8 +80,8 @@ def randomize_well_conditioned(model: torch.nn.Module) -> None:
             param.normal_(0.0, 0.5 / param[0].numel() ** 0.5)
 
 
-def run_step(rank: int, world_size: int, overrides: list[str], reference: dict | None) -> dict:
-    cfg = load_config("tiny", overrides)
+def run_step(rank: int, world_size: int, overrides: list[str], reference: dict | None, recipe: str = "tiny") -> dict:
+    cfg = load_config(recipe, overrides)
     runtime = Runtime.resolve()
     init_model_parallel(cfg.parallel, runtime)
     set_seed(1234, runtime)
@@ -110,7 +120,7 @@ def run_step(rank: int, world_size: int, overrides: list[str], reference: dict |
 
     batches = make_microbatches(cfg)
     iterators = [iter(batches) for _ in model] if len(model) > 1 else iter(batches)
-    tokens = LATENT_SHAPE[2] * (LATENT_SHAPE[3] // 2) * (LATENT_SHAPE[4] // 2)
+    tokens = chunks[0].tokens_per_sample(latent_shape(cfg))
     get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iterators, model=model, num_microbatches=NUM_MICROBATCHES,
         seq_length=tokens, micro_batch_size=1, forward_only=False,

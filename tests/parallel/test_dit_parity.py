@@ -19,10 +19,14 @@ TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_atte
          "patch_size: 8}")
 # LoRA (models/lora.py): adapters of rank 4 on all seven linears of every block (B random, as if trained, so both A
 # and B get gradients), everything else frozen: only the adapters' gradients exist and are compared.
+# Movie Gen Audio (recipe audio_tiny): 128-channel latents of 8 frames, one token each, 32 channels of video
+# features added to the tokens, T5 text, and the infill's known latents and mask (frames 0-2 known in microbatch 0).
 CONDITIONS = {"t2v": [], "lora": ["model.lora.rank=4"], "conditioned": [
     "model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
     f"model.extra_context={{reference_image: {{width: 8, max_length: 6, encoder: {TOWER}}}, "
-    "frozen_tokens: {width: 8, max_length: 4}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"]}
+    "frozen_tokens: {width: 8, max_length: 4}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"],
+    "audio": ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"]}
+RECIPES = {"audio": "audio_tiny"}
 
 
 
@@ -33,7 +37,8 @@ def references():
 
     def get(condition):
         if condition not in cache:
-            cache[condition] = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], None))[0]
+            cache[condition] = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], None,
+                                                                             RECIPES.get(condition, "tiny")))[0]
         return cache[condition]
 
     return get
@@ -66,17 +71,19 @@ LAYOUTS = {
 }
 
 
-# LoRA on two layouts that exercise each of its paths: TP x SP x CP, and TP without SP x PP (layer offsets).
-LORA_LAYOUTS = ("tp2_sp_cp2", "tp2_pp2")
+# LoRA on two layouts that exercise each of its paths: TP x SP x CP, and TP without SP x PP (layer offsets). The
+# audio model on TP x SP, CP, both, and TP without SP x PP.
+SOME_LAYOUTS = {"lora": ("tp2_sp_cp2", "tp2_pp2"), "audio": ("tp2_sp", "cp2", "tp2_sp_cp2", "tp2_pp2")}
 CASES = [(condition, layout) for condition in CONDITIONS for layout in LAYOUTS
-         if condition != "lora" or layout in LORA_LAYOUTS]
+         if layout in SOME_LAYOUTS.get(condition, LAYOUTS)]
 
 
 @pytest.mark.parametrize("condition,layout", CASES)
 def test_parity_with_single_process(condition, layout, references):
     reference = references(condition)
     world_size, overrides = LAYOUTS[layout]
-    results = run_distributed(run_step, world_size=world_size, args=(overrides + CONDITIONS[condition], reference))
+    results = run_distributed(run_step, world_size=world_size, args=(CONDITIONS[condition] + overrides, reference,
+                                                                     RECIPES.get(condition, "tiny")))
 
     outputs = [r["outputs"] for r in results if r["outputs"] is not None]
     assert outputs, "no rank returned outputs"
