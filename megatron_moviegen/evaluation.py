@@ -9,7 +9,10 @@
   source's other targets (another instruction's edit), with the TAE's ceiling on the target;
 - for a personalized model (a recipe with data.reference): per caption, videos sampled with each subject's
   reference image (the one it trained with and a held-out frame), another subject's, and none, each against every
-  subject's clips: the reference, not the caption, should decide who appears.
+  subject's clips: the reference, not the caption, should decide who appears;
+- for an audio model (a recipe with data.audio): per file, audio generated for its video (and caption) against every
+  file's true soundtrack (mel distance, SNR), with the audio autoencoder's reconstruction as the ceiling: a model that
+  learned from the video is closer to the soundtrack of the video it was given.
 
 Clips go through pre-encoding's decode and bucketing (`prepare_entry`), so they are exactly what training saw.
 
@@ -309,3 +312,97 @@ def write_report(report: dict, videos: list[dict[str, torch.Tensor]], out_dir: s
     with atomic_output(png) as tmp:
         Image.fromarray(side_by_side(videos, frames)).save(tmp, format="PNG")
     return out_dir / "eval.json", png
+
+
+# ---- audio (data.audio) ------------------------------------------------------------------------------------------
+
+@dataclass
+class SoundClip:
+    caption: str
+    source: str
+    seconds: float
+    waveform: torch.Tensor  # (channels, n) float32 in [-1, 1] at data.audio.sample_rate
+    frames: Optional[torch.Tensor]  # (T, s, s, 3) uint8, one per latent frame; None without video
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name
+
+
+def load_sound_clips(manifest: str | Path, audio) -> list[SoundClip]:
+    """Each file of an audio manifest once (the first entry naming it gives the caption), whole: from 0 s to where
+    its audio or video ends, as many whole latent frames as that holds; its video frames sampled as pre-encoding
+    samples them (`data.audio`: an AudioDataConfig)."""
+    from megatron_moviegen.data.audio import probe_audio, read_audio
+    from megatron_moviegen.inference.audio import read_video_frames
+
+    clips, seen = [], set()
+    for entry in read_manifest(manifest):
+        if entry.path in seen:
+            continue
+        seen.add(entry.path)
+        info = probe_audio(entry.path)
+        end = min(x for x in (info.duration_s, info.video_duration_s) if x is not None)
+        frames = int(end * audio.latent_rate)
+        seconds = frames / audio.latent_rate
+        clips.append(SoundClip(entry.caption, entry.path, seconds,
+                               read_audio(entry.path, audio.sample_rate, audio.channels, duration_s=seconds),
+                               read_video_frames(entry.path, frames, audio) if info.video_duration_s else None))
+    return clips
+
+
+def audio_scores(a: torch.Tensor, b: torch.Tensor, sample_rate: int) -> dict[str, float]:
+    """mel distance and SNR (dB) of waveform `a` against `b` (channels, n), over their common length."""
+    from megatron_moviegen.models.audio_losses import mel_distance, snr_db
+
+    n = min(a.shape[-1], b.shape[-1])
+    a, b = a[None, :, :n].float(), b[None, :, :n].float()
+    return {"mel": mel_distance(a, b, sample_rate), "snr": snr_db(a, b)}
+
+
+def spectrogram_picture(waveform: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> torch.Tensor:
+    """(channels, n) -> a log-mel picture (3, 1, n_mels, frames) in [-1, 1], low frequencies at the bottom (log10 mel
+    magnitudes -5 to 1 mapped to black to white), a 1-frame video for `side_by_side`."""
+    from megatron_moviegen.models.audio_losses import mel_filterbank, mel_spectrogram
+
+    mels = mel_spectrogram(waveform[None, :1].float(), mel_filterbank(sample_rate, n_fft, n_mels), n_fft)[0]
+    picture = ((mels.clamp(min=1e-5).log10() + 5.0) / 3.0 - 1.0).clamp(-1.0, 1.0).flip(0)  # (n_mels, frames)
+    return picture.expand(3, 1, *picture.shape)
+
+
+def evaluate_audio(clips: list[SoundClip], pipeline, settings) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """Is the audio generated for a video that video's sound? Per clip, audio is sampled for its video and caption
+    (`settings`: an AudioSamplingConfig; windows when the clip is longer than one) and scored against every clip's
+    true soundtrack, beside the autoencoder's reconstruction of its own (the ceiling). Every rank of the pipeline's
+    model-parallel group must call this; the pictures are log-mel spectrograms (true, reconstructed, generated)."""
+    autoencoder, rate = pipeline.autoencoder, pipeline.autoencoder.cfg.sample_rate
+    rows, pictures = [], []
+    device = next(autoencoder.parameters()).device
+    for clip in clips:
+        frames = pipeline.num_frames(clip.seconds)
+        features = pipeline.video_features(clip.frames, frames)
+        generated = pipeline.decode(pipeline.sample_latents(clip.caption, features, replace(settings, seconds=None)),
+                                    clip.waveform.shape[1])
+        with torch.no_grad():
+            target = clip.waveform[None].to(device)
+            reconstruction = autoencoder.decode(autoencoder.encode(target).mode(), target.shape[-1])[0].float().cpu()
+        rows.append({"video": clip.name, "caption": clip.caption, "seconds": clip.seconds,
+                     "ceiling": audio_scores(reconstruction, clip.waveform, rate),
+                     "vs": {other.name: audio_scores(generated, other.waveform, rate) for other in clips}})
+        pictures.append({name: spectrogram_picture(w, rate) for name, w in
+                         (("true", clip.waveform), ("autoencoder", reconstruction), ("generated", generated))})
+    return {"clips": rows, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+            "seed": settings.seed}, pictures
+
+
+def format_audio_table(report: dict) -> str:
+    """One line per video: mel distance (SNR dB) of its generated audio against each soundtrack, and the
+    autoencoder's ceiling against its own; the video's own soundtrack should be the closest."""
+    names = [row["video"] for row in report["clips"]]
+    lines = [f"{'video given':<28} {'ceiling (AE)':>16} " + " ".join(f"{'vs ' + n[:18]:>24}" for n in names)
+             + "   (mel distance, lower is closer / SNR dB)"]
+    for row in report["clips"]:
+        cells = [f"{row['vs'][n]['mel']:.3f} / {row['vs'][n]['snr']:.1f}" for n in names]
+        lines.append(f"{row['video'][:28]:<28} {row['ceiling']['mel']:>8.3f} / {row['ceiling']['snr']:.1f} "
+                     + " ".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)

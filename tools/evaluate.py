@@ -11,6 +11,13 @@ With a personalization recipe (data.reference) the manifest's entries name their
 sampled with each subject's reference image (the one it trained with, a held-out frame), another's and none, each
 scored against every subject's clips (rows: the reference's clip, generated).
 
+With an audio recipe (data.audio) each file of the manifest is taken whole: audio is generated for its video and
+caption, and scored against every file's true soundtrack (mel distance, SNR) beside the audio autoencoder's ceiling
+(rows of the PNG: log-mel spectrograms of the true, reconstructed and generated audio):
+
+    python tools/evaluate.py --manifest clips.jsonl --config audio_tiny --audio-ae runs/audio_ae \
+        --checkpoint outputs/audio/export --text-encoders toy --steps 50 --guidance-scale 1
+
 With an editing recipe (data.edit) the manifest holds (source, instruction, target) pairs and each edit is sampled
 from its source (rows: source, true edit, TAE reconstruction of it, the model's edit):
 
@@ -33,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help="clips with captions (.jsonl, .csv or a folder)")
     parser.add_argument("--config", required=True, help="training recipe whose data.buckets shape the clips")
-    parser.add_argument("--tae", required=True, help="TAE folder (TAE.save_pretrained) or 'toy-tae'")
+    parser.add_argument("--tae", help="TAE folder (TAE.save_pretrained) or 'toy-tae'; required but for audio")
+    parser.add_argument("--audio-ae", help="audio autoencoder folder, for an audio recipe (data.audio)")
     parser.add_argument("--checkpoint", help="DiT export folder; without it only the TAE is evaluated")
     parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
@@ -49,6 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
     from megatron_moviegen.recipes import load_config
 
     recipe = load_config(args.config, args.overrides)
+    if (recipe.data.audio is not None) != (args.audio_ae is not None) or (args.tae is None) == (args.audio_ae is None):
+        kind = "an audio recipe: give --audio-ae" if recipe.data.audio is not None else "a video recipe: give --tae"
+        raise SystemExit(f"evaluate: error: {args.config} is {kind} (and not the other)")
+    if recipe.data.audio is not None:
+        return evaluate_audio_model(args, recipe)
     if recipe.data.edit is not None:
         return evaluate_editing(args, recipe)
     if recipe.data.reference is not None:
@@ -113,10 +126,28 @@ def evaluate_personalized(args: argparse.Namespace, recipe) -> dict:
     return finish(args, report, videos, format_personalization_table)
 
 
-def finish(args: argparse.Namespace, report: dict, videos: list, table) -> dict:
+def evaluate_audio_model(args: argparse.Namespace, recipe) -> dict:
+    from dataclasses import replace
+
+    from megatron_moviegen.evaluation import evaluate_audio, format_audio_table, load_sound_clips
+    from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig
+    from megatron_moviegen.models.audio_ae import AudioAutoencoder
+    from megatron_moviegen.models.vision_tower import FrameFeatureEncoder
+
+    clips = load_sound_clips(args.manifest, recipe.data.audio)
+    autoencoder = AudioAutoencoder.from_pretrained(args.audio_ae).eval()
+    settings = AudioSamplingConfig(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+    with exported_model(args, "an audio recipe") as (cfg, dit, text_encoders):
+        audio = replace(cfg.data.audio, video_encoder=recipe.data.audio.video_encoder)
+        pipeline = AudioPipeline(dit, autoencoder, text_encoders, FrameFeatureEncoder(audio.video_encoder), audio)
+        report, pictures = evaluate_audio(clips, pipeline, settings)
+    return finish(args, report, pictures, format_audio_table, frames=1)
+
+
+def finish(args: argparse.Namespace, report: dict, videos: list, table, frames: int | None = None) -> dict:
     """Record the inputs in the report, write eval.json and side_by_side.png, print `table(report)`."""
-    report.update(tae=args.tae, checkpoint=args.checkpoint, manifest=args.manifest)
-    json_path, png = write_report(report, videos, args.out, args.frames_in_png)
+    report.update(tae=args.tae or args.audio_ae, checkpoint=args.checkpoint, manifest=args.manifest)
+    json_path, png = write_report(report, videos, args.out, frames or args.frames_in_png)
     print(table(report))
     print(f"wrote {json_path} and {png}")
     return report
