@@ -55,7 +55,7 @@ from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConf
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
-from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
 from megatron_moviegen.utils.io import check_writable_folder
@@ -222,9 +222,8 @@ def generate(argv: list[str] | None = None) -> list[Path]:
         check_export_folder(args.upsample)
     latent_shape(tae, cfg.model, 1, settings.num_frames, settings.height, settings.width)
     check_writable_folder(args.output_dir, "--output-dir")
-    started_distributed = not dist.is_initialized()
     runtime = Runtime.resolve(distributed_optimizer=False)
-    try:
+    with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         dit = chunks[0]
         rank = dist.get_rank()
@@ -260,10 +259,6 @@ def generate(argv: list[str] | None = None) -> list[Path]:
             print(f"{len(paths)} x {settings.num_frames} frames at {settings.height}x{settings.width}, "
                   f"{settings.steps} steps: {seconds:.1f} s")
         return paths
-    finally:
-        destroy()
-        if started_distributed and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_text_
 from megatron_moviegen.inference.pipeline import check_prompts
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
-from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.utils.io import check_writable_folder
 
@@ -117,9 +117,8 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
     video_encoder = args.video_encoder or audio.video_encoder
     resolve_encoder_source(video_encoder, "--video-encoder")  # a missing tower folder is named before the DiT loads
     check_writable_folder(args.output_dir, "--output-dir")
-    started_distributed = not dist.is_initialized()
     runtime = Runtime.resolve(distributed_optimizer=False)
-    try:
+    with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         rank = dist.get_rank()
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
@@ -136,10 +135,6 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
                 print(f"wrote {path}")
             print(f"{settings.steps} steps: {time.perf_counter() - started:.1f} s")
         return paths
-    finally:
-        destroy()
-        if started_distributed and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
+from megatron_moviegen.config.schema import ConfigError, load_recipe
 from megatron_moviegen.data.buckets import check_audio_buckets, check_buckets_fit_model, check_buckets_split_evenly
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.diffusion.flow_matching import FlowMatchingConfig
@@ -95,9 +95,7 @@ def load_config(recipe: str | Path, overrides: list[str] | None = None) -> Movie
     A recipe is a training run, so its model must hold every bucket it trains and its sample videos, and its
     layout split each bucket's tokens evenly (checked here, not in MovieGenConfig.validate: an export folder's
     config is only a model, whatever data it was trained on)."""
-    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
-    apply_overrides(data, list(overrides or []))
-    cfg = build(MovieGenConfig, data)
+    cfg = load_recipe(MovieGenConfig, recipe, RECIPE_DIR, overrides)
     check_conditions_fit_model(cfg.data, cfg.model)
     if cfg.data.audio is not None:
         if cfg.train.samples is not None:

@@ -23,7 +23,7 @@ from megatron_moviegen.data.config import UpsampleConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_range
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig, evaluate_upsampling
-from megatron_moviegen.parallel.initialize import destroy
+from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.utils.video_io import write_json, write_video
 
@@ -107,9 +107,8 @@ def upsample_files(paths: list[Path], checkpoint: str, tae: str, scale: float, s
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_export_folder(args.checkpoint)
-    started_distributed = not dist.is_initialized()
     runtime = Runtime.resolve(distributed_optimizer=False)
-    try:
+    with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         rank = dist.get_rank()
         text = load_text_encoders(args.text_encoders, [], cfg.model) if rank == 0 and args.prompt else None
@@ -134,10 +133,6 @@ def main(argv=None) -> dict:
             write_json(out.with_suffix(".json"), report)
             print(json.dumps(report, indent=2))
         return report
-    finally:
-        destroy()
-        if started_distributed and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 from contextlib import contextmanager
 
-import torch.distributed as dist
 
 from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
@@ -84,19 +83,14 @@ def exported_model(args: argparse.Namespace, needed_by: str = ""):
     groups (and the process group, if this started it) are torn down after. `needed_by` names a recipe kind that
     cannot be evaluated without the export."""
     from megatron_moviegen.checkpoints.export import load_exported_dit
-    from megatron_moviegen.parallel.initialize import destroy
+    from megatron_moviegen.parallel.initialize import torn_down_after
     from megatron_moviegen.runtime import Runtime
 
     if not args.checkpoint:
         raise SystemExit(f"evaluate: error: {needed_by} needs --checkpoint (the model's export)")
-    started_distributed = not dist.is_initialized()
-    cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
-    try:
+    with torn_down_after():
+        cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
         yield cfg, chunks[0], load_text_encoders(args.text_encoders, args.text, cfg.model)
-    finally:
-        destroy()
-        if started_distributed:
-            dist.destroy_process_group()
 
 
 def evaluate_editing(args: argparse.Namespace, recipe) -> dict:

@@ -190,3 +190,11 @@ def resolve_recipe(name_or_path: str | Path, search_dir: Path) -> Path:
         return named
     available = sorted(p.stem for p in search_dir.glob("*.yaml"))
     raise ConfigError(f"no recipe {str(name_or_path)!r}: not a YAML file, and not one of {available}")
+
+
+def load_recipe(cls: type, recipe: str | Path, search_dir: Path, overrides: list[str] | None = None) -> Any:
+    """Dataclass `cls` from a recipe named in `search_dir` (or a YAML path), its `base:` chain merged, then `a.b=value`
+    overrides applied."""
+    data = read_recipe(resolve_recipe(recipe, search_dir), search_dir)
+    apply_overrides(data, list(overrides or []))
+    return build(cls, data)

@@ -136,6 +136,10 @@ class PreparedAudio:
     def bucket(self):
         return self.clip.bucket
 
+    @property
+    def fps(self) -> float:
+        return self.clip.video_fps  # 0 without video
+
 
 @dataclass
 class Rejected:
@@ -535,28 +539,10 @@ class Preencoder:
                 features[i, :, :, 0, 0] = self.frame_encoder.encode(p.frames).float().cpu().T  # (width, T)
         prompts = [p.entry.caption for p in batch]
         conditioning = Conditioning(tokens=self.text_encoder.encode(prompts), channels=features).to("cpu")
-        return [
-            EncodedSample(
-                key=sample_key(p.index),
-                latents=latents[i],
-                conditioning=conditioning.map(lambda tensor, i=i: tensor[i]),
-                meta={
-                    "caption": p.entry.caption,
-                    "prompt": prompts[i],
-                    "fps": p.clip.video_fps,
-                    "num_frames": p.bucket.num_frames,
-                    "bucket": p.bucket.name,
-                    "is_image": False,
-                    "source": p.entry.path,
-                    "start_s": p.clip.start_s,
-                    "sha256": p.sha256,
-                    "latent_shape": list(latents[i].shape),
-                    "audio": {"duration_s": p.clip.duration_s, "sample_rate": self.config.audio.sample_rate,
-                              "channels": self.config.audio.channels, "has_video": p.frames is not None},
-                },
-            )
-            for i, p in enumerate(batch)
-        ]
+        audio = self.config.audio
+        return encoded_samples(batch, latents, conditioning, prompts, lambda i, p: {"audio": {
+            "duration_s": p.clip.duration_s, "sample_rate": audio.sample_rate, "channels": audio.channels,
+            "has_video": p.frames is not None}})
 
     @torch.no_grad()
     def encode_batch(self, batch: list[Prepared]) -> list[EncodedSample]:
@@ -582,34 +568,13 @@ class Preencoder:
         upsample = self.config.upsample
         low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
                                                                      upsample.low_resolution_factor)
-        return [
-            EncodedSample(
-                key=sample_key(p.index),
-                latents=latents[i],
-                conditioning=conditioning.map(lambda tensor, i=i: tensor[i]),
-                meta={
-                    "caption": p.entry.caption,
-                    "prompt": prompts[i],
-                    "fps": p.fps,
-                    "num_frames": p.bucket.num_frames,
-                    "bucket": p.bucket.name,
-                    "is_image": p.bucket.is_image,
-                    "source": p.entry.path,
-                    "start_s": p.entry.start_s,
-                    "sha256": p.sha256,
-                    "latent_shape": list(latents[i].shape),
-                    **({} if low_res is None else {"low_resolution": list(low_res),
-                                                   "degradation": upsample.degradation}),
-                    **({} if edit is None else {"edit_source": p.entry.source, "source_sha256": p.source_sha256,
-                                                "task": edit.tasks[int(task[i])]}),
-                    **({} if reference is None else {"reference": p.entry.reference,
-                                                     "reference_time": p.entry.reference_time,
-                                                     "reference_sha256": p.reference_sha256,
-                                                     "subject": p.entry.subject}),
-                },
-            )
-            for i, p in enumerate(batch)
-        ]
+        return encoded_samples(batch, latents, conditioning, prompts, lambda i, p: {
+            **({} if low_res is None else {"low_resolution": list(low_res), "degradation": upsample.degradation}),
+            **({} if edit is None else {"edit_source": p.entry.source, "source_sha256": p.source_sha256,
+                                        "task": edit.tasks[int(task[i])]}),
+            **({} if reference is None else {"reference": p.entry.reference, "reference_time": p.entry.reference_time,
+                                             "reference_sha256": p.reference_sha256, "subject": p.entry.subject}),
+        })
 
     def condition_latents(self, pixels: torch.Tensor, batch: list[Prepared]) -> Optional[torch.Tensor]:
         """The condition channels (b, 16, t', h', w'): with data.upsample, latents of the (b, 3, t, h, w) high-res
@@ -659,6 +624,34 @@ class Preencoder:
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
                     f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
                     f"cannot mix encoders: resume with the same encoder or use a new output folder")
+
+
+def encoded_samples(batch: list, latents: torch.Tensor, conditioning: Conditioning, prompts: list[str],
+                    extra: Callable[[int, object], dict]) -> list[EncodedSample]:
+    """One EncodedSample per decoded item of `batch` (Prepared or PreparedAudio): its row of `latents` and
+    `conditioning`, and the meta every sample has (caption, prompt, fps, frames, bucket, source, start, sha256,
+    latent shape), plus `extra(i, item)`."""
+    return [
+        EncodedSample(
+            key=sample_key(p.index),
+            latents=latents[i],
+            conditioning=conditioning.map(lambda tensor, i=i: tensor[i]),
+            meta={
+                "caption": p.entry.caption,
+                "prompt": prompts[i],
+                "fps": p.fps,
+                "num_frames": p.bucket.num_frames,
+                "bucket": p.bucket.name,
+                "is_image": p.bucket.is_image,
+                "source": p.entry.path,
+                "start_s": p.entry.start_s,
+                "sha256": p.sha256,
+                "latent_shape": list(latents[i].shape),
+                **extra(i, p),
+            },
+        )
+        for i, p in enumerate(batch)
+    ]
 
 
 def check_audio_encoder(audio: AudioDataConfig, encoder: Optional[AudioEncoder],

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -76,3 +78,16 @@ def set_seed(seed: int, runtime: Runtime) -> None:
 def destroy() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+
+
+@contextmanager
+def torn_down_after() -> Iterator[None]:
+    """Megatron's groups, and the process group when this block's code started it (a command loading a model on
+    however many ranks it was launched with), are destroyed when the block ends."""
+    started = not dist.is_initialized()
+    try:
+        yield
+    finally:
+        destroy()
+        if started and dist.is_initialized():
+            dist.destroy_process_group()

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
+from megatron_moviegen.config.schema import ConfigError, load_recipe
 from megatron_moviegen.data.audio import AudioSegmentSampler, read_audio
 from megatron_moviegen.data.bundled import resolve_bundled
 from megatron_moviegen.models.audio_ae import AudioAEConfig, AudioAutoencoder
@@ -69,9 +69,7 @@ class AudioAETrainConfig:
 
 def load_audio_ae_config(recipe: str | Path, overrides: list[str] | None = None) -> AudioAETrainConfig:
     """An audio autoencoder recipe by name (configs/audio_ae/<name>.yaml) or path, with `a.b=value` overrides."""
-    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
-    apply_overrides(data, list(overrides or []))
-    return build(AudioAETrainConfig, data)
+    return load_recipe(AudioAETrainConfig, recipe, RECIPE_DIR, overrides)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe, resolve_recipe
+from megatron_moviegen.config.schema import ConfigError, load_recipe
 from megatron_moviegen.data.bundled import resolve_bundled
 from megatron_moviegen.evaluation import quality, tae_reconstruction
 from megatron_moviegen.models.tae import TAE, TAEConfig
@@ -91,9 +91,7 @@ class TAETrainConfig:
 
 def load_tae_config(recipe: str | Path, overrides: list[str] | None = None) -> TAETrainConfig:
     """A TAE recipe by name (configs/tae/<name>.yaml) or path, with `a.b=value` overrides."""
-    data = read_recipe(resolve_recipe(recipe, RECIPE_DIR), RECIPE_DIR)
-    apply_overrides(data, list(overrides or []))
-    return build(TAETrainConfig, data)
+    return load_recipe(TAETrainConfig, recipe, RECIPE_DIR, overrides)
 
 
 class TAETrainer(AutoencoderTrainer):

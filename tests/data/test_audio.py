@@ -121,3 +121,33 @@ def test_an_autoencoder_of_other_rates_is_refused(rabbit, tmp_path):
                                           "48000 Hz"):
         Preencoder(cfg.data, None, TinyTextEncoders.for_model(cfg.model), tmp_path / "out", audio_encoder=encoder,
                    frame_encoder=FrameFeatureEncoder(str(rabbit / "tower"), "cpu")).run([])
+
+
+def _preencode_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "preencode_latents.py"
+    spec = importlib.util.spec_from_file_location("preencode_latents_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_preencodes_an_audio_recipe_and_refuses_the_other_autoencoder_flag(rabbit, tmp_path, capsys):
+    root, _ = rabbit
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(RABBIT), "caption": "a rabbit", "start": 1.0}) + "\n")
+    tool = _preencode_tool()
+    common = ["--manifest", str(manifest), "--text-encoders", "toy", "--device", "cpu", "--num-workers", "0"]
+    assert tool.main([*common, "--config", "audio_tiny", "--out", str(tmp_path / "a"), "--audio-ae", str(root / "ae"),
+                      "--set", f"audio.video_encoder={root / 'tower'}"]) == 0
+    assert json.loads((tmp_path / "a/summary.json").read_text())["per_bucket"] == {"audio64": 1}
+    assert tool.main([*common, "--config", "audio_tiny", "--out", str(tmp_path / "b"), "--tae", "toy-conv"]) == 2
+    assert tool.main([*common, "--config", "tiny", "--out", str(tmp_path / "c"), "--audio-ae", str(root / "ae")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2:] == ["preencode_latents: error: data.audio is set: give the audio autoencoder with --audio-ae, "
+                        "not --tae",
+                        "preencode_latents: error: --audio-ae is for a data.audio recipe (audio_13b, audio_tiny); this "
+                        "one encodes video: give --tae"]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
