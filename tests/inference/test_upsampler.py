@@ -1,5 +1,6 @@
 """The spatial upsampler's sampling on real frames: shapes, windows, and one window = the unwindowed sampler."""
 
+import json
 import os
 from pathlib import Path
 
@@ -79,11 +80,27 @@ def _generate_then_upsample(rank, world_size, root):
                       "--steps", "2", "--upsample", str(root / "upsampler"), "--upsample-scale", "2.0",
                       "--upsample-window-frames", "1", "--upsample-overlap-frames", "0", "--upsample-steps", "2",
                       "--output-dir", str(root / "videos")])
-    return {str(p): read_frames(p).shape for p in paths if str(p).endswith(".mp4")}
+    shapes = {str(p): read_frames(p).shape for p in paths if str(p).endswith(".mp4")}
+    # The standalone command (tools/upsample.py) on the generated video, then measuring on it as the truth.
+    from megatron_moviegen.upsample import main as upsample_main
+
+    video = next(p for p in shapes if not p.endswith(".upsampled.mp4"))
+    common = ["--checkpoint", str(root / "upsampler"), "--tae", "toy-tae", "--fps", "8", "--window-frames", "1",
+              "--overlap-frames", "0", "--steps", "2"]
+    upsample_main([video, *common, "--height", "128", "--width", "128", "--out", str(root / "cli.mp4")])
+    report = upsample_main([video, *common, "--height", "64", "--width", "64", "--evaluate", "2.0",
+                            "--out", str(root / "eval.mp4")])
+    shapes["cli"] = read_frames(root / "cli.mp4").shape
+    return shapes, report
 
 
 def test_generate_upsample_chains_text_to_video_and_the_upsampler(tmp_path):
-    shapes = run_distributed(_generate_then_upsample, 1, args=(str(tmp_path),))[0]
+    shapes, report = run_distributed(_generate_then_upsample, 1, args=(str(tmp_path),))[0]
+    cli = shapes.pop("cli")
     plain = [s for p, s in shapes.items() if not p.endswith(".upsampled.mp4")]
     upsampled = [s for p, s in shapes.items() if p.endswith(".upsampled.mp4")]
     assert plain == [(16, 64, 64, 3)] and upsampled == [(16, 128, 128, 3)], shapes
+    assert cli == (16, 128, 128, 3)  # tools/upsample.py VIDEO: 64 px -> 128 px, every frame
+    assert report["low_size"] == [32, 32] and report["size"] == [64, 64]
+    assert {"psnr_upsampler", "psnr_bilinear", "psnr_tae_reconstruction"} <= set(report)
+    assert json.loads((tmp_path / "eval.json").read_text())["psnr_bilinear"] == report["psnr_bilinear"]
