@@ -49,7 +49,7 @@ python -c "import sys; from megatron_moviegen.models.vision_tower import save_ti
 
 if [[ -z "${AE:-}" ]]; then
     echo "== 3/8 train the tiny audio autoencoder on both soundtracks ($AE_STEPS steps)"
-    python tools/train_audio_ae.py --config audio_ae_tiny "data.audios=[\"$RABBIT\",\"$PHONE\"]" train.lr=5e-4 \
+    python tools/train_audio_ae.py --config audio_ae_tiny "data.audios=[\"$RABBIT\",\"$PHONE\"]" \
         train.steps="$AE_STEPS" train.checkpoint_every="$AE_STEPS" train.log_every=$(( AE_STEPS / 10 )) \
         train.out_dir="$OUT/ae"
     AE="$OUT/ae/checkpoint"
