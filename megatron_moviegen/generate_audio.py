@@ -45,7 +45,8 @@ DEFAULTS = AudioSamplingConfig()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate audio for a video, or from text, with a Movie Gen Audio DiT.")
+    parser = argparse.ArgumentParser(
+        description="Generate audio for a video, or from text, with a Movie Gen Audio DiT.")
     parser.add_argument("--checkpoint", required=True, help="audio DiT export folder (config.yaml + model.safetensors)")
     parser.add_argument("--audio-ae", required=True, help="audio autoencoder folder (train_audio_ae's checkpoint)")
     parser.add_argument("--prompt", required=True, help="what the audio should sound like")

@@ -24,7 +24,7 @@ start=$(date +%s)
 mkdir -p "$OUT"
 RABBIT=$(python -c 'from megatron_moviegen.data.bundled import bundled_clips_dir as d; print(d() / "bigbuckbunny.mp4")')
 PHONE_VIDEO=$(python -c 'from megatron_moviegen.data.bundled import bundled_clips_dir as d; print(d() / "carphone_pristine.mp4")')
-PHONE="$OUT/carphone_speech.mp4"
+PHONE="$(realpath -m "$OUT")/carphone_speech.mp4"  # absolute: manifest paths are relative to the manifest
 
 echo "== 1/8 the man on the phone gets a soundtrack: espeak-ng speech, 4 s, muxed as AAC beside his video"
 espeak-ng -v en-us -s 170 -w "$OUT/speech.wav" "Hello, can you hear me? I am calling from the car. The traffic is slow today."

@@ -44,7 +44,7 @@ from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem
 from megatron_moviegen.runtime import local_rank_from_env
-from megatron_moviegen.text.prompts import conditioning_prompt
+from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
 from megatron_moviegen.utils.io import check_writable_folder
 from megatron_moviegen.utils.processes import die_with_parent
 from megatron_moviegen.data.shards import (
@@ -540,7 +540,7 @@ class Preencoder:
         prompts = [p.entry.caption for p in batch]
         conditioning = Conditioning(tokens=self.text_encoder.encode(prompts), channels=features).to("cpu")
         audio = self.config.audio
-        return encoded_samples(batch, latents, conditioning, prompts, lambda i, p: {"audio": {
+        return encoded_samples(batch, latents, conditioning, prompts, False, lambda i, p: {"audio": {
             "duration_s": p.clip.duration_s, "sample_rate": audio.sample_rate, "channels": audio.channels,
             "has_video": p.frames is not None}})
 
@@ -568,7 +568,7 @@ class Preencoder:
         upsample = self.config.upsample
         low_res = None if upsample is None else low_resolution_size(pixels.shape[-2], pixels.shape[-1],
                                                                      upsample.low_resolution_factor)
-        return encoded_samples(batch, latents, conditioning, prompts, lambda i, p: {
+        return encoded_samples(batch, latents, conditioning, prompts, True, lambda i, p: {
             **({} if low_res is None else {"low_resolution": list(low_res), "degradation": upsample.degradation}),
             **({} if edit is None else {"edit_source": p.entry.source, "source_sha256": p.source_sha256,
                                         "task": edit.tasks[int(task[i])]}),
@@ -627,10 +627,10 @@ class Preencoder:
 
 
 def encoded_samples(batch: list, latents: torch.Tensor, conditioning: Conditioning, prompts: list[str],
-                    extra: Callable[[int, object], dict]) -> list[EncodedSample]:
+                    fps_prefix: bool, extra: Callable[[int, object], dict]) -> list[EncodedSample]:
     """One EncodedSample per decoded item of `batch` (Prepared or PreparedAudio): its row of `latents` and
-    `conditioning`, and the meta every sample has (caption, prompt, fps, frames, bucket, source, start, sha256,
-    latent shape), plus `extra(i, item)`."""
+    `conditioning`, and the meta every sample has (caption, prompt, the n of its "FPS-n" prefix when `fps_prefix`
+    (video; None for an image), fps, frames, bucket, source, start, sha256, latent shape), plus `extra(i, item)`."""
     return [
         EncodedSample(
             key=sample_key(p.index),
@@ -639,6 +639,7 @@ def encoded_samples(batch: list, latents: torch.Tensor, conditioning: Conditioni
             meta={
                 "caption": p.entry.caption,
                 "prompt": prompts[i],
+                "prompt_fps": prompt_fps(None if p.bucket.is_image else p.fps) if fps_prefix else None,
                 "fps": p.fps,
                 "num_frames": p.bucket.num_frames,
                 "bucket": p.bucket.name,

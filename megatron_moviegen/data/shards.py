@@ -28,7 +28,6 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from megatron_moviegen.text.prompts import prompt_fps
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.utils.io import atomic_write_text, temporary_path
 
@@ -53,7 +52,8 @@ class EncodedSample:
     key: str
     latents: torch.Tensor  # (c, t, h, w)
     conditioning: Conditioning  # one sample's (no batch dim)
-    meta: dict[str, Any]  # caption, prompt, fps, num_frames, bucket, is_image, source, sha256
+    # caption, prompt, prompt_fps (None: no FPS prefix), fps, num_frames, bucket, is_image, source, sha256
+    meta: dict[str, Any]
 
     def members(self, latent_dtype: torch.dtype) -> dict[str, bytes]:
         return {
@@ -85,8 +85,8 @@ def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], reje
     leaves an incomplete shard (redone by the next run), never an index describing another tar.
     """
     name = shard_name(shard_id)
-    rows = [(s.key, s.meta["bucket"], s.meta["is_image"], prompt_fps(None if s.meta["is_image"] else s.meta["fps"]),
-             s.members(latent_dtype)) for s in samples]
+    rows = [(s.key, s.meta["bucket"], s.meta["is_image"], s.meta["prompt_fps"], s.members(latent_dtype))
+            for s in samples]
     rows += [(r["key"], r["bucket"], r["is_image"], r.get("prompt_fps"),
               {suffix: read_member(out_dir / name, *span) for suffix, span in r["members"].items()}) for r in kept]
     rows.sort(key=lambda row: row[0])  # manifest order, however the samples were batched

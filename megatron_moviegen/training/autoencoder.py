@@ -401,7 +401,8 @@ class AutoencoderTrainer(ABC):
                 if held_out is not None and (done % cfg.train.eval_every == 0 or last):
                     record.update(self._evaluate(model, held_out))
                 history.append(record)
-                if rank == 0 and (done % cfg.train.log_every == 0 or last or any(k.startswith("eval_") for k in record)):
+                evaluated = any(k.startswith("eval_") for k in record)
+                if rank == 0 and (done % cfg.train.log_every == 0 or last or evaluated):
                     bar.set_postfix({"loss": f"{record['loss']:.4f}",
                                      self.batch_metric: f"{record[self.batch_metric]:.2f}"})
                     with open(metrics, "a") as fh:
@@ -428,7 +429,8 @@ class AutoencoderTrainer(ABC):
                             "discriminator weights": all_finite(loss.discriminator)}, done, train.out_dir)
         optimizer_states = {"tae": autoencoder.optimizer_state(), "discriminator": discriminator_optimizer.state_dict()}
         if rank == 0:
-            train_state = {"step": done, "discriminator": loss.discriminator.state_dict(), "optimizers": optimizer_states}
+            train_state = {"step": done, "discriminator": loss.discriminator.state_dict(),
+                           "optimizers": optimizer_states}
             say(f"saved {save_checkpoint(train.out_dir, done, model, train_state, train.keep_last)}")
         if world_size > 1:
             dist.barrier()

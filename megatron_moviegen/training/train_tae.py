@@ -135,7 +135,8 @@ class TAETrainer(AutoencoderTrainer):
         return {f"eval_{name}": value for name, value in quality(tae_reconstruction(model, held_out), held_out).items()}
 
     def log_line(self, record: dict) -> str:
-        line = f"step {record['step']}/{self.cfg.train.steps} | loss {record['loss']:.4f} | psnr {record['psnr']:.2f} dB"
+        line = (f"step {record['step']}/{self.cfg.train.steps} | loss {record['loss']:.4f} | "
+                f"psnr {record['psnr']:.2f} dB")
         if "eval_psnr" in record:
             line += f" | eval psnr {record['eval_psnr']:.2f} dB | eval ssim {record['eval_ssim']:.4f}"
         return line

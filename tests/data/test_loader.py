@@ -26,6 +26,7 @@ def synthetic_shards(out: Path, shard_size: int = 8) -> int:
                 conditioning=Conditioning({"ul2": Tokens(torch.full((3, 4), float(index)),
                                                          torch.tensor([True, True, False]))}),
                 meta={"bucket": bucket, "is_image": frames == 1, "fps": 0.0 if frames == 1 else 24.0,
+                      "prompt_fps": None if frames == 1 else 24,
                       "num_frames": int(bucket.split("x")[0]), "caption": f"sample {index}"}))
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
     for k, chunk in enumerate(shards):

@@ -37,7 +37,8 @@ def test_real_audio_encodes_to_a_frame_per_hop_and_decodes_to_its_length(tiny):
     assert posterior.mean.shape == (1, 128, 26)  # the last, partial hop is zero-padded
     decoded = tiny.decode(posterior.mode(), num_samples=waveform.shape[1])
     assert decoded.shape == (1, 1, 48480) and decoded.abs().max() <= 1.0
-    with pytest.raises(ValueError, match="num_samples: got 48000, which encodes to 25 latent frames, but latents have 26"):
+    with pytest.raises(ValueError, match="num_samples: got 48000, which encodes to 25 latent frames, but latents "
+                                         "have 26"):
         tiny.decode(posterior.mode(), num_samples=48000)
     with pytest.raises(ValueError, match=r"waveform: got shape \(1, 2, 100\), expected \(b, 1, n\)"):
         tiny.encode(torch.zeros(1, 2, 100))
