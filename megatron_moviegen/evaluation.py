@@ -381,8 +381,7 @@ def evaluate_audio(clips: list[SoundClip], pipeline, settings) -> tuple[dict, li
     for clip in clips:
         frames = pipeline.num_frames(clip.seconds)
         features = pipeline.video_features(clip.frames, frames)
-        generated = pipeline.decode(pipeline.sample_latents(clip.caption, features, replace(settings, seconds=None)),
-                                    clip.waveform.shape[1])
+        generated = pipeline.decode(pipeline.sample_latents(clip.caption, features, settings), clip.waveform.shape[1])
         with torch.no_grad():
             target = clip.waveform[None].to(device)
             reconstruction = autoencoder.decode(autoencoder.encode(target).mode(), target.shape[-1])[0].float().cpu()

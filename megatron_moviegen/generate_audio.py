@@ -111,9 +111,12 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
         if not Path(args.video).is_file():
             raise FileNotFoundError(f"--video: {args.video} is not a file")
         try:
-            PyAVDecoder().probe(args.video)
+            video_s = PyAVDecoder().probe(args.video).duration_s
         except DecodeError as exc:
             raise ValueError(f"--video: {exc}") from None
+        if args.seconds is not None and args.seconds > video_s:
+            raise ValueError(f"--seconds: got {args.seconds}, longer than the video ({video_s:.2f} s), whose frames "
+                             "condition the audio")
     continuation = read_continuation(args, autoencoder.cfg.sample_rate, autoencoder.cfg.audio_channels)
     video_encoder = args.video_encoder or audio.video_encoder
     resolve_encoder_source(video_encoder, "--video-encoder")  # a missing tower folder is named before the DiT loads

@@ -66,6 +66,7 @@ python tools/latent_stats.py --shards "$OUT/shards_raw" --audio-ae "$AE" --out "
 preencode "$OUT/ae_normalised" "$OUT/shards"
 
 echo "== 5/8 train the audio DiT ($DIT_STEPS steps, 2 ranks, TP=2 + SP)"
+rm -rf "$OUT/checkpoints" "$OUT/export"  # a new run: an earlier one's checkpoints would be resumed
 torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config audio_tiny \
     data.shards="$OUT/shards" data.audio.video_encoder="$TOWER" train.checkpoint_dir="$OUT/checkpoints" \
     train.steps="$DIT_STEPS" train.lr_warmup_steps=$(( DIT_STEPS / 20 )) train.lr_decay_style=cosine \

@@ -144,14 +144,16 @@ def video_export(audio_run, tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("case", ["video export", "missing video", "bad guidance", "missing tower", "window too long"])
+@pytest.mark.parametrize("case", ["video export", "missing video", "bad guidance", "missing tower", "window too long",
+                                  "longer than the video"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, audio_run, video_export, tmp_path, capsys):
     root, _ = audio_run
     args = {"video export": _cli(root, "--seconds", "1") + [],
             "missing video": _cli(root, "--video", str(tmp_path / "none.mp4")),
             "bad guidance": _cli(root, "--seconds", "1", "--guidance-scale", "nan"),
             "missing tower": _cli(root, "--seconds", "1", "--video-encoder", str(tmp_path / "no_tower")),
-            "window too long": _cli(root, "--seconds", "1", "--window-seconds", "10")}[case]
+            "window too long": _cli(root, "--seconds", "1", "--window-seconds", "10"),
+            "longer than the video": _cli(root, "--video", str(RABBIT), "--seconds", "9")}[case]
     if case == "video export":
         args[1] = str(video_export)
     args[args.index("--output-dir") + 1] = str(tmp_path / "out")
@@ -159,6 +161,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, audio_run, vid
     err = capsys.readouterr().err.strip().splitlines()
     expected = {"video export": "is not an audio export (its config has no data.audio)",
                 "missing video": "--video: ", "bad guidance": "guidance_scale: got nan",
-                "missing tower": "--video-encoder", "window too long": "window_s: got 10.0 s = 250 latent frames"}
+                "missing tower": "--video-encoder", "window too long": "window_s: got 10.0 s = 250 latent frames",
+                "longer than the video": "--seconds: got 9.0, longer than the video (5.28 s)"}
     assert len(err) == 1 and err[0].startswith("generate_audio: error: ") and expected[case] in err[0], err
     assert not (tmp_path / "out").exists()
