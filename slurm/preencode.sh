@@ -5,6 +5,8 @@
 # are redone on the next run) and requeues the job, which carries on with the shards still missing.
 #
 #   MANIFEST=/data/clips.jsonl OUT=/data/latents_768 TAE=/models/tae sbatch slurm/preencode.sh
+#   RECIPE=audio_13b MANIFEST=/data/sounds.jsonl OUT=/data/audio_latents AUDIO_AE=/models/audio_ae \
+#       sbatch slurm/preencode.sh --set audio.video_encoder=/models/metaclip-h14     # Movie Gen Audio
 #   bash slurm/preencode.sh --dry-run      # bucket counts and rejects, nothing encoded (runs here)
 #SBATCH --job-name=moviegen-preencode
 #SBATCH --nodes=8
@@ -20,13 +22,18 @@ set -euo pipefail
 RECIPE=${RECIPE:-t2iv_768}
 MANIFEST=${MANIFEST:?set MANIFEST to a .jsonl/.csv manifest or a folder of media with .txt captions}
 OUT=${OUT:?set OUT to the shard folder}
-TAE=${TAE:?set TAE to a TAE folder (TAE.save_pretrained)}
-TEXT_ARGS=${TEXT_ARGS:-"ul2.path=/models/ul2 metaclip.path=/models/metaclip byt5.path=/models/byt5-large"}
+if [[ -n "${AUDIO_AE:-}" ]]; then  # an audio recipe (RECIPE=audio_13b): the audio autoencoder, T5
+    ENCODER=(--audio-ae "$AUDIO_AE")
+    TEXT_ARGS=${TEXT_ARGS:-"t5.path=/models/t5-base"}
+else
+    ENCODER=(--tae "${TAE:?set TAE to a TAE folder (TAE.save_pretrained), or AUDIO_AE for an audio recipe}")
+    TEXT_ARGS=${TEXT_ARGS:-"ul2.path=/models/ul2 metaclip.path=/models/metaclip byt5.path=/models/byt5-large"}
+fi
 CONTAINER_IMAGE=${CONTAINER_IMAGE:-megatron-moviegen:latest}
 CONTAINER_MOUNTS=${CONTAINER_MOUNTS:-/data:/data,/models:/models}
 REPO=${REPO:-/workspace/megatron_moviegen}
 
-ARGS=(--config "$RECIPE" --manifest "$MANIFEST" --out "$OUT" --tae "$TAE" --text-encoders paper --text $TEXT_ARGS)
+ARGS=(--config "$RECIPE" --manifest "$MANIFEST" --out "$OUT" "${ENCODER[@]}" --text-encoders paper --text $TEXT_ARGS)
 if [[ "${1:-}" == "--dry-run" ]]; then
     cd "$(dirname "$0")/.."
     python tools/preencode_latents.py "${ARGS[@]}" --dry-run "${@:2}"

@@ -64,7 +64,8 @@ echo "$*" >> "$FAKE_LOG/scancel.calls"
 SCRIPTS = {"pretrain": "slurm/pretrain_t2v_30b.sh", "preencode": "slurm/preencode.sh"}
 
 
-def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int = 0, signal_it: bool = True):
+def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int = 0, signal_it: bool = True,
+               extra_env: dict | None = None):
     """Runs `script` as SLURM would (fake srun/scontrol/scancel on PATH), optionally sending the batch shell
     SIGUSR1 once the step runs; returns (exit code, {log name: lines})."""
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
@@ -75,7 +76,7 @@ def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int =
         (bin_dir / name).chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_SRUN": srun,
            "FAKE_EXIT_AFTER_USR1": str(exit_after_usr1), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]",
-           "MANIFEST": "/data/clips.jsonl", "OUT": "/data/latents", "TAE": "/models/tae"}
+           "MANIFEST": "/data/clips.jsonl", "OUT": "/data/latents", "TAE": "/models/tae", **(extra_env or {})}
     proc = subprocess.Popen(["bash", str(REPO / script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -117,3 +118,12 @@ def test_training_that_fails_after_usr1_is_not_requeued(tmp_path):
     assert code == 3 and logs["srun.signals"] == ["USR1"]
     assert not [call for call in logs["scontrol.calls"] if call.startswith("requeue")]
     assert "exited with 3 after SIGUSR1; not requeueing" in output
+
+
+def test_an_audio_recipe_preencodes_with_the_audio_autoencoder_and_t5(tmp_path):
+    env = {"RECIPE": "audio_13b", "AUDIO_AE": "/models/audio_ae", "TAE": ""}
+    code, logs, output = _batch_job(tmp_path, SCRIPTS["preencode"], srun="finish", signal_it=False, extra_env=env)
+    assert code == 0, output
+    args = logs["srun.args"][0]
+    assert "--config audio_13b" in args and "--audio-ae /models/audio_ae" in args and "--tae" not in args
+    assert "--text t5.path=/models/t5-base" in args

@@ -42,6 +42,16 @@ def _build_on_meta(cfg: MovieGenConfig):
             dist.destroy_process_group()
 
 
+def sample_tokens(cfg: MovieGenConfig, frames: int, height: int, width: int) -> tuple[int, str]:
+    """(tokens, a description) of the sample a recipe is planned for: a frames x height x width video, or an audio
+    model's (data.audio) longest window, one token per latent frame."""
+    audio = cfg.data.audio
+    if audio is not None:
+        tokens = max(audio.latent_frames())
+        return tokens, f"audio {tokens / audio.latent_rate:g} s at {audio.sample_rate} Hz"
+    return num_tokens(cfg.model, frames, height, width), f"{frames}x{height}x{width}"
+
+
 def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict:
     """Parameter counts per component, the token count of a (frames, height, width) video and its FLOPs; for an
     audio model (data.audio), of its longest window instead (one token per latent frame)."""
@@ -50,13 +60,12 @@ def summarize(cfg: MovieGenConfig, frames: int, height: int, width: int) -> dict
     for name, param in model.named_parameters():
         per_component[name.split(".", 1)[0]] += param.numel()
     per_layer = sum(p.numel() for p in model.layers[0].parameters())
+    tokens, _ = sample_tokens(cfg, frames, height, width)
     audio = cfg.data.audio
     if audio is not None:
-        tokens = max(audio.latent_frames())
         sample = {"audio": {"seconds": tokens / audio.latent_rate, "sample_rate": audio.sample_rate},
                   "latent_shape": [cfg.model.latent_channels, tokens, 1, 1]}
     else:
-        tokens = num_tokens(cfg.model, frames, height, width)
         sample = {"video": {"frames": frames, "height": height, "width": width},
                   "latent_shape": list(latent_shape(frames, height, width, cfg.model.latent_channels))}
     flops = dit_training_flops(cfg.model, tokens)
