@@ -8,13 +8,14 @@
 # soundtracks: the generated audio must be closer to the soundtrack of the video it was given. Last, generate-audio
 # writes the rabbit's video with its generated sound (mp4, AAC).
 # Needs espeak-ng (Debian/Ubuntu: apt-get install espeak-ng). AE_STEPS / DIT_STEPS / SAMPLE_STEPS shorten it;
-# AE=<folder> skips the autoencoder training (it must have been trained on both soundtracks).
+# AE=<folder> skips the autoencoder training (it must have been trained on both soundtracks); DIT_ARGS adds overrides
+# to the DiT's training (e.g. DIT_ARGS="train.lr=3e-4 train.min_lr=3e-5").
 #   bash examples/audio/run.sh   ->  $OUT/eval/{eval.json,side_by_side.png}, $OUT/generated/*.mp4
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/audio}
 AE_STEPS=${AE_STEPS:-2000}
-DIT_STEPS=${DIT_STEPS:-3000}
+DIT_STEPS=${DIT_STEPS:-6000}
 SAMPLE_STEPS=${SAMPLE_STEPS:-50}
 TOWER="$OUT/vision_tower"
 CAPTION="the sound of this video"
@@ -70,7 +71,7 @@ rm -rf "$OUT/checkpoints" "$OUT/export"  # a new run: an earlier one's checkpoin
 torchrun --standalone --nproc-per-node 2 -m megatron_moviegen.train --config audio_tiny \
     data.shards="$OUT/shards" data.audio.video_encoder="$TOWER" train.checkpoint_dir="$OUT/checkpoints" \
     train.steps="$DIT_STEPS" train.lr_warmup_steps=$(( DIT_STEPS / 20 )) train.lr_decay_style=cosine \
-    train.save_every="$DIT_STEPS" train.log_every=$(( DIT_STEPS / 10 )) train.progress_bar=false
+    train.save_every="$DIT_STEPS" train.log_every=$(( DIT_STEPS / 10 )) train.progress_bar=false ${DIT_ARGS:-}
 python tools/export_checkpoint.py --checkpoint "$OUT/checkpoints" --out "$OUT/export" > /dev/null
 
 echo "== 6/8 score: audio for each whole video (one caption) against both soundtracks"
