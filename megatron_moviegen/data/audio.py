@@ -23,8 +23,7 @@ import torch
 
 from megatron_moviegen.data.config import AudioDataConfig
 from megatron_moviegen.data.decode import DecodeError, MediaReadError, open_media
-
-LAYOUTS = {1: "mono", 2: "stereo"}
+from megatron_moviegen.utils.audio_io import LAYOUTS
 
 
 def read_audio(path: str | Path, sample_rate: int = 48000, channels: int = 1, start_s: float = 0.0,

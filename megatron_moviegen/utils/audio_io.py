@@ -16,7 +16,7 @@ import torch
 
 from megatron_moviegen.utils.io import PathLike, atomic_output
 
-LAYOUTS = {1: "mono", 2: "stereo"}
+LAYOUTS = {1: "mono", 2: "stereo"}  # channels -> FFmpeg layout name (decoding in data/audio.py too)
 
 
 def _checked(waveform: torch.Tensor) -> np.ndarray:
