@@ -25,6 +25,7 @@ from typing import Optional
 
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 from megatron_moviegen.inference.pipeline import SamplingConfig  # noqa: E402  (after the filter: Megatron warns on import)
+from megatron_moviegen.runtime import add_precision_argument  # noqa: E402
 
 DEFAULTS = SamplingConfig()
 
@@ -42,8 +43,9 @@ class Sources:
 class DemoModel:
     """The loaded pipeline for one `Sources`, reloaded when they change; `generate` writes one video + sidecar."""
 
-    def __init__(self, output_dir: str | Path):
+    def __init__(self, output_dir: str | Path, precision: str = "auto"):
         self.output_dir = Path(output_dir)
+        self.precision = precision
         self.sources: Optional[Sources] = None
         self.pipeline = None
         self._lock = threading.Lock()  # the queue runs one job at a time; this holds if it is ever configured wider
@@ -62,7 +64,7 @@ class DemoModel:
         if self.pipeline is not None:
             destroy()
             self.pipeline = None
-        runtime = Runtime.resolve(distributed_optimizer=False)
+        runtime = Runtime.resolve(self.precision, distributed_optimizer=False)
         init_distributed(runtime)
         _, chunks = load_exported_dit(sources.checkpoint, runtime=runtime)
         self.pipeline = MovieGenPipeline(chunks[0], tae.to(runtime.device), text,
@@ -132,6 +134,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    add_precision_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -149,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    model = DemoModel(args.output_dir)
+    model = DemoModel(args.output_dir, args.precision)
     app = build_app(model, Sources(args.checkpoint, args.tae, args.text_encoders, tuple(args.text)))
     app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.output_dir).resolve())],
                show_error=True)

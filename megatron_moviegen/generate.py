@@ -56,7 +56,7 @@ from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
-from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.runtime import Runtime, add_precision_argument
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
 from megatron_moviegen.utils.io import check_writable_folder
 
@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="every prompt uses --seed (the same starting noise), to compare prompts")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
+    add_precision_argument(parser)
     parser.add_argument("--negative-prompt", default=None,
                         help="unconditional prompt; default: no text at all (as in training's text dropout)")
     parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
@@ -222,7 +223,7 @@ def generate(argv: list[str] | None = None) -> list[Path]:
         check_export_folder(args.upsample)
     latent_shape(tae, cfg.model, 1, settings.num_frames, settings.height, settings.width)
     check_writable_folder(args.output_dir, "--output-dir")
-    runtime = Runtime.resolve(distributed_optimizer=False)
+    runtime = Runtime.resolve(args.precision, distributed_optimizer=False)
     with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         dit = chunks[0]

@@ -38,7 +38,7 @@ from megatron_moviegen.inference.pipeline import check_prompts
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
-from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.runtime import Runtime, add_precision_argument
 from megatron_moviegen.utils.io import check_writable_folder
 
 DEFAULTS = AudioSamplingConfig()
@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale,
                         help="classifier-free guidance over text and video together (1 = none)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    add_precision_argument(parser)
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="window length (default: the model's: model.max_frames latent frames)")
     parser.add_argument("--overlap-seconds", type=float, default=None, help="window overlap (default: a quarter)")
@@ -121,7 +122,7 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
     video_encoder = args.video_encoder or audio.video_encoder
     resolve_encoder_source(video_encoder, "--video-encoder")  # a missing tower folder is named before the DiT loads
     check_writable_folder(args.output_dir, "--output-dir")
-    runtime = Runtime.resolve(distributed_optimizer=False)
+    runtime = Runtime.resolve(args.precision, distributed_optimizer=False)
     with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         rank = dist.get_rank()

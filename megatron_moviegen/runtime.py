@@ -37,6 +37,12 @@ def local_rank_from_env(env: Mapping[str, str] = os.environ) -> int:
     return 0
 
 
+def add_precision_argument(parser) -> None:
+    """`--precision` for a command that runs the DiT (generation, upsampling, the demo)."""
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="the DiT's weights and compute: auto = bf16 on GPU, fp32 on CPU")
+
+
 def transformer_engine_installed() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 

@@ -24,7 +24,7 @@ from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_rang
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig, evaluate_upsampling
 from megatron_moviegen.parallel.initialize import torn_down_after
-from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.runtime import Runtime, add_precision_argument
 from megatron_moviegen.utils.video_io import write_json, write_video
 
 DEFAULTS = UpsamplingConfig()
@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/upsampled.mp4")
     add_sampling_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. parallel.tensor_model_parallel_size=2")
     return parser.parse_args(argv)
 
@@ -107,7 +108,7 @@ def upsample_files(paths: list[Path], checkpoint: str, tae: str, scale: float, s
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_export_folder(args.checkpoint)
-    runtime = Runtime.resolve(distributed_optimizer=False)
+    runtime = Runtime.resolve(args.precision, distributed_optimizer=False)
     with torn_down_after():
         cfg, chunks = load_exported_dit(args.checkpoint, args.overrides, runtime)
         rank = dist.get_rank()

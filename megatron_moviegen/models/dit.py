@@ -139,6 +139,12 @@ class MovieGenDiT(MegatronModule):
             self.unpatchify = Unpatchify(dit_config)
             for param in self.unpatchify.parameters():
                 param.sequence_parallel = True
+        # Megatron builds its layers in params_dtype; our modules around them join them there, as Megatron's
+        # Float16Module does for a whole model. What stays float32 is computed, not stored: the time-step
+        # sinusoids (t * 1000 in bf16 would lose the step), every norm's statistics, the output handed to the loss
+        # (below), and, in the optimizer, the main params and grads (training/optimizer.py).
+        for module in self.own_modules():
+            module.to(dtype=config.params_dtype)
         if dit_config.lora.enabled:
             attach_lora(self.layers, dit_config.lora, self.layer_offset)
             freeze_all_but_adapters(self)
@@ -153,10 +159,16 @@ class MovieGenDiT(MegatronModule):
     def replicated_modules(self) -> tuple[torch.nn.Module, ...]:
         return self.time_embedding, self.position_embedding, self.context_projection
 
+    def own_modules(self) -> list[torch.nn.Module]:
+        """The modules around Megatron's blocks that this chunk holds."""
+        names = ("patch_embed", "time_embedding", "context_projection", "position_embedding", "unpatchify")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
+
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """latents (b, 16, t, h, w) noisy X_t; timesteps (b,) in [0, 1]; conditioning with the model's context
-        sources (and condition channels / task / infill when it has them). Returns this rank's velocity tokens
-        (s_local, b, 16*pt*ph*pw) on the last pipeline stage, hidden states (s_local, b, d) elsewhere."""
+        """latents (b, 16, t, h, w) noisy X_t; timesteps (b,) in [0, 1] float32; conditioning with the model's
+        context sources (and condition channels / task / infill when it has them), any float dtype. Returns this
+        rank's velocity tokens (s_local, b, 16*pt*ph*pw) float32 on the last pipeline stage, hidden states
+        (s_local, b, d) in params_dtype elsewhere."""
         grid = self.token_grid(latents.shape)
         if self.pre_process:
             hidden = self.layout.split(self.patch_embed(self._with_condition_channels(latents, conditioning)))
@@ -177,7 +189,7 @@ class MovieGenDiT(MegatronModule):
 
         if not self.post_process:
             return hidden.contiguous()  # sent to the next pipeline stage
-        return self.unpatchify(hidden, time_embedding)
+        return self.unpatchify(hidden, time_embedding).float()  # the loss and the sampler work in float32
 
     def _with_condition_channels(self, latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         """(b, c, t, h, w) -> (b, DiTConfig.input_channels, t, h, w): the latents, the condition channels, then the

@@ -38,7 +38,7 @@ class PatchEmbed(nn.Module):
                               stride=self.patch_size)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.proj(latents)  # (b, d, t', h', w')
+        x = self.proj(latents.to(self.proj.weight.dtype))  # (b, d, t', h', w')
         return x.flatten(2).permute(2, 0, 1).contiguous()  # (s, b, d)
 
 
@@ -145,6 +145,15 @@ class TimestepEmbedding(nn.Module):
         return emb, modulation
 
 
+class Float32LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose statistics are computed in float32 whatever the dtype of its input and weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
 class ContextProjection(nn.Module):
     """Per source (text encoder, reference image) Linear + LayerNorm to the model width; outputs concatenated
     along the sequence in `DiTConfig.context_sources()` order (SPEC: one projection per text encoder).
@@ -163,7 +172,7 @@ class ContextProjection(nn.Module):
         self.encoders = nn.ModuleDict({name: build_vision_tower(source.encoder)
                                        for name, source in sources.items() if source.encoder is not None})
         self.proj = nn.ModuleDict({name: nn.Linear(source.width, cfg.hidden_size) for name, source in sources.items()})
-        self.norm = nn.ModuleDict({name: nn.LayerNorm(cfg.hidden_size) for name in sources})
+        self.norm = nn.ModuleDict({name: Float32LayerNorm(cfg.hidden_size) for name in sources})
 
     def forward(self, tokens: dict[str, Tokens], images: Optional[dict[str, Images]] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,14 @@
 """AdamW behind Megatron's optimizer interface, and its learning-rate schedule.
 
 On GPU this is Megatron's own `get_megatron_optimizer` (DistributedOptimizer when configured). Those
-optimizers are CUDA-only (fused kernels, CUDA grad clipping), so on CPU we use `CPUOptimizer`: Megatron's
-FP32Optimizer (same step/zero_grad/state_dict/sharded_state_dict) with a grad-norm clip that runs on CPU
-tensors; the norm covers each parameter once over the model-parallel group, exactly as Megatron counts it.
+optimizers are CUDA-only (fused kernels, CUDA grad clipping), so on CPU we use Megatron's own classes with a
+grad-norm clip that runs on CPU tensors (the norm covers each parameter once over the model-parallel group,
+exactly as Megatron counts it):
+- fp32 weights: `CPUOptimizer`, Megatron's FP32Optimizer;
+- bf16 weights: `CPUMixedPrecisionOptimizer`, Megatron's Float16OptimizerWithFloat16Params: AdamW steps float32
+  main copies of the weights with the float32 grads DDP accumulated (grad_reduce_in_fp32), then copies them
+  back to the bf16 weights, as on GPU. Its main params are saved in checkpoints, so a resumed run continues
+  from the same float32 values, not from their bf16 rounding.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ import math
 
 import torch
 import torch.distributed as dist
+from megatron.core import tensor_parallel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer.optimizer import FP32Optimizer
+from megatron.core.optimizer.optimizer import (
+    Float16OptimizerWithFloat16Params,
+    FP32Optimizer,
+    MixedPrecisionOptimizer,
+)
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_moviegen.config import ConfigError
@@ -37,8 +47,8 @@ def _optimizer_config(train: TrainConfig, use_distributed_optimizer: bool, bf16:
     )
 
 
-class CPUOptimizer(FP32Optimizer):
-    """FP32Optimizer whose grad-norm clipping works on CPU tensors (Megatron's asserts CUDA)."""
+class _CPUGradClip:
+    """Grad-norm clipping on CPU tensors (Megatron's asserts CUDA), for a MegatronOptimizer subclass."""
 
     @torch.no_grad()
     def clip_grad_norm(self, clip_grad: float) -> float:
@@ -56,6 +66,40 @@ class CPUOptimizer(FP32Optimizer):
         return total_norm
 
 
+class CPUOptimizer(_CPUGradClip, FP32Optimizer):
+    """Megatron's FP32Optimizer, clipping on CPU."""
+
+
+class CPUMixedPrecisionOptimizer(_CPUGradClip, Float16OptimizerWithFloat16Params):
+    """Megatron's Float16OptimizerWithFloat16Params for bf16 weights on CPU: its constructor only accepts
+    `torch.cuda.*Tensor` parameters, so the three groups it keeps (bf16 weights, their float32 main copies, float32
+    weights) are made here by dtype; everything else (grad copies, step, state dicts, checkpoints) is Megatron's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: OptimizerConfig, init_state_fn):
+        MixedPrecisionOptimizer.__init__(self, optimizer, config, None, init_state_fn)  # bf16: no loss scaling
+        self.float16_groups, self.fp32_from_float16_groups, self.fp32_from_fp32_groups = [], [], []
+        for group in self.optimizer.param_groups:
+            low, main, full = [], [], []
+            for index, param in enumerate(group["params"]):
+                if param.dtype in (torch.bfloat16, torch.float16):
+                    main_param = param.detach().clone().float()
+                    tensor_parallel.copy_tensor_model_parallel_attributes(main_param, param)
+                    if hasattr(param, "shared"):
+                        main_param.shared = param.shared
+                    group["params"][index] = param.main_param = main_param
+                    low.append(param)
+                    main.append(main_param)
+                elif param.dtype == torch.float32:
+                    full.append(param)
+                else:
+                    raise TypeError(f"optimizer: parameter of dtype {param.dtype}; expected bfloat16, float16 or "
+                                    "float32")
+            self.float16_groups.append(low)
+            self.fp32_from_float16_groups.append(main)
+            self.fp32_from_fp32_groups.append(full)
+        self.is_stub_optimizer = False
+
+
 def build_optimizer(model_chunks, train: TrainConfig, runtime: Runtime):
     """Megatron's optimizer on GPU (distributed when the runtime says so), `CPUOptimizer` on CPU."""
     config = _optimizer_config(train, runtime.distributed_optimizer, runtime.bf16)
@@ -71,6 +115,8 @@ def build_optimizer(model_chunks, train: TrainConfig, runtime: Runtime):
     for group in adamw.param_groups:  # the fields Megatron's param groups carry (scheduler, checkpoint matching)
         group.update(lr_mult=1.0, is_expert_parallel=False,
                      is_decoupled_lr=False, default_config=True, max_lr=train.lr, min_lr=train.min_lr)
+    if runtime.bf16:
+        return CPUMixedPrecisionOptimizer(adamw, config, init_state_fn=_init_adam_state)
     return CPUOptimizer(adamw, config, init_state_fn=_init_adam_state)
 
 

@@ -80,9 +80,10 @@ def randomize_well_conditioned(model: torch.nn.Module) -> None:
             param.normal_(0.0, 0.5 / param[0].numel() ** 0.5)
 
 
-def run_step(rank: int, world_size: int, overrides: list[str], reference: dict | None, recipe: str = "tiny") -> dict:
+def run_step(rank: int, world_size: int, overrides: list[str], reference: dict | None, recipe: str = "tiny",
+             precision: str = "fp32") -> dict:
     cfg = load_config(recipe, overrides)
-    runtime = Runtime.resolve()
+    runtime = Runtime.resolve(precision)
     init_model_parallel(cfg.parallel, runtime)
     set_seed(1234, runtime)
     chunks = build_dit_chunks(cfg, runtime)
