@@ -65,3 +65,20 @@ def test_bf16_layout_matches_one_bf16_process_within_bf16_rounding(layout, refer
         if error >= bound:
             worst[name] = (error, bound)
     assert not worst, f"{layout}: gradients off by more than bf16 rounding: {worst}"
+
+
+@pytest.mark.parametrize("condition", ["conditioned", "lora", "audio"])
+def test_every_model_kind_steps_in_bf16_within_bf16_rounding_of_float32(condition):
+    """Editing / upsampler channels and task table, PT2V's trainable tower and frozen tokens, LoRA adapters, and the
+    audio model (infill, video features, T5): one bf16 process against float32 on the same weights."""
+    from tests.parallel.test_dit_parity import CONDITIONS, RECIPES
+
+    recipe = RECIPES.get(condition, "tiny")
+    bf16 = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], None, recipe, "bf16"))[0]
+    fp32 = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], bf16, recipe, "fp32"))[0]
+    assert all(w.dtype == torch.bfloat16 for w in bf16["weights"].values())
+    for got, want in zip(bf16["outputs"], fp32["outputs"]):
+        assert 0 < _relative_error(got, want) < 8 * BF16_ULP
+    assert set(bf16["grads"]) == set(fp32["grads"])
+    worst = max(_relative_error(bf16["grads"][n], fp32["grads"][n]) for n in bf16["grads"])
+    assert worst < 16 * BF16_ULP, f"{condition}: worst bf16 gradient error {worst:.2e}"
