@@ -2,8 +2,8 @@
 # apex, flash-attn and DALI. We add Megatron-Core (pinned: parallel/cpu_shim.py and the checkpoint code are
 # tested against 0.16.x), the data/text stack, and this package, without touching the container's torch.
 #
-#   docker build -t megatron-moviegen:latest .
-#   enroot import dockerd://megatron-moviegen:latest      # for pyxis: srun --container-image=...
+#   docker build -t megatron-moviegen .
+#   enroot import -o megatron-moviegen.sqsh dockerd://megatron-moviegen   # the file slurm/*.sh give pyxis
 FROM nvcr.io/nvidia/pytorch:25.10-py3
 
 ENV PIP_NO_CACHE_DIR=1 \

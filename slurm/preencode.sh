@@ -7,7 +7,11 @@
 #   MANIFEST=/data/clips.jsonl OUT=/data/latents_768 TAE=/models/tae sbatch slurm/preencode.sh
 #   RECIPE=audio_13b MANIFEST=/data/sounds.jsonl OUT=/data/audio_latents AUDIO_AE=/models/audio_ae \
 #       sbatch slurm/preencode.sh --set audio.video_encoder=/models/metaclip-h14     # Movie Gen Audio
+#   DECODER=dali-gpu MANIFEST=... sbatch slurm/preencode.sh     # decode on each rank's GPU (NVDEC) with DALI
 #   bash slurm/preencode.sh --dry-run      # bucket counts and rejects, nothing encoded (runs here)
+#
+# DECODER: pyav (default; NUM_WORKERS decode processes per rank, 8 by default) or dali-gpu / dali-cpu (in-process,
+# no decode workers).
 #SBATCH --job-name=moviegen-preencode
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8
@@ -16,7 +20,8 @@
 #SBATCH --time=12:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
-#SBATCH --output=logs/%x-%j.out
+#SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
 set -euo pipefail
 
 RECIPE=${RECIPE:-t2iv_768}
@@ -29,9 +34,14 @@ else
     ENCODER=(--tae "${TAE:?set TAE to a TAE folder (TAE.save_pretrained), or AUDIO_AE for an audio recipe}")
     TEXT_ARGS=${TEXT_ARGS:-"ul2.path=/models/ul2 metaclip.path=/models/metaclip byt5.path=/models/byt5-large"}
 fi
-CONTAINER_IMAGE=${CONTAINER_IMAGE:-megatron-moviegen:latest}
 CONTAINER_MOUNTS=${CONTAINER_MOUNTS:-/data:/data,/models:/models}
 REPO=${REPO:-/workspace/megatron_moviegen}
+DECODER=${DECODER:-pyav}
+case "$DECODER" in
+    pyav) DECODE_ARGS=(--set "decoder=pyav" --num-workers "${NUM_WORKERS:-8}") ;;
+    dali-gpu|dali-cpu) DECODE_ARGS=(--set "decoder=$DECODER" --num-workers 0) ;;
+    *) echo "DECODER: got '$DECODER', need pyav, dali-gpu or dali-cpu" >&2; exit 2 ;;
+esac
 
 ARGS=(--config "$RECIPE" --manifest "$MANIFEST" --out "$OUT" "${ENCODER[@]}" --text-encoders paper --text $TEXT_ARGS)
 if [[ "${1:-}" == "--dry-run" ]]; then
@@ -39,7 +49,21 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     python tools/preencode_latents.py "${ARGS[@]}" --dry-run "${@:2}"
     exit 0
 fi
-mkdir -p logs
+
+# pyxis takes a squashfs file or a registry image ([USER@][REGISTRY#]IMAGE[:TAG], docker://, dockerd://); a bare
+# docker tag such as megatron-moviegen:latest is looked up on Docker Hub and fails on every node. README: On a cluster.
+CONTAINER_IMAGE=${CONTAINER_IMAGE:-${SLURM_SUBMIT_DIR:-$PWD}/megatron-moviegen.sqsh}
+if [[ "$CONTAINER_IMAGE" == *.sqsh || "$CONTAINER_IMAGE" == *.squashfs ]]; then
+    if [[ ! -f "$CONTAINER_IMAGE" ]]; then
+        echo "CONTAINER_IMAGE: no file $CONTAINER_IMAGE; build it (docker build -t megatron-moviegen . &&" \
+             "enroot import -o $CONTAINER_IMAGE dockerd://megatron-moviegen) or set CONTAINER_IMAGE" >&2
+        exit 2
+    fi
+elif [[ "$CONTAINER_IMAGE" != *"#"* && "$CONTAINER_IMAGE" != docker://* && "$CONTAINER_IMAGE" != dockerd://* ]]; then
+    echo "CONTAINER_IMAGE: got '$CONTAINER_IMAGE', need an existing .sqsh file or a registry image" \
+         "(REGISTRY#IMAGE[:TAG], e.g. nvcr.io#nvidia/pytorch:25.10-py3)" >&2
+    exit 2
+fi
 # srun relays SIGUSR1 to its tasks, whose default action is to exit: finished shards stay, the rest are redone.
 signalled=0 step=
 forward_usr1() {
@@ -50,7 +74,7 @@ forward_usr1() {
 trap forward_usr1 USR1
 srun --kill-on-bad-exit=1 \
     --container-image="$CONTAINER_IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$REPO" \
-    python tools/preencode_latents.py "${ARGS[@]}" --num-workers 8 "$@" &
+    python tools/preencode_latents.py "${ARGS[@]}" "${DECODE_ARGS[@]}" "$@" &
 step=$!
 while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done
 status=0

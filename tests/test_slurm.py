@@ -64,19 +64,27 @@ echo "$*" >> "$FAKE_LOG/scancel.calls"
 SCRIPTS = {"pretrain": "slurm/pretrain_t2v_30b.sh", "preencode": "slurm/preencode.sh"}
 
 
-def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int = 0, signal_it: bool = True,
-               extra_env: dict | None = None):
-    """Runs `script` as SLURM would (fake srun/scontrol/scancel on PATH), optionally sending the batch shell
-    SIGUSR1 once the step runs; returns (exit code, {log name: lines})."""
+def _fake_slurm(tmp_path, srun: str = "wait", exit_after_usr1: int = 0, extra_env: dict | None = None) -> dict:
+    """Fake srun/scontrol/scancel on PATH, a container image in the submit folder (tmp_path): the batch job's env."""
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir()
     log.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("scancel", FAKE_SCANCEL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_SRUN": srun,
-           "FAKE_EXIT_AFTER_USR1": str(exit_after_usr1), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]",
-           "MANIFEST": "/data/clips.jsonl", "OUT": "/data/latents", "TAE": "/models/tae", **(extra_env or {})}
+    (tmp_path / "megatron-moviegen.sqsh").write_bytes(b"hsqs")
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_SRUN": srun,
+            "FAKE_EXIT_AFTER_USR1": str(exit_after_usr1), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]",
+            "SLURM_SUBMIT_DIR": str(tmp_path), "MANIFEST": "/data/clips.jsonl", "OUT": "/data/latents",
+            "TAE": "/models/tae", **(extra_env or {})}
+
+
+def _batch_job(tmp_path, script: str, srun: str = "wait", exit_after_usr1: int = 0, signal_it: bool = True,
+               extra_env: dict | None = None):
+    """Runs `script` as SLURM would (fake srun/scontrol/scancel on PATH), optionally sending the batch shell
+    SIGUSR1 once the step runs; returns (exit code, {log name: lines})."""
+    log = tmp_path / "log"
+    env = _fake_slurm(tmp_path, srun, exit_after_usr1, extra_env)
     proc = subprocess.Popen(["bash", str(REPO / script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -127,3 +135,86 @@ def test_an_audio_recipe_preencodes_with_the_audio_autoencoder_and_t5(tmp_path):
     args = logs["srun.args"][0]
     assert "--config audio_13b" in args and "--audio-ae /models/audio_ae" in args and "--tae" not in args
     assert "--text t5.path=/models/t5-base" in args
+
+
+def _directives(script: str) -> dict:
+    """The script's `#SBATCH --name=value` lines as {name: value} ("" for a flag such as --exclusive)."""
+    lines = (REPO / script).read_text().splitlines()
+    pairs = (line.removeprefix("#SBATCH --").partition("=") for line in lines if line.startswith("#SBATCH --"))
+    return {name: value for name, _, value in pairs}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_the_log_opens_in_the_submit_folder_and_a_requeued_job_appends_to_it(name):
+    # SLURM opens --output before the script runs: a folder in its path would have to exist already, or the job
+    # fails without a word. A requeued job keeps its id (%j), so without append it would wipe its first run's log.
+    directives = _directives(SCRIPTS[name])
+    assert "/" not in directives["output"], directives["output"]
+    assert directives["open-mode"] == "append"
+    assert "mkdir -p logs" not in (REPO / SCRIPTS[name]).read_text()
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+@pytest.mark.parametrize("image, says", [
+    ("megatron-moviegen:latest", "CONTAINER_IMAGE: got 'megatron-moviegen:latest', need an existing .sqsh file"),
+    ("/no/such/image.sqsh", "CONTAINER_IMAGE: no file /no/such/image.sqsh; build it"),
+], ids=["docker-tag", "missing-sqsh"])
+def test_a_container_image_pyxis_cannot_use_is_refused_before_srun(tmp_path, name, image, says):
+    env = _fake_slurm(tmp_path, extra_env={"CONTAINER_IMAGE": image})
+    result = subprocess.run(["bash", str(REPO / SCRIPTS[name])], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert not (tmp_path / "log" / "srun.args").exists()
+
+
+@pytest.mark.parametrize("image", ["", "nvcr.io#nvidia/pytorch:25.10-py3", "dockerd://megatron-moviegen"],
+                         ids=["default-sqsh", "registry", "dockerd"])
+def test_a_sqsh_in_the_submit_folder_or_a_registry_image_reaches_srun(tmp_path, image):
+    env = {"CONTAINER_IMAGE": image} if image else {}
+    code, logs, output = _batch_job(tmp_path, SCRIPTS["pretrain"], srun="finish", signal_it=False, extra_env=env)
+    assert code == 0, output
+    expected = image or str(tmp_path / "megatron-moviegen.sqsh")
+    assert f"--container-image={expected} " in logs["srun.args"][0]
+
+
+@pytest.mark.parametrize("decoder, expected", [
+    ("", "--set decoder=pyav --num-workers 8"),
+    ("dali-gpu", "--set decoder=dali-gpu --num-workers 0"),
+], ids=["pyav", "dali-gpu"])
+def test_preencode_runs_decode_workers_only_for_pyav(tmp_path, decoder, expected):
+    # DALI decodes in-process: the tool refuses num_workers > 0 with it.
+    env = {"DECODER": decoder} if decoder else {}
+    code, logs, output = _batch_job(tmp_path, SCRIPTS["preencode"], srun="finish", signal_it=False, extra_env=env)
+    assert code == 0, output
+    assert expected in logs["srun.args"][0]
+
+
+def test_preencode_refuses_an_unknown_decoder(tmp_path):
+    env = _fake_slurm(tmp_path, extra_env={"DECODER": "nvdec"})
+    result = subprocess.run(["bash", str(REPO / SCRIPTS["preencode"])], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 2 and "DECODER: got 'nvdec', need pyav, dali-gpu or dali-cpu" in result.stderr
+
+
+def test_the_scripts_decoder_and_the_users_overrides_both_reach_the_data_config():
+    import runpy
+
+    parse_args = runpy.run_path(str(REPO / "tools" / "preencode_latents.py"))["parse_args"]
+    args = parse_args(["--manifest", "m.jsonl", "--out", "o", "--dry-run", "--set", "decoder=dali-gpu",
+                       "--set", "audio.video_encoder=/models/metaclip-h14", "shard_size=4"])
+    assert args.set == ["decoder=dali-gpu", "audio.video_encoder=/models/metaclip-h14", "shard_size=4"]
+
+
+def _seconds(duration: str) -> int:
+    hours, minutes, seconds = (int(part) for part in duration.split(":"))
+    return 3600 * hours + 60 * minutes + seconds
+
+
+@pytest.mark.parametrize("recipe", ["t2i_256", "t2iv_256", "t2iv_768", "sft", "upsampler_7b", "audio_13b"])
+def test_a_gpu_recipe_saves_by_time_inside_one_allocation_of_the_pretraining_script(recipe):
+    from megatron_moviegen.recipes import load_config
+
+    directives = _directives(SCRIPTS["pretrain"])
+    usable = _seconds(directives["time"]) - int(directives["signal"].split("@")[1])
+    minutes = load_config(recipe).train.save_every_minutes
+    assert minutes is not None and minutes * 60 < usable / 2, (minutes, usable)

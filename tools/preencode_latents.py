@@ -70,7 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "shards that gain samples)")
     parser.add_argument("--config", default=None,
                         help="take the data section (buckets, shard size, ...) from this training recipe")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DataConfig overrides")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="FIELD=VALUE",
+                        help="DataConfig overrides; repeated --set flags add up (slurm/preencode.sh passes the decoder)")
     args = parser.parse_args(argv)
     # A dry run encodes nothing, so it may leave the encoders out.
     problem = encoder_choice_error(args.tae, args.text_encoders, required=not args.dry_run, audio_ae=args.audio_ae)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from megatron_moviegen.runtime import local_rank_from_env
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -275,9 +277,10 @@ class DaliDecoder:
 
     DALI decodes the whole file; we pick the clip's frames by their packet timestamps (read by PyAV without
     decoding, so both backends pick the same frames) and resize + crop with torch on the same device.
+    `device_id`: the GPU; None: this node-local rank's (LOCAL_RANK / SLURM_LOCALID), not every rank's cuda:0.
     """
 
-    def __init__(self, device: str = "gpu", device_id: int = 0, num_threads: int = 2):
+    def __init__(self, device: str = "gpu", device_id: Optional[int] = None, num_threads: int = 2):
         if device not in ("gpu", "cpu"):
             raise ValueError(f"DaliDecoder device: got {device!r}, expected 'gpu' or 'cpu'")
         try:
@@ -288,6 +291,7 @@ class DaliDecoder:
             raise DecoderUnavailable("DaliDecoder(device='gpu') needs a CUDA device")
         self.name = f"dali-{device}"
         self.device = device
+        device_id = local_rank_from_env() if device_id is None else device_id
         self.torch_device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         self._probe = PyAVDecoder()
 
@@ -334,10 +338,11 @@ class DaliDecoder:
         return out
 
 
-def build_decoder(name: str) -> Decoder:
-    """`pyav`, `dali-gpu` or `dali-cpu`; DALI backends raise DecoderUnavailable when DALI is missing."""
+def build_decoder(name: str, device_id: Optional[int] = None) -> Decoder:
+    """`pyav`, `dali-gpu` or `dali-cpu`; DALI backends raise DecoderUnavailable when DALI is missing. `device_id`:
+    dali-gpu's GPU (None: this node-local rank's)."""
     if name == "pyav":
         return PyAVDecoder()
     if name in ("dali-gpu", "dali-cpu"):
-        return DaliDecoder(device=name.split("-")[1])
+        return DaliDecoder(device=name.split("-")[1], device_id=device_id)
     raise ValueError(f"decoder: got {name!r}, expected one of 'pyav', 'dali-gpu', 'dali-cpu'")

@@ -362,12 +362,14 @@ def prepare_entry(index: int, entry: ManifestEntry, table: BucketTable, decoder:
 _worker_state: dict = {}
 
 
-def _init_worker(config: DataConfig, parent_pid: Optional[int] = None) -> None:
+def _init_worker(config: DataConfig, parent_pid: Optional[int] = None, device: Optional[torch.device] = None) -> None:
+    """`device`: the encoders' (a GPU decoder decodes onto it); None: this node-local rank's GPU."""
     if parent_pid is not None:
         die_with_parent(parent_pid)  # a kill -9 of pre-encoding must not leave its decode workers running
     torch.set_num_threads(1)
     _worker_state["table"] = BucketTable(config.buckets)
-    _worker_state["decoder"] = build_decoder(config.decoder)
+    gpu = device.index if device is not None and device.type == "cuda" else None
+    _worker_state["decoder"] = build_decoder(config.decoder, device_id=gpu)
     _worker_state["io"] = IORetry(config.io_retries, config.io_retry_delay_s)
     _worker_state["edit"] = config.edit
     _worker_state["reference"] = config.reference
@@ -387,15 +389,16 @@ def _assign_in_worker(item: tuple[int, ManifestEntry]) -> Union[Assignment, Reje
     return assign_entry(item[0], item[1], *_worker_args())
 
 
-def ordered_map(fn: Callable, items: Iterable, config: DataConfig) -> Iterator:
-    """`map(fn, items)` in order, on `config.num_workers` spawned processes (in-process when 0), bounded queue."""
+def ordered_map(fn: Callable, items: Iterable, config: DataConfig, device: Optional[torch.device] = None) -> Iterator:
+    """`map(fn, items)` in order, on `config.num_workers` spawned processes (in-process when 0), bounded queue.
+    `device`: the encoders', where a GPU decoder decodes."""
     num_workers = config.num_workers
     if num_workers == 0:
-        _init_worker(config)
+        _init_worker(config, device=device)
         yield from map(fn, items)
         return
     with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(config, os.getpid())) as pool:
+                             initargs=(config, os.getpid(), device)) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -443,7 +446,7 @@ class Preencoder:
         """Bucket counts and rejects from file headers alone (nothing decoded, nothing written)."""
         counts: Counter = Counter()
         rejects = []
-        results = ordered_map(_assign_in_worker, list(enumerate(entries)), self.config)
+        results = ordered_map(_assign_in_worker, list(enumerate(entries)), self.config, self.device)
         for result in tqdm(results, total=len(entries), desc="probing", unit="sample", disable=self.rank != 0):
             if isinstance(result, Rejected):
                 rejects.append(result)
@@ -480,7 +483,7 @@ class Preencoder:
         summary = RunSummary(shards_skipped=sum(1 for k in mine if k not in work))
         start = time.perf_counter()
         items = [item for k in work for item in work[k][0]]
-        results = ordered_map(_prepare_in_worker, items, self.config)
+        results = ordered_map(_prepare_in_worker, items, self.config, self.device)
         with tqdm(total=len(items), desc=f"pre-encoding (rank {self.rank})", unit="sample",
                   disable=self.rank != 0) as bar:
             for k, (shard_items, previous) in work.items():

@@ -104,6 +104,9 @@ class TrainConfig:
     # Checkpoints (megatron.core.dist_checkpointing), one folder per step with a `latest` pointer.
     checkpoint_dir: str = "outputs/checkpoints"
     save_every: int = 1000
+    # Also save once this many minutes of wall time passed since the last save (or the start): a recipe whose steps
+    # take minutes reaches no `save_every` inside one allocation. None: by steps only.
+    save_every_minutes: Optional[float] = None
     resume: bool = True  # continue from checkpoint_dir/latest if it exists
     # resume=false into a checkpoint_dir that holds checkpoints is refused unless overwrite=true (this run's saves
     # then replace same-numbered steps and move `latest`). One run at a time holds checkpoint_dir/.lock.
@@ -156,6 +159,9 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup_steps: got {self.lr_warmup_steps}, must be in [0, steps={self.steps}]")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: got {self.ema_decay}, must be in [0, 1) (or null for no EMA)")
+        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
+            raise ConfigError(f"save_every_minutes: got {self.save_every_minutes}, must be > 0 (or null to save by steps "
+                              "only)")
         if self.keep_last is not None and self.keep_last < 1:
             raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 1 (or null to keep every step)")
         if self.clip_grad < 0:

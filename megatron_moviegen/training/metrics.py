@@ -167,6 +167,13 @@ class MetricsLogger:
                 self.wandb.log({f"samples/{path.stem}": media}, step=step)
         self.note(f"samples at step {step}: {len(paths)} in {paths[0].parent} ({seconds:.1f} s)")
 
+    def record_save(self, step: int, checkpoint: str, seconds: float) -> None:
+        """A checkpoint saved after `step` and the seconds the save held training up (with train.async_save, until the
+        background writer took over): `save_s` in that step's history row and metrics.jsonl, and on the console. Size
+        the SLURM script's SIGUSR1 lead from it (slurm/pretrain_t2v_30b.sh)."""
+        if self._add_to_step(step, {"save_s": seconds}):
+            self.note(f"saved checkpoint {checkpoint} in {seconds:.1f} s")
+
     def note(self, message: str) -> None:
         if not self.is_logger:
             return

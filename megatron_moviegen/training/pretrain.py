@@ -6,7 +6,8 @@ layout); finalize_model_grads reduces the grads; AdamW steps; the LR schedule ad
 data-parallel replica reads the same samples and draws the same noise and times, seeded by
 (seed, step, dp rank, microbatch), so a resumed run repeats an uninterrupted one exactly. After a step: the
 validation loss (training/validation.py) and sample videos of fixed prompts (training/samples.py) when due, then a
-checkpoint when due.
+checkpoint when due: every `train.save_every` steps, once `train.save_every_minutes` passed since the last one, at the
+last step, or after a preemption signal.
 """
 
 from __future__ import annotations
@@ -66,6 +67,34 @@ class TrainResult:
     skipped: list[dict] = field(default_factory=list)  # batches skipped for a non-finite loss (NonFiniteGuard)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (a MAX all-reduce). `device`: the runtime's, the one the default
+    process group's backend takes (NCCL refuses CPU tensors)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class SaveTimer:
+    """`train.save_every_minutes`: a save is due once that much wall time passed since the last save (or the start).
+    The ranks' clocks drift apart, so the decision is agreed: due on one rank makes it due on all."""
+
+    clock = staticmethod(time.monotonic)  # seconds
+
+    def __init__(self, minutes: float | None, device: torch.device):
+        self.seconds = None if minutes is None else minutes * 60.0
+        self.device = device
+        self.last = self.clock()
+
+    def due(self) -> bool:
+        if self.seconds is None:
+            return False
+        return any_rank(self.clock() - self.last >= self.seconds, self.device)
+
+    def saved(self) -> None:
+        self.last = self.clock()
+
+
 class PreemptionFlag:
     """SIGTERM / SIGUSR1 (SLURM sends them before a time limit or preemption) ask for a save-and-exit."""
 
@@ -80,11 +109,8 @@ class PreemptionFlag:
         self.requested = True
 
     def agreed(self, device: torch.device) -> bool:
-        """True on every rank if any rank was signalled (ranks may receive the signal at different times).
-        `device`: the runtime's, the one the default process group's backend takes (NCCL refuses CPU tensors)."""
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        """True on every rank if any rank was signalled (ranks may receive the signal at different times)."""
+        return any_rank(self.requested, device)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -224,6 +250,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
 
     metrics = MetricsLogger(cfg, runtime, dp_size, num_microbatches)
     preemption = PreemptionFlag()
+    saves = SaveTimer(cfg.train.save_every_minutes, runtime.device)
     guard = NonFiniteGuard(cfg, loader, model, layout, metrics.reduce_loss, metrics.note)
     data = iter(loader)
     last_loss, checkpoint, preempted = float("nan"), None, False
@@ -258,13 +285,15 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
                 validation.after_step(done, model, scheduler, metrics)
             if samples is not None:
                 samples.after_step(done, model, ema, metrics)
-            save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps
+            save_now = done % cfg.train.save_every == 0 or done == cfg.train.steps or saves.due()
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:
                 guard.check_before_save(done)
+                started = time.perf_counter()
                 checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg,
                                                  ema=ema))
-                metrics.note(f"saved checkpoint {checkpoint}")
+                metrics.record_save(done, checkpoint, time.perf_counter() - started)
+                saves.saved()
             finalize_async_saves(blocking=False)  # publish an asynchronous save once every rank has written it
             if preempted:
                 metrics.note(f"stopping at step {done} after a preemption signal")

@@ -30,3 +30,32 @@ def write_png(path: Path, height: int, width: int, seed: int = 0) -> Path:
 def write_garbage(path: Path) -> Path:
     path.write_bytes(np.random.RandomState(1).bytes(4096))
     return path
+
+
+@pytest.fixture
+def dali_gpu_devices(monkeypatch) -> list:
+    """A stand-in for nvidia.dali on a machine that claims CUDA: DaliDecoder(device="gpu") builds against it and the
+    returned list receives the device_id of each pipeline built (the real DALI cannot run NVDEC here)."""
+    import sys
+    import types
+
+    built = []
+
+    def pipeline_def(**options):
+        def decorate(body):
+            def make():
+                built.append(options["device_id"])
+                return types.SimpleNamespace(build=lambda: None)
+            return make
+        return decorate
+
+    dali = types.ModuleType("nvidia.dali")
+    dali.fn, dali.types, dali.pipeline_def = types.SimpleNamespace(), types.SimpleNamespace(), pipeline_def
+    nvidia = types.ModuleType("nvidia")
+    nvidia.dali = dali
+    monkeypatch.setitem(sys.modules, "nvidia", nvidia)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", dali)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    return built

@@ -116,6 +116,16 @@ def test_dali_backend_reports_missing_dali():
         build_decoder("dali-cpu")
 
 
+@pytest.mark.parametrize("env, expected", [({"SLURM_LOCALID": "3"}, 3), ({"LOCAL_RANK": "5", "SLURM_LOCALID": "1"}, 5),
+                                           ({}, 0)], ids=["srun", "torchrun", "alone"])
+def test_dali_gpu_decodes_on_this_node_local_ranks_gpu(dali_gpu_devices, monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    decoder = build_decoder("dali-gpu")
+    assert dali_gpu_devices == [expected]
+    assert decoder.torch_device == torch.device("cuda", expected)
+
+
 def _vp9_transcode(src, dst, num_frames=48):
     """Re-encode the first frames of `src` as VP9 in WebM (near-lossless) for DALI's CPU path."""
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:

@@ -266,3 +266,14 @@ def test_tool_with_the_toy_encoders_writes_what_the_library_writes(encoded, medi
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert read_all(tmp_path) == read_all(encoded)
+
+
+def test_a_gpu_decoder_decodes_on_the_encoders_gpu(dali_gpu_devices, monkeypatch):
+    # The encoders' device comes from local_device (one GPU per rank, or the only GPU a process sees); the decoder
+    # follows it rather than LOCAL_RANK, which names a GPU this process may not see.
+    from megatron_moviegen.data.preencode import ordered_map
+
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    config = build(DataConfig, {"decoder": "dali-gpu", "num_workers": 0})
+    assert list(ordered_map(str, [1], config, torch.device("cuda", 6))) == ["1"]
+    assert dali_gpu_devices == [6]

@@ -1,5 +1,6 @@
 """The pretraining loop: exact resume, layout-independent checkpoints, preemption, early config errors."""
 
+import json
 import os
 import shutil
 import signal
@@ -264,3 +265,32 @@ def test_resuming_with_a_changed_schedule_is_refused_or_applied_when_asked(tiny_
     lrs = {row["step"]: row["lr"] for row in resumed["history"]}
     assert lrs == {row["step"]: row["lr"] for row in whole["history"] if row["step"] > 2}
     assert lrs[3] > 1e-4  # not the finished 2-step schedule's min_lr
+
+
+def _train_on_a_fake_clock(rank, world_size, overrides):
+    """`_train` with SaveTimer's clock advancing 60 s at each reading (one at the start, one per step's check, one
+    after each save), so a save_every_minutes run saves at steps fixed in advance."""
+    import itertools
+
+    from megatron_moviegen.training.pretrain import SaveTimer
+
+    readings = itertools.count(0.0, 60.0)
+    SaveTimer.clock = staticmethod(lambda: next(readings))
+    return _train(rank, world_size, overrides)
+
+
+def test_save_every_minutes_saves_between_step_multiples_and_logs_each_save_time(tiny_shards, tmp_path):
+    # Clock: start 0; steps 1, 2, 3 checked at 60, 120, 180 s -> 3 min >= 2.5 min: save at step 3 (timer reset at
+    # 240 s); steps 4, 5, 6 at 300, 360, 420 s -> save at 6; step 7 is the last. save_every=1000 never comes due.
+    overrides = _overrides(tiny_shards, tmp_path, 7, ["train.save_every=1000", "train.save_every_minutes=2.5"])
+    result = run_distributed(_train_on_a_fake_clock, 1, args=(overrides,))[0]
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000003", "iter_0000006", "iter_0000007"]
+    save_times = {row["step"]: row["save_s"] for row in result["history"] if "save_s" in row}
+    assert sorted(save_times) == [3, 6, 7] and all(seconds > 0 for seconds in save_times.values())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "save_s" in row] == [3, 6, 7]
+
+
+def test_save_every_minutes_must_be_positive():
+    with pytest.raises(ConfigError, match="save_every_minutes: got 0.0, must be > 0"):
+        load_config("tiny", ["train.save_every_minutes=0.0"])
