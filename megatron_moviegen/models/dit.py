@@ -17,6 +17,8 @@ grads all-reduced over PP by Megatron's finalize_model_grads, config.has_cond_em
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
@@ -25,7 +27,6 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
-from torch.utils.checkpoint import checkpoint
 
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.models.dit_config import DiTConfig
@@ -37,6 +38,7 @@ from megatron_moviegen.models.embeddings import (
     Unpatchify,
     mark_replicated_on_every_stage,
 )
+from megatron_moviegen.models import fp8
 from megatron_moviegen.models.lora import attach_lora, freeze_all_but_adapters
 from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.parallel.layout import SequenceLayout
@@ -80,6 +82,8 @@ def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
     )
+    capability = torch.cuda.get_device_capability(runtime.device) if runtime.on_gpu else None
+    fp8.check_fp8(model.fp8, model.fp8_recipe, runtime.transformer_impl, runtime.bf16, capability)
     if model.fp8 is not None:
         kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe)
     if model.recompute_granularity == "selective":
@@ -90,6 +94,16 @@ def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime
     # modules replicated on every stage) over the pipeline group.
     config.has_cond_embedder = True
     return config
+
+
+def pad_context(context: torch.Tensor, real: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """context (n, b, d), real (b, n) -> both padded with masked tokens to a multiple of `multiple` tokens (sequence
+    parallelism scatters the context over TP: UL2's 300 tokens over TP=8; FP8 GEMMs need aligned rows). Masked keys
+    get no attention weight, so the padding changes nothing but the shapes."""
+    pad = -context.shape[0] % multiple
+    if pad == 0:
+        return context, real
+    return F.pad(context, (0, 0, 0, 0, 0, pad)), F.pad(real, (0, pad), value=False)
 
 
 class MovieGenDiT(MegatronModule):
@@ -176,16 +190,20 @@ class MovieGenDiT(MegatronModule):
             hidden = self.input_tensor  # (s_local, b, d)
         time_embedding, modulation = self.time_embedding(timesteps, conditioning.task)
         context, real = self.context_projection(conditioning.tokens, conditioning.images)  # (n, b, d), (b, n)
+        context, real = pad_context(context, real, fp8.context_multiple(self.config))
         if self.config.sequence_parallel:
             context = tensor_parallel.scatter_to_sequence_parallel_region(context)
         context_mask = ~real[:, None, None, :]  # (b, 1, 1, n), True = masked (Megatron convention)
         position = self.layout.split(self.position_embedding(grid)).to(hidden.dtype)
 
-        for index, layer in enumerate(self.layers):
-            if self._recompute(index):
-                hidden = checkpoint(layer, hidden, modulation, context, context_mask, position, use_reentrant=False)
-            else:
-                hidden = layer(hidden, modulation, context, context_mask, position)
+        fp8.check_token_alignment(self.config, hidden.shape[0] * hidden.shape[1])
+        with fp8.whole_pass_context(self.config):
+            for index, layer in enumerate(self.layers):
+                args = (hidden, modulation, context, context_mask, position)
+                if self._recompute(index):
+                    hidden = fp8.recompute(self.config, partial(fp8.run_in_fp8, self.config, layer), *args)
+                else:
+                    hidden = fp8.run_in_fp8(self.config, layer, *args)
 
         if not self.post_process:
             return hidden.contiguous()  # sent to the next pipeline stage

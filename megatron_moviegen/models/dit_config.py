@@ -267,11 +267,3 @@ def check_model_fits_layout(model: DiTConfig, parallel: ParallelConfig) -> None:
             f"parallel.pipeline_model_parallel_size: model.num_layers {model.num_layers} is not divisible into "
             f"{chunks} pipeline chunks"
         )
-    if parallel.sequence_parallel:
-        for name, source in model.context_sources().items():
-            if source.max_length % tp:
-                section = "text_encoders" if name in model.text_encoders else "extra_context"
-                raise ConfigError(
-                    f"model.{section}.{name}.max_length: {source.max_length} must be divisible by "
-                    f"tensor_model_parallel_size {tp} with sequence_parallel (context tokens are scattered too)"
-                )

@@ -29,6 +29,16 @@ class MovieGenDiTLayerSubmodules:
     mlp: Union[ModuleSpec, type]
 
 
+def cp_comm_type_of_layer(config: TransformerConfig, layer_number: int) -> str | None:
+    """How self-attention exchanges K/V under context parallelism (`parallel.cp_comm_type`, one for all layers or
+    one per layer, as Megatron's TransformerLayer reads it); None without CP."""
+    if config.context_parallel_size == 1 or config.cp_comm_type is None:
+        return None
+    if isinstance(config.cp_comm_type, list):
+        return config.cp_comm_type[layer_number - 1]
+    return config.cp_comm_type
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """(s, b, d) * (1 + (b, d)) + (b, d)."""
     return x * (1 + scale) + shift
@@ -40,7 +50,8 @@ class MovieGenDiTLayer(MegatronModule):
         self.layer_number = layer_number
         norm_args = dict(config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
         self.self_attn_norm = build_module(submodules.self_attn_norm, **norm_args)
-        self.self_attention = build_module(submodules.self_attention, config=config, layer_number=layer_number)
+        self.self_attention = build_module(submodules.self_attention, config=config, layer_number=layer_number,
+                                           cp_comm_type=cp_comm_type_of_layer(config, layer_number))
         self.cross_attn_norm = build_module(submodules.cross_attn_norm, **norm_args)
         self.cross_attention = build_module(submodules.cross_attention, config=config, layer_number=layer_number)
         self.mlp_norm = build_module(submodules.mlp_norm, **norm_args)

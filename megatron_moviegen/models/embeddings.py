@@ -161,7 +161,7 @@ class ContextProjection(nn.Module):
     An extra source (model.extra_context) whose tokens are masked in every sample of the batch is left out of the
     context rather than attended as masked keys: a personalized model given no reference computes exactly what the
     text-to-video model it started from computes (the same keys, the same reductions), not merely up to rounding.
-    Every extra source's max_length is a multiple of TP under sequence parallelism, so the split stays even."""
+    The DiT pads the concatenated context to what its layout needs (`dit.pad_context`)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()

@@ -56,6 +56,7 @@ class SDPACoreAttention(MegatronModule):
         if attn_mask_type == AttnMaskType.causal:
             raise ValueError("SDPACoreAttention: Movie Gen attention is bidirectional; causal masks are not used")
         self.attention_type = attention_type
+        self.cp_comm_type = cp_comm_type  # recorded: this module always all-gathers K/V over CP (exact)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
         cp_group = getattr(pg_collection, "cp", None) if pg_collection is not None else None

@@ -14,7 +14,8 @@ RTOL = 1e-5
 # embedding (video editing; the spatial upsampler is the same model without the task table; microbatch i has task
 # i % 2), and two extra cross-attention sources (given in microbatch 0, dropped in microbatch 1, where they are left
 # out of the context): a reference image through a trainable vision tower in the model (personalization: a 1-layer
-# CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8, padded to 6) and precomputed tokens (a frozen tower's).
+# CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8, padded to 6) and precomputed tokens (a frozen tower's; 3 of
+# them, so the context of microbatch 0, 80 + 80 + 16 + 6 + 3 = 185 tokens, is padded with a masked one under TP=2 + SP).
 TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2, image_size: 16, "
          "patch_size: 8}")
 # LoRA (models/lora.py): adapters of rank 4 on all seven linears of every block (B random, as if trained, so both A
@@ -24,7 +25,7 @@ TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_atte
 CONDITIONS = {"t2v": [], "lora": ["model.lora.rank=4"], "conditioned": [
     "model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
     f"model.extra_context={{reference_image: {{width: 8, max_length: 6, encoder: {TOWER}}}, "
-    "frozen_tokens: {width: 8, max_length: 4}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"],
+    "frozen_tokens: {width: 8, max_length: 3}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"],
     "audio": ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"]}
 RECIPES = {"audio": "audio_tiny"}
 
