@@ -151,3 +151,10 @@ def test_deepspeed_autocast_follows_the_recipes_precision(precision, device, ena
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="fp16"):
         load_tae_config("tae_tiny", ["train.precision=fp16"])
+
+
+def test_the_paper_autoencoder_recipes_ask_for_bf16():
+    from megatron_moviegen.training.train_audio_ae import load_audio_ae_config
+
+    assert load_tae_config("tae_paper", ["data.videos=[a.mp4]"]).train.precision == "bf16"
+    assert load_audio_ae_config("audio_ae", ["data.audios=[a.mp4]"]).train.precision == "bf16"
