@@ -97,12 +97,12 @@ def encoder_choice_error(tae: str | None, text_encoders: str | None, required: b
     return None
 
 
-def build_video_encoder(source: str, device: torch.device):
+def build_video_encoder(source: str, device: torch.device, dtype: str = "auto"):
     if source == "toy-conv":
         return TinyVideoEncoder(device=device)
     from megatron_moviegen.inference.components import load_tae
 
-    return TAEVideoEncoder(load_tae(source, device))
+    return TAEVideoEncoder(load_tae(source, device), dtype=dtype)
 
 
 def build_text_encoder(args, device: torch.device):
@@ -208,7 +208,7 @@ def preencode(args: argparse.Namespace) -> int:
     if config.audio is not None and args.audio_ae is None and not args.dry_run:
         raise ConfigError("data.audio is set: give the audio autoencoder with --audio-ae")
     model = None if args.dry_run else load_recipe_model(args.config)
-    video_encoder = None if args.dry_run or config.audio is not None else build_video_encoder(args.tae, device)
+    video_encoder = None if args.dry_run or config.audio is not None else build_video_encoder(args.tae, device, config.tae_dtype)
     audio_encoder, frame_encoder = (None, None) if args.dry_run else build_audio_encoders(config, args.audio_ae,
                                                                                          device, model)
     text_encoder = None if args.dry_run else build_text_encoder(args, device)

@@ -206,6 +206,8 @@ class DataConfig:
     num_workers: int = 2  # decode processes
     decoder: Literal["pyav", "dali-gpu", "dali-cpu"] = "pyav"
     latent_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    # The TAE encode's autocast (its weights stay float32): auto: bfloat16 on CUDA, float32 on CPU.
+    tae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     # An OSError reading a source (an NFS/Lustre hiccup) is retried this many times, after waits of
     # io_retry_delay_s, 2x, 4x, ... (defaults: 0.5, 1, 2 s), before the entry is rejected with kind "io".
     # A missing file or a permission error is rejected at once (still "io": --retry-rejects reads it again).

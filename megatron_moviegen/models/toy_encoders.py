@@ -81,13 +81,21 @@ def embed_bytes(texts: list[str], byte_table: torch.Tensor, positions: torch.Ten
 
 class TAEVideoEncoder:
     """The project's TAE behind the `VideoEncoder` protocol: the posterior mean, with temporal/spatial tiling,
-    normalised by the TAE's latent_shift / latent_scale (the DiT's latent space)."""
+    normalised by the TAE's latent_shift / latent_scale (the DiT's latent space). `dtype` is the encode's autocast
+    (data.tae_dtype): "bfloat16" runs it under bf16 autocast, "float32" without, "auto" bf16 on CUDA only."""
 
-    def __init__(self, tae, tiled: bool = True):
+    def __init__(self, tae, tiled: bool = True, dtype: str = "auto"):
+        if dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"TAEVideoEncoder dtype: got {dtype!r}, expected 'auto', 'bfloat16' or 'float32'")
         self.tae = tae
         self.tiled = tiled
+        self.dtype = dtype
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, t, h, w) in [-1, 1] -> float32 latents (b, 16, ceil(t/8), h/8, w/8)."""
         param = next(self.tae.parameters())
-        return self.tae.normalize_latents(self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode())
+        bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and param.device.type == "cuda")
+        with torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=bf16):
+            latents = self.tae.encode(pixels.to(param.device, param.dtype), tiled=self.tiled).mode()
+        return self.tae.normalize_latents(latents.float())

@@ -5,11 +5,24 @@ Static state per GPU, for P_local parameters on this rank (TP-sharded blocks / T
     grads     fp32 main_grad buffer   4 B x P_local   (grad_reduce_in_fp32, Megatron's default for bf16)
     optimizer fp32 master + Adam m, v 12 B x P_local / DP with the distributed optimizer, else 12 B x P_local
 
-Activations per block, bf16, with sequence parallelism and flash attention (no s^2 term), following
-Korthikanti et al. 2022 (Megatron's "34 s b h / t" bytes per GPT layer) plus the DiT's extras (adaLN modulated
-inputs and gates, cross-attention q/out and its norm, a wider SwiGLU): ACT_BYTES_PER_TOKEN_DIM = 46 bytes per
-(token x hidden) / TP, over the CP-local tokens. Full recomputation keeps only each block's input (2 B) and
-one block's working set. This is an estimate; measure with benchmarks/dit_throughput.py on the GPU.
+Activations per block: the bytes autograd saves for backward per video token and hidden unit, counted tensor by
+tensor in the block (models/dit_layer.py) with bf16 activations. With U = one bf16 copy of the (tokens x d) hidden
+state (2 B per token and hidden unit), the local spec saves, per block:
+
+    on the token path (split over TP only with sequence parallelism)
+      3 RMSNorms, each two float32 copies of its input (x.float(), x * rsqrt)   3 x 4U   (TE norm: its input, 1U)
+      2 adaLN modulates (their norm output), 3 linear inputs (qkv, cross q, fc1),
+      2 gated residuals (the projected output)                                   7U
+    on the head / FFN-column path (split over TP)
+      fused qkv output                                                           3U
+      QK RMSNorms: two float32 copies each, and their bf16 outputs for attention 8U + 2U  (TE: 2U + 2U)
+      self-attention output; cross-attention q, output, key-less-row zeroing     4U   (selective recompute: 3U)
+      SwiGLU: fc1 output (2f), silu, linear half (+ glu offset), product (f each) 5f/d U  (GELU MLP: 2f/d U)
+
+so 36U + 5f/d U = 49.3U per block for the 30B (f/d = 8/3; 98.7 B per token and hidden unit), 34.3U with the TE
+spec. Measured on CPU (tests/planning/test_activation_bytes.py: saved_tensors_hooks on one tiny bf16 block) the
+formula is exact up to what it ignores: float32 per-token statistics of the norms and softmax (O(heads / d)) and the
+text tokens' tensors (O(n / s)). Full recomputation keeps only each block's input (1U) and one block's working set.
 """
 
 from __future__ import annotations
@@ -20,7 +33,6 @@ from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.parallel.config import ParallelConfig
 
 GIB = 2**30
-ACT_BYTES_PER_TOKEN_DIM = 46  # per block, bf16, SP + flash attention (see module docstring)
 WORKSPACE_GIB = 4.0  # NCCL buffers, CUDA context, allocator fragmentation
 
 
@@ -37,6 +49,29 @@ def parameter_counts(model: DiTConfig) -> tuple[int, int]:
     final = 2 * d * d + 2 * d + d * model.latent_channels * pt * ph * pw + model.latent_channels * pt * ph * pw
     positions = (model.max_frames + model.max_height + model.max_width) * d
     return blocks, context + time + patch + final + positions
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Bytes one block saves for backward per video token and hidden unit (bf16; see the module docstring)."""
+    token_path: float  # split over TP only with sequence parallelism
+    head_path: float  # split over TP
+
+    def per_rank(self, tp: int, sequence_parallel: bool) -> float:
+        return self.token_path / (tp if sequence_parallel else 1) + self.head_path / tp
+
+
+def block_activations(model: DiTConfig, transformer_impl: str = "local", recompute: str | None = None
+                      ) -> BlockActivations:
+    """What one block saves, counted in the module docstring's units (U = 2 bytes); `recompute` is
+    model.recompute_granularity ("selective" recomputes Megatron's core attention)."""
+    te = transformer_impl == "transformer_engine"
+    norm = 1 if te else 4  # TE's norm saves its bf16 input; ours two float32 copies
+    token = 3 * norm + 7
+    qk = 2 * (norm + 1) if model.qk_norm else 0
+    attention = 3 if recompute == "selective" else 4  # cross-attention's SDPA output, before zeroing, is not kept
+    mlp = (5 if model.gated_mlp else 2) * model.ffn_hidden_size / model.hidden_size
+    return BlockActivations(token_path=2.0 * token, head_path=2.0 * (3 + qk + attention + mlp))
 
 
 @dataclass(frozen=True)
@@ -61,7 +96,9 @@ def estimate_memory(model: DiTConfig, parallel: ParallelConfig, data_parallel_si
     params = blocks / (tp * pp) + replicated
     optimizer_shards = data_parallel_size * cp if parallel.use_distributed_optimizer else 1
     local_tokens = tokens * micro_batch_size / cp
-    per_block = ACT_BYTES_PER_TOKEN_DIM * local_tokens * model.hidden_size / tp
+    impl = "local" if model.transformer_impl == "local" else "transformer_engine"  # auto: TE on a GPU cluster
+    saved = block_activations(model, impl, model.recompute_granularity)
+    per_block = saved.per_rank(tp, parallel.sequence_parallel) * local_tokens * model.hidden_size
     layers = model.num_layers / pp
     if model.recompute_granularity == "full":
         saved = 2 * local_tokens * model.hidden_size / (tp if parallel.sequence_parallel else 1)

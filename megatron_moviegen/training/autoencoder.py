@@ -70,6 +70,13 @@ class AutoencoderOptimConfig:
     # "deepspeed": the autoencoder as a ZeRO-2 engine; "ddp": torch DDP; "auto": deepspeed when importable. Applies
     # when world size > 1; a single process trains unwrapped.
     data_parallel: Literal["deepspeed", "ddp", "auto"] = "auto"
+    # bf16: forward and loss under bf16 autocast (fp32 weights, optimizer and gradients), on CPU too; fp32: no
+    # autocast; auto: bf16 on GPU, fp32 on CPU. The DDP and DeepSpeed paths both follow it.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    def bf16_autocast(self, device: torch.device) -> bool:
+        """Whether this recipe's steps run under bf16 autocast on `device`."""
+        return self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
 
     def validate(self) -> None:
         for name in ("steps", "log_every", "eval_every", "checkpoint_every"):
@@ -176,13 +183,13 @@ def resolve_data_parallel(choice: str) -> str:
 
 
 def deepspeed_config(train: AutoencoderOptimConfig, micro_batch_size: int, device: torch.device) -> dict:
-    """ZeRO-2 with fp32 master weights; bf16 autocast on GPU (the same numerics as the DDP path), fp32 on CPU."""
+    """ZeRO-2 with fp32 master weights; bf16 autocast as train.precision says (the same numerics as the DDP path)."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": 2},
-        "torch_autocast": {"enabled": device.type == "cuda", "dtype": "bfloat16"},
+        "torch_autocast": {"enabled": train.bf16_autocast(device), "dtype": "bfloat16"},
         "steps_per_print": 2**31 - 1,
     }
 
@@ -334,7 +341,8 @@ class AutoencoderTrainer(ABC):
         """One generator update (and one discriminator update once the GAN is on); returns the step's record.
         Stops on every rank before a non-finite loss reaches the weights."""
         out_dir = self.cfg.train.out_dir
-        autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=inputs.device.type == "cuda")
+        autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16,
+                                  enabled=self.cfg.train.bf16_autocast(inputs.device))
         with autocast:
             reconstruction, posterior = autoencoder(inputs)
             total, terms = loss.generator_loss(inputs, reconstruction, posterior, posterior.mean, step)
@@ -359,7 +367,7 @@ class AutoencoderTrainer(ABC):
 
     def train(self, show_progress: bool = True, runtime: Runtime | None = None) -> list[dict]:
         """Run the training loop on this process's rank; returns the logged metrics (rank 0 writes metrics.jsonl,
-        prints the log lines and evaluates the held-out input). `runtime` (device; bf16 autocast on GPU) defaults
+        prints the log lines and evaluates the held-out input). `runtime` (device; train.precision picks autocast) defaults
         to this machine's."""
         cfg = self.cfg
         rank, world_size = world()

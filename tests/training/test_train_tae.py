@@ -119,3 +119,42 @@ def test_data_parallel_falls_back_to_ddp_without_deepspeed(monkeypatch):
 def test_recipe_without_videos_is_rejected():
     with pytest.raises(ConfigError, match="data.videos: at least one video path is required"):
         load_tae_config("tae_paper")
+
+
+def test_a_bf16_recipe_trains_under_bf16_autocast_on_cpu_with_a_finite_falling_loss(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    dtypes = []
+    generator_loss = TAELoss.generator_loss
+
+    def record_dtype(self, pixels, reconstruction, posterior, latents, step):
+        dtypes.append(reconstruction.dtype)
+        return generator_loss(self, pixels, reconstruction, posterior, latents, step)
+
+    monkeypatch.setattr(TAELoss, "generator_loss", record_dtype)
+    history = train_tae(load_tae_config("tae_tiny", FAST + [f"train.out_dir={tmp_path}", "train.steps=6",
+                                                            "train.precision=bf16"]), show_progress=False)
+    losses = [r["loss"] for r in history]
+    assert dtypes == [torch.bfloat16] * 6  # the decoder ran in bf16
+    assert all(math.isfinite(loss) for loss in losses) and sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses
+    assert all(p.dtype == torch.float32 for p in TAE.from_pretrained(str(tmp_path / "checkpoint")).parameters())
+
+
+@pytest.mark.parametrize("precision,device,enabled", [("auto", "cpu", False), ("auto", "cuda", True),
+                                                      ("bf16", "cpu", True), ("fp32", "cuda", False)])
+def test_deepspeed_autocast_follows_the_recipes_precision(precision, device, enabled):
+    train = load_tae_config("tae_tiny", [f"train.precision={precision}"]).train
+    config = autoencoder_module.deepspeed_config(train, 1, torch.device(device))
+    assert config["torch_autocast"] == {"enabled": enabled, "dtype": "bfloat16"}
+    assert train.bf16_autocast(torch.device(device)) is enabled
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="fp16"):
+        load_tae_config("tae_tiny", ["train.precision=fp16"])
+
+
+def test_the_paper_autoencoder_recipes_ask_for_bf16():
+    from megatron_moviegen.training.train_audio_ae import load_audio_ae_config
+
+    assert load_tae_config("tae_paper", ["data.videos=[a.mp4]"]).train.precision == "bf16"
+    assert load_audio_ae_config("audio_ae", ["data.audios=[a.mp4]"]).train.precision == "bf16"
