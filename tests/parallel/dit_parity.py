@@ -131,5 +131,6 @@ def run_step(rank: int, world_size: int, overrides: list[str], reference: dict |
         local = {name: param.main_grad for name, param in chunk.named_parameters() if param.requires_grad}
         grads.update(gather_full_tensors(chunk, local, chunk.layer_offset))
     is_last = parallel_state.is_pipeline_last_stage()
+    cp_comm_type = chunks[0].layers[0].self_attention.core_attention.cp_comm_type
     destroy()
-    return {"grads": grads, "outputs": outputs if is_last else None, "weights": weights}
+    return {"grads": grads, "outputs": outputs if is_last else None, "weights": weights, "cp_comm_type": cp_comm_type}

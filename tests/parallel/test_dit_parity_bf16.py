@@ -19,7 +19,7 @@ BF16_ULP = 2.0**-8
 
 LAYOUTS = {
     "tp2_sp": ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
-    "cp2": ["parallel.context_parallel_size=2"],
+    "cp2": ["parallel.context_parallel_size=2", "parallel.cp_comm_type=all_gather"],
 }
 
 
@@ -50,6 +50,8 @@ def test_bf16_layout_matches_one_bf16_process_within_bf16_rounding(layout, refer
     results = run_distributed(run_step, world_size=2, args=(LAYOUTS[layout], bf16, "tiny", "bf16"))
     outputs = [r["outputs"] for r in results if r["outputs"] is not None]
     assert outputs
+    if layout == "cp2":  # parallel.cp_comm_type reaches self-attention's core (TE would fall back to p2p without it)
+        assert [r["cp_comm_type"] for r in results] == ["all_gather", "all_gather"]
     for rank_outputs in outputs:
         for got, want, exact in zip(rank_outputs, bf16["outputs"], fp32["outputs"]):
             bound = 2 * _relative_error(want, exact) + BF16_ULP
