@@ -17,6 +17,7 @@ grads all-reduced over PP by Megatron's finalize_model_grads, config.has_cond_em
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 
 import torch
@@ -43,6 +44,15 @@ from megatron_moviegen.models.lora import attach_lora, freeze_all_but_adapters
 from megatron_moviegen.parallel.config import ParallelConfig
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
+
+
+def kernel_fusions(runtime: Runtime, model: DiTConfig) -> dict[str, bool]:
+    """Megatron's fused kernels where the GPU build provides them (TransformerEngine, or apex in the NGC container):
+    gradient-accumulation fusion (each weight-gradient GEMM accumulates straight into its float32 main_grad) and
+    the SwiGLU activation fusion (the GELU MLP has no bias to fuse with, and Megatron refuses it). Off on CPU."""
+    fused = runtime.on_gpu and (runtime.transformer_impl == "transformer_engine"
+                                or importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None)
+    return {"gradient_accumulation_fusion": fused, "bias_activation_fusion": fused and model.gated_mlp}
 
 
 def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime: Runtime, **overrides
@@ -76,13 +86,12 @@ def build_transformer_config(model: DiTConfig, parallel: ParallelConfig, runtime
         fp16=params_dtype == torch.float16,
         use_cpu_initialization=not runtime.on_gpu,
         perform_initialization=True,
-        bias_activation_fusion=False,
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        **kernel_fusions(runtime, model),
     )
-    capability = torch.cuda.get_device_capability(runtime.device) if runtime.on_gpu else None
+    capability = torch.cuda.get_device_capability(runtime.device) if runtime.on_gpu and model.fp8 else None
     fp8.check_fp8(model.fp8, model.fp8_recipe, runtime.transformer_impl, runtime.bf16, capability)
     if model.fp8 is not None:
         kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe)

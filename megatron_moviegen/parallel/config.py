@@ -21,6 +21,13 @@ class ParallelConfig:
     use_distributed_optimizer: bool = True
     # "p2p" is TE's ring; the local path all-gathers K/V over the CP group (exact softmax either way).
     cp_comm_type: Literal["p2p", "all_gather", "a2a"] = "p2p"
+    # Megatron DDP: reduce each gradient bucket as soon as the backward pass has filled it (overlapped with the rest
+    # of the backward) instead of all at once after it; with the distributed optimizer, all-gather the updated
+    # parameters bucket by bucket during the next forward. ddp_bucket_size: parameters per bucket (None: Megatron's
+    # default, max(40M, 1M x DP)).
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    ddp_bucket_size: Optional[int] = None
 
     @property
     def model_parallel_size(self) -> int:
@@ -38,6 +45,12 @@ class ParallelConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ConfigError("sequence_parallel: requires tensor_model_parallel_size > 1")
+        if self.overlap_param_gather and not (self.use_distributed_optimizer and self.overlap_grad_reduce):
+            raise ConfigError(f"overlap_param_gather: true needs use_distributed_optimizer and overlap_grad_reduce, got "
+                              f"use_distributed_optimizer={self.use_distributed_optimizer}, "
+                              f"overlap_grad_reduce={self.overlap_grad_reduce}")
+        if self.ddp_bucket_size is not None and self.ddp_bucket_size < 1:
+            raise ConfigError(f"ddp_bucket_size: got {self.ddp_bucket_size}, must be >= 1 (or null for Megatron's default)")
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None and (vpp < 1 or self.pipeline_model_parallel_size < 2):
             raise ConfigError(

@@ -27,7 +27,12 @@ from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.feeder import BatchFeeder
 from megatron_moviegen.data.loader import Batch, LatentLoader
-from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
+from megatron_moviegen.parallel.build import (
+    build_dit_chunks,
+    connect_ddp_to_schedules,
+    finish_param_gather,
+    wrap_ddp,
+)
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
@@ -205,13 +210,13 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     if samples is not None:
         samples.attach(chunks[0])
     ema = ModelEMA(chunks, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-    model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer)
+    model = wrap_ddp(chunks, use_distributed_optimizer=runtime.distributed_optimizer, parallel=cfg.parallel)
     optimizer = build_optimizer(model, cfg.train, runtime)
     scheduler = with_lr_plateau(build_scheduler(optimizer, cfg.train), cfg.train.lr_plateau)
     transformer_config = chunks[0].config
     transformer_config.finalize_model_grads_func = finalize_model_grads
     transformer_config.grad_scale_func = optimizer.scale_loss
-    transformer_config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+    connect_ddp_to_schedules(model)
 
     step = 0
     resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
@@ -273,6 +278,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
                 if updated:
                     scheduler.step(increment=1)
                     if ema is not None:
+                        finish_param_gather(model)
                         ema.update()
                     guard.after_update(step + 1, grad_norm, batch, microbatches, tokens)
                 last_loss = loss
@@ -289,6 +295,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
             preempted = preemption.agreed(runtime.device)
             if save_now or preempted:
                 guard.check_before_save(done)
+                finish_param_gather(model)
                 started = time.perf_counter()
                 checkpoint = str(save_checkpoint(cfg.train.checkpoint_dir, done, model, optimizer, scheduler, loader, cfg,
                                                  ema=ema))

@@ -58,3 +58,33 @@ def test_four_ranks_gather_the_whole_sequence_and_sum_the_loss_to_the_single_pro
         assert result["gathered"] and result["chunks"] == 4
         assert result["reported"] == pytest.approx(expected, rel=1e-6)
         assert result["weighted"] == pytest.approx(expected_weighted, rel=1e-6)
+
+
+def test_ddp_chunks_are_connected_to_megatrons_schedules_as_megatrons_training_loop_does():
+    from types import SimpleNamespace
+
+    from megatron_moviegen.parallel.build import connect_ddp_to_schedules, finish_param_gather
+
+    synced = []
+
+    def chunk(overlap_grad, overlap_param):
+        ddp_config = SimpleNamespace(overlap_grad_reduce=overlap_grad, overlap_param_gather=overlap_param,
+                                     align_param_gather=overlap_param)
+        return SimpleNamespace(module=SimpleNamespace(config=SimpleNamespace()), ddp_config=ddp_config,
+                               no_sync="no_sync", start_grad_sync="grad", start_param_sync=lambda **kw: synced.append(kw))
+
+    plain = [chunk(False, False)]
+    connect_ddp_to_schedules(plain)
+    config = plain[0].module.config
+    assert config.no_sync_func == "no_sync" and not hasattr(config, "grad_sync_func")
+    finish_param_gather(plain)
+    assert synced == []
+    shared = SimpleNamespace()
+    overlapped = [chunk(True, True), chunk(True, True)]  # two virtual pipeline chunks share one config
+    for c in overlapped:
+        c.module.config = shared
+    connect_ddp_to_schedules(overlapped)
+    assert shared.no_sync_func == ["no_sync", "no_sync"] and shared.grad_sync_func == ["grad", "grad"]
+    assert len(shared.param_sync_func) == 2
+    finish_param_gather(overlapped)
+    assert synced == [{"force_sync": True}, {"force_sync": True}]

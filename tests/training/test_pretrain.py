@@ -105,6 +105,15 @@ def test_async_saves_are_published_before_exit_and_resume_exactly(dp2_runs):
         assert _losses(resumed)[step] == _losses(whole)[step]
 
 
+def test_bucketed_grad_reduce_overlapped_with_backward_trains_exactly_as_one_reduce(tiny_shards, dp2_runs, tmp_path):
+    """parallel.overlap_grad_reduce with small buckets (Megatron DDP reduces each bucket asynchronously as the
+    backward fills it) gives the losses and grad norms of the unoverlapped run, bit for bit."""
+    _, whole, _ = dp2_runs
+    overlap = ["parallel.overlap_grad_reduce=true", "parallel.ddp_bucket_size=5000"]
+    overlapped = run_distributed(_train, 2, args=(_overrides(tiny_shards, tmp_path, 4, overlap),))[-1]
+    assert _losses(overlapped) == _losses(whole)
+
+
 def _velocity_after_load(rank, world_size, overrides, checkpoint):
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.runtime import Runtime
