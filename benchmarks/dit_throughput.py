@@ -5,7 +5,9 @@
     python benchmarks/dit_throughput.py --smoke                          # CPU-sized: tiny recipe, float32, seconds
 
 The blocks are built by the project's own code (`build_dit_chunks`, the local or TransformerEngine layer
-spec) on one device with TP = CP = PP = 1, wrapped in Megatron's Float16Module for bf16 as training does.
+spec) on one device with TP = CP = PP = 1, in the dtype training uses (the model holds bf16 weights itself and
+returns float32, as in training). `--fp8 hybrid` (TE spec) runs the blocks' linears in FP8 and checks that FP8
+was really active in every block's forward.
 One step = MovieGenDiT forward + backward from a random output gradient. The stem (patchify, time and
 text embeddings, unpatchify) is timed on its own with the blocks removed and subtracted, so every
 per-block figure is (whole model - stem) / N. Method and formulas: docs/performance.md.
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impl", default="local", choices=["local", "transformer_engine", "auto"])
     p.add_argument("--dtype", default=None, help="bfloat16 (default on GPU) or float32 (default on CPU)")
     p.add_argument("--recompute", default="none,full", help="comma-separated: none, full")
+    p.add_argument("--fp8", default=None, choices=["hybrid", "e4m3"], help="model.fp8 (needs --impl transformer_engine)")
+    p.add_argument("--fp8-recipe", default="tensorwise", choices=["tensorwise", "delayed", "blockwise", "mxfp8"])
     p.add_argument("--self-attn-backend", default="flash", choices=[*FORCEABLE, "auto"],
                    help="local spec: force this torch SDPA kernel for self-attention, or let torch choose")
     p.add_argument("--warmup", type=int, default=2)
@@ -279,19 +283,37 @@ def build_model(args, recompute: str, dtype: torch.dtype):
         f"model.num_layers={args.layers}",
         f"model.transformer_impl={args.impl}",
         f"model.recompute_granularity={'full' if recompute == 'full' else 'null'}",
-    ] + args.override
+    ] + ([f"model.fp8={args.fp8}", f"model.fp8_recipe={args.fp8_recipe}"] if args.fp8 else []) + args.override
     cfg = load_config(args.recipe, overrides)
     runtime = Runtime.resolve("bf16" if dtype == torch.bfloat16 else "fp32", cfg.model.transformer_impl,
                               distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
     set_seed(1234, runtime)
     dit = build_dit_chunks(cfg, runtime)[0]
-    if dtype == torch.float32:
-        return dit, dit, cfg
-    from megatron.core.transformer.module import Float16Module
+    return dit, dit, cfg
 
-    model = Float16Module(dit.config, dit)
-    return model, model.module, cfg
+
+class FP8Probe:
+    """Records, for every block's forward, whether TransformerEngine's FP8 autocast was active at its first linear
+    (an FP8 run that silently ran in bf16 fails `check`)."""
+
+    def __init__(self, blocks, expected: bool):
+        self.expected, self.seen = expected, []
+        if not expected:
+            return
+        from transformer_engine.pytorch.fp8 import FP8GlobalStateManager
+
+        for block in blocks:
+            block.self_attention.linear_qkv.register_forward_pre_hook(
+                lambda *_: self.seen.append(FP8GlobalStateManager.is_fp8_enabled()))
+
+    def check(self) -> str:
+        if not self.expected:
+            return "off"
+        if not self.seen or not all(self.seen):
+            raise AssertionError(f"--fp8: FP8 was not active in every block's forward ({self.seen.count(True)} of "
+                                 f"{len(self.seen)} block forwards in FP8)")
+        return f"on ({len(self.seen)} block forwards)"
 
 
 def latent_shape(cfg, grid: tuple[int, int, int]) -> list[int]:
@@ -481,6 +503,7 @@ def run(args) -> dict:
         local_attention = isinstance(dit.layers[0].self_attention.core_attention, SDPACoreAttention)
         forced = FORCEABLE.get(args.self_attn_backend) if local_attention else None
         scopes = AttentionScopes(dit.layers, forced)
+        probe = FP8Probe(dit.layers, expected=args.fp8 is not None)
         for tokens in token_counts:
             grid = token_grid(tokens, (cfg.model.max_frames, cfg.model.max_height, cfg.model.max_width))
             inputs = make_inputs(cfg, grid)
@@ -498,6 +521,7 @@ def run(args) -> dict:
             release_memory()
             print(f"done: {tokens} tokens, recompute {mode}", file=sys.stderr, flush=True)
         fallback = fallback or scopes.fallback
+        header["fp8"] = probe.check()
         del model, dit, scopes
         release_memory()
         destroy()
@@ -511,7 +535,7 @@ def report(result: dict) -> str:
     lines = [
         f"DiT block throughput: {env['recipe']} width (d={env['hidden']}, {env['heads']} heads x {env['head_dim']}, "
         f"ffn {env['ffn']}, {env['text_tokens']} text tokens), {env['layers']} blocks, {env['impl']} spec, "
-        f"{env['dtype']}",
+        f"{env['dtype']}, FP8 {env.get('fp8', 'off')}",
         f"device {env['device']}; torch {env['torch']} (cuda {env['cuda']}); megatron-core {env['megatron_core']}",
         f"matmul peak {env['peak_matmul_tflops']:.1f} TFLOP/s ({env['peak_matmul_size']}^3, best of several); "
         f"timer {env['timer']}, {env['warmup']} warmup + {env['iters']} timed steps, median; memory: {env['memory']}",
