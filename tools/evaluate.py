@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
+from megatron_moviegen.runtime import add_precision_argument
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames-in-png", type=int, default=4)
+    add_precision_argument(parser)
     parser.add_argument("--out", default="outputs/eval")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. 'data.buckets.aspect_ratios=[\"1:1\"]'")
     args = parser.parse_args(argv)
@@ -89,7 +91,7 @@ def exported_model(args: argparse.Namespace, needed_by: str = ""):
     if not args.checkpoint:
         raise SystemExit(f"evaluate: error: {needed_by} needs --checkpoint (the model's export)")
     with torn_down_after():
-        cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(distributed_optimizer=False))
+        cfg, chunks = load_exported_dit(args.checkpoint, [], Runtime.resolve(args.precision, distributed_optimizer=False))
         yield cfg, chunks[0], load_text_encoders(args.text_encoders, args.text, cfg.model)
 
 
