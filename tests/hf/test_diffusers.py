@@ -54,6 +54,17 @@ def test_the_pipeline_generates_the_frames_generate_does_from_the_same_export_an
     assert abs(frames - ours).max() * 255 < 0.5  # the same 8-bit frames
 
 
+def test_the_pipeline_in_bf16_samples_what_float32_samples_to_within_bf16_rounding(runs):
+    root, _, reference = runs
+    pipe = MovieGenVideoPipeline.from_pretrained(str(root / "hf"), dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.dtype == torch.bfloat16
+    latents = call(pipe, "latent").float()
+    assert torch.isfinite(latents).all()
+    error = ((latents - reference["latents"]).norm() / reference["latents"].norm()).item()
+    assert 0 < error < 0.05, f"bf16 latents {error:.3f} from float32 (relative)"  # rounded, not wrong
+
+
 def test_the_pipeline_with_the_paper_text_encoders_matches_too(runs):
     root, text, reference = runs
     pipe = MovieGenVideoPipeline.from_pretrained(str(root / "hf_paper"), dtype=torch.float32)
