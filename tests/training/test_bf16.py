@@ -12,6 +12,14 @@ from tests.harness import run_distributed
 from tests.training.test_pretrain import TP2_SP, _in_turn, _losses, _overrides, _train
 
 BF16 = ["train.precision=bf16", *TP2_SP]
+# Validation every 2 steps and sample videos at step 4 (one prompt, 3 Euler steps), in every run alike.
+EVAL = ["train.validate_every=2", "train.validation_batches=1", 'train.samples.prompts=["a red ball"]',
+        "train.samples.every=4", "train.samples.tae=toy-tae", "train.samples.text_encoders=toy",
+        "train.samples.num_frames=8", "train.samples.height=64", "train.samples.width=64", "train.samples.steps=3"]
+
+
+def _bf16(shards, ckpt, steps):
+    return _overrides(shards, ckpt, steps, [*BF16, *EVAL, f"train.validation_shards={shards}"])
 
 
 def _dtypes(rank, world_size, overrides):
@@ -36,15 +44,15 @@ def _dtypes(rank, world_size, overrides):
 @pytest.fixture(scope="module")
 def bf16_runs(tiny_shards, tmp_path_factory):
     """One launch: the dtypes, 4 uninterrupted steps, and a 2-step run (its checkpoint at step 2); then a launch
-    resuming a copy of the 2-step run to step 4."""
+    resuming a copy of the 2-step run to step 4. Each validates and samples as EVAL says."""
     root = tmp_path_factory.mktemp("bf16")
     dtypes, whole, _ = run_distributed(_in_turn, 2, args=([
         (_dtypes, (BF16,)),
-        (_train, (_overrides(tiny_shards, root / "whole", 4, BF16),)),
-        (_train, (_overrides(tiny_shards, root / "two_steps", 2, BF16),)),
+        (_train, (_bf16(tiny_shards, root / "whole", 4),)),
+        (_train, (_bf16(tiny_shards, root / "two_steps", 2),)),
     ],))[0]
     shutil.copytree(root / "two_steps", root / "resumed")
-    resumed = run_distributed(_train, 2, args=(_overrides(tiny_shards, root / "resumed", 4, BF16),))[0]
+    resumed = run_distributed(_train, 2, args=(_bf16(tiny_shards, root / "resumed", 4),))[0]
     return {"root": root, "dtypes": dtypes, "whole": whole, "resumed": resumed}
 
 
@@ -57,6 +65,13 @@ def test_bf16_loss_is_finite_and_falls_on_real_clips(bf16_runs):
     assert sorted(losses) == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(loss)) for loss, _ in losses.values())
     assert losses[4][0] < losses[1][0]
+
+
+def test_bf16_validation_and_sample_videos_run(bf16_runs):
+    validation = [row["val_loss"] for row in bf16_runs["whole"]["history"] if "val_loss" in row]
+    assert len(validation) == 2 and all(torch.isfinite(torch.tensor(validation)))
+    videos = list((bf16_runs["root"] / "whole" / "samples" / "iter_0000004").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
 
 
 def test_bf16_resume_repeats_the_uninterrupted_run_bit_for_bit(bf16_runs):
