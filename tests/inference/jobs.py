@@ -152,7 +152,8 @@ def edit_cli_job(rank: int, world_size: int, root: str) -> dict:
     common = ["--checkpoint", str(root / "edit_export"), "--tae", "toy-tae", "--text-encoders", "toy", "--steps", "3",
               "--prompt", INSTRUCTION]
     video = common + ["--edit-video", clip, "--fps", "8", "--frames", "16", "--height", "64", "--width", "64"]
-    for name, extra in (("a", []), ("b", []), ("image_task", ["--task", "image_edit"])):
+    for name, extra in (("a", []), ("b", []), ("image_task", ["--task", "image_edit"]),
+                        ("bf16", ["--precision", "bf16"])):
         generate(video + extra + ["--output-dir", str(root / name)])
     write_image(root / "frame.png", edit_source_pixels()[0, :, :1])
     generate(common + ["--edit-video", str(root / "frame.png"), "--output-dir", str(root / "image")])

@@ -123,7 +123,8 @@ def test_continuation_keeps_the_given_audio_and_generates_the_rest(one_process):
 
 def test_continuation_from_the_command_line_is_recorded(audio_run):
     root, _ = audio_run
-    assert main(_cli(root, "--seconds", "2", "--continue-from", str(RABBIT), "--continue-seconds", "0.5")) == 0
+    assert main(_cli(root, "--seconds", "2", "--continue-from", str(RABBIT), "--continue-seconds", "0.5",
+                     "--precision", "bf16")) == 0
     sidecar = json.loads((root / "out" / "0000-a-rabbit-in-a-meadow-seed0.json").read_text())
     assert sidecar["continued_frames"] == 12 and sidecar["video"] is None and sidecar["windows"] == [[0, 50]]
 

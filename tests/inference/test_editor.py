@@ -40,6 +40,13 @@ def test_the_same_seed_gives_the_same_edit_and_another_task_another_edit(runs):
     assert json.loads((root / "image_task" / f"{STEM}.json").read_text())["task"] == "image_edit"
 
 
+def test_an_edit_in_bf16_is_the_float32_edit_to_within_rounding(runs):
+    root, _ = runs
+    a, bf16 = read_frames(root / "a" / f"{STEM}.mp4"), read_frames(root / "bf16" / f"{STEM}.mp4")
+    assert bf16.shape == a.shape
+    assert np.abs(bf16.astype(int) - a).mean() < 2.0  # 8-bit levels; another task moves it by more than 1
+
+
 def test_an_image_source_is_edited_into_a_png_of_its_size(runs):
     root, _ = runs
     image = Image.open(root / "image" / f"{STEM}.png")

@@ -87,7 +87,8 @@ def _generate_then_upsample(rank, world_size, root):
     video = next(p for p in shapes if not p.endswith(".upsampled.mp4"))
     common = ["--checkpoint", str(root / "upsampler"), "--tae", "toy-tae", "--fps", "8", "--window-frames", "1",
               "--overlap-frames", "0", "--steps", "2"]
-    upsample_main([video, *common, "--height", "128", "--width", "128", "--out", str(root / "cli.mp4")])
+    upsample_main([video, *common, "--height", "128", "--width", "128", "--precision", "bf16",
+                   "--out", str(root / "cli.mp4")])
     report = upsample_main([video, *common, "--height", "64", "--width", "64", "--evaluate", "2.0",
                             "--out", str(root / "eval.mp4")])
     shapes["cli"] = read_frames(root / "cli.mp4").shape
