@@ -50,8 +50,8 @@ from megatron_moviegen.data.preencode import load_crop, reference_frame
 from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
-from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConfig, check_prompts, latent_shape,
-                                                  resolve_fps)
+from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConfig, check_prompts, command_record,
+                                                  latent_shape, resolve_fps)
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
@@ -229,7 +229,8 @@ def generate(argv: list[str] | None = None) -> list[Path]:
         dit = chunks[0]
         rank = dist.get_rank()
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
-        sources = {"checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders}
+        sources = {"checkpoint": str(args.checkpoint), "tae": args.tae, "text_encoders": args.text_encoders,
+                   **command_record(runtime.params_dtype, args.overrides, args.text)}
         started = time.perf_counter()
         if source is not None:
             editor = VideoEditor(dit, tae.to(runtime.device), text_encoders, cfg.data.edit, sources)

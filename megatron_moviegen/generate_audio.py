@@ -34,7 +34,7 @@ from megatron_moviegen.data.audio import read_audio
 from megatron_moviegen.data.decode import DecodeError, PyAVDecoder
 from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig, window_frames
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_text_encoders
-from megatron_moviegen.inference.pipeline import check_prompts
+from megatron_moviegen.inference.pipeline import check_prompts, command_record
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
@@ -129,7 +129,7 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
         text_encoders = load_text_encoders(args.text_encoders, args.text, cfg.model) if rank == 0 else None
         frame_encoder = FrameFeatureEncoder(video_encoder, str(runtime.device)) if rank == 0 else None
         sources = {"checkpoint": str(args.checkpoint), "audio_ae": args.audio_ae, "video_encoder": video_encoder,
-                   "text_encoders": args.text_encoders,
+                   "text_encoders": args.text_encoders, **command_record(runtime.params_dtype, args.overrides, args.text),
                    **({} if args.continue_from is None else {"continue_from": args.continue_from})}
         pipeline = AudioPipeline(chunks[0], autoencoder.to(runtime.device).eval(), text_encoders, frame_encoder,
                                  replace(audio, video_encoder=video_encoder), sources)

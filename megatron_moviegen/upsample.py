@@ -22,6 +22,7 @@ from megatron_moviegen.checkpoints.export import check_export_folder, load_expor
 from megatron_moviegen.data.config import UpsampleConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_range
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
+from megatron_moviegen.inference.pipeline import command_record, record_digest
 from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig, evaluate_upsampling
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument
@@ -81,7 +82,7 @@ def upsampled_size(height: int, width: int, scale: float, multiple: int = 16) ->
 
 def upsample_files(paths: list[Path], checkpoint: str, tae: str, scale: float, settings: UpsamplingConfig,
                    overrides: list[str], runtime: Runtime) -> list[Path]:
-    """Each written video <name>.mp4 -> <name>.upsampled.mp4 (+ .json) through the upsampler export
+    """Each written video <name>.mp4 -> <name>.<hash of its sidecar>.upsampled.mp4 (+ .json) through the upsampler export
     (`generate --upsample`). Every rank calls it; rank 0 reads and writes the files."""
     cfg, chunks = load_exported_dit(checkpoint, overrides, runtime)
     upsampler = SpatialUpsampler(chunks[0], load_tae(tae, runtime.device))
@@ -94,13 +95,14 @@ def upsample_files(paths: list[Path], checkpoint: str, tae: str, scale: float, s
         low = payload[0]
         height, width = upsampled_size(low.shape[-2], low.shape[-1], scale)
         pixels = upsampler.upsample(low, height, width, settings).cpu()
-        out = path.with_name(f"{path.stem}.upsampled.mp4")
+        record = {"source": str(path), "checkpoint": checkpoint, "tae": tae, "size": [height, width],
+                  "steps": settings.steps, "window_frames": settings.window_frames,
+                  "overlap_frames": settings.overlap_frames, "seed": settings.seed,
+                  **command_record(runtime.params_dtype, overrides, [])}
+        out = path.with_name(f"{path.stem}.{record_digest(record)}.upsampled.mp4")
         if dist.get_rank() == 0:
             write_video(out, pixels[0], fps=settings.fps)
-            write_json(out.with_suffix(".json"), {"source": str(path), "checkpoint": checkpoint, "tae": tae,
-                                                  "size": [height, width], "steps": settings.steps,
-                                                  "window_frames": settings.window_frames,
-                                                  "overlap_frames": settings.overlap_frames, "seed": settings.seed})
+            write_json(out.with_suffix(".json"), record)
         written.append(out)
     return written
 

@@ -21,11 +21,11 @@ from megatron_moviegen.inference.pipeline import warn_truncated
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.recipes import load_config
 from tests.harness import run_distributed
-from tests.inference.jobs import PROMPT, SAMPLING, cli_job
+from tests.inference.jobs import NAMING_RUNS, PROMPT, SAMPLING, cli_job, written
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "0000-a-red-ball-bouncing-on-a-sign-that-says-hi"
-STEM = f"{WORDS}-seed3"
+STEM = f"{WORDS}-seed3"  # + "-<hash of the sidecar>"
 
 
 @pytest.fixture(scope="module")
@@ -44,37 +44,39 @@ def _decode(path: Path) -> tuple[np.ndarray, Fraction, str]:
 
 def test_video_decodes_to_requested_frames_size_and_fps(runs):
     root, _ = runs
-    frames, fps, codec = _decode(root / "a" / f"{STEM}.mp4")
+    video = written(root / "a", STEM)
+    frames, fps, codec = _decode(video)
     assert frames.shape == (SAMPLING["num_frames"], SAMPLING["height"], SAMPLING["width"], 3)
     assert fps == SAMPLING["fps"] and codec == "h264"
     assert frames.std() > 5.0  # a decoded video, not a constant frame
-    assert sorted(p.name for p in (root / "a").iterdir()) == [f"{STEM}.json", f"{STEM}.mp4"]  # no temporaries
+    assert sorted(p.name for p in (root / "a").iterdir()) == [f"{video.stem}.json", video.name]  # no temporaries
 
 
 def test_sidecar_records_prompt_seed_and_settings(runs):
     root, _ = runs
-    sidecar = json.loads((root / "a" / f"{STEM}.json").read_text())
+    video = written(root / "a", STEM)
+    sidecar = json.loads(video.with_suffix(".json").read_text())
     assert sidecar == {
-        "file": f"{STEM}.mp4", "prompt": PROMPT, "text_prompt": f"FPS-8 {PROMPT}", "negative_prompt": None,
+        "file": video.name, "prompt": PROMPT, "text_prompt": f"FPS-8 {PROMPT}", "negative_prompt": None,
         "seed": 3, "steps": 4, "schedule": "linear_quadratic", "guidance_scale": 7.5, "fps": 8, "frames": 16,
         "height": 64, "width": 64, "latent_shape": [16, 2, 8, 8], "checkpoint": str(root / "export"),
-        "tae": "toy-tae", "text_encoders": "toy",
+        "tae": "toy-tae", "text_encoders": "toy", "precision": "float32",
     }
 
 
 def test_same_seed_gives_identical_frames_and_another_seed_does_not(runs):
     root, _ = runs
-    first, _, _ = _decode(root / "a" / f"{STEM}.mp4")
-    again, _, _ = _decode(root / "b" / f"{STEM}.mp4")
-    other, _, _ = _decode(root / "c" / f"{WORDS}-seed4.mp4")
+    first, _, _ = _decode(written(root / "a", STEM))
+    again, _, _ = _decode(written(root / "b", STEM))
+    other, _, _ = _decode(written(root / "c", f"{WORDS}-seed4"))
     assert np.array_equal(first, again)
     assert np.abs(first.astype(int) - other.astype(int)).mean() > 1.0
 
 
 def test_prompts_file_gives_one_video_per_prompt_with_consecutive_seeds(runs):
     root, _ = runs
-    names = sorted(p.name for p in (root / "c").glob("*.mp4"))
-    assert names == [f"{WORDS}-seed4.mp4", "0001-the-sea-at-night-seed5.mp4"]
+    names = [written(root / "c", f"{WORDS}-seed4").name, written(root / "c", "0001-the-sea-at-night-seed5").name]
+    assert sorted(p.name for p in (root / "c").glob("*.mp4")) == names
     seeds = [json.loads((root / "c" / n).with_suffix(".json").read_text())["seed"] for n in names]
     assert seeds == [4, 5]
     first, _, _ = _decode(root / "c" / names[0])
@@ -89,16 +91,17 @@ def test_same_seed_gives_every_prompt_the_seed_given(runs):
     assert seeds == [4, 4]
     first, _, _ = _decode(root / "same_seed" / names[0])
     assert np.array_equal(first, _decode(root / "c" / names[0])[0])  # prompt 0 at seed 4 either way
-    assert names[1] == "0001-the-sea-at-night-seed4.mp4"  # "c" holds 0001-the-sea-at-night-seed5.mp4
+    assert names[1] == written(root / "same_seed", "0001-the-sea-at-night-seed4").name  # "c" holds ...-seed5-*
     second, _, _ = _decode(root / "same_seed" / names[1])
-    assert not np.array_equal(second, _decode(root / "c" / "0001-the-sea-at-night-seed5.mp4")[0])
+    assert not np.array_equal(second, _decode(written(root / "c", "0001-the-sea-at-night-seed5"))[0])
 
 
 def test_one_frame_is_written_as_png(runs):
     root, _ = runs
-    image = np.asarray(Image.open(root / "image" / f"{WORDS}-seed0.png"))
+    path = written(root / "image", f"{WORDS}-seed0", ".png")
+    image = np.asarray(Image.open(path))
     assert image.shape == (64, 64, 3) and image.std() > 5.0
-    sidecar = json.loads((root / "image" / f"{WORDS}-seed0.json").read_text())
+    sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["frames"] == 1 and sidecar["latent_shape"] == [16, 1, 8, 8]
     assert not list((root / "image").glob("*.mp4"))
 
@@ -113,11 +116,26 @@ def test_sizes_the_position_tables_cannot_hold_are_refused(runs):
 
 def test_another_seed_writes_beside_the_earlier_video_not_over_it(runs):
     root, _ = runs
-    names = sorted(p.name for p in (root / "b").iterdir())
-    assert names == [f"{STEM}.json", f"{STEM}.mp4", f"{WORDS}-seed7.json", f"{WORDS}-seed7.mp4"]
-    assert json.loads((root / "b" / f"{WORDS}-seed7.json").read_text())["seed"] == 7
-    seed3, _, _ = _decode(root / "b" / f"{STEM}.mp4")
-    assert np.array_equal(seed3, _decode(root / "a" / f"{STEM}.mp4")[0])  # not overwritten by seed 7
+    seed3, seed7 = written(root / "b", STEM), written(root / "b", f"{WORDS}-seed7")
+    assert len(list((root / "b").iterdir())) == 4  # both videos and both sidecars
+    assert json.loads(seed7.with_suffix(".json").read_text())["seed"] == 7
+    assert np.array_equal(_decode(seed3)[0], _decode(written(root / "a", STEM))[0])  # not overwritten by seed 7
+
+
+def test_a_name_is_unique_to_the_exact_prompt_and_settings_and_only_the_same_request_rewrites_it(runs):
+    """"cat" and "CAT!!" (the same words), two long prompts whose words share their first 48 characters, and one
+    prompt at --steps 2 and 3 once wrote one file each over the other; now each keeps its own, and the same
+    request again names the same file."""
+    root, result = runs
+    named = result["named"]
+    assert named[-1] == named[0]  # ("cat", 2) again: the same, deterministic, file
+    assert len(set(named)) == len(NAMING_RUNS) - 1, named
+    assert named[0].startswith("0000-cat-seed0-") and named[1].startswith("0000-cat-seed0-")
+    assert len({name[:60] for name in named[3:5]}) == 1  # the long prompts' names differ in the hash only
+    assert sorted(p.name for p in (root / "names").glob("*.png")) == sorted(set(named))
+    for name, (prompt, steps) in zip(named, NAMING_RUNS):
+        sidecar = json.loads((root / "names" / name).with_suffix(".json").read_text())
+        assert (sidecar["file"], sidecar["prompt"], sidecar["steps"]) == (name, prompt, int(steps))
 
 
 def test_a_model_shape_the_export_does_not_hold_exits_2_with_one_line(runs):

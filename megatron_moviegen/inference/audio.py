@@ -32,7 +32,7 @@ from megatron_moviegen.diffusion import euler_sample, linear_quadratic_schedule
 from megatron_moviegen.diffusion.flow_matching import interpolate
 from megatron_moviegen.diffusion.sampling import guided
 from megatron_moviegen.diffusion.windows import window_plan, windowed_velocity
-from megatron_moviegen.inference.pipeline import MovieGenPipeline, check_prompts, slug
+from megatron_moviegen.inference.pipeline import MovieGenPipeline, check_prompts, output_stem
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.utils.audio_io import mux_audio, write_wav
@@ -190,8 +190,8 @@ class AudioPipeline:
                  continuation: Optional[torch.Tensor] = None, index: int = 0, progress: bool = True
                  ) -> list[Path]:
         """Audio for `video` (None: text to audio, cfg.seconds long) and `prompt`: <output_dir>/<index>-<prompt
-        words>-seed<seed>.wav, with `video` also .mp4 (its video stream and the audio), and a .json sidecar;
-        `continuation`: audio (channels, n) whose whole latent frames are kept at the start. Every rank calls it;
+        words>-seed<seed>-<hash>.wav (`output_stem`), with `video` also .mp4 (its video stream and the audio), and a
+        .json sidecar; `continuation`: audio (channels, n) whose whole latent frames are kept at the start. Every rank calls it;
         returns the paths rank 0 writes."""
         cfg.validate()
         seconds = cfg.seconds
@@ -212,23 +212,22 @@ class AudioPipeline:
             dist.broadcast_object_list(payload, src=0, device=self.pipeline.device)
             infill = payload[0]
         latents = self.sample_latents(prompt, features, cfg, infill, progress)
-        base = Path(output_dir) / f"{index:04d}-{slug(prompt)}-seed{cfg.seed}"
+        sample_rate = self.autoencoder.cfg.sample_rate
+        window, overlap = window_frames(cfg, self.dit.dit_config.max_frames, self.audio.latent_rate)
+        record = {
+            "prompt": prompt, "video": video, "seconds": seconds, "sample_rate": sample_rate, "latent_frames": frames,
+            "seed": cfg.seed, "steps": cfg.steps, "schedule": "linear_quadratic", "guidance_scale": cfg.guidance_scale,
+            "windows": window_plan(frames, window, overlap), "blend": "triangle",
+            "continued_frames": 0 if infill is None else int(infill.known.sum()), **self.sources,
+        }
+        base = Path(output_dir) / output_stem(index, prompt, cfg.seed, record)
         paths = [base.with_suffix(".wav")] + ([base.with_suffix(".mp4")] if video is not None else [])
         if self.rank == 0:
-            num_samples = round(seconds * self.autoencoder.cfg.sample_rate)
-            waveform = self.decode(latents, num_samples)
-            sample_rate = self.autoencoder.cfg.sample_rate
+            waveform = self.decode(latents, round(seconds * sample_rate))
             write_wav(paths[0], waveform, sample_rate)
             if video is not None:
                 mux_audio(video, waveform, sample_rate, paths[1])
-            window, overlap = window_frames(cfg, self.dit.dit_config.max_frames, self.audio.latent_rate)
-            write_json(base.with_suffix(".json"), {
-                "files": [p.name for p in paths], "prompt": prompt, "video": video, "seconds": seconds,
-                "sample_rate": sample_rate, "latent_frames": frames, "seed": cfg.seed, "steps": cfg.steps,
-                "schedule": "linear_quadratic", "guidance_scale": cfg.guidance_scale,
-                "windows": window_plan(frames, window, overlap), "blend": "triangle",
-                "continued_frames": 0 if infill is None else int(infill.known.sum()), **self.sources,
-            })
+            write_json(base.with_suffix(".json"), {"files": [p.name for p in paths], **record})
         if dist.is_initialized():
             dist.barrier()
         return paths

@@ -24,7 +24,8 @@ from megatron_moviegen.conditioning import Conditioning, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.config import EditConfig
 from megatron_moviegen.diffusion import euler_sample, linear_quadratic_schedule, source_and_text_guidance
-from megatron_moviegen.inference.pipeline import MovieGenPipeline, check_prompts, output_name
+from megatron_moviegen.inference.pipeline import (MovieGenPipeline, check_prompts, media_suffix,
+                                                 output_stem)
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.models.tae import TAE
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder
@@ -120,16 +121,17 @@ class VideoEditor:
         for index, instruction in enumerate(instructions):
             settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents(source, instruction, settings, progress=True, num_frames=frames)
-            path = Path(output_dir) / output_name(index, instruction, settings.seed, frames)
+            record = {
+                "edit_source": source_path, "instruction": instruction,
+                "text_prompt": conditioning_prompt(instruction, None if frames == 1 else settings.fps),
+                "task": settings.task or self.edit_config.default_task, "seed": settings.seed,
+                "steps": settings.steps, "schedule": "linear_quadratic", "guidance_scale": settings.guidance_scale,
+                "source_guidance_scale": settings.source_guidance_scale, "fps": settings.fps, "frames": frames,
+                "height": pixels.shape[3], "width": pixels.shape[4], **self.pipeline.sources}
+            path = Path(output_dir) / (output_stem(index, instruction, settings.seed, record) + media_suffix(frames))
             if self.pipeline.rank == 0:
                 write_media(path, self.pipeline.decode(latents, frames)[0], fps=settings.fps)
-                write_json(path.with_suffix(".json"), {
-                    "file": path.name, "edit_source": source_path, "instruction": instruction,
-                    "text_prompt": conditioning_prompt(instruction, None if frames == 1 else settings.fps),
-                    "task": settings.task or self.edit_config.default_task, "seed": settings.seed,
-                    "steps": settings.steps, "schedule": "linear_quadratic", "guidance_scale": settings.guidance_scale,
-                    "source_guidance_scale": settings.source_guidance_scale, "fps": settings.fps, "frames": frames,
-                    "height": pixels.shape[3], "width": pixels.shape[4], **self.pipeline.sources})
+                write_json(path.with_suffix(".json"), {"file": path.name, **record})
             paths.append(path)
         if dist.is_initialized():
             dist.barrier()

@@ -12,6 +12,8 @@ others), decodes with the TAE and writes the files.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -84,9 +86,28 @@ def decode_latents(tae: TAE, latents: torch.Tensor, num_frames: int) -> torch.Te
     return pixels.float().clamp(-1.0, 1.0)
 
 
-def output_name(index: int, prompt: str, seed: int, num_frames: int) -> str:
-    """<index>-<prompt words>-seed<seed>.mp4 (.png for one frame): another seed never overwrites a file."""
-    return f"{index:04d}-{slug(prompt)}-seed{seed}{'.png' if num_frames == 1 else '.mp4'}"
+def output_stem(index: int, prompt: str, seed: int, record: dict) -> str:
+    """<index>-<prompt words>-seed<seed>-<8 hex digits>, the digits a hash of `record`: the sidecar's account of
+    everything that made the file (exact prompt, settings, checkpoint, ...). Two requests differing in anything
+    recorded (case, punctuation, text past the words' 48 characters, steps) get two names; only the same request
+    again rewrites a file, with the same result."""
+    return f"{index:04d}-{slug(prompt)}-seed{seed}-{record_digest(record)}"
+
+
+def record_digest(record: dict) -> str:
+    """8 hex digits of the SHA-256 of `record` as canonical JSON: the same for the same record on every rank."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def command_record(dtype: torch.dtype, overrides: list[str], text_overrides: list[str]) -> dict:
+    """A command's sidecar entries that change its output besides the sampling settings: the DiT's dtype and the
+    config and text-encoder overrides given."""
+    return {"precision": str(dtype).removeprefix("torch."), **({"overrides": list(overrides)} if overrides else {}),
+            **({"text_overrides": list(text_overrides)} if text_overrides else {})}
+
+
+def media_suffix(num_frames: int) -> str:
+    return ".png" if num_frames == 1 else ".mp4"
 
 
 def warn_truncated(prompts: list[str], tokens: dict) -> None:
@@ -242,7 +263,7 @@ class MovieGenPipeline:
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
                  progress: bool = True, same_seed: bool = False, reference: Optional[torch.Tensor] = None
                  ) -> list[Path]:
-        """One file + sidecar per prompt, named by `output_name`; prompt i uses seed cfg.seed + i, or cfg.seed for
+        """One file + sidecar per prompt, named by `output_stem`; prompt i uses seed cfg.seed + i, or cfg.seed for
         all with `same_seed` (the same starting noise, so prompts can be compared); `reference`: a personalized
         model's reference image (h, w, 3) uint8 for every prompt. Every rank must call it; returns the media paths
         written (rank 0) or that rank 0 writes (other ranks)."""
@@ -251,19 +272,19 @@ class MovieGenPipeline:
         for index, prompt in enumerate(prompts):
             settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress, reference)
-            path = output_dir / output_name(index, prompt, settings.seed, settings.num_frames)
+            record = self.record(prompt, settings, tuple(latents.shape))
+            path = output_dir / (output_stem(index, prompt, settings.seed, record) + media_suffix(settings.num_frames))
             if self.rank == 0:
-                self._write(path, self.decode(latents, settings.num_frames)[0], prompt, settings, tuple(latents.shape))
+                write_media(path, self.decode(latents, settings.num_frames)[0], fps=settings.fps)
+                write_json(path.with_suffix(".json"), {"file": path.name, **record})
             paths.append(path)
         if dist.is_initialized():
             dist.barrier()
         return paths
 
-    def _write(self, path: Path, pixels: torch.Tensor, prompt: str, cfg: SamplingConfig, latent_shape: tuple) -> None:
-        """pixels (3, t, h, w) in [-1, 1] -> the media file and its JSON sidecar (path with .json)."""
-        write_media(path, pixels, fps=cfg.fps)
-        write_json(path.with_suffix(".json"), {
-            "file": path.name,
+    def record(self, prompt: str, cfg: SamplingConfig, latent_shape: tuple) -> dict:
+        """What made one file, as its JSON sidecar holds it (less the file's name)."""
+        return {
             "prompt": prompt,
             "text_prompt": self.text_prompt(prompt, cfg),
             "negative_prompt": cfg.negative_prompt,
@@ -277,4 +298,4 @@ class MovieGenPipeline:
             "width": cfg.width,
             "latent_shape": list(latent_shape[1:]),
             **self.sources,
-        })
+        }

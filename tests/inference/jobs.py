@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -29,8 +30,19 @@ def read_frames(path: Path):
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
 
 
+def written(folder: Path, stem: str, suffix: str = ".mp4") -> Path:
+    """The one file `<stem>-<8 hex digits><suffix>` in `folder` (generated names end in a hash of their sidecar)."""
+    pattern = re.escape(stem) + r"-[0-9a-f]{8}" + re.escape(suffix)
+    found = [path for path in Path(folder).iterdir() if re.fullmatch(pattern, path.name)]
+    assert len(found) == 1, f"{folder}: need one {stem}-<hash>{suffix}, got {sorted(p.name for p in found)}"
+    return found[0]
+
+
 PROMPT = 'a red ball bouncing on a sign that says "HI"'
 SAMPLING = dict(num_frames=16, height=64, width=64, fps=8, steps=4)  # latents (1, 16, 2, 8, 8): 32 tokens
+LONG_PROMPT = "a red ball bouncing slowly across a wooden table in the kitchen"  # its words pass 48 characters
+NAMING_RUNS = [("cat", "2"), ("CAT!!", "2"), ("cat", "3"), (LONG_PROMPT + " at dawn", "2"),
+               (LONG_PROMPT + " at dusk", "2"), ("cat", "2")]  # (prompt, --steps) into one folder, one seed
 SAMPLING_LAYOUTS = {
     "tp2": ["parallel.tensor_model_parallel_size=2"],
     "tp2_sp": ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
@@ -123,6 +135,8 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     generate(video + ["--prompts-file", str(root / "prompts.txt"), "--seed", "4", "--same-seed",
                       "--output-dir", str(root / "same_seed")])
     generate(common + ["--frames", "1", "--prompt", PROMPT, "--output-dir", str(root / "image")])
+    named = [generate(common + ["--frames", "1", "--prompt", prompt, "--steps", steps, "--output-dir",
+                                str(root / "names")])[0].name for prompt, steps in NAMING_RUNS]
     errors = {}
     for name, args in (("too_long", ["--frames", "72"]), ("too_large", ["--frames", "16", "--height", "512"]),
                        ("bad_size", ["--frames", "16", "--height", "72"])):
@@ -133,7 +147,7 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         status = main(video + ["--prompt", PROMPT, "--output-dir", str(root / "mismatch"), "model.num_layers=2"])
-    return {"errors": errors, "mismatch": (status, stderr.getvalue())}
+    return {"errors": errors, "mismatch": (status, stderr.getvalue()), "named": named}
 
 
 def edit_cli_job(rank: int, world_size: int, root: str) -> dict:

@@ -16,6 +16,7 @@ from megatron_moviegen.generate_audio import main
 from megatron_moviegen.utils.audio_io import read_wav
 from tests.audio import audio_tiny_config, bundled, preencode_rabbit
 from tests.harness import run_distributed
+from tests.inference.jobs import written
 from tests.training.test_pretrain import TP2_SP, _export, _in_turn
 
 RABBIT = bundled("bigbuckbunny.mp4")
@@ -58,7 +59,7 @@ def test_generate_audio_writes_the_wav_and_the_video_with_both_streams_of_equal_
                            "raise SystemExit(main())", *_cli(root, "--video", str(RABBIT))],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stem = root / "out" / "0000-a-rabbit-in-a-meadow-seed0"
+    stem = written(root / "out", "0000-a-rabbit-in-a-meadow-seed0", ".wav").with_suffix("")
     waveform, rate = read_wav(stem.with_suffix(".wav"))
     assert rate == 48000 and waveform.shape == (1, round(5.28 * 48000))
     with av.open(str(stem.with_suffix(".mp4"))) as container:
@@ -124,8 +125,8 @@ def test_continuation_keeps_the_given_audio_and_generates_the_rest(one_process):
 def test_continuation_from_the_command_line_is_recorded(audio_run):
     root, _ = audio_run
     assert main(_cli(root, "--seconds", "2", "--continue-from", str(RABBIT), "--continue-seconds", "0.5",
-                     "--precision", "bf16")) == 0
-    sidecar = json.loads((root / "out" / "0000-a-rabbit-in-a-meadow-seed0.json").read_text())
+                     "--precision", "bf16", "--output-dir", str(root / "continued"))) == 0
+    sidecar = json.loads(written(root / "continued", "0000-a-rabbit-in-a-meadow-seed0", ".json").read_text())
     assert sidecar["continued_frames"] == 12 and sidecar["video"] is None and sidecar["windows"] == [[0, 50]]
 
 

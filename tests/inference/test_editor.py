@@ -10,9 +10,9 @@ from PIL import Image
 
 from megatron_moviegen.generate import parse_args
 from tests.harness import run_distributed
-from tests.inference.jobs import EDIT_SOURCE, INSTRUCTION, edit_cli_job, read_frames
+from tests.inference.jobs import EDIT_SOURCE, INSTRUCTION, edit_cli_job, read_frames, written
 
-STEM = "0000-make-it-black-and-white-seed0"
+STEM = "0000-make-it-black-and-white-seed0"  # + "-<hash of the sidecar>"
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def runs(tmp_path_factory):
 
 def test_an_edit_has_the_sources_frames_and_size_and_a_sidecar_naming_source_task_and_guidance(runs):
     root, _ = runs
-    frames = read_frames(root / "a" / f"{STEM}.mp4")
+    frames = read_frames(written(root / "a", STEM))
     assert frames.shape == (EDIT_SOURCE["frames"], EDIT_SOURCE["height"], EDIT_SOURCE["width"], 3)
-    sidecar = json.loads((root / "a" / f"{STEM}.json").read_text())
+    sidecar = json.loads(written(root / "a", STEM, ".json").read_text())
     assert sidecar["edit_source"].endswith("carphone_pristine.mp4") and sidecar["instruction"] == INSTRUCTION
     assert sidecar["text_prompt"] == f"FPS-8 {INSTRUCTION}" and sidecar["task"] == "video_edit"
     assert (sidecar["guidance_scale"], sidecar["source_guidance_scale"], sidecar["steps"]) == (7.5, 1.5, 3)
@@ -33,25 +33,25 @@ def test_an_edit_has_the_sources_frames_and_size_and_a_sidecar_naming_source_tas
 
 def test_the_same_seed_gives_the_same_edit_and_another_task_another_edit(runs):
     root, _ = runs
-    a, b = read_frames(root / "a" / f"{STEM}.mp4"), read_frames(root / "b" / f"{STEM}.mp4")
+    a, b = read_frames(written(root / "a", STEM)), read_frames(written(root / "b", STEM))
     assert np.array_equal(a, b)
-    other_task = read_frames(root / "image_task" / f"{STEM}.mp4")
+    other_task = read_frames(written(root / "image_task", STEM))
     assert np.abs(other_task.astype(int) - a).mean() > 1.0  # the task embedding is read
-    assert json.loads((root / "image_task" / f"{STEM}.json").read_text())["task"] == "image_edit"
+    assert json.loads(written(root / "image_task", STEM, ".json").read_text())["task"] == "image_edit"
 
 
 def test_an_edit_in_bf16_is_the_float32_edit_to_within_rounding(runs):
     root, _ = runs
-    a, bf16 = read_frames(root / "a" / f"{STEM}.mp4"), read_frames(root / "bf16" / f"{STEM}.mp4")
+    a, bf16 = read_frames(written(root / "a", STEM)), read_frames(written(root / "bf16", STEM))
     assert bf16.shape == a.shape
     assert np.abs(bf16.astype(int) - a).mean() < 2.0  # 8-bit levels; another task moves it by more than 1
 
 
 def test_an_image_source_is_edited_into_a_png_of_its_size(runs):
     root, _ = runs
-    image = Image.open(root / "image" / f"{STEM}.png")
+    image = Image.open(written(root / "image", STEM, ".png"))
     assert image.size == (EDIT_SOURCE["width"], EDIT_SOURCE["height"])
-    assert json.loads((root / "image" / f"{STEM}.json").read_text())["text_prompt"] == INSTRUCTION  # no FPS prefix
+    assert json.loads(written(root / "image", STEM, ".json").read_text())["text_prompt"] == INSTRUCTION  # no FPS prefix
 
 
 @pytest.mark.parametrize("case, message", [

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests.harness import run_distributed
-from tests.inference.jobs import personalize_cli_job, read_frames
+from tests.inference.jobs import personalize_cli_job, read_frames, written
 
-STEM = "0000-a-short-video-clip-seed0"
+STEM = "0000-a-short-video-clip-seed0"  # + "-<hash of the sidecar>"
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +20,19 @@ def runs(tmp_path_factory):
 
 def test_the_reference_image_decides_the_video_and_the_sidecar_names_it(runs):
     root, _ = runs
-    a, b, other, none = (read_frames(root / name / f"{STEM}.mp4") for name in ("a", "b", "other", "none"))
+    a, b, other, none = (read_frames(written(root / name, STEM)) for name in ("a", "b", "other", "none"))
     assert a.shape == (16, 64, 64, 3)
     assert np.array_equal(a, b)  # one reference, one seed: one video
     for changed in (other, none):  # another subject's frame, or no reference at all, with the same seed and prompt
         assert np.abs(a.astype(int) - changed.astype(int)).mean() > 1.0
-    sidecar = json.loads((root / "a" / f"{STEM}.json").read_text())
+    sidecar = json.loads(written(root / "a", STEM, ".json").read_text())
     assert sidecar["reference_image"].endswith("carphone_pristine.mp4@0.5s")
-    assert "reference_image" not in json.loads((root / "none" / f"{STEM}.json").read_text())
+    assert "reference_image" not in json.loads(written(root / "none", STEM, ".json").read_text())
 
 
 def test_a_trainable_tower_in_the_export_reads_the_reference_images_pixels(runs):
     root, _ = runs
-    phone, rabbit, none = (read_frames(root / name / f"{STEM}.mp4") for name in
+    phone, rabbit, none = (read_frames(written(root / name, STEM)) for name in
                            ("trainable_phone", "trainable_rabbit", "trainable_none"))
     assert phone.shape == (16, 64, 64, 3)
     assert np.abs(phone.astype(int) - rabbit.astype(int)).mean() > 1.0

@@ -13,6 +13,7 @@ from megatron_moviegen.inference.pipeline import resolve_fps
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.training.metrics import add_tensorboard_media, frame_strip
 from tests.harness import run_distributed
+from tests.inference.jobs import written
 from tests.training.test_pretrain import TP2_SP, _overrides, _train
 
 PROMPTS = ["a red ball", 'a sign that says "HI"']
@@ -20,7 +21,7 @@ PROMPTS = ["a red ball", 'a sign that says "HI"']
 SAMPLES = ['train.samples.prompts=["a red ball", "a sign that says \\"HI\\""]', "train.samples.every=2",
            "train.samples.tae=toy-tae", "train.samples.text_encoders=toy", "train.samples.num_frames=32",
            "train.samples.height=64", "train.samples.width=64", "train.samples.steps=3", "train.samples.seed=7"]
-STEMS = ["0000-a-red-ball-seed7", "0001-a-sign-that-says-hi-seed8"]  # prompt i: seed 7 + i, in its name
+STEMS = ["0000-a-red-ball-seed7", "0001-a-sign-that-says-hi-seed8"]  # prompt i: seed 7 + i, then "-<hash>"
 
 
 def _train_with_and_without_samples(rank, world_size, shards, root):
@@ -53,27 +54,31 @@ def test_samples_are_written_every_k_steps_and_at_the_end_and_decode_to_the_conf
     folder = root / "sampled" / "samples"
     assert sorted(p.name for p in folder.iterdir()) == ["iter_0000002", "iter_0000004", "iter_0000005"]
     for step_dir in folder.iterdir():
-        assert sorted(p.name for p in step_dir.iterdir()) == sorted(f"{s}{e}" for s in STEMS for e in (".json", ".mp4"))
-        for stem, prompt in zip(STEMS, PROMPTS):
-            frames, rate = _decode(step_dir / f"{stem}.mp4")
+        videos = [written(step_dir, stem) for stem in STEMS]
+        assert sorted(p.name for p in step_dir.iterdir()) == sorted(v.with_suffix(e).name for v in videos
+                                                                   for e in (".json", ".mp4"))
+        for stem, prompt, video in zip(STEMS, PROMPTS, videos):
+            frames, rate = _decode(video)
             assert frames.shape == (32, 64, 64, 3) and rate == fps
-            sidecar = json.loads((step_dir / f"{stem}.json").read_text())
+            sidecar = json.loads(video.with_suffix(".json").read_text())
             assert (sidecar["prompt"], sidecar["text_prompt"], sidecar["steps"]) == (prompt, f"FPS-{fps} {prompt}", 3)
             assert sidecar["seed"] == 7 + STEMS.index(stem) and sidecar["tae"] == "toy-tae"
     rows = {row["step"]: row for row in history}
     assert [step for step, row in rows.items() if "sample_s" in row] == [2, 4, 5]
-    assert rows[4]["sample_files"] == [str(folder / "iter_0000004" / f"{s}.mp4") for s in STEMS]
+    assert rows[4]["sample_files"] == [str(written(folder / "iter_0000004", s)) for s in STEMS]
     # The same noise, other weights: the videos change as the model trains.
-    early, _ = _decode(folder / "iter_0000002" / f"{STEMS[0]}.mp4")
-    late, _ = _decode(folder / "iter_0000005" / f"{STEMS[0]}.mp4")
+    early, _ = _decode(written(folder / "iter_0000002", STEMS[0]))
+    late, _ = _decode(written(folder / "iter_0000005", STEMS[0]))
     assert np.abs(early.astype(int) - late.astype(int)).mean() > 0.5
 
 
 def test_data_parallel_replicas_sample_too(tp2_runs):
     root, _, _, _ = tp2_runs
     step_dir = root / "dp2" / "samples" / "iter_0000002"
-    assert sorted(p.name for p in step_dir.iterdir()) == sorted(f"{s}{e}" for s in STEMS for e in (".json", ".mp4"))
-    assert _decode(step_dir / f"{STEMS[1]}.mp4")[0].shape == (32, 64, 64, 3)
+    videos = [written(step_dir, stem) for stem in STEMS]
+    assert sorted(p.name for p in step_dir.iterdir()) == sorted(v.with_suffix(e).name for v in videos
+                                                               for e in (".json", ".mp4"))
+    assert _decode(videos[1])[0].shape == (32, 64, 64, 3)
 
 
 def test_sampling_leaves_the_training_losses_bit_identical(tp2_runs):
