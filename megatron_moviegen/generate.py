@@ -152,11 +152,20 @@ def bucket_multiple(cfg: MovieGenConfig, compression: int) -> int:
     return math.lcm(cfg.data.buckets.size_multiple, compression * cfg.model.patch_size[1])
 
 
+def frames_for_duration(duration: float, fps: int) -> int:
+    """--duration seconds at `fps` -> round(duration x fps) frames, refusing a length that gives no frame."""
+    frames = round(duration * fps) if math.isfinite(duration) and fps >= 1 else 0
+    if frames < 1:
+        raise ValueError(f"--duration: got {duration:g} s, which at --fps {fps} gives {frames} frames; need a finite "
+                         "duration of at least one frame (round(duration x fps) >= 1)")
+    return frames
+
+
 def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: tuple[int, ...] = ()) -> SamplingConfig:
     fps = resolve_fps(args.fps, trained_fps)
     frames = args.frames  # None with --edit-video alone: all of the source (read_edit_source)
     if args.duration is not None:
-        frames = max(1, round(args.duration * fps))
+        frames = frames_for_duration(args.duration, fps)
     if args.aspect_ratio:
         height, width = bucket_size(parse_aspect_ratio(args.aspect_ratio), args.resolution, size_multiple)
     else:

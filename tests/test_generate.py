@@ -157,6 +157,11 @@ BAD_INPUTS = {  # case: (arguments replacing the good ones, words of the one lin
     "zero steps": (["--steps", "0"], "steps: got 0, must be >= 1"),
     "output under a file": (["--output-dir", "{tmp}/file/sub"], "--output-dir '{tmp}/file/sub' is not writable"),
     "missing checkpoint": (["--checkpoint", "{tmp}/absent"], "checkpoint folder '{tmp}/absent' does not exist"),
+    # --duration instead of --frames (the two exclude each other); -2 s once wrote a 1-frame PNG with exit 0
+    "negative duration": (["--duration", "-2"], "--duration: got -2 s, which at --fps 16 gives -32 frames"),
+    "zero duration": (["--duration", "0"], "--duration: got 0 s, which at --fps 16 gives 0 frames"),
+    "duration under a frame": (["--duration", "0.01"], "--duration: got 0.01 s, which at --fps 16 gives 0 frames"),
+    "duration nan": (["--duration", "nan"], "--duration: got nan s, which at --fps 16 gives 0 frames"),
 }
 
 
@@ -171,6 +176,8 @@ def test_bad_input_exits_2_with_one_line_before_loading_the_model(case, runs, tm
             "--output-dir": str(tmp_path / "out")}
     changed, words = BAD_INPUTS[case]
     args[changed[0]] = changed[1].format(tmp=tmp_path)
+    if "--duration" in args:
+        del args["--frames"]
     assert main([item for pair in args.items() for item in pair]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("generate: error: "), err
