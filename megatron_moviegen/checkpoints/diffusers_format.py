@@ -37,7 +37,7 @@ from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
 from megatron_moviegen.config.schema import ConfigError, build, read_recipe
 from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.recipes import MovieGenConfig
-from megatron_moviegen.utils.io import atomic_output, atomic_write_text
+from megatron_moviegen.utils.io import atomic_output, atomic_write_text, replacing_folder
 
 MODEL_INDEX = "model_index.json"
 WEIGHTS_PREFIX = "diffusion_pytorch_model"
@@ -217,7 +217,7 @@ def _component(module) -> list:
 def export_diffusers(export: str | Path, out: str | Path, tae, text_encoders: dict[str, tuple[object, object]],
                      dtype: Optional[torch.dtype] = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Our export folder + a TAE + {source: (text encoder, tokenizer or None)} (in the DiT's text-encoder order) ->
-    a diffusers pipeline folder `out`. Written into `<out>.tmp` and renamed, so `out` is whole or absent; `out` must
+    a diffusers pipeline folder `out`. Written into a staging folder and renamed, so `out` is whole or absent; `out` must
     not exist yet."""
     from megatron_moviegen.hf.autoencoder import MovieGenTAEModel
     from megatron_moviegen.hf.pipeline import MovieGenVideoPipeline
@@ -232,30 +232,27 @@ def export_diffusers(export: str | Path, out: str | Path, tae, text_encoders: di
     names = list(cfg.model.text_encoders)
     if list(text_encoders) != names:
         raise ConfigError(f"text encoders: got {list(text_encoders)}, the DiT takes {names} (in that order)")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a killed export's leftovers
-    transformer_dir = tmp / "transformer"
-    transformer_dir.mkdir(parents=True)
-    write_transformer(export, transformer_dir, dtype, max_shard_bytes)
-    MovieGenTAEModel.from_tae(tae).save_pretrained(str(tmp / "vae"))
-    scheduler = MovieGenFlowEulerScheduler()
-    scheduler.save_config(str(tmp / "scheduler"))
-    import diffusers
+    with replacing_folder(out) as tmp:  # a killed export leaves no `out`, only a hidden staging folder
+        transformer_dir = tmp / "transformer"
+        transformer_dir.mkdir(parents=True)
+        write_transformer(export, transformer_dir, dtype, max_shard_bytes)
+        MovieGenTAEModel.from_tae(tae).save_pretrained(str(tmp / "vae"))
+        scheduler = MovieGenFlowEulerScheduler()
+        scheduler.save_config(str(tmp / "scheduler"))
+        import diffusers
 
-    index = {"_class_name": MovieGenVideoPipeline.__name__, "_diffusers_version": diffusers.__version__,
-             "transformer": _component(MovieGenTransformer3DModel), "vae": _component(MovieGenTAEModel),
-             "scheduler": _component(scheduler)}
-    for (encoder_name, tokenizer_name), name in zip(TEXT_COMPONENTS, names):
-        encoder, tokenizer = text_encoders[name]
-        encoder.save_pretrained(str(tmp / encoder_name))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp / tokenizer_name))
-        index[encoder_name], index[tokenizer_name] = _component(encoder), _component(tokenizer)
-    for encoder_name, tokenizer_name in TEXT_COMPONENTS[len(names):]:
-        index[encoder_name], index[tokenizer_name] = [None, None], [None, None]
-    atomic_write_text(tmp / MODEL_INDEX, json.dumps(index, indent=2))
-    tmp.rename(out)
+        index = {"_class_name": MovieGenVideoPipeline.__name__, "_diffusers_version": diffusers.__version__,
+                 "transformer": _component(MovieGenTransformer3DModel), "vae": _component(MovieGenTAEModel),
+                 "scheduler": _component(scheduler)}
+        for (encoder_name, tokenizer_name), name in zip(TEXT_COMPONENTS, names):
+            encoder, tokenizer = text_encoders[name]
+            encoder.save_pretrained(str(tmp / encoder_name))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp / tokenizer_name))
+            index[encoder_name], index[tokenizer_name] = _component(encoder), _component(tokenizer)
+        for encoder_name, tokenizer_name in TEXT_COMPONENTS[len(names):]:
+            index[encoder_name], index[tokenizer_name] = [None, None], [None, None]
+        atomic_write_text(tmp / MODEL_INDEX, json.dumps(index, indent=2))
     return out
 
 

@@ -56,7 +56,8 @@ from megatron_moviegen.checkpoints.tp_shards import (
     unshard_tensor,
 )
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.utils.io import atomic_output, parse_byte_size  # noqa: F401  (re-exported)
+from megatron_moviegen.utils.io import (atomic_output, parse_byte_size, replacing_folder, staging_folder,  # noqa: F401
+                                      start_staging, swap_in_folder)  # parse_byte_size re-exported
 
 CONFIG_NAME = "config.yaml"
 INDEX_NAME = "model.safetensors.index.json"
@@ -211,13 +212,13 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
     data.edit (the names of an editing model's task-table rows), data.reference (a personalized model's vision
     tower) and data.audio (an audio model's rates and video-feature tower).
     The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
-    config.yaml and, last, the index. Each file is written atomically, and the folder has no
-    index (is not an export) while the files are being replaced."""
-    folder = Path(folder)
+    config.yaml and, last, the index, all into `staging_folder(folder)`, which rank 0 then swaps in
+    (`swap_in_folder`): an export killed midway leaves an earlier export in `folder` whole."""
+    final = Path(folder)
     if dist.get_rank() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / INDEX_NAME).unlink(missing_ok=True)
+        start_staging(final)
     dist.barrier()
+    folder = staging_folder(final)
     in_writer_group = parallel_state.get_context_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0
     writes = in_writer_group and parallel_state.get_tensor_model_parallel_rank() == 0
     tensors = _tensors_to_write(model_chunks)
@@ -253,35 +254,32 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                                                             audio=data.audio)
         cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=kept)
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
+        swap_in_folder(final)
     dist.barrier()
 
 
 def _finish_export(folder: Path, cfg: MovieGenConfig, weight_map: dict[str, str], total_size: int) -> None:
-    """config.yaml, then the index (written last: it makes the folder an export), then the files of an earlier
-    export into this folder removed."""
+    """config.yaml, then the index (written last: it makes the folder an export)."""
     with atomic_output(folder / CONFIG_NAME) as tmp:
         tmp.write_text(to_yaml(cfg))
     with atomic_output(folder / INDEX_NAME) as tmp:
         tmp.write_text(json.dumps({"metadata": {"total_size": total_size},
                                    "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-    for stale in set(folder.glob("model*.safetensors")) - {folder / f for f in set(weight_map.values())}:
-        stale.unlink()
 
 
 def write_export_tensors(folder: str | Path, cfg: MovieGenConfig, tensors: dict[str, torch.Tensor],
                          max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
-    """One process: whole tensors (global names) -> an export folder in the format `export_dit` writes."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INDEX_NAME).unlink(missing_ok=True)
+    """One process: whole tensors (global names) -> an export folder in the format `export_dit` writes, written
+    beside it and swapped in (`replacing_folder`): killed midway, an earlier export in `folder` stays whole."""
     shards = plan_shards([(k, t.numel() * t.element_size()) for k, t in tensors.items()], max_shard_bytes)
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for file, keys in zip(files, shards):
-        with atomic_output(folder / file) as tmp:
-            save_file({k: tensors[k].contiguous() for k in keys}, str(tmp), metadata={"format": "pt"})
-    weight_map = {key: file for file, keys in zip(files, shards) for key in keys}
-    _finish_export(folder, cfg, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()))
-    return folder
+    with replacing_folder(folder) as staging:
+        for file, keys in zip(files, shards):
+            with atomic_output(staging / file) as tmp:
+                save_file({k: tensors[k].contiguous() for k in keys}, str(tmp), metadata={"format": "pt"})
+        weight_map = {key: file for file, keys in zip(files, shards) for key in keys}
+        _finish_export(staging, cfg, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()))
+    return Path(folder)
 
 
 def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None,

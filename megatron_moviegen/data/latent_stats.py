@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from megatron_moviegen.data.loader import LatentLoader
+from megatron_moviegen.utils.io import replacing_folder
 
 
 def latent_stats(shards_dir: str | Path) -> tuple[list[float], list[float]]:
@@ -45,7 +46,8 @@ def write_with_stats(autoencoder_class: type, folder: str | Path, out_folder: st
                          f"compute statistics from shards encoded with a {model.display_name} without them")
     normalised = autoencoder_class(replace(model.cfg, latent_shift=tuple(shift), latent_scale=tuple(scale)))
     normalised.load_state_dict(model.state_dict())
-    normalised.save_pretrained(out_folder)
+    with replacing_folder(out_folder) as staging:  # killed midway, `out_folder` (perhaps `folder`) stays whole
+        normalised.save_pretrained(staging)
     return Path(out_folder)
 
 

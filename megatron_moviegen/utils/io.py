@@ -49,6 +49,62 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def staging_folder(folder: PathLike) -> Path:
+    """Where the next version of `folder` is written before `swap_in_folder` puts it in place: `.<name>.staging`
+    beside it (same filesystem; hidden, so never taken for the folder itself). The same path on every rank."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.staging")
+
+
+def _set_aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def start_staging(folder: PathLike) -> Path:
+    """An empty `staging_folder(folder)`, a killed run's leftover staging removed; a swap killed between its two
+    renames is finished first (the old folder put back if the new one never arrived, else deleted)."""
+    folder = Path(folder)
+    old = _set_aside(folder)
+    if old.exists():
+        if folder.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(folder)
+    staging = staging_folder(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def swap_in_folder(folder: PathLike) -> Path:
+    """Replace `folder` by its complete staging folder: the old one renamed aside (`.<name>.old`), the new one
+    renamed in, then the old one deleted. Killed at any point, `folder` is the old or the new version whole (or,
+    between the renames, the old one waits at `.<name>.old` for the next `start_staging`)."""
+    folder = Path(folder)
+    old = _set_aside(folder)
+    if folder.exists() or folder.is_symlink():
+        folder.rename(old)
+    staging_folder(folder).rename(folder)
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: PathLike) -> Iterator[Path]:
+    """One process: yield an empty staging folder for `folder`; on success swap it in (`swap_in_folder`), on error
+    delete it, leaving `folder` as it was."""
+    staging = start_staging(folder)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in_folder(folder)
+
+
 def check_writable_folder(folder: PathLike, what: str = "output folder") -> None:
     """Create `folder` and write a probe file in it, or raise ValueError saying in one line why that is
     impossible."""

@@ -79,6 +79,22 @@ def _export_jobs(rank, world_size, root):
         file_bytes.setdefault(file, []).append(read_export_tensors(root / "bf16")[name].nbytes)
     export_dit(chunks, root / "bf16", max_shard_bytes=10**9)  # into the same folder: the small files go
     listing_big = sorted(p.name for p in (root / "bf16").iterdir())
+    before = {p.name: p.read_bytes() for p in (root / "bf16").iterdir()}
+    import megatron_moviegen.checkpoints.export as export_module
+    from unittest import mock
+
+    written = []
+
+    def killed_after_one_file(content, path, metadata=None):  # a kill -9 mid re-export, as an exception
+        if written:
+            raise KeyboardInterrupt("killed while writing the second file")
+        written.append(save_file(content, path, metadata=metadata))
+
+    with mock.patch.object(export_module, "save_file", killed_after_one_file), pytest.raises(KeyboardInterrupt):
+        export_dit(chunks, root / "bf16", max_shard_bytes=200_000)
+    after_kill = {p.name: p.read_bytes() for p in (root / "bf16").iterdir()}
+    left_beside = sorted(p.name for p in root.iterdir())
+    staging_is_export = (root / ".bf16.staging" / "model.safetensors.index.json").exists()
     (root / "legacy").mkdir()
     (root / "legacy" / "config.yaml").write_text((root / "fp32" / "config.yaml").read_text())
     save_file(read_export_tensors(root / "fp32"), str(root / "legacy" / "model.safetensors"))
@@ -87,6 +103,7 @@ def _export_jobs(rank, world_size, root):
     from_legacy = gather_full_tensors(legacy[0], dict(legacy[0].named_parameters()))
     destroy()
     return {"weights": weights, "listing_small": listing_small, "file_bytes": file_bytes, "listing_big": listing_big,
+            "kept": before == after_kill, "left_beside": left_beside, "staging_is_export": staging_is_export,
             "from_legacy": from_legacy, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
@@ -126,6 +143,15 @@ def test_files_stay_under_the_size_limit_and_a_new_export_removes_the_old_files(
     for sizes in result["file_bytes"].values():
         assert sum(sizes) <= 200_000 or len(sizes) == 1, sizes
     assert result["listing_big"] == ["config.yaml", "model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+
+
+def test_a_re_export_killed_midway_leaves_the_previous_export_byte_identical(exports):
+    """A re-export into an existing folder once unlinked its index first, so a kill -9 midway lost the export; now it
+    writes into a hidden staging folder that is swapped in only when whole."""
+    _, result = exports
+    assert result["kept"]  # every file of the earlier export, byte for byte, and no other file
+    assert ".bf16.staging" in result["left_beside"] and not result["staging_is_export"]  # hidden, and no index
+    assert [n for n in result["left_beside"] if not n.startswith(".")] == ["bf16", "fp32"]
 
 
 def test_single_file_exports_from_before_the_index_still_load(exports):
