@@ -212,14 +212,32 @@ def test_non_finite_loss_stops_without_saving_and_a_resume_repeats_the_uninterru
     assert _metric_steps(run) == [1, 2, 3, 4]  # the redone step 3 is logged once
 
 
-def test_diverging_run_stops_at_the_first_non_finite_loss_in_one_line(tmp_path, capsys):
-    status = main(["--config", "tae_tiny", *_overrides(tmp_path, "train.steps=3", "train.checkpoint_every=1",
+def _encodes_finitely(folder) -> bool:
+    pixels = torch.linspace(-1, 1, 3 * 8 * 32 * 32).reshape(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        return bool(torch.isfinite(load_tae(str(folder)).encode(pixels).mean).all())
+
+
+def test_diverged_weights_whose_encoding_is_not_finite_are_never_saved(two_steps, tmp_path, capsys):
+    # lr 1e30: step 1's loss is finite but leaves finite weights near 1e30 that encode every input to NaN.
+    fresh = tmp_path / "fresh"
+    status = main(["--config", "tae_tiny", *_overrides(fresh, "train.steps=3", "train.checkpoint_every=1",
                                                         "train.lr=1e30")])
     err = capsys.readouterr().err  # after the progress bar, which the CLI shows on stderr
     assert status == 1 and "Traceback" not in err, err
-    assert re.search(r"\ntrain_tae: error: loss not finite at step 2; stopped without saving\. Last good "
-                     r"checkpoint: \S+/step_000001\n$", err), err
-    assert _names(tmp_path) == ["latest", "step_000001"]
+    assert re.search(r"\ntrain_tae: error: TAE latents or reconstruction of the batch of step 1 not finite at step 1; "
+                     r"stopped without saving\. Last good checkpoint: none yet\n$", err), err
+    assert not list((fresh / "checkpoints").glob("step_*")) and not (fresh / "checkpoint").exists()
+
+    run = _copy(two_steps, tmp_path)  # steps 1 and 2 at lr 0.003, then diverging from step 3
+    status = main(["--config", "tae_tiny", *_overrides(run, "train.steps=4", "train.checkpoint_every=1",
+                                                        "train.lr=1e30", "train.override_lr_schedule=true")])
+    err = capsys.readouterr().err
+    assert status == 1 and re.search(r"\ntrain_tae: error: TAE latents or reconstruction of the batch of step 3 not "
+                                     r"finite at step 3; stopped without saving\. Last good checkpoint: "
+                                     r"\S+/step_000002\n$", err), err
+    assert _names(run) == ["latest", "step_000001", "step_000002"]
+    assert (run / "checkpoint").resolve().name == "step_000002" and _encodes_finitely(run / "checkpoint")
 
 
 def test_weights_that_stop_being_finite_are_never_saved(tmp_path, monkeypatch):
@@ -231,7 +249,8 @@ def test_weights_that_stop_being_finite_are_never_saved(tmp_path, monkeypatch):
             next(self.model.parameters()).data[0] = math.inf  # an update that overflowed, with a finite loss
 
     monkeypatch.setattr(DDPAutoencoderStep, "step", poisoned_second_update)
-    with pytest.raises(NonFiniteLossError, match=r"^TAE weights not finite at step 2; stopped without saving\. "
+    with pytest.raises(NonFiniteLossError, match=r"^TAE weights and TAE latents or reconstruction of the batch "
+                                                 r"of step 2 not finite at step 2; stopped without saving\. "
                                                  r"Last good checkpoint: \S+/step_000001$"):
         _run(tmp_path, "train.steps=3", "train.checkpoint_every=1")
     assert _names(tmp_path) == ["latest", "step_000001"]
