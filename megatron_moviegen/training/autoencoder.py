@@ -87,6 +87,9 @@ class AutoencoderOptimConfig:
             raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 0 (0 or null keeps every checkpoint)")
         if self.lr <= 0 or self.discriminator_lr <= 0:
             raise ConfigError(f"lr: got lr={self.lr}, discriminator_lr={self.discriminator_lr}; both must be > 0")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas) or self.grad_clip < 0:
+            raise ConfigError(f"betas/grad_clip: got {tuple(self.betas)}/{self.grad_clip}, need each beta in [0, 1) "
+                              "and grad_clip >= 0")
 
 
 # ---- resume ---------------------------------------------------------------------------------------------
