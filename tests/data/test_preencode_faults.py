@@ -325,13 +325,16 @@ def test_tool_bad_input_matrix_rejects_each_with_a_reason_and_retry_keeps_the_mi
     assert 1 not in {r["index"] for r in rejects(out)}
 
 
-@pytest.mark.parametrize("case", ["malformed line", "missing manifest", "output under a file", "bad override"])
+@pytest.mark.parametrize("case", ["malformed line", "line not an object", "missing manifest", "output under a file",
+                                  "bad override"])
 def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "good.mp4")
     manifest = write_manifest(tmp_path, [{"path": "good.mp4", "caption": "fine"}])
     out = tmp_path / "out"
     args, says = {
         "malformed line": ([], f"{tmp_path / 'bad.jsonl'}:2: not valid JSON"),
+        "line not an object": ([], f"{tmp_path / 'bad.jsonl'}:2: got the JSON list [\"good.mp4\", \"fine\"], need an "
+                                   "object with \"path\" and \"caption\""),
         "missing manifest": ([], "no such manifest file or folder"),
         "output under a file": ([], "is not writable: Not a directory"),
         "bad override": (["--set", "shard_size=0"], "shard_size: got 0, must be >= 1"),
@@ -339,6 +342,9 @@ def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     if case == "malformed line":
         manifest = tmp_path / "bad.jsonl"
         manifest.write_text('{"path": "good.mp4", "caption": "fine"}\n{"path": "good.mp4", "caption": \n')
+    if case == "line not an object":  # JSON, but a list (then a string, a number): was an AttributeError traceback
+        manifest = tmp_path / "bad.jsonl"
+        manifest.write_text('{"path": "good.mp4", "caption": "fine"}\n["good.mp4", "fine"]\n"good.mp4"\n3\n')
     if case == "missing manifest":
         manifest = tmp_path / "absent.jsonl"
     if case == "output under a file":
