@@ -14,8 +14,8 @@ AdamW's state_dict layout, so one checkpoint resumes under ZeRO-2 or DDP at any 
 small and stays under DDP in both modes.
 
 A run stops without saving when a loss, the weights or their encoding of the step's batch stop being finite, so the
-last checkpoint stays good; a
-resume refuses a damaged checkpoint and a changed learning rate (unless `train.override_lr_schedule`).
+last checkpoint stays good; a resume refuses a damaged checkpoint and a changed learning rate (unless
+`train.override_lr_schedule`).
 """
 
 from __future__ import annotations
