@@ -58,6 +58,7 @@ from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_enco
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
+from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
 
 
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aspect-ratio", help="bucket 'width:height' (e.g. 16:9) at --resolution, instead of sizes")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.height,
                         help="bucket side: height x width ~ resolution^2")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="prompt i uses seed + i (see --same-seed)")
+    parser.add_argument("--seed", type=cli.seed, default=DEFAULTS.seed,
+                        help="prompt i uses seed + i (see --same-seed)")
     parser.add_argument("--same-seed", action="store_true",
                         help="every prompt uses --seed (the same starting noise), to compare prompts")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")

@@ -39,6 +39,7 @@ from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument
+from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
 
 DEFAULTS = AudioSamplingConfig()
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale,
                         help="classifier-free guidance over text and video together (1 = none)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--seed", type=cli.seed, default=DEFAULTS.seed)
     add_precision_argument(parser)
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="window length (default: the model's: model.max_frames latent frames)")

@@ -26,6 +26,7 @@ from megatron_moviegen.inference.pipeline import command_record, record_digest
 from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig, evaluate_upsampling
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument
+from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.video_io import write_json, write_video
 
 DEFAULTS = UpsamplingConfig()
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "print PSNRs against the truth")
     parser.add_argument("--prompt", default=None, help="text for the upsampler (default: none, all text masked)")
     parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default=TOY_TEXT_ENCODERS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=cli.seed, default=0)
     parser.add_argument("--out", default="outputs/upsampled.mp4")
     add_sampling_arguments(parser)
     add_precision_argument(parser)

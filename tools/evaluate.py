@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.runtime import add_precision_argument
+from megatron_moviegen.utils import cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=cli.seed, default=0)
     parser.add_argument("--frames-in-png", type=int, default=4)
     add_precision_argument(parser)
     parser.add_argument("--out", default="outputs/eval")

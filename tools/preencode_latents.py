@@ -40,7 +40,7 @@ from megatron_moviegen.config.schema import ConfigError, apply_overrides, build
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.data.manifest import ManifestError, read_manifest
-from megatron_moviegen.data.preencode import Preencoder, use_local_device
+from megatron_moviegen.data.preencode import NonFiniteEncoderError, Preencoder, use_local_device
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return preencode(args)
-    except (ConfigError, ManifestError) as exc:
+    except (ConfigError, ManifestError, NonFiniteEncoderError) as exc:
         print(f"preencode_latents: error: {exc}", file=sys.stderr)
         return 2
 

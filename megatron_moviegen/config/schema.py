@@ -8,6 +8,7 @@ calls each dataclass's `validate()` (if it has one) so cross-field rules name th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -114,11 +115,18 @@ def build(cls: type, data: Any, path: str = "") -> Any:
 
 
 def validate(obj: Any, path: str = "") -> None:
-    """Run `validate()` on a dataclass and its nested dataclasses, prefixing errors with their path."""
+    """Refuse a NaN or infinite number in any field, then run `validate()` on a dataclass and its nested
+    dataclasses, prefixing errors with their path (a NaN passes every `<` check, so each field's own check would
+    miss it)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        where = f"{path}.{f.name}" if path else f.name
         if dataclasses.is_dataclass(value):
-            validate(value, f"{path}.{f.name}" if path else f.name)
+            validate(value, where)
+        several = isinstance(value, (list, tuple))
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if several else [value])):
+            need = "finite numbers" if several else "a finite number"
+            raise ConfigError(f"{where}: got {value}, need {need} (not nan or inf)")
     check = getattr(obj, "validate", None)
     if check is not None:
         try:

@@ -149,6 +149,9 @@ def read_jsonl(path: Path) -> list[ManifestEntry]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ManifestError(f"{path}:{line_no}: got the JSON {type(record).__name__} {line.strip()[:60]}, "
+                                    "need an object with \"path\" and \"caption\"")
             entries.append(_entry(record, path.parent, f"{path}:{line_no}"))
     return entries
 

@@ -9,7 +9,9 @@ no duplicates and no losses. Whichever rank finds every shard complete writes re
 energon's `.nv-meta/`.
 
 Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
-after `io_retries` retries), "decode" (read, but not media we can decode) or "bucket" (no bucket fits it).
+after `io_retries` retries), "decode" (read, but not media we can decode), "bucket" (no bucket fits it) or
+"encode" (an encoder's latents or embeddings of it hold NaN or inf, as stored: never written). A run whose first
+encoded shard holds only such samples stops with NonFiniteEncoderError: the encoder, not the data, is broken.
 `run(..., retry_rejects=True)` reads the "io" rejects of complete shards again and rewrites exactly the
 shards that gain samples, keeping their other samples byte for byte.
 """
@@ -145,11 +147,27 @@ class PreparedAudio:
 class Rejected:
     index: int
     path: str
-    kind: str  # "manifest", "io", "decode" or "bucket" (see the module docstring)
+    kind: str  # "manifest", "io", "decode", "bucket" or "encode" (see the module docstring)
     reason: str
 
     def record(self) -> dict:
         return {"index": self.index, "path": self.path, "kind": self.kind, "reason": self.reason}
+
+
+class NonFiniteEncoderError(ValueError):
+    """Every sample an encoder gave in this run so far is NaN or inf: stop instead of rejecting the dataset."""
+
+
+def nonfinite_reject(sample: EncodedSample, latent_dtype: torch.dtype) -> Optional[Rejected]:
+    """A reject of kind "encode" naming each tensor of `sample`, as stored in `latent_dtype`, that holds NaN or inf;
+    None when all are finite."""
+    tensors = {"latents": sample.latents.to(latent_dtype), **sample.conditioning.to_tensors(latent_dtype)}
+    bad = [f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)" for name, t in tensors.items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if not bad:
+        return None
+    return Rejected(int(sample.key), sample.meta["source"], "encode",
+                    f"the encoders' output is not finite in {latent_dtype}: NaN or inf in {', '.join(bad)}")
 
 
 # The file system's answer rather than a hiccup: waiting seconds does not change it (a later --retry-rejects
@@ -517,6 +535,16 @@ class Preencoder:
                 self.on_prepared(bar.n)
         for name in sorted(pending):
             samples += self.encode_batch(pending[name])
+        nonfinite = [r for r in (nonfinite_reject(s, self.latent_dtype) for s in samples) if r is not None]
+        if nonfinite and len(nonfinite) == len(samples) and summary.encoded == 0:
+            raise NonFiniteEncoderError(
+                f"shard {shard_name(shard_id)}: all {len(samples)} encoded samples are not finite, and none before "
+                f"them in this run was (first: {nonfinite[0].path}: {nonfinite[0].reason}); the encoders give "
+                f"NaN or inf (diverged weights?), so nothing was written: check the TAE and text encoders")
+        dropped = {r.index for r in nonfinite}
+        samples = [s for s in samples if int(s.key) not in dropped]
+        rejects += [r.record() for r in nonfinite]
+        summary.rejected += len(nonfinite)
         if previous is not None and not samples:
             summary.shards_skipped += 1  # every retried entry failed again: the complete shard stays as it is
             return

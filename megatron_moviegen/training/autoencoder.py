@@ -13,8 +13,9 @@ With ZeRO-2 the autoencoder's AdamW moments are partitioned across ranks; checkp
 AdamW's state_dict layout, so one checkpoint resumes under ZeRO-2 or DDP at any world size. The discriminator is
 small and stays under DDP in both modes.
 
-A run stops without saving when a loss or the weights stop being finite, so the last checkpoint stays good; a
-resume refuses a damaged checkpoint and a changed learning rate (unless `train.override_lr_schedule`).
+A run stops without saving when a loss, the weights or their encoding of the step's batch stop being finite, so the
+last checkpoint stays good; a resume refuses a damaged checkpoint and a changed learning rate (unless
+`train.override_lr_schedule`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class AutoencoderOptimConfig:
             raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 0 (0 or null keeps every checkpoint)")
         if self.lr <= 0 or self.discriminator_lr <= 0:
             raise ConfigError(f"lr: got lr={self.lr}, discriminator_lr={self.discriminator_lr}; both must be > 0")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas) or self.grad_clip < 0:
+            raise ConfigError(f"betas/grad_clip: got {tuple(self.betas)}/{self.grad_clip}, need each beta in [0, 1) "
+                              "and grad_clip >= 0")
 
 
 # ---- resume ---------------------------------------------------------------------------------------------
@@ -140,6 +144,16 @@ def stop_unless_finite(finite: dict[str, torch.Tensor], step: int, out_dir: str)
 
 def all_finite(module: torch.nn.Module) -> torch.Tensor:
     return torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all()
+
+
+@torch.no_grad()
+def finite_output(model: nn.Module, inputs: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Whether `model` maps `inputs` to a finite posterior and reconstruction (no sampling noise, no grad; a
+    local forward, so no rank waits on another); a 0-d bool tensor."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        reconstruction, posterior = model(inputs, sample=False)
+    return torch.stack([torch.isfinite(reconstruction).all(), torch.isfinite(posterior.mean).all(),
+                        torch.isfinite(posterior.logvar).all()]).all()
 
 
 def _logged_step(row: str) -> int | None:
@@ -417,7 +431,8 @@ class AutoencoderTrainer(ABC):
                         fh.write(json.dumps(record) + "\n")
                     say(self.log_line(record))
                 if done % cfg.train.checkpoint_every == 0 or last:
-                    self._save(done, model, loss, autoencoder, discriminator_optimizer, rank, world_size, say)
+                    self._save(done, inputs, model, loss, autoencoder, discriminator_optimizer, rank, world_size,
+                               say)
         return history
 
     def _evaluate(self, model: nn.Module, held_out: torch.Tensor) -> dict[str, float]:
@@ -430,11 +445,16 @@ class AutoencoderTrainer(ABC):
         finally:
             model.train(was_training)
 
-    def _save(self, done: int, model: nn.Module, loss: nn.Module, autoencoder, discriminator_optimizer, rank: int,
-              world_size: int, say: Callable[[str], None]) -> None:
+    def _save(self, done: int, inputs: torch.Tensor, model: nn.Module, loss: nn.Module, autoencoder,
+              discriminator_optimizer, rank: int, world_size: int, say: Callable[[str], None]) -> None:
+        """Save step `done` once its weights are finite and encode and decode `inputs` (the batch of that step,
+        whose loss was finite) to finite values: finite weights of 1e30 still encode to NaN."""
         train = self.cfg.train
         stop_unless_finite({f"{model.display_name} weights": all_finite(model),
-                            "discriminator weights": all_finite(loss.discriminator)}, done, train.out_dir)
+                            "discriminator weights": all_finite(loss.discriminator),
+                            f"{model.display_name} latents or reconstruction of the batch of step {done}":
+                                finite_output(model, inputs, train.bf16_autocast(inputs.device))},
+                           done, train.out_dir)
         optimizer_states = {"tae": autoencoder.optimizer_state(), "discriminator": discriminator_optimizer.state_dict()}
         if rank == 0:
             train_state = {"step": done, "discriminator": loss.discriminator.state_dict(),

@@ -166,6 +166,12 @@ class TrainConfig:
             raise ConfigError(f"keep_last: got {self.keep_last}, must be >= 1 (or null to keep every step)")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: got {self.clip_grad}, must be >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")
+        if self.adam_eps <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"adam_eps/weight_decay: got {self.adam_eps}/{self.weight_decay}, need adam_eps > 0 and "
+                              "weight_decay >= 0")
         if self.lr_plateau is not None and self.validation_shards is None:
             raise ConfigError("lr_plateau: set, but validation_shards is not (the rule needs a validation loss)")
         if self.lr_plateau is not None and self.lr_plateau.min_lr > self.lr:

@@ -6,12 +6,14 @@ trained here therefore sees the pixels it will encode.
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from megatron_moviegen.data.decode import PyAVDecoder, cover_rgb, crop_offsets, to_unit_range
+from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, cover_rgb, crop_offsets, to_unit_range
 
 
 def read_frames(path: str | Path, start: int, num_frames: int, size: int) -> np.ndarray:
@@ -40,11 +42,34 @@ def read_clip(path: str | Path, num_frames: int, size: int, start: int = 0) -> t
     return to_pixels(read_frames(path, start, num_frames, size), size)
 
 
-class ClipSampler:
-    """Random clips of a fixed length and size from a list of videos, the frames of each video decoded once."""
+def readable_videos(paths: list[str | Path], max_frames: int, size: int, min_frames: int) -> list[np.ndarray]:
+    """The frames (as `read_frames`) of each video that decodes to at least `min_frames` frames; each other one is
+    left out with a warning naming it and why, as pre-encoding rejects it. Raises ConfigError when none is left."""
+    videos, problems = [], []
+    for path in paths:
+        try:
+            frames = read_frames(path, 0, max_frames, size)
+        except (DecodeError, OSError, ValueError, IndexError) as exc:
+            problems.append(f"{path}: cannot be decoded ({type(exc).__name__}: {exc})")
+            continue
+        if len(frames) < min_frames:
+            problems.append(f"{path}: {len(frames)} frames, fewer than the {min_frames} of a training clip")
+            continue
+        videos.append(frames)
+    for problem in problems:
+        warnings.warn(f"TAE training leaves out {problem}", stacklevel=2)
+    if not videos:
+        raise ConfigError(f"data.videos: none of the {len(paths)} videos can be trained on: {'; '.join(problems)}")
+    return videos
 
-    def __init__(self, paths: list[str | Path], max_frames: int, size: int, seed: int, random_crop: bool = True):
-        self.videos = [read_frames(p, 0, max_frames, size) for p in paths]
+
+class ClipSampler:
+    """Random clips of a fixed length and size from a list of videos, the frames of each video decoded once; a
+    video that does not decode, or is shorter than `min_frames`, is left out with a warning (`readable_videos`)."""
+
+    def __init__(self, paths: list[str | Path], max_frames: int, size: int, seed: int, random_crop: bool = True,
+                 min_frames: int = 1):
+        self.videos = readable_videos(paths, max_frames, size, min_frames)
         self.size = size
         self.random_crop = random_crop
         self.rng = random.Random(seed)

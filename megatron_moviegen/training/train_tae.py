@@ -109,7 +109,8 @@ class TAETrainer(AutoencoderTrainer):
     def start_data(self, rank: int) -> None:
         data = self.cfg.data
         self.sampler = ClipSampler([resolve_video(v) for v in data.videos], data.max_decoded_frames, data.size,
-                                   seed=self.cfg.train.seed + 1000 * rank, random_crop=data.random_crop)
+                                   seed=self.cfg.train.seed + 1000 * rank, random_crop=data.random_crop,
+                                   min_frames=data.video_frames)
 
     def batch(self, step: int, rank: int, device: torch.device) -> torch.Tensor:
         """(b, 3, t, size, size): an image batch (t = 1) every `image_every`-th step, else a video batch."""

