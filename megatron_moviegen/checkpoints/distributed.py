@@ -32,6 +32,7 @@ import pickle
 import random
 import re
 import shutil
+import stat
 from functools import partial
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -378,14 +379,12 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     final = checkpoint_dir / step_dir_name(step)
     tmp = checkpoint_dir / (final.name + ".tmp")
     rank = dist.get_rank()
-    if rank == 0:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    dist.barrier()
-
     chunks = _unwrap(model_chunks)
+    problem = [_make_step_folder(checkpoint_dir, tmp, step) if rank == 0 else None]
+    dist.broadcast_object_list(problem, src=0, device=next(chunks[0].parameters()).device)  # every rank raises
+    if problem[0] is not None:
+        raise CheckpointError(problem[0])
+
     state = _model_sharded_state(chunks)
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state["model"] if len(chunks) == 1 else
@@ -415,6 +414,25 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
         _async_saves.schedule_async_request(request)
         _async_pending = (checkpoint_dir, tmp, f"saving step {step} (in the background)")
     return final
+
+
+def _make_step_folder(checkpoint_dir: Path, tmp: Path, step: int) -> str | None:
+    """Make the empty `tmp` in `checkpoint_dir` (rank 0); why that is impossible, or None. A run's folder replaced by
+    a file while it trained is named here, not met as an error from inside dist_checkpointing."""
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        found = (f"a regular file of {checkpoint_dir.stat().st_size} bytes" if checkpoint_dir.is_file()
+                 else f"a {stat.filemode(checkpoint_dir.stat().st_mode)} entry that is not a folder")
+        return (f"train.checkpoint_dir {checkpoint_dir}: found {found} where this run's checkpoint folder was, need "
+                f"a folder; step {step} was not saved. Move the file away (and restore the folder to resume from its "
+                "last step), or set another train.checkpoint_dir")
+    try:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as exc:
+        return f"train.checkpoint_dir {checkpoint_dir}: cannot make {tmp.name} for step {step} ({exc.strerror or exc})"
+    return None
 
 
 def ema_file(step_dir: Path, rank: int) -> Path:

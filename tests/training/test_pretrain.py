@@ -303,3 +303,37 @@ def test_save_every_minutes_saves_between_step_multiples_and_logs_each_save_time
 def test_save_every_minutes_must_be_positive():
     with pytest.raises(ConfigError, match="save_every_minutes: got 0.0, must be > 0"):
         load_config("tiny", ["train.save_every_minutes=0.0"])
+
+
+def _train_with_the_folder_replaced_by_a_file(rank, world_size, overrides):
+    """Train, with train.checkpoint_dir moved away and a file written in its place after the first save."""
+    from pathlib import Path
+
+    from megatron_moviegen.training import pretrain as module
+
+    cfg = load_config("tiny", overrides)
+    save, saves = module.save_checkpoint, []
+
+    def save_then_replace(*args, **kwargs):
+        if saves:
+            folder = Path(cfg.train.checkpoint_dir)
+            folder.rename(folder.with_name("moved"))
+            folder.write_text("not a folder\n")
+        saves.append(save(*args, **kwargs))
+        return saves[-1]
+
+    module.save_checkpoint = save_then_replace
+    try:
+        module.pretrain(cfg)
+    except Exception as exc:  # returned to the parent for inspection
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def test_a_checkpoint_folder_replaced_by_a_file_mid_run_is_one_error_naming_it(tiny_shards, tmp_path):
+    folder = tmp_path / "ckpt"
+    overrides = _overrides(tiny_shards, folder, 2, ["train.save_every=1"])
+    message = run_distributed(_train_with_the_folder_replaced_by_a_file, 1, args=(overrides,))[0]
+    assert message.startswith(f"CheckpointError: train.checkpoint_dir {folder}: found a regular file of 13 bytes"), message
+    assert "step 2 was not saved" in message
+    assert folder.read_text() == "not a folder\n" and (tmp_path / "moved" / "iter_0000001").is_dir()
