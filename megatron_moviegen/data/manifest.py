@@ -112,6 +112,20 @@ def reference_problem(entry: ManifestEntry) -> Optional[str]:
     return "data.reference is set but the entry has neither 'reference' nor 'subject'"
 
 
+def repeated_entries(entries: list[ManifestEntry]) -> dict[int, int]:
+    """Index of each entry that repeats an earlier one -> the earlier one's index. A repeat is the same clip of the
+    same file with the same caption: equal in every field, its path compared after normalising (`./a.mp4`)."""
+    first: dict[ManifestEntry, int] = {}
+    repeats = {}
+    for index, entry in enumerate(entries):
+        key = replace(entry, path=os.path.normpath(entry.path))
+        if key in first:
+            repeats[index] = first[key]
+        else:
+            first[key] = index
+    return repeats
+
+
 def entry_problem(entry: ManifestEntry) -> Optional[str]:
     """Why this entry cannot become a sample, or None."""
     try:

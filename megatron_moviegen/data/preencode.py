@@ -10,7 +10,8 @@ energon's `.nv-meta/`.
 
 Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
 after `io_retries` retries), "decode" (read, but not media we can decode), "bucket" (no bucket fits it) or
-"encode" (an encoder's latents or embeddings of it hold NaN or inf, as stored: never written). A run whose first
+"encode" (an encoder's latents or embeddings of it hold NaN or inf, as stored: never written) or "duplicate" (it
+repeats an earlier manifest entry, which the reason names: encoded once, not once a copy). A run whose first
 encoded shard holds only such samples stops with NonFiniteEncoderError: the encoder, not the data, is broken.
 `run(..., retry_rejects=True)` reads the "io" rejects of complete shards again and rewrites exactly the
 shards that gain samples, keeping their other samples byte for byte.
@@ -44,7 +45,7 @@ from megatron_moviegen.data.audio import AudioClip, assign_audio, probe_audio, r
 from megatron_moviegen.data.config import REFERENCE_SOURCE, AudioDataConfig, DataConfig, EditConfig, ReferenceConfig
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem
+from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem, repeated_entries
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
 from megatron_moviegen.utils.io import check_writable_folder
@@ -147,7 +148,7 @@ class PreparedAudio:
 class Rejected:
     index: int
     path: str
-    kind: str  # "manifest", "io", "decode", "bucket" or "encode" (see the module docstring)
+    kind: str  # "manifest", "io", "decode", "bucket", "encode" or "duplicate" (see the module docstring)
     reason: str
 
     def record(self) -> dict:
@@ -407,6 +408,19 @@ def _assign_in_worker(item: tuple[int, ManifestEntry]) -> Union[Assignment, Reje
     return assign_entry(item[0], item[1], *_worker_args())
 
 
+def map_rejecting_repeats(fn: Callable, items: list[tuple[int, ManifestEntry]], repeats: dict[int, int],
+                          config: DataConfig, device: Optional[torch.device] = None) -> Iterator:
+    """`ordered_map(fn, items)`, with each item whose index is in `repeats` (manifest.repeated_entries) a "duplicate"
+    reject in its place, never read."""
+    results = ordered_map(fn, [item for item in items if item[0] not in repeats], config, device)
+    for index, entry in items:
+        if index in repeats:
+            yield Rejected(index, entry.path, "duplicate", f"repeats manifest entry {repeats[index]} (the same file, "
+                           "clip and caption); each entry is encoded once")
+        else:
+            yield next(results)
+
+
 def ordered_map(fn: Callable, items: Iterable, config: DataConfig, device: Optional[torch.device] = None) -> Iterator:
     """`map(fn, items)` in order, on `config.num_workers` spawned processes (in-process when 0), bounded queue.
     `device`: the encoders', where a GPU decoder decodes."""
@@ -464,7 +478,8 @@ class Preencoder:
         """Bucket counts and rejects from file headers alone (nothing decoded, nothing written)."""
         counts: Counter = Counter()
         rejects = []
-        results = ordered_map(_assign_in_worker, list(enumerate(entries)), self.config, self.device)
+        results = map_rejecting_repeats(_assign_in_worker, list(enumerate(entries)), repeated_entries(entries),
+                                        self.config, self.device)
         for result in tqdm(results, total=len(entries), desc="probing", unit="sample", disable=self.rank != 0):
             if isinstance(result, Rejected):
                 rejects.append(result)
@@ -501,7 +516,7 @@ class Preencoder:
         summary = RunSummary(shards_skipped=sum(1 for k in mine if k not in work))
         start = time.perf_counter()
         items = [item for k in work for item in work[k][0]]
-        results = ordered_map(_prepare_in_worker, items, self.config, self.device)
+        results = map_rejecting_repeats(_prepare_in_worker, items, repeated_entries(entries), self.config, self.device)
         with tqdm(total=len(items), desc=f"pre-encoding (rank {self.rank})", unit="sample",
                   disable=self.rank != 0) as bar:
             for k, (shard_items, previous) in work.items():

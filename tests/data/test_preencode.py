@@ -277,3 +277,26 @@ def test_a_gpu_decoder_decodes_on_the_encoders_gpu(dali_gpu_devices, monkeypatch
     config = build(DataConfig, {"decoder": "dali-gpu", "num_workers": 0})
     assert list(ordered_map(str, [1], config, torch.device("cuda", 6))) == ["1"]
     assert dali_gpu_devices == [6]
+
+
+def test_a_repeated_manifest_entry_is_a_duplicate_reject_naming_the_first(media, tmp_path):
+    bunny, bikes = str(media / "bigbuckbunny.mp4"), str(media / "bikes.mp4")
+    lines = [{"path": bunny, "caption": "bunny"}, {"path": bikes, "caption": "bikes"},
+             {"path": bunny, "caption": "bunny"}, {"path": f"{media}/../{media.name}/bigbuckbunny.mp4", "caption": "bunny"},
+             {"path": bunny, "caption": "another caption"},
+             {"path": bunny, "caption": "bunny", "start": 0.5}, {"path": bikes, "caption": "bikes"}]
+    manifest = tmp_path / "repeats.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    entries = read_manifest(manifest)
+    encoders = (TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model))
+    _, probed = Preencoder(small_config(), *encoders, tmp_path / "dry").dry_run(entries)
+    assert [(r.index, r.kind) for r in probed] == [(2, "duplicate"), (3, "duplicate"), (6, "duplicate")]
+    summary = Preencoder(small_config(), *encoders, tmp_path / "o").run(entries)
+    assert (summary.encoded, summary.rejected) == (4, 3)
+    rejects = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["kind"]) for r in rejects] == [(2, "duplicate"), (3, "duplicate"), (6, "duplicate")]
+    assert rejects[1]["reason"] == "repeats manifest entry 0 (the same file, clip and caption); each entry is encoded once"
+    assert "repeats manifest entry 1 " in rejects[2]["reason"]
+    assert sorted(read_all(tmp_path / "o")) == ["000000000", "000000001", "000000004", "000000005"]
+    rerun = Preencoder(small_config(), *encoders, tmp_path / "o").run(entries)  # the folder's records still resume
+    assert (rerun.shards_skipped, rerun.shards_written) == (4, 0)
