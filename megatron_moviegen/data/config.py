@@ -197,6 +197,9 @@ class DataConfig:
     batch_size: int = 1
     image_fraction: float = 0.1  # share of batches that are images (paper stage 2: images 1:10)
     seed: int = 1234
+    # A resume whose shard index (shards, their sample counts and records) differs from the checkpoint's is refused,
+    # naming the change; true: warn and go on from the saved epoch and batch of the new index's data order.
+    allow_changed_shards: bool = False
     # Training: batches read ahead of the loop by a background thread on each TP group's reading rank (0: read when
     # the loop asks; data/feeder.py).
     prefetch_batches: int = 2

@@ -14,7 +14,9 @@ The epoch ends when the kind due next runs out.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -44,19 +46,54 @@ class DamagedShardError(ValueError):
 
 
 SampleRef = tuple[str, dict]  # (shard name, the sample's record in its shard index)
+log = logging.getLogger("megatron_moviegen.data")
+
+
+def index_fingerprint(shards: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per shard: its sample count and a sha256 of its index records (keys, buckets, member offsets and sizes), so a
+    resume can tell an unchanged dataset from one whose shards were added, removed or rewritten without reading a
+    sample."""
+    return {name: {"samples": len(records),
+                   "sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()}
+            for name, records in shards.items()}
+
+
+def index_change(saved: dict[str, dict | None], now: dict[str, dict]) -> str | None:
+    """What differs between two `index_fingerprint`s, in words, or None. A saved entry of None (a loader state from
+    before fingerprints) is compared by name only."""
+    added, removed = sorted(now.keys() - saved.keys()), sorted(saved.keys() - now.keys())
+    rewritten = [f"{name}: {saved[name]['samples']} -> {now[name]['samples']} samples"
+                 for name in sorted(saved.keys() & now.keys()) if saved[name] not in (None, now[name])]
+    parts = [f"{len(names)} shard(s) {what} ({_listed(names)})"
+             for what, names in (("added", added), ("removed", removed), ("rewritten", rewritten)) if names]
+    if not parts:
+        return None
+    if all(saved.values()):
+        parts.append(f"{_total(saved)} -> {_total(now)} samples in all")
+    return "; ".join(parts)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _total(index: dict[str, dict]) -> int:
+    return sum(entry["samples"] for entry in index.values())
 
 
 class LatentLoader:
     """An endless iterator of `Batch`es for one data-parallel rank."""
 
     def __init__(self, shards_dir: str | Path, batch_size: int, image_fraction: float, seed: int,
-                 dp_rank: int = 0, dp_size: int = 1):
+                 dp_rank: int = 0, dp_size: int = 1, allow_changed_shards: bool = False):
         if not 0 <= dp_rank < dp_size:
             raise ConfigError(f"dp_rank: got {dp_rank}, must be in [0, dp_size={dp_size})")
         self.dir = Path(shards_dir)
         self.batch_size, self.image_fraction, self.seed = batch_size, image_fraction, seed
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.shards = self._read_indexes()
+        self.index = index_fingerprint(self.shards)  # once: the feeder takes a state after every batch
+        self.allow_changed_shards = allow_changed_shards
         if len(self.shards) < dp_size:
             raise ConfigError(f"{self.dir}: {len(self.shards)} shards cannot be split over {dp_size} data-parallel ranks")
         self.epoch, self.step = 0, 0
@@ -161,13 +198,24 @@ class LatentLoader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "dp_rank": self.dp_rank,
                 "dp_size": self.dp_size, "batch_size": self.batch_size, "image_fraction": self.image_fraction,
-                "shards": sorted(self.shards)}
+                "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly after the last batch the saved loader yielded; the data and settings must match."""
+        """Continue exactly after the last batch the saved loader yielded; the settings must match, and so must the
+        shard index unless `allow_changed_shards` (then, warning, at the same epoch and batch of the new index's plan)."""
         mine = self.state_dict()
-        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction", "shards"):
+        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction"):
             if state[key] != mine[key]:
-                shown = f"{len(state[key])} shards vs {len(mine[key])}" if key == "shards" else f"{state[key]!r} vs {mine[key]!r}"
-                raise ConfigError(f"{key}: saved loader state has {shown} here; cannot resume exactly")
+                raise ConfigError(f"{key}: saved loader state has {state[key]!r}, {mine[key]!r} here; cannot resume "
+                                  "exactly")
+        change = index_change(state.get("index") or dict.fromkeys(state["shards"]), self.index)
+        if change is not None and not self.allow_changed_shards:
+            raise ConfigError(
+                f"data.shards {self.dir}: the shard index changed since the checkpoint: {change}; resuming would not "
+                "continue its data order. Point data.shards at the checkpoint's shards, or set "
+                "data.allow_changed_shards=true to go on with these from the same epoch and batch")
+        if change is not None:
+            log.warning("data.shards %s: the shard index changed since the checkpoint: %s; data.allow_changed_shards "
+                        "is set, so going on at epoch %d, batch %d of the new index's order (not the saved run's)",
+                        self.dir, change, state["epoch"], state["step"])
         self.epoch, self.step = state["epoch"], state["step"]

@@ -178,7 +178,8 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int, runtime: Runtime) -
     loader = LatentLoader(cfg.data.shards, batch_size=cfg.train.micro_batch_size * num_microbatches,
                           image_fraction=cfg.data.image_fraction, seed=cfg.data.seed,
                           dp_rank=parallel_state.get_data_parallel_rank(),
-                          dp_size=parallel_state.get_data_parallel_world_size())
+                          dp_size=parallel_state.get_data_parallel_world_size(),
+                          allow_changed_shards=cfg.data.allow_changed_shards)
     return BatchFeeder(loader, cfg.data.prefetch_batches, parallel_state.get_tensor_model_parallel_group(),
                        runtime.device, pin_memory=runtime.on_gpu)
 

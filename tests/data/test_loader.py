@@ -1,3 +1,6 @@
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,58 @@ def test_state_from_other_settings_is_refused(shards):
     state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
     with pytest.raises(ConfigError, match="seed"):
         LatentLoader(shards, 4, 0.5, seed=12).load_state_dict(state)
+
+
+@pytest.fixture(scope="module")
+def resharded(tmp_path_factory) -> Path:
+    """The same samples cut into shards of 6: shards 0-8 rewritten (8 -> 6 samples), shards 9-11 added."""
+    out = tmp_path_factory.mktemp("resharded")
+    synthetic_shards(out, shard_size=6)
+    return out
+
+
+def test_a_resume_onto_a_changed_shard_index_is_refused_naming_the_change(shards, resharded):
+    loader = LatentLoader(shards, 4, 0.5, seed=11)
+    take(loader, 5)
+    with pytest.raises(ConfigError) as refused:
+        LatentLoader(resharded, 4, 0.5, seed=11).load_state_dict(loader.state_dict())
+    message = str(refused.value)
+    assert message.startswith(f"data.shards {resharded}: the shard index changed since the checkpoint: 3 shard(s) "
+                              "added (shard-000009.tar, shard-000010.tar, shard-000011.tar); 9 shard(s) rewritten "
+                              "(shard-000000.tar: 8 -> 6 samples"), message
+    assert "72 -> 72 samples in all" in message and "data.allow_changed_shards=true" in message
+
+
+def test_a_shard_rewritten_with_the_same_count_is_a_change_and_an_unchanged_copy_is_not(shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
+    LatentLoader(copy, 4, 0.5, seed=11).load_state_dict(state)  # another folder, the same index: resumes
+    index = copy / "index" / "shard-000002.tar.json"
+    record = json.loads(index.read_text())
+    record["samples"][0]["key"], record["samples"][1]["key"] = record["samples"][1]["key"], record["samples"][0]["key"]
+    index.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"1 shard\(s\) rewritten \(shard-000002.tar: 8 -> 8 samples\)"):
+        LatentLoader(copy, 4, 0.5, seed=11).load_state_dict(state)
+
+
+def test_allow_changed_shards_warns_and_goes_on_from_the_saved_position(shards, resharded, caplog):
+    loader = LatentLoader(shards, 4, 0.5, seed=11)
+    take(loader, 5)
+    resumed = LatentLoader(resharded, 4, 0.5, seed=11, allow_changed_shards=True)
+    with caplog.at_level(logging.WARNING, logger="megatron_moviegen.data"):
+        resumed.load_state_dict(loader.state_dict())
+    assert "9 shard(s) rewritten" in caplog.text and "going on at epoch 0, batch 5" in caplog.text
+    assert (resumed.epoch, resumed.step) == (0, 5)
+    assert [b.keys for b in take(resumed, 3)] == [[r["key"] for _, r in refs] for refs in resumed.epoch_plan(0)[5:8]]
+
+
+def test_a_loader_state_saved_before_fingerprints_resumes_on_the_same_shard_names(shards):
+    state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
+    old = {**{k: v for k, v in state.items() if k != "index"}, "shards": sorted(state["index"])}
+    LatentLoader(shards, 4, 0.5, seed=11).load_state_dict(old)
+    with pytest.raises(ConfigError, match=r"1 shard\(s\) removed \(shard-000099.tar\)"):
+        LatentLoader(shards, 4, 0.5, seed=11).load_state_dict({**old, "shards": old["shards"] + ["shard-000099.tar"]})
 
 
 def test_more_ranks_than_shards_is_an_error(shards):
