@@ -27,6 +27,7 @@ from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.feeder import BatchFeeder
 from megatron_moviegen.data.loader import Batch, LatentLoader
+from megatron_moviegen.data.shards import encoder_mismatch, shard_encoders
 from megatron_moviegen.parallel.build import (
     build_dit_chunks,
     connect_ddp_to_schedules,
@@ -40,6 +41,8 @@ from megatron_moviegen.checkpoints.distributed import (
     finalize_async_saves,
     latest_checkpoint,
     load_checkpoint,
+    read_saved_config,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
@@ -183,6 +186,27 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int, runtime: Runtime) -
                        runtime.device, pin_memory=runtime.on_gpu)
 
 
+def check_trained_encoders(cfg: MovieGenConfig) -> dict[str, dict]:
+    """The encoders of data.shards (pre-encoding's record), after checking that the checkpoint to resume and
+    train.load_from were trained on latents and embeddings of the same encoders: else a ConfigError naming both,
+    or with train.allow_new_encoders a warning. Shards or checkpoints from before encoders were recorded pass."""
+    now = shard_encoders(cfg.data.shards) or {}
+    resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
+    starts = [p for p in (resume_from, cfg.train.load_from and resolve_checkpoint(cfg.train.load_from)) if p]
+    for start in starts:
+        was = read_saved_config(start).get("model", {}).get("trained_encoders") or {}
+        changed = encoder_mismatch(was, now)
+        if not changed:
+            continue
+        message = "; ".join(f"data.shards {cfg.data.shards} were encoded by {role} encoder {shards}, the checkpoint "
+                            f"{start} was trained on {role} encoder {trained}" for role, trained, shards in changed)
+        if not cfg.train.allow_new_encoders:
+            raise ConfigError(f"{message}; use shards of the checkpoint's encoders, or set "
+                              "train.allow_new_encoders=true to fine-tune on these latents deliberately")
+        log.warning("%s; train.allow_new_encoders: fine-tuning on the new latents", message)
+    return now
+
+
 def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
     """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
     `runtime` defaults to the one the config resolves to here. The run holds `train.checkpoint_dir` (a lock) until
@@ -204,6 +228,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     loader = build_loader(cfg, num_microbatches, runtime)  # fails early on missing shards
     validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
     cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
+    cfg.model.trained_encoders = check_trained_encoders(cfg)  # into checkpoints
     samples = TrainingSamples.for_config(cfg, runtime)  # None without train.samples; encodes its prompts now
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
