@@ -30,7 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from megatron_moviegen.conditioning import Conditioning
-from megatron_moviegen.utils.io import atomic_write_text, read_json_file, temporary_path
+from megatron_moviegen.utils.io import atomic_write_text, read_json_file, reading, temporary_path
 
 INDEX_DIR = "index"
 META_DIR = ".nv-meta"
@@ -75,7 +75,11 @@ class ShardIndex:
 
     @classmethod
     def read(cls, path: Path) -> "ShardIndex":
-        return cls(**json.loads(path.read_text()))
+        with reading(path, "shard index"):
+            index = cls(**json.loads(path.read_bytes().decode()))
+            if index.shard != path.name[: -len(".json")]:
+                raise ValueError(f"it describes {index.shard!r}, expected {path.name[: -len('.json')]!r}")
+            return index
 
 
 def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], rejects: list[dict],

@@ -41,16 +41,16 @@ def reading(path: PathLike, what: str) -> Iterator[Path]:
     it should be ("shard index", "recipe")."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
-        raise DamagedFileError(f"{path}: {what} is empty (0 bytes); expected a complete {what}")
+        raise DamagedFileError(f"{path}: empty (0 bytes), expected a {what}")
     try:
         yield path
-    except (DamagedFileError, OSError):
+    except (ConfigError, OSError):  # ours already name the file; a missing or unreadable file is its own error
         raise
     except Exception as exc:
         size = path.stat().st_size if path.is_file() else 0
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DamagedFileError(f"{path}: {what} is damaged ({size} bytes, cut short or not a {what}: "
-                               f"{type(exc).__name__}: {first})") from None
+        raise DamagedFileError(f"{path}: damaged, not a complete {what} ({size} bytes; {type(exc).__name__}: "
+                               f"{first})") from None
 
 
 def read_file_as(path: PathLike, what: str, parse: Callable[[str], T]) -> T:
