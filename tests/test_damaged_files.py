@@ -36,6 +36,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def changed(before: dict, after: dict) -> list[str]:
+    return sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+
+
 def check_one_line_naming(message: str, damaged: Path) -> None:
     assert "\n" not in message.strip(), message
     assert str(damaged) in message, f"{damaged} not named in: {message}"
@@ -128,12 +132,13 @@ def _overrides(shards, ckpt, extra=()):
 
 def _checkpoint_cases(rank, world_size, shards, root):
     """Train 2 steps into root/ckpt and export it to root/export; then, for each checkpoint file and damage, a
-    copy of the folder with that file damaged is resumed: {(file, damage): (error type, message, untouched)}."""
+    copy of the folder with that file damaged is resumed: {(file, damage): (error type, message, files changed)}."""
     from megatron_moviegen.checkpoints.distributed import finalize_async_saves
     from megatron_moviegen.checkpoints.export import export_training_checkpoint
     from megatron_moviegen.parallel.initialize import destroy
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.training.pretrain import pretrain
+    from torch.distributed.checkpoint.api import CheckpointException
 
     pretrain(load_config("tiny", _overrides(shards, root / "ckpt")))
     finalize_async_saves()
@@ -148,9 +153,9 @@ def _checkpoint_cases(rank, world_size, shards, root):
             before = snapshot(case)
             try:
                 pretrain(load_config("tiny", _overrides(shards, case, ["train.steps=3"])))
-                results[name, how] = (None, "no error", snapshot(case) == before)
-            except Exception as exc:  # returned to the parent for inspection
-                results[name, how] = (type(exc), str(exc), snapshot(case) == before)
+                results[name, how] = (None, "no error", changed(before, snapshot(case)))
+            except (Exception, CheckpointException) as exc:  # returned to the parent for inspection
+                results[name, how] = (type(exc), str(exc), changed(before, snapshot(case)))
             finally:
                 destroy()
     return results
@@ -186,7 +191,7 @@ def test_a_damaged_file_is_one_error_naming_it_and_nothing_is_touched(kind, how,
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_resume_from_a_damaged_checkpoint_file_is_one_error_naming_it(name, how, checkpoint_cases):
     root, results = checkpoint_cases
-    error, message, untouched = results[name, how]
+    error, message, touched = results[name, how]
     assert error is not None and issubclass(error, OURS), f"{error}: {message}"
     check_one_line_naming(message, root / "cases" / f"{name.replace('/', '_')}-{how}" / name)
-    assert untouched
+    assert [name for name in touched if name != ".lock"] == []  # the run's lock file names its holder, by design

@@ -41,6 +41,7 @@ from megatron_moviegen.checkpoints.distributed import (
     finalize_async_saves,
     latest_checkpoint,
     load_checkpoint,
+    read_common_state,
     read_saved_config,
     resolve_checkpoint,
     save_checkpoint,
@@ -254,7 +255,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
         log.info("LoRA rank %d on %s over %s: %s of this rank's %s parameters train", cfg.model.lora.rank,
                  ", ".join(cfg.model.lora.targets), cfg.train.load_from, f"{trainable:,}", f"{total:,}")
     if resume_from is not None:
-        saved = dist_checkpointing.load_common_state_dict(str(resume_from))
+        saved = read_common_state(resume_from)
         schedule = getattr(scheduler, "schedule", scheduler)  # Megatron's, inside the plateau rule if any
         override = prepare_schedule_for_resume(schedule, saved["scheduler"], cfg.train, saved["step"])
         step = load_checkpoint(resume_from, model, optimizer, scheduler, loader, ema=ema)

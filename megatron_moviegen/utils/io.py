@@ -44,9 +44,11 @@ def reading(path: PathLike, what: str) -> Iterator[Path]:
         raise DamagedFileError(f"{path}: empty (0 bytes), expected a {what}")
     try:
         yield path
-    except (ConfigError, OSError):  # ours already name the file; a missing or unreadable file is its own error
+    except ConfigError:  # ours already name the file
         raise
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # absent, not readable, EIO: the file system's error, not the file's content
         size = path.stat().st_size if path.is_file() else 0
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DamagedFileError(f"{path}: damaged, not a complete {what} ({size} bytes; {type(exc).__name__}: "
