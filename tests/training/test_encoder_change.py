@@ -4,6 +4,7 @@ another encoder is refused naming both, unless train.allow_new_encoders asks for
 
 import pytest
 
+from megatron_moviegen.checkpoints.export import read_exported_config
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.config.schema import build
@@ -27,6 +28,14 @@ def other_shards(tiny_shards, tmp_path_factory):
     return out
 
 
+def _export(rank, world_size, checkpoint, out):
+    from megatron_moviegen.checkpoints.export import export_training_checkpoint
+    from megatron_moviegen.parallel.initialize import destroy
+
+    destroy()  # the training run's groups; the export sets up its own
+    export_training_checkpoint(checkpoint, out)
+
+
 def _saved_encoders(step_dir):
     from megatron_moviegen.checkpoints.distributed import read_saved_config
 
@@ -36,11 +45,12 @@ def _saved_encoders(step_dir):
 def test_resume_or_load_from_onto_shards_of_another_tae_is_refused_naming_both(tiny_shards, other_shards, tmp_path):
     ckpt, stage = tmp_path / "ckpt", tmp_path / "stage"
     allowed = ["train.allow_new_encoders=true"]
-    trained, resumed, loaded, fine_tuned = run_distributed(_in_turn, 1, args=([
+    trained, resumed, loaded, fine_tuned, _ = run_distributed(_in_turn, 1, args=([
         (_train, (_overrides(tiny_shards, ckpt, 2),)),
         (_train_expecting_error, (_overrides(other_shards, ckpt, 4),)),
         (_train_expecting_error, (_overrides(other_shards, stage, 2, [f"train.load_from={ckpt}"]),)),
         (_train, (_overrides(other_shards, stage, 2, [f"train.load_from={ckpt}", *allowed]),)),
+        (_export, (stage, tmp_path / "export")),
     ],))[0]
     old, new = (encoder_record(TinyVideoEncoder(seed=s))["sha256"][:12] for s in (0, 1))
     for message in (resumed, loaded):
@@ -54,6 +64,7 @@ def test_resume_or_load_from_onto_shards_of_another_tae_is_refused_naming_both(t
     assert _saved_encoders(ckpt / "iter_0000002") == shard_encoders(tiny_shards)
     assert _saved_encoders(stage / "iter_0000002") == shard_encoders(other_shards)
     assert shard_encoders(other_shards)["video"]["sha256"].startswith(new)
+    assert read_exported_config(tmp_path / "export").model.trained_encoders == shard_encoders(other_shards)
 
 
 def test_the_same_encoders_resume_and_an_unrecorded_side_is_no_mismatch(tiny_shards, tmp_path):
