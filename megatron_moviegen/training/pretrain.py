@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
 from megatron_moviegen.config import ConfigError
