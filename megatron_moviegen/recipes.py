@@ -94,7 +94,17 @@ def load_config(recipe: str | Path, overrides: list[str] | None = None) -> Movie
 
     A recipe is a training run, so its model must hold every bucket it trains and its sample videos, and its
     layout split each bucket's tokens evenly (checked here, not in MovieGenConfig.validate: an export folder's
-    config is only a model, whatever data it was trained on)."""
+    config is only a model, whatever data it was trained on). A recipe given as a YAML path is named in its errors
+    (a file cut short may still parse, into values that do not fit)."""
+    try:
+        return _checked_config(recipe, overrides)
+    except ConfigError as exc:
+        if Path(recipe).suffix not in (".yaml", ".yml") or str(recipe) in str(exc):
+            raise
+        raise ConfigError(f"recipe {recipe}: {exc}") from None
+
+
+def _checked_config(recipe: str | Path, overrides: list[str] | None) -> MovieGenConfig:
     cfg = load_recipe(MovieGenConfig, recipe, RECIPE_DIR, overrides)
     check_conditions_fit_model(cfg.data, cfg.model)
     if cfg.data.audio is not None:

@@ -62,9 +62,11 @@ from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.models.lora import is_adapter_name
 from megatron_moviegen.utils.processes import outlive_group_signals_not_parent
-from megatron_moviegen.utils.io import atomic_output, full_disk_message, is_full_disk
+from megatron_moviegen.utils.io import (DamagedFileError, atomic_output, full_disk_message, is_full_disk,
+                                        read_file_as, read_json_file, reading)
 
 LATEST = "latest"
+COMMON_STATE = "common.pt"  # dist_checkpointing's file of the non-tensor state
 
 
 class CheckpointError(RuntimeError):
@@ -76,9 +78,17 @@ def step_dir_name(step: int) -> str:
 
 
 def latest_name(checkpoint_dir: str | Path) -> str | None:
-    """The step folder name `checkpoint_dir/latest` holds (DiT `iter_X`, TAE `step_X`), or None without one."""
+    """The step folder name `checkpoint_dir/latest` holds (DiT `iter_X`, TAE `step_X`), or None without one; a
+    pointer that holds anything else (empty, cut, garbage) is a DamagedFileError naming it."""
     pointer = Path(checkpoint_dir) / LATEST
-    return pointer.read_text().strip() if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    name = read_file_as(pointer, "step folder name (iter_0000200, step_000200)", str.strip)
+    if not re.fullmatch(r"(iter_\d{7}|step_\d{6})", name):
+        raise DamagedFileError(f"{pointer}: got {name[:40]!r}, expected a step folder name such as iter_0000200 "
+                               "(or a TAE's step_000200); the pointer is damaged: write the name of a complete step "
+                               "folder into it")
+    return name
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
@@ -87,7 +97,7 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         return None
     path = Path(checkpoint_dir) / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{Path(checkpoint_dir) / LATEST} points to {path}, which does not exist")
+        raise CheckpointError(f"{Path(checkpoint_dir) / LATEST} points to {path}, which does not exist")
     return path
 
 
@@ -121,7 +131,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def storage_problem(step_dir: Path) -> str | None:
-    """Why the tensor files of a step folder cannot be complete (from its `.metadata`), or None."""
+    """Why a step folder cannot be complete (its metadata.json or common state damaged, its tensor files shorter
+    than its `.metadata` says), or None."""
+    try:
+        read_common_state(step_dir)
+    except DamagedFileError as exc:
+        return str(exc)
     try:
         metadata = FileSystemReader(str(step_dir)).read_metadata()
     except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as exc:
@@ -165,10 +180,13 @@ def check_complete(step_dir: Path) -> None:
     problem = storage_problem(step_dir)
     if problem is None:
         return
+    raise CheckpointError(f"{problem}; {_fallback(step_dir)}")
+
+
+def _fallback(step_dir: Path) -> str:
     previous = previous_good_step(step_dir)
-    fallback = (f"the previous complete step is {previous} (load that folder, or point {LATEST} at it)"
-                if previous is not None else "there is no earlier complete step beside it")
-    raise CheckpointError(f"{problem}; {fallback}")
+    return (f"the previous complete step is {previous} (load that folder, or point {LATEST} at it)"
+            if previous is not None else "there is no earlier complete step beside it")
 
 
 def natural_order(key: str) -> list:
@@ -435,6 +453,33 @@ def _make_step_folder(checkpoint_dir: Path, tmp: Path, step: int) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def tensor_files_named(step_dir: Path) -> Iterator[None]:
+    """A load whose tensor files are complete in size (`check_complete`) but not readable (overwritten with other
+    bytes): one CheckpointError naming the step folder's tensor files, not torch's per-rank traceback."""
+    try:
+        yield
+    except (Exception, CheckpointException) as exc:
+        if isinstance(exc, CheckpointError) or not isinstance(exc, (CheckpointException, pickle.UnpicklingError,
+                                                                     RuntimeError, EOFError, ValueError)):
+            raise
+        files = sorted(str(p) for p in step_dir.glob("*.distcp"))
+        shown = "one of " + ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+        cause = _first_failure(exc)
+        raise CheckpointError(f"{step_dir}: a tensor file ({shown}) is damaged: of the right size, but "
+                              f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:160]}; "
+                              f"{_fallback(step_dir)}") from None
+
+
+def _first_failure(exc: BaseException) -> BaseException:
+    """The first rank's exception inside a torch.distributed.checkpoint CheckpointException, else `exc`."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        return first[0] if isinstance(first, tuple) else first
+    return exc
+
+
 def ema_file(step_dir: Path, rank: int) -> Path:
     """This rank's EMA shards (training/ema.py), tied to the layout they were saved under."""
     return step_dir / "rank_state" / f"ema{rank:05d}.pt"
@@ -458,7 +503,8 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
     strategy = get_default_load_sharded_strategy(str(path))
     if torch.cuda.is_available():  # its exchange of loaded shards allocates on CUDA
         strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
-    loaded = dist_checkpointing.load(state, str(path), strategy)
+    with tensor_files_named(path):
+        loaded = dist_checkpointing.load(state, str(path), strategy)
     adapters_only = _adapters_only(chunks)
     for i, chunk in enumerate(chunks):
         # The sharded state is keyed by global layer index (any pipeline layout); the module by its local one.
@@ -477,20 +523,32 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
                 f"{dp_file}: no loader position for data-parallel rank {parallel_state.get_data_parallel_rank()}; "
                 "the data-parallel size changed since the save, so the data order cannot resume exactly"
             )
-        loader.load_state_dict(torch.load(dp_file, weights_only=False))
+        loader.load_state_dict(_load_rank_state(dp_file, "data-loader position"))
     rng_file = path / "rank_state" / f"rank{dist.get_rank():05d}.pt"
     if restore_rng and rng_file.exists():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(_load_rank_state(rng_file, "RNG state"))
     if ema is not None:
         saved_ema = ema_file(path, dist.get_rank())
         if not saved_ema.exists():
             raise FileNotFoundError(f"{saved_ema}: this checkpoint has no EMA of the weights (train.ema_decay was "
                                     "not set when it was saved); unset train.ema_decay or start a new run")
-        ema.load_state_dict(torch.load(saved_ema, weights_only=False))
+        ema.load_state_dict(_load_rank_state(saved_ema, "EMA of the weights"))
     return int(loaded["step"])
+
+
+def _load_rank_state(file: Path, what: str):
+    with reading(file, f"{what} (torch.save)"):
+        return torch.load(file, weights_only=False)
+
+
+def read_common_state(step_dir: Path) -> dict:
+    """A step folder's common state (step, config, scheduler), or a DamagedFileError naming its file (or its
+    metadata.json, read first by dist_checkpointing)."""
+    read_json_file(step_dir / "metadata.json", "dist checkpoint's metadata.json")
+    with reading(step_dir / COMMON_STATE, "dist checkpoint's common state (torch.save)"):
+        return dist_checkpointing.load_common_state_dict(str(step_dir))
 
 
 def read_saved_config(path: str | Path) -> dict:
     """The config dict stored in a checkpoint's common state (rank-local read, no process group needed)."""
-    common = dist_checkpointing.load_common_state_dict(str(resolve_checkpoint(path)))
-    return common["config"]
+    return read_common_state(resolve_checkpoint(path))["config"]

@@ -56,8 +56,8 @@ from megatron_moviegen.checkpoints.tp_shards import (
     unshard_tensor,
 )
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.utils.io import (atomic_output, parse_byte_size, replacing_folder, staging_folder,  # noqa: F401
-                                      start_staging, swap_in_folder)  # parse_byte_size re-exported
+from megatron_moviegen.utils.io import (atomic_output, parse_byte_size, read_json_file, reading,  # noqa: F401
+                                      replacing_folder, staging_folder, start_staging, swap_in_folder)  # parse_byte_size re-exported
 
 CONFIG_NAME = "config.yaml"
 INDEX_NAME = "model.safetensors.index.json"
@@ -84,8 +84,9 @@ def read_weight_map(folder: str | Path) -> dict[str, str]:
     """{tensor name: file in `folder`} from the index, or from a single-file export's header."""
     folder = check_export_folder(folder)
     if (folder / INDEX_NAME).is_file():
-        return json.loads((folder / INDEX_NAME).read_text())["weight_map"]
-    with safe_open(str(folder / SINGLE_FILE_NAME), framework="pt") as handle:
+        return read_json_file(folder / INDEX_NAME, "export index (model.safetensors.index.json)")["weight_map"]
+    with reading(folder / SINGLE_FILE_NAME, "safetensors file"), \
+            safe_open(str(folder / SINGLE_FILE_NAME), framework="pt") as handle:
         return {name: SINGLE_FILE_NAME for name in handle.keys()}
 
 
@@ -93,7 +94,7 @@ def read_export_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
     """Every whole tensor of an export, as stored (for inspection and tests; loading reads TP slices)."""
     tensors = {}
     for name, file in read_weight_map(folder).items():
-        with safe_open(str(Path(folder) / file), framework="pt") as handle:
+        with reading(Path(folder) / file, "safetensors file"), safe_open(str(Path(folder) / file), framework="pt") as handle:
             tensors[name] = handle.get_tensor(name)
     return tensors
 
@@ -141,7 +142,8 @@ def load_export_slices(model: torch.nn.Module, folder: str | Path, weight_map: d
             raise ShapeMismatch(f"export {str(folder)!r} has no tensor {key!r}; this model needs it with shape "
                                 f"{needed}")
         if weight_map[key] not in files:
-            files[weight_map[key]] = safe_open(str(Path(folder) / weight_map[key]), framework="pt")
+            with reading(Path(folder) / weight_map[key], "safetensors file"):  # the header is checked on opening
+                files[weight_map[key]] = safe_open(str(Path(folder) / weight_map[key]), framework="pt")
         stored = files[weight_map[key]].get_slice(key)
         if tuple(stored.get_shape()) != needed:
             raise ShapeMismatch(f"tensor {key!r} is {tuple(stored.get_shape())} in the export but {needed} in this "

@@ -179,10 +179,9 @@ def read_recipe(path: Path, search_dir: Path, _seen: tuple = ()) -> dict:
     """Read a YAML recipe; a top-level `base: <recipe>` key inherits from another recipe first."""
     if path in _seen:
         raise ConfigError(f"recipe {path} inherits from itself through {[str(p) for p in _seen]}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a mapping, got {type(data).__name__}")
+    from megatron_moviegen.utils.io import read_yaml_file  # utils.io's errors are ConfigErrors
+
+    data = read_yaml_file(path, "recipe")
     base = data.pop("base", None)
     if base is None:
         return data

@@ -27,6 +27,7 @@ import torch
 
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.utils.io import read_json_file
 from megatron_moviegen.data.shards import INDEX_DIR, META_DIR, ShardIndex, decode_sample, read_member
 
 
@@ -103,7 +104,7 @@ class LatentLoader:
         info_path = self.dir / META_DIR / ".info.json"
         if not info_path.exists():
             raise FileNotFoundError(f"{self.dir}: no {META_DIR}/.info.json; pre-encoding has not finished here")
-        names = sorted(json.loads(info_path.read_text())["shard_counts"])
+        names = sorted(read_json_file(info_path, "energon shard list")["shard_counts"])
         return {name: ShardIndex.read(self.dir / INDEX_DIR / f"{name}.json").samples for name in names}
 
     def prompt_fps(self) -> list[int]:

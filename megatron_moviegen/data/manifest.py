@@ -23,10 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from megatron_moviegen.utils.io import reading
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """The manifest is malformed; the message names the file and line."""
 
 
@@ -198,8 +200,8 @@ def read_manifest(source: str | Path) -> list[ManifestEntry]:
         raise ManifestError(f"{source}: no such manifest file or folder")
     if source.is_dir():
         return read_folder(source)
-    if source.suffix == ".jsonl":
-        return resolve_subject_references(read_jsonl(source))
-    if source.suffix == ".csv":
-        return resolve_subject_references(read_csv(source))
+    if source.suffix in (".jsonl", ".csv"):
+        with reading(source, "manifest"):  # empty, or not text: one line naming it
+            entries = read_jsonl(source) if source.suffix == ".jsonl" else read_csv(source)
+        return resolve_subject_references(entries)
     raise ManifestError(f"{source}: expected a .jsonl or .csv manifest or a folder of media")

@@ -48,7 +48,7 @@ from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, bui
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem, repeated_entries
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
-from megatron_moviegen.utils.io import check_writable_folder
+from megatron_moviegen.utils.io import check_writable_folder, read_json_file
 from megatron_moviegen.utils.processes import die_with_parent
 from megatron_moviegen.data.shards import (
     EncodedSample,
@@ -56,6 +56,7 @@ from megatron_moviegen.data.shards import (
     ShardIndex,
     atomic_write_text,
     FINALIZE_LOCK,
+    RUN_RECORD,
     completed_shards,
     remove_partial_files,
     sample_key,
@@ -652,11 +653,11 @@ class Preencoder:
                         "video features": encoder_record(self.frame_encoder.model)}
         if self.config.reference is not None:
             encoders["reference"] = encoder_record(self.reference_encoder.model)
-        path = self.out_dir / "preencode.json"
+        path = self.out_dir / RUN_RECORD
         if not path.exists():
             atomic_write_text(path, json.dumps({**record, "encoders": encoders}, indent=2))
             return
-        previous = json.loads(path.read_text())
+        previous = read_json_file(path, "pre-encoding record")
         changed = sorted(k for k in record if previous.get(k) != record[k])
         if changed:
             raise ConfigError(f"{self.out_dir} was written with different {changed}; use a new output folder")

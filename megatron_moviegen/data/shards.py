@@ -4,6 +4,7 @@
     <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
     <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
     <out>/rejects.jsonl, summary.json
+    <out>/preencode.json              # the run's manifest hash, settings and encoders (`shard_encoders`)
 
 Per sample: latents (c, t, h, w) bf16; its `Conditioning` (conditioning.py: per token source
 `tokens.<name>.embeddings` (n, d) bf16 and `tokens.<name>.mask` (n,) bool; `channels`, `task` when present);
@@ -29,11 +30,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from megatron_moviegen.conditioning import Conditioning
-from megatron_moviegen.utils.io import atomic_write_text, temporary_path
+from megatron_moviegen.utils.io import atomic_write_text, read_json_file, reading, temporary_path
 
 INDEX_DIR = "index"
 META_DIR = ".nv-meta"
 FINALIZE_LOCK = ".finalize.lock"
+RUN_RECORD = "preencode.json"
 MEMBERS = ("latents.safetensors", "conditioning.safetensors", "json")
 LEGACY_TEXT_MEMBER = "text.safetensors"  # shards written before the Conditioning type: `<name>.embeddings/.mask`
 
@@ -73,7 +75,11 @@ class ShardIndex:
 
     @classmethod
     def read(cls, path: Path) -> "ShardIndex":
-        return cls(**json.loads(path.read_text()))
+        with reading(path, "shard index"):
+            index = cls(**json.loads(path.read_bytes().decode()))
+            if index.shard != path.name[: -len(".json")]:
+                raise ValueError(f"it describes {index.shard!r}, expected {path.name[: -len('.json')]!r}")
+            return index
 
 
 def write_shard(out_dir: Path, shard_id: int, samples: list[EncodedSample], rejects: list[dict],
@@ -158,6 +164,26 @@ def decode_sample(members: dict[str, bytes]) -> dict[str, Any]:
         "conditioning": Conditioning.from_tensors(tensors),
         "meta": json.loads(members["json"]),
     }
+
+
+def shard_encoders(shards_dir: str | Path) -> dict[str, dict] | None:
+    """The encoders pre-encoding recorded for a shard folder, {role: {"name", "sha256"}} (roles: video, text,
+    audio, video features, reference), or None for shards written before encoders were recorded."""
+    path = Path(shards_dir) / RUN_RECORD
+    if not path.is_file():
+        return None
+    return read_json_file(path, "pre-encoding record").get("encoders")
+
+
+def encoder_mismatch(was: dict[str, dict] | None, now: dict[str, dict] | None) -> list[tuple[str, str, str]]:
+    """(role, was, now) as "<name> (weights sha256 <12 hex>)" for each role both records have with other weights;
+    a role only one has (a later stage's new encoder) or a missing record is no mismatch."""
+    return [(role, encoder_name(was[role]), encoder_name(now[role]))
+            for role in sorted(set(was or {}) & set(now or {})) if was[role] != now[role]]
+
+
+def encoder_name(record: dict) -> str:
+    return f"{record.get('name')} (weights sha256 {str(record.get('sha256'))[:12]})"
 
 
 def write_energon_metadata(out_dir: Path, indexes: list[ShardIndex]) -> None:

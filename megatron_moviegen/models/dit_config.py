@@ -153,6 +153,9 @@ class DiTConfig:
     # The n of the "FPS-n" prompt prefixes the model was trained on; training adds its shards' values, and
     # generation defaults to them and warns on others. Empty: unknown.
     trained_fps: tuple[int, ...] = ()
+    # The encoders of the shards the model was trained on ({role: {"name", "sha256"}}, pre-encoding's record):
+    # training fills it in, and a resume or train.load_from onto shards of other encoders is refused. Empty: unknown.
+    trained_encoders: dict[str, dict[str, str]] = field(default_factory=dict)
     timestep_embedding_dim: int = 256
     qk_norm: bool = True
     # SwiGLU FFN (the video model's: 16384 = 8/3 x 6144); False: a two-layer GELU MLP (ours for the audio model,

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from megatron_moviegen.config.schema import build, to_dict
+from megatron_moviegen.config.schema import ConfigError, build, to_dict
 from megatron_moviegen.utils.hub import resolve_pretrained_folder
-from megatron_moviegen.utils.io import atomic_output, atomic_write_text
+from megatron_moviegen.utils.io import DamagedFileError, atomic_output, atomic_write_text, read_json_file, reading
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,11 +45,17 @@ def read_pretrained(path: str | Path, config_cls: type, subfolder: str | None = 
     folder = resolve_pretrained_folder(path, subfolder, cache_dir, what=what)
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{what} {str(folder)!r}: no {CONFIG_NAME}")
-    config = {k: v for k, v in json.loads((folder / CONFIG_NAME).read_text()).items() if not k.startswith("_")}
+    saved = read_json_file(folder / CONFIG_NAME, f"{what} config")
+    config = {k: v for k, v in saved.items() if not k.startswith("_")}
     weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{what} {str(folder)!r}: no {' or '.join(WEIGHTS_NAMES)}")
-    return build(config_cls, config), load_file(str(weights))
+    with reading(weights, f"{what} weights (safetensors)"):
+        state = load_file(str(weights))
+    try:
+        return build(config_cls, config), state
+    except ConfigError as exc:
+        raise DamagedFileError(f"{folder / CONFIG_NAME}: {what} config: {exc}") from None
 
 
 class PretrainedAutoencoder:

@@ -119,6 +119,9 @@ class TrainConfig:
     # On resume, a schedule (lr, min_lr, warmup, decay steps, style; decay steps follow `steps`) that differs from
     # the checkpoint's is refused; true applies the new one from the checkpoint's step on.
     override_lr_schedule: bool = False
+    # A resume or load_from onto data.shards encoded by another TAE or text encoder than the checkpoint was trained
+    # on is refused (its latents mean something else to the model); true fine-tunes on them deliberately.
+    allow_new_encoders: bool = False
     # A step whose loss is NaN/inf stops the run, naming its samples; with skip_nonfinite_batches its batch is
     # skipped instead (no update), up to max_skipped_batches in one run, then the run stops.
     skip_nonfinite_batches: bool = False
@@ -178,5 +181,8 @@ class TrainConfig:
             raise ConfigError(f"lr_plateau.min_lr: got {self.lr_plateau.min_lr}, must be <= lr {self.lr}")
         if self.samples is not None and self.samples.ema and self.ema_decay is None:
             raise ConfigError("samples.ema: true, but ema_decay is null (no EMA weights to sample with)")
+        if self.allow_new_encoders and not (self.resume or self.load_from):
+            raise ConfigError("allow_new_encoders: true, but resume is false and load_from is not set: there is no "
+                              "checkpoint whose encoders it would allow to change")
         if self.peak_tflops_per_gpu <= 0:
             raise ConfigError(f"peak_tflops_per_gpu: got {self.peak_tflops_per_gpu}, must be > 0")

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.feeder import BatchFeeder
 from megatron_moviegen.data.loader import Batch, LatentLoader
+from megatron_moviegen.data.shards import encoder_mismatch, shard_encoders
 from megatron_moviegen.parallel.build import (
     build_dit_chunks,
     connect_ddp_to_schedules,
@@ -40,6 +41,9 @@ from megatron_moviegen.checkpoints.distributed import (
     finalize_async_saves,
     latest_checkpoint,
     load_checkpoint,
+    read_common_state,
+    read_saved_config,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
@@ -184,6 +188,27 @@ def build_loader(cfg: MovieGenConfig, num_microbatches: int, runtime: Runtime) -
                        runtime.device, pin_memory=runtime.on_gpu)
 
 
+def check_trained_encoders(cfg: MovieGenConfig) -> dict[str, dict]:
+    """The encoders of data.shards (pre-encoding's record), after checking that the checkpoint to resume and
+    train.load_from were trained on latents and embeddings of the same encoders: else a ConfigError naming both,
+    or with train.allow_new_encoders a warning. Shards or checkpoints from before encoders were recorded pass."""
+    now = shard_encoders(cfg.data.shards) or {}
+    resume_from = latest_checkpoint(cfg.train.checkpoint_dir) if cfg.train.resume else None
+    starts = [p for p in (resume_from, cfg.train.load_from and resolve_checkpoint(cfg.train.load_from)) if p]
+    for start in starts:
+        was = read_saved_config(start).get("model", {}).get("trained_encoders") or {}
+        changed = encoder_mismatch(was, now)
+        if not changed:
+            continue
+        message = "; ".join(f"data.shards {cfg.data.shards} were encoded by {role} encoder {shards}, the checkpoint "
+                            f"{start} was trained on {role} encoder {trained}" for role, trained, shards in changed)
+        if not cfg.train.allow_new_encoders:
+            raise ConfigError(f"{message}; use shards of the checkpoint's encoders, or set "
+                              "train.allow_new_encoders=true to fine-tune on these latents deliberately")
+        log.warning("%s; train.allow_new_encoders: fine-tuning on the new latents", message)
+    return now
+
+
 def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult:
     """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
     `runtime` defaults to the one the config resolves to here. The run holds `train.checkpoint_dir` (a lock) until
@@ -205,6 +230,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     loader = build_loader(cfg, num_microbatches, runtime)  # fails early on missing shards
     validation = Validation.for_config(cfg, layout, runtime.device)  # None without train.validation_shards
     cfg.model.trained_fps = tuple(sorted(set(cfg.model.trained_fps) | set(loader.prompt_fps())))  # into checkpoints
+    cfg.model.trained_encoders = check_trained_encoders(cfg)  # into checkpoints
     samples = TrainingSamples.for_config(cfg, runtime)  # None without train.samples; encodes its prompts now
     set_seed(cfg.train.seed, runtime)
     chunks = build_dit_chunks(cfg, runtime, layout)
@@ -230,7 +256,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
         log.info("LoRA rank %d on %s over %s: %s of this rank's %s parameters train", cfg.model.lora.rank,
                  ", ".join(cfg.model.lora.targets), cfg.train.load_from, f"{trainable:,}", f"{total:,}")
     if resume_from is not None:
-        saved = dist_checkpointing.load_common_state_dict(str(resume_from))
+        saved = read_common_state(resume_from)
         schedule = getattr(scheduler, "schedule", scheduler)  # Megatron's, inside the plateau rule if any
         override = prepare_schedule_for_resume(schedule, saved["scheduler"], cfg.train, saved["step"])
         step = load_checkpoint(resume_from, model, optimizer, scheduler, loader, ema=ema)

@@ -14,13 +14,67 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Callable, Iterator, TypeVar, Union
+
+import yaml
+
+from megatron_moviegen.config.schema import ConfigError
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
+
+
+class DamagedFileError(ConfigError):
+    """A file the project reads is empty, cut short or not what it should be; the message names the file, what it
+    should have been and what is wrong, in one line."""
+
+
+@contextlib.contextmanager
+def reading(path: PathLike, what: str) -> Iterator[Path]:
+    """Around a reader of `path` (a parser, `torch.load`, `safe_open`): an empty file, or any error of the reader
+    other than the file being absent or unreadable (OSError), is one DamagedFileError naming `path` and `what`
+    it should be ("shard index", "recipe")."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DamagedFileError(f"{path}: empty (0 bytes), expected a {what}")
+    try:
+        yield path
+    except ConfigError:  # ours already name the file
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # absent, not readable, EIO: the file system's error, not the file's content
+        size = path.stat().st_size if path.is_file() else 0
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DamagedFileError(f"{path}: damaged, not a complete {what} ({size} bytes; {type(exc).__name__}: "
+                               f"{first})") from None
+
+
+def read_file_as(path: PathLike, what: str, parse: Callable[[str], T]) -> T:
+    """`parse` of the file's text (UTF-8), every failure one DamagedFileError naming the file (`reading`)."""
+    with reading(path, what) as path:
+        return parse(path.read_bytes().decode("utf-8"))
+
+
+def read_json_file(path: PathLike, what: str, kind: type = dict) -> Any:
+    """A JSON file whose top level is a `kind` (dict, list), or one DamagedFileError naming it."""
+    return read_file_as(path, what, lambda text: _of_kind(json.loads(text), kind))
+
+
+def read_yaml_file(path: PathLike, what: str, kind: type = dict) -> Any:
+    """A YAML file whose top level is a `kind`, or one DamagedFileError naming it."""
+    return read_file_as(path, what, lambda text: _of_kind(yaml.safe_load(text), kind))
+
+
+def _of_kind(value: Any, kind: type) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"got {type(value).__name__} at the top level, expected {kind.__name__}")
+    return value
 
 
 def temporary_path(path: Path) -> Path:
