@@ -18,6 +18,7 @@ Training checkpoints (Megatron dist-checkpointing) are converted into this forma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,7 @@ from megatron_moviegen.checkpoints.tp_shards import (
     unshard_tensor,
 )
 from megatron_moviegen.runtime import Runtime
-from megatron_moviegen.utils.io import (atomic_output, parse_byte_size, read_json_file, reading,  # noqa: F401
+from megatron_moviegen.utils.io import (DamagedFileError, atomic_output, parse_byte_size, read_json_file, reading,  # noqa: F401
                                       replacing_folder, staging_folder, start_staging, swap_in_folder)  # parse_byte_size re-exported
 
 CONFIG_NAME = "config.yaml"
@@ -102,7 +103,14 @@ def read_export_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
 def read_exported_config(folder: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
     """config.yaml of an export folder with `a.b=value` overrides. The parallel section starts at its defaults
     (one process): the layout to load under is the caller's choice, whatever layout the model was trained with."""
-    data = read_recipe(check_export_folder(folder) / CONFIG_NAME, Path(folder))
+    path = check_export_folder(folder) / CONFIG_NAME
+    data = read_recipe(path, Path(folder))
+    # An export writes every section of its config (_finish_export): a section missing is a file cut short, which
+    # YAML alone would read as a smaller config filled with defaults.
+    missing = [f.name for f in dataclasses.fields(MovieGenConfig) if f.name not in data]
+    if missing:
+        raise DamagedFileError(f"{path}: cut short or not an export's config: sections {missing} are missing (an "
+                               "export writes all of them); export the checkpoint again")
     data["parallel"] = {}
     apply_overrides(data, list(overrides or []))
     return build(MovieGenConfig, data)
