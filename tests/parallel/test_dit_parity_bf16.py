@@ -27,12 +27,15 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-12)).item()
 
 
+def _bf16_then_float32(rank, world_size):
+    bf16 = run_step(rank, world_size, [], None, "tiny", "bf16")
+    return bf16, run_step(rank, world_size, [], bf16, "tiny", "fp32")
+
+
 @pytest.fixture(scope="module")
 def references():
-    """One process in bf16 (random weights), then the same weights in float32."""
-    bf16 = run_distributed(run_step, world_size=1, args=([], None, "tiny", "bf16"))[0]
-    fp32 = run_distributed(run_step, world_size=1, args=([], bf16, "tiny", "fp32"))[0]
-    return bf16, fp32
+    """One process in bf16 (random weights), then the same weights in float32 (one launch)."""
+    return run_distributed(_bf16_then_float32, world_size=1)[0]
 
 
 def test_bf16_reference_is_bf16_and_close_to_float32(references):
@@ -69,18 +72,40 @@ def test_bf16_layout_matches_one_bf16_process_within_bf16_rounding(layout, refer
     assert not worst, f"{layout}: gradients off by more than bf16 rounding: {worst}"
 
 
-@pytest.mark.parametrize("condition", ["conditioned", "lora", "audio"])
-def test_every_model_kind_steps_in_bf16_within_bf16_rounding_of_float32(condition):
-    """Editing / upsampler channels and task table, PT2V's trainable tower and frozen tokens, LoRA adapters, and the
-    audio model (infill, video features, T5): one bf16 process against float32 on the same weights."""
+KINDS = ("conditioned", "lora", "audio")
+
+
+def _each_kind_in_bf16_and_float32(rank, world_size):
+    """Per model kind, in one launch: one bf16 step (random weights), then float32 on the same weights."""
     from tests.parallel.test_dit_parity import CONDITIONS, RECIPES
 
-    recipe = RECIPES.get(condition, "tiny")
-    bf16 = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], None, recipe, "bf16"))[0]
-    fp32 = run_distributed(run_step, world_size=1, args=(CONDITIONS[condition], bf16, recipe, "fp32"))[0]
+    results = {}
+    for kind in KINDS:
+        recipe = RECIPES.get(kind, "tiny")
+        bf16 = run_step(rank, world_size, CONDITIONS[kind], None, recipe, "bf16")
+        results[kind] = (bf16, run_step(rank, world_size, CONDITIONS[kind], bf16, recipe, "fp32"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def model_kinds():
+    return run_distributed(_each_kind_in_bf16_and_float32, world_size=1)[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_model_kind_steps_in_bf16_within_bf16_rounding_of_float32(kind, model_kinds):
+    """Editing / upsampler channels and task table, PT2V's trainable tower and frozen tokens, LoRA adapters, and the
+    audio model (infill, video features, T5): one bf16 process against float32 on the same weights. Per tensor the
+    bound is 32 ulps: the tower's q-projection grads (norm 1e-3, much cancellation) measure 16 ulps; the whole
+    gradient, 4 ulps (measured 1.7)."""
+    bf16, fp32 = model_kinds[kind]
     assert all(w.dtype == torch.bfloat16 for w in bf16["weights"].values())
     for got, want in zip(bf16["outputs"], fp32["outputs"]):
         assert 0 < _relative_error(got, want) < 8 * BF16_ULP
-    assert set(bf16["grads"]) == set(fp32["grads"])
-    worst = max(_relative_error(bf16["grads"][n], fp32["grads"][n]) for n in bf16["grads"])
-    assert worst < 16 * BF16_ULP, f"{condition}: worst bf16 gradient error {worst:.2e}"
+    names = sorted(bf16["grads"])
+    assert names == sorted(fp32["grads"])
+    worst = max((_relative_error(bf16["grads"][n], fp32["grads"][n]), n) for n in names)
+    assert worst[0] < 32 * BF16_ULP, f"{kind}: worst bf16 gradient error {worst[0]:.2e} ({worst[1]})"
+    whole = _relative_error(torch.cat([bf16["grads"][n].flatten() for n in names]),
+                            torch.cat([fp32["grads"][n].flatten() for n in names]))
+    assert whole < 4 * BF16_ULP, f"{kind}: whole-gradient bf16 error {whole:.2e}"
