@@ -90,6 +90,7 @@ def check_runs(whole: Path, resumed: Path, resumed_at: int, exact: bool) -> dict
 def memory_step(cpu: bool) -> dict:
     """One training step (Megatron DDP, the GPU's distributed optimizer, AdamW) of the 2-block model at the full
     sample's tokens; its peak memory against planning.memory's estimate for the same layout."""
+    from benchmarks.dit_throughput import MemoryMeter  # CUDA's peak, or the process RSS sampled every 1 ms
     from megatron_moviegen.conditioning import Conditioning, Tokens
     from megatron_moviegen.parallel.build import build_dit_chunks, connect_ddp_to_schedules, wrap_ddp
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
@@ -107,29 +108,25 @@ def memory_step(cpu: bool) -> dict:
     cfg = load_config(setting["recipe"], overrides)
     runtime = Runtime.for_config(cfg)
     init_model_parallel(cfg.parallel, runtime)
-    rss = _rss_meter()
-    if runtime.on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    set_seed(0, runtime)
-    chunks = build_dit_chunks(cfg, runtime)
-    model = wrap_ddp(chunks, runtime.distributed_optimizer, parallel=cfg.parallel)
-    connect_ddp_to_schedules(model)
-    optimizer = build_optimizer(model, cfg.train, runtime)
-    chunks[0].config.grad_scale_func = optimizer.scale_loss
-    latents = torch.randn(1, cfg.model.latent_channels, *(g * p for g, p in zip(setting["grid"],
-                                                                                  cfg.model.patch_size)))
-    tokens = {n: Tokens(torch.randn(1, s.max_length, s.width), torch.ones(1, s.max_length, dtype=torch.bool))
-              for n, s in cfg.model.context_sources().items()}
-    microbatch = flow_matching_microbatch(latents, Conditioning(tokens), torch.Generator().manual_seed(0), cfg,
-                                          runtime.device, 0.0)
-    seq = chunks[0].tokens_per_sample(latents.shape)
-    started = time.perf_counter()
-    losses = run_microbatches(model, SequenceLayout(), [microbatch], seq, 1)
-    optimizer.step()
-    if runtime.on_gpu:
-        torch.cuda.synchronize()
+    with MemoryMeter() as meter:  # from before the model is built: weights, grads and optimizer count too
+        set_seed(0, runtime)
+        chunks = build_dit_chunks(cfg, runtime)
+        model = wrap_ddp(chunks, runtime.distributed_optimizer, parallel=cfg.parallel)
+        connect_ddp_to_schedules(model)
+        optimizer = build_optimizer(model, cfg.train, runtime)
+        chunks[0].config.grad_scale_func = optimizer.scale_loss
+        latents = torch.randn(1, cfg.model.latent_channels, *(g * p for g, p in zip(setting["grid"],
+                                                                                      cfg.model.patch_size)))
+        tokens = {n: Tokens(torch.randn(1, s.max_length, s.width), torch.ones(1, s.max_length, dtype=torch.bool))
+                  for n, s in cfg.model.context_sources().items()}
+        microbatch = flow_matching_microbatch(latents, Conditioning(tokens), torch.Generator().manual_seed(0), cfg,
+                                              runtime.device, 0.0)
+        seq = chunks[0].tokens_per_sample(latents.shape)
+        started = time.perf_counter()
+        losses = run_microbatches(model, SequenceLayout(), [microbatch], seq, 1)
+        optimizer.step()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / GIB if runtime.on_gpu else rss() / GIB
+    peak = (meter.peak if runtime.on_gpu else meter.transient) / GIB
     estimate = estimate_memory(cfg.model, cfg.parallel, 1, seq, 1)
     destroy()
     loss = float(losses[0]["loss"])
@@ -141,25 +138,6 @@ def memory_step(cpu: bool) -> dict:
             "estimated_gib": estimate.total_gib,
             "estimate": {k: getattr(estimate, k) for k in ("weights_gib", "grads_gib", "optimizer_gib",
                                                            "activations_gib", "workspace_gib")}}
-
-
-def _rss_meter():
-    """CPU: a callable returning the peak RSS growth so far (sampled), in bytes."""
-    import threading
-
-    import psutil
-
-    process = psutil.Process()
-    base = process.memory_info().rss
-    peak = [base]
-
-    def sample():
-        while True:
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(1e-3)
-
-    threading.Thread(target=sample, daemon=True).start()
-    return lambda: max(peak[0], process.memory_info().rss) - base
 
 
 def report(folder: Path) -> str:
