@@ -390,8 +390,8 @@ def evaluate_audio(clips: list[SoundClip], pipeline, settings) -> tuple[dict, li
                      "vs": {other.name: audio_scores(generated, other.waveform, rate) for other in clips}})
         pictures.append({name: spectrogram_picture(w, rate) for name, w in
                          (("true", clip.waveform), ("autoencoder", reconstruction), ("generated", generated))})
-    return {"clips": rows, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-            "seed": settings.seed}, pictures
+    return {"clips": rows, "steps": settings.steps, "solver": settings.solver, "schedule": settings.schedule,
+            "guidance_scale": settings.guidance_scale, "seed": settings.seed}, pictures
 
 
 def format_audio_table(report: dict) -> str:

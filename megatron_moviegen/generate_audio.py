@@ -32,7 +32,8 @@ from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import load_exported_dit, read_exported_config
 from megatron_moviegen.data.audio import read_audio
 from megatron_moviegen.data.decode import DecodeError, PyAVDecoder
-from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig, window_frames
+from megatron_moviegen.diffusion.sampling import SOLVERS
+from megatron_moviegen.inference.audio import SCHEDULES, AudioPipeline, AudioSamplingConfig, window_frames
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_text_encoders
 from megatron_moviegen.inference.pipeline import check_prompts, command_record
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
@@ -53,7 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="what the audio should sound like")
     parser.add_argument("--video", default=None, help="the video to make sound for (its duration unless --seconds)")
     parser.add_argument("--seconds", type=float, default=None, help="length; required without --video")
-    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="solver steps (the paper: 64 midpoint)")
+    parser.add_argument("--solver", choices=sorted(SOLVERS), default=DEFAULTS.solver,
+                        help="ODE solver: midpoint (2 velocity evaluations a step, the paper's) or euler (1)")
+    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=DEFAULTS.schedule, help="time schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale,
                         help="classifier-free guidance over text and video together (1 = none)")
     parser.add_argument("--seed", type=cli.seed, default=DEFAULTS.seed)
@@ -99,7 +103,8 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
     autoencoder, the video, the audio to continue and the output folder are checked before the DiT loads."""
     args = parse_args(argv)
     check_prompts([args.prompt])
-    settings = AudioSamplingConfig(seconds=args.seconds, steps=args.steps, guidance_scale=args.guidance_scale,
+    settings = AudioSamplingConfig(seconds=args.seconds, steps=args.steps, solver=args.solver, schedule=args.schedule,
+                                   guidance_scale=args.guidance_scale,
                                    seed=args.seed, window_s=args.window_seconds, overlap_s=args.overlap_seconds)
     settings.validate()
     cfg = read_exported_config(args.checkpoint, args.overrides)

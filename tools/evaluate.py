@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--audio-solver", choices=("midpoint", "euler"), default="midpoint",
+                        help="audio: ODE solver (the paper's: midpoint, 2 velocity evaluations a step)")
+    parser.add_argument("--audio-schedule", choices=("linear", "linear_quadratic"), default="linear",
+                        help="audio: time schedule")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
     parser.add_argument("--seed", type=cli.seed, default=0)
@@ -133,7 +137,8 @@ def evaluate_audio_model(args: argparse.Namespace, recipe) -> dict:
 
     clips = load_sound_clips(args.manifest, recipe.data.audio)
     autoencoder = AudioAutoencoder.from_pretrained(args.audio_ae).eval()
-    settings = AudioSamplingConfig(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+    settings = AudioSamplingConfig(steps=args.steps, solver=args.audio_solver, schedule=args.audio_schedule,
+                                   guidance_scale=args.guidance_scale, seed=args.seed)
     with exported_model(args, "an audio recipe") as (cfg, dit, text_encoders):
         audio = replace(cfg.data.audio, video_encoder=recipe.data.audio.video_encoder)
         pipeline = AudioPipeline(dit, autoencoder, text_encoders, FrameFeatureEncoder(audio.video_encoder), audio)

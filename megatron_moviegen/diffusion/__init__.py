@@ -1,4 +1,4 @@
-"""Flow matching (the training objective) and the Euler sampler (SPEC section 2)."""
+"""Flow matching (the training objective) and the ODE samplers (SPEC section 2)."""
 
 from megatron_moviegen.diffusion.flow_matching import (
     FlowMatchingConfig,
@@ -15,6 +15,7 @@ from megatron_moviegen.diffusion.sampling import (
     euler_sample,
     linear_quadratic_schedule,
     linear_schedule,
+    ode_sample,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "interpolate",
     "linear_quadratic_schedule",
     "linear_schedule",
+    "ode_sample",
     "sample_keep_mask",
     "sample_timesteps",
     "sequence_flow_matching_loss",

@@ -8,6 +8,7 @@ from megatron_moviegen.diffusion.sampling import (
     euler_sample,
     linear_quadratic_schedule,
     linear_schedule,
+    ode_sample,
     source_and_text_guidance,
 )
 
@@ -94,6 +95,33 @@ def test_euler_converges_at_first_order_on_a_gaussian_data_field(schedule):
     assert errors[0] < 0.5
     for coarse, fine in zip(errors, errors[1:]):
         assert 0.4 < fine / coarse < 0.6, errors  # halving the steps halves the error: first order
+
+
+@pytest.mark.parametrize("schedule", [linear_schedule, linear_quadratic_schedule])
+def test_midpoint_converges_at_second_order_and_beats_euler_at_equal_evaluations(schedule):
+    mean, noise, std = _noise(seed=1)[0], _noise(), 0.5
+    exact = gaussian_flow_solution(noise, mean, std)
+    field = gaussian_velocity_field(mean, std)
+    midpoint = [(ode_sample("midpoint", field, noise, schedule(n)) - exact).abs().max().item() for n in (16, 32, 64)]
+    for coarse, fine in zip(midpoint, midpoint[1:]):
+        assert fine / coarse < 0.3, midpoint  # halving the steps quarters the error (or better): second order
+    for steps, error in zip((16, 32, 64), midpoint):  # the same 2 * steps velocity evaluations with Euler
+        euler = (ode_sample("euler", field, noise, schedule(2 * steps)) - exact).abs().max().item()
+        assert error < euler / 10, (steps, error, euler)
+
+
+def test_midpoint_evaluates_the_field_at_each_step_start_and_midpoint():
+    seen = []
+
+    def field(x, t):
+        seen.append(t)
+        return torch.full_like(x, 2 * t)  # dx/dt = 2t: x(1) = x(0) + 1, which midpoint integrates exactly
+
+    out = ode_sample("midpoint", field, torch.zeros(3, dtype=torch.float64), [0.0, 0.5, 1.0])
+    assert seen == [0.0, 0.25, 0.5, 0.75]
+    torch.testing.assert_close(out, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="solver: got 'heun'"):
+        ode_sample("heun", field, torch.zeros(3), [0.0, 1.0])
 
 
 def test_euler_passes_python_float_times_and_returns_noise_dtype():

@@ -73,6 +73,7 @@ def test_generate_audio_writes_the_wav_and_the_video_with_both_streams_of_equal_
     sidecar = json.loads(stem.with_suffix(".json").read_text())
     assert sidecar["latent_frames"] == 132 and sidecar["windows"] == [[0, 64], [48, 112], [68, 132]]
     assert sidecar["blend"] == "triangle" and sidecar["video"] == str(RABBIT)
+    assert (sidecar["solver"], sidecar["schedule"]) == ("midpoint", "linear")  # the paper's default (SPEC 7)
 
 
 def _sample(rank, world_size, root, overrides, continuation):
