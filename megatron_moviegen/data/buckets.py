@@ -86,7 +86,7 @@ class BucketTable:
         height, width = bucket_size(ratio, self.config.resolution, self.config.size_multiple)
         return Bucket(text, height, width, num_frames)
 
-    def sampling_fps(self, native_fps: float, span_s: float = math.inf, key: str = "") -> float:
+    def sampling_fps(self, native_fps: float, span_s: float = math.inf) -> float:
         """The rate to sample a clip of `span_s` seconds at (see BucketConfig.min_fps and sample_fps)."""
         if not self.config.sample_fps:
             fps = max(native_fps, self.config.min_fps)
@@ -96,13 +96,9 @@ class BucketTable:
         longest = {r: max([n for n in self.frame_counts if n / r <= span_s + 1e-6], default=0) for r in rates}
         if not max(longest.values()):
             return rates[-1]  # too short at every rate: the rejection reports the rate giving the most frames
-        rates = [r for r in rates if longest[r] == max(longest.values())]
-        digest = hashlib.sha256(key.encode()).digest()
-        return rates[int.from_bytes(digest[:8], "big") % len(rates)]
+        return min(r for r in rates if longest[r] == max(longest.values()))  # the most seconds of the clip
 
-    def assign(self, info: MediaInfo, start_s: float = 0.0, end_s: Optional[float] = None,
-               key: str = "") -> Union[Assignment, Rejection]:
-        """`key` (the file and start time) picks among equally good `sample_fps` rates."""
+    def assign(self, info: MediaInfo, start_s: float = 0.0, end_s: Optional[float] = None) -> Union[Assignment, Rejection]:
         text, ratio = min(self.aspects, key=lambda a: abs(math.log(info.width / info.height) - math.log(a[1])))
         if info.is_image:
             if not self.config.include_images:
@@ -112,7 +108,7 @@ class BucketTable:
             return Rejection("video, and buckets.durations_s is empty")
         end = info.duration_s if end_s is None else min(end_s, info.duration_s)
         span = end - start_s
-        fps = self.sampling_fps(info.fps, span, f"{key}@{start_s}")
+        fps = self.sampling_fps(info.fps, span)
         fitting = [n for n in self.frame_counts if n / fps <= span + 1e-6]
         if not fitting:
             return Rejection(

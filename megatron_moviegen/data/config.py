@@ -37,8 +37,8 @@ class BucketConfig:
     min_fps: float = 16.0
     max_fps: Optional[float] = None
     # ...or, when listed, at one of these fixed rates (paper SFT: 16 and 24 fps). Per clip: the rates at or
-    # below its native fps (else the lowest), then those filling the longest bucket, then a stable hash of the
-    # file and start time picks one, so both rates are used and a rerun picks the same.
+    # below its native fps (else the lowest), then those filling the longest bucket, then the lowest of them (the
+    # most seconds of the clip): for the 256-frame bucket, 16 s clips at 16 fps, 10.67-16 s clips at 24 fps.
     sample_fps: list[float] = field(default_factory=list)
     size_multiple: int = 16  # TAE 8x times the DiT's 2x2 patch
     # Reject a source that must be enlarged by more than this factor to cover its bucket.

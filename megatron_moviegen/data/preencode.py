@@ -256,7 +256,7 @@ def _assign(index: int, entry: ManifestEntry, table: BucketTable, decoder: Decod
     info = decoder.probe(entry.path)
     if entry.fps is not None and not info.is_image:
         info = replace(info, fps=entry.fps)
-    result = table.assign(info, entry.start_s, entry.end_s, key=entry.path)
+    result = table.assign(info, entry.start_s, entry.end_s)
     return Rejected(index, entry.path, "bucket", result.reason) if isinstance(result, Rejection) else result
 
 
