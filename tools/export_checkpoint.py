@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the exported tensors")
     parser.add_argument("--max-shard-size", type=byte_size_argument, default="5GB",
                         help="largest file, e.g. 5GB, 500MB, 2GiB")
+    parser.add_argument("--ema", action="store_true",
+                        help="export the EMA of the weights (train.ema_decay) saved with the checkpoint; run under "
+                             "the training's TP and PP sizes")
     parser.add_argument("overrides", nargs="*", help="layout to load under, e.g. parallel.tensor_model_parallel_size=2")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
     rank, _ = init_distributed(Runtime.resolve(distributed_optimizer=False))
     try:
         out = export_training_checkpoint(args.checkpoint, args.out, args.overrides, EXPORT_DTYPES[args.dtype],
-                                         args.max_shard_size)
+                                         args.max_shard_size, ema=args.ema)
     except (CheckpointError, ConfigError, FileNotFoundError) as exc:
         if rank == 0:
             print(f"export_checkpoint: error: {exc}", file=sys.stderr)

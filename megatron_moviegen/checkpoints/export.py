@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from megatron_moviegen.config import to_yaml
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.recipes import MovieGenConfig
-from megatron_moviegen.config.schema import apply_overrides, build, read_recipe
+from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.models.dit_config import LoRAConfig
 from megatron_moviegen.models.lora import merge_lora
@@ -41,6 +41,8 @@ from megatron_moviegen.parallel.build import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 from megatron_moviegen.checkpoints.distributed import (
+    CheckpointError,
+    ema_file,
     keys_of_every_stage,
     load_checkpoint,
     natural_order,
@@ -294,8 +296,9 @@ def write_export_tensors(folder: str | Path, cfg: MovieGenConfig, tensors: dict[
 
 def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_overrides: list[str] | None = None,
                                dtype: torch.dtype = torch.bfloat16,
-                               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
-    """Load `checkpoint` under the current process group (TP=PP=1 unless overridden) and write `out`.
+                               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, ema: bool = False) -> Path:
+    """Load `checkpoint` under the current process group (TP=PP=1 unless overridden) and write `out`; with `ema`,
+    the EMA of the weights saved with it (train.ema_decay) instead of the trained weights (`load_ema_weights`).
 
     Each rank builds its chunks of the layout in float32, so at TP=PP=1 one process holds the whole model
     (30B: 117 GB); run it under the training layout (e.g. 8 ranks with parallel.tensor_model_parallel_size=4
@@ -303,7 +306,7 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     adapters) is merged into its base model (the run's train.load_from) and exported as a plain model."""
     step_dir = resolve_checkpoint(checkpoint)
     saved = read_saved_config(step_dir)
-    saved["parallel"] = {}
+    saved_parallel, saved["parallel"] = saved.get("parallel") or {}, {}
     cfg = build(MovieGenConfig, apply_overrides(saved, list(layout_overrides or [])))
     runtime = Runtime.resolve("fp32", cfg.model.transformer_impl, distributed_optimizer=False)
     init_model_parallel(cfg.parallel, runtime)
@@ -311,6 +314,16 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     if cfg.model.lora.enabled:  # the checkpoint holds the adapters; the base model is the run's train.load_from
         load_weights_for_new_stage(cfg.train.load_from, chunks, resolution=cfg.data.buckets.resolution)
     step = load_checkpoint(step_dir, chunks, restore_rng=False)
+    if ema and cfg.model.lora.enabled:
+        raise ConfigError("--ema: a LoRA run's EMA is not exported (its adapters are merged into the base model "
+                          "after loading); export it without --ema")
+    averaged = load_ema_weights(step_dir, chunks, saved_parallel) if ema else None
+    if averaged is not None:
+        with averaged.applied():
+            export_dit(chunks, out, name=f"{cfg.name}@{step} EMA", dtype=dtype, max_shard_bytes=max_shard_bytes,
+                       data=cfg.data)
+        destroy()
+        return Path(out)
     if cfg.model.lora.enabled:
         for chunk in chunks:
             merge_lora(chunk.layers)
@@ -319,3 +332,39 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
                data=cfg.data)
     destroy()
     return Path(out)
+
+
+def ema_training_rank(tp_rank: int, pp_rank: int, tp: int, pp: int, saved_world_size: int) -> int:
+    """The global rank that held TP rank `tp_rank` of pipeline stage `pp_rank` at data- and context-parallel rank 0 in
+    a run of `saved_world_size` ranks: Megatron's default rank order "tp-cp-ep-dp-pp" (TP fastest, PP slowest)."""
+    if saved_world_size % (tp * pp):
+        raise CheckpointError(f"{saved_world_size} EMA files cannot come from a run at TP={tp} x PP={pp}")
+    return tp_rank + tp * (saved_world_size // (tp * pp)) * pp_rank
+
+
+def load_ema_weights(step_dir: Path, chunks: list[MovieGenDiT], saved_parallel: dict):
+    """A `ModelEMA` of `chunks` holding the EMA saved with `step_dir`. EMA files hold each training rank's shards,
+    so the export must run at the training's TP and PP sizes (any number of data- or context-parallel ranks saved
+    it); this rank reads the file of the training rank with its TP and PP ranks."""
+    from megatron_moviegen.training.ema import ModelEMA
+
+    files = sorted((step_dir / "rank_state").glob("ema*.pt"))
+    if not files:
+        raise CheckpointError(f"{step_dir}: no EMA of the weights was saved with it (train.ema_decay was not set); "
+                              "export without --ema")
+    saved_tp = saved_parallel.get("tensor_model_parallel_size", 1)
+    saved_pp = saved_parallel.get("pipeline_model_parallel_size", 1)
+    tp, pp = (parallel_state.get_tensor_model_parallel_world_size(),
+              parallel_state.get_pipeline_model_parallel_world_size())
+    if (tp, pp) != (saved_tp, saved_pp):
+        raise ConfigError(
+            f"--ema: the EMA was saved per rank at TP={saved_tp}, PP={saved_pp}, and this export runs at TP={tp}, "
+            f"PP={pp}; export on {saved_tp * saved_pp} process(es) with parallel.tensor_model_parallel_size={saved_tp}"
+            f" parallel.pipeline_model_parallel_size={saved_pp}")
+    rank = ema_training_rank(parallel_state.get_tensor_model_parallel_rank(),
+                             parallel_state.get_pipeline_model_parallel_rank(), tp, pp, len(files))
+    averaged = ModelEMA(chunks, decay=0.0)
+    file = ema_file(step_dir, rank)
+    with reading(file, "EMA of the weights (torch.save)"):
+        averaged.load_state_dict(torch.load(file, weights_only=False))
+    return averaged
