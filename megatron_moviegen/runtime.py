@@ -94,6 +94,11 @@ class Runtime:
         """The runtime of a training run (`MovieGenConfig`)."""
         return cls.resolve(cfg.train.precision, cfg.model.transformer_impl, cfg.parallel.use_distributed_optimizer)
 
+    @property
+    def device_name(self) -> str:
+        """The GPU's name (torch.cuda.get_device_name), or "cpu"."""
+        return torch.cuda.get_device_name(self.device) if self.on_gpu else "cpu"
+
     def memory_stats(self) -> dict:
         """Peak device memory on GPU, resident set size on CPU, in GiB."""
         if self.on_gpu:

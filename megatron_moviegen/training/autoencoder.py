@@ -36,10 +36,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from megatron_moviegen.checkpoints.distributed import CheckpointError
-from megatron_moviegen.config.schema import ConfigError, to_yaml
+from megatron_moviegen.config.schema import ConfigError, to_dict, to_yaml
 from megatron_moviegen.parallel.initialize import init_distributed
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 from megatron_moviegen.training.metrics import NonFiniteLossError
+from megatron_moviegen.training.monitoring import Monitor, check_monitoring
 from megatron_moviegen.training.tae_checkpoints import load_checkpoint, resume_folder, save_checkpoint
 from megatron_moviegen.utils.io import atomic_write_text
 
@@ -74,6 +75,11 @@ class AutoencoderOptimConfig:
     # bf16: forward and loss under bf16 autocast (fp32 weights, optimizer and gradients), on CPU too; fp32: no
     # autocast; auto: bf16 on GPU, fp32 on CPU. The DDP and DeepSpeed paths both follow it.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # Monitoring (training/monitoring.py), as the DiT's: TensorBoard under tensorboard_dir (None: <out_dir>/tensorboard)
+    # unless false; W&B when wandb_project is set, its run id kept in <out_dir>/wandb_run_id.
+    tensorboard: bool = True
+    tensorboard_dir: str | None = None
+    wandb_project: str | None = None
 
     def bf16_autocast(self, device: torch.device) -> bool:
         """Whether this recipe's steps run under bf16 autocast on `device`."""
@@ -384,6 +390,7 @@ class AutoencoderTrainer(ABC):
         prints the log lines and evaluates the held-out input). `runtime` (device; train.precision picks autocast) defaults
         to this machine's."""
         cfg = self.cfg
+        check_monitoring(cfg.train.tensorboard, cfg.train.wandb_project)
         rank, world_size = world()
         device = (runtime or Runtime.resolve()).device
         torch.manual_seed(cfg.train.seed)
@@ -405,35 +412,43 @@ class AutoencoderTrainer(ABC):
         # Rank 0 alone evaluates: a local forward without collectives (ZeRO-2 keeps full weights on every rank).
         held_out = self.eval_input() if rank == 0 else None
         metrics = out_dir / "metrics.jsonl"
+        monitor = None
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
             drop_metrics_after(metrics, start)
-        history = []
-        with tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps,
-                  desc=f"{self.prog}[{cfg.name}]", disable=rank != 0 or not show_progress) as bar:
-            say = bar.write if rank == 0 else (lambda message: None)
-            if state is not None:
-                say(f"resumed from {resume_folder(out_dir)} at step {start}" + (f"; {lr_note}" if lr_note else ""))
-            for step in bar:
-                torch.manual_seed(cfg.train.seed + step)  # posterior sampling noise, the same on every rank
-                inputs = self.batch(step, rank, device)
-                record = self._step(step, inputs, autoencoder, loss, ddp_discriminator, discriminator_optimizer)
-                done, last = step + 1, step + 1 == cfg.train.steps
-                if held_out is not None and (done % cfg.train.eval_every == 0 or last):
-                    record.update(self._evaluate(model, held_out))
-                history.append(record)
-                evaluated = any(k.startswith("eval_") for k in record)
-                if rank == 0 and (done % cfg.train.log_every == 0 or last or evaluated):
-                    bar.set_postfix({"loss": f"{record['loss']:.4f}",
-                                     self.batch_metric: f"{record[self.batch_metric]:.2f}"})
-                    with open(metrics, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                    say(self.log_line(record))
-                if done % cfg.train.checkpoint_every == 0 or last:
-                    self._save(done, inputs, model, loss, autoencoder, discriminator_optimizer, rank, world_size,
-                               say)
-        return history
+            monitor = Monitor(out_dir, cfg.name, cfg.train.tensorboard, cfg.train.tensorboard_dir,
+                              cfg.train.wandb_project, to_dict(cfg))
+        try:
+            history = []
+            with tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps,
+                      desc=f"{self.prog}[{cfg.name}]", disable=rank != 0 or not show_progress) as bar:
+                say = bar.write if rank == 0 else (lambda message: None)
+                if state is not None:
+                    say(f"resumed from {resume_folder(out_dir)} at step {start}" + (f"; {lr_note}" if lr_note else ""))
+                for step in bar:
+                    torch.manual_seed(cfg.train.seed + step)  # posterior sampling noise, the same on every rank
+                    inputs = self.batch(step, rank, device)
+                    record = self._step(step, inputs, autoencoder, loss, ddp_discriminator, discriminator_optimizer)
+                    done, last = step + 1, step + 1 == cfg.train.steps
+                    if held_out is not None and (done % cfg.train.eval_every == 0 or last):
+                        record.update(self._evaluate(model, held_out))
+                    history.append(record)
+                    evaluated = any(k.startswith("eval_") for k in record)
+                    if rank == 0 and (done % cfg.train.log_every == 0 or last or evaluated):
+                        bar.set_postfix({"loss": f"{record['loss']:.4f}",
+                                         self.batch_metric: f"{record[self.batch_metric]:.2f}"})
+                        with open(metrics, "a") as fh:
+                            fh.write(json.dumps(record) + "\n")
+                        monitor.scalars("train", record, done)
+                        say(self.log_line(record))
+                    if done % cfg.train.checkpoint_every == 0 or last:
+                        self._save(done, inputs, model, loss, autoencoder, discriminator_optimizer, rank, world_size,
+                                   say)
+            return history
+        finally:
+            if monitor is not None:
+                monitor.close()
 
     def _evaluate(self, model: nn.Module, held_out: torch.Tensor) -> dict[str, float]:
         """`evaluate` in eval mode; the model's mode is restored."""

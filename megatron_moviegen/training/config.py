@@ -137,9 +137,12 @@ class TrainConfig:
     samples: Optional[SampleVideosConfig] = None  # videos of fixed prompts while training; None = off
     # Logging.
     log_every: int = 10
-    tensorboard_dir: Optional[str] = None
-    wandb_project: Optional[str] = None
-    peak_tflops_per_gpu: float = 989.0  # H100 SXM dense bf16; used for MFU
+    tensorboard: bool = True  # event files in tensorboard_dir (training/monitoring.py)
+    tensorboard_dir: Optional[str] = None  # None: <checkpoint_dir>/tensorboard
+    wandb_project: Optional[str] = None  # W&B on when set; the run id is kept in <checkpoint_dir>/wandb_run_id
+    # The MFU's denominator, dense bf16 TFLOP/s per GPU; None: the detected GPU's datasheet peak (a table in
+    # training/monitoring.py; no MFU on CPU or an unknown GPU, which the log says).
+    peak_tflops_per_gpu: Optional[float] = None
     progress_bar: bool = True
 
     def num_microbatches(self, data_parallel_size: int) -> int:
@@ -184,5 +187,5 @@ class TrainConfig:
         if self.allow_new_encoders and not (self.resume or self.load_from):
             raise ConfigError("allow_new_encoders: true, but resume is false and load_from is not set: there is no "
                               "checkpoint whose encoders it would allow to change")
-        if self.peak_tflops_per_gpu <= 0:
+        if self.peak_tflops_per_gpu is not None and self.peak_tflops_per_gpu <= 0:
             raise ConfigError(f"peak_tflops_per_gpu: got {self.peak_tflops_per_gpu}, must be > 0")

@@ -1,9 +1,10 @@
 """Training metrics: loss, grad norm, LR, samples/s, tokens/s, TFLOP/s per GPU and MFU, memory.
 
-MFU = achieved model FLOPs per GPU per second / `train.peak_tflops_per_gpu`, where model FLOPs are the
-forward+backward FLOPs of planning/flops.py, attention included (at 73k tokens it is ~60% of the work).
-Activation recomputation is not counted as useful work. Logs go to the console (rank 0), a JSONL file beside
-the checkpoints, TensorBoard when `train.tensorboard_dir` is set and W&B when `train.wandb_project` is set.
+MFU = achieved model FLOPs per GPU per second / the peak (`train.peak_tflops_per_gpu`, else the detected GPU's
+datasheet peak: training/monitoring.py; none on CPU or an unknown GPU), where model FLOPs are the forward+backward
+FLOPs of planning/flops.py, attention included (at 73k tokens it is ~60% of the work). Activation recomputation is
+not counted as useful work. Logs go to the console (one rank), a JSONL file beside the checkpoints, TensorBoard
+(on unless `train.tensorboard=false`) and W&B when `train.wandb_project` is set.
 
 Sample videos (train.samples, training/samples.py) go to TensorBoard as videos when moviepy < 2 is installed
 (`SummaryWriter.add_video` encodes GIFs with `moviepy.editor`; without it, it prints a notice and logs nothing), else
@@ -26,7 +27,9 @@ from tqdm import tqdm
 
 from megatron_moviegen.data.loader import Batch
 from megatron_moviegen.planning.flops import dit_training_flops
+from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.runtime import Runtime
+from megatron_moviegen.training.monitoring import Monitor, device_peak_tflops
 from megatron_moviegen.utils.video_io import read_frames
 
 log = logging.getLogger("megatron_moviegen.train")
@@ -54,24 +57,20 @@ class MetricsLogger:
         self.window: list[dict] = []
         self.history: list[dict] = []
         self.jsonl = None
-        self.tensorboard = None
-        self.wandb = None
+        self.monitor = None
         self.bar = None
+        self.peak_tflops = cfg.train.peak_tflops_per_gpu or device_peak_tflops(runtime.device_name)
         if not self.is_logger:
             return
         out = Path(cfg.train.checkpoint_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(out / "metrics.jsonl", "a")
-        if cfg.train.tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            self.tensorboard = SummaryWriter(cfg.train.tensorboard_dir)
-        if cfg.train.wandb_project:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.train.wandb_project, name=cfg.name, config=cfg.__dict__)
+        self.monitor = Monitor(out, cfg.name, cfg.train.tensorboard, cfg.train.tensorboard_dir,
+                               cfg.train.wandb_project, to_dict(cfg))
         if cfg.train.progress_bar:
             self.bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
+        if self.peak_tflops is None:
+            self.note(f"MFU not reported: no known peak for {runtime.device_name!r} (set train.peak_tflops_per_gpu)")
 
     def reduce_loss(self, losses: list[dict]) -> float:
         """Mean loss of the step on every rank (only last-stage ranks hold losses)."""
@@ -102,7 +101,7 @@ class MetricsLogger:
             "tflops_per_gpu": totals[2].item() / self.world / m.seconds / 1e12,
             "bucket": m.batch.bucket,
         }
-        row["mfu"] = row["tflops_per_gpu"] / self.cfg.train.peak_tflops_per_gpu
+        row["mfu"] = None if self.peak_tflops is None else row["tflops_per_gpu"] / self.peak_tflops
         row.update(self.runtime.memory_stats())
         self.history.append(row)
         if not self.is_logger:
@@ -112,18 +111,13 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tensorboard.add_scalar(f"train/{key}", value, m.step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "bucket"}, step=m.step)
+        self.monitor.scalars("train", row, m.step)
         if m.step % self.cfg.train.log_every == 0 or m.step == self.cfg.train.steps:
             mem = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("mem_"))
             self.note(
                 f"step {m.step}/{self.cfg.train.steps} | loss {m.loss:.5f} | grad norm {row['grad_norm'] or 0:.3f} | "
                 f"lr {m.lr:.3e} | {row['samples_per_s']:.2f} samples/s | {row['tokens_per_s']:.0f} tokens/s | "
-                f"{row['tflops_per_gpu']:.4g} TFLOP/s/GPU | MFU {row['mfu']:.3g} | {mem}"
+                f"{row['tflops_per_gpu']:.4g} TFLOP/s/GPU | MFU {_mfu(row['mfu'])} | {mem}"
             )
 
     def _add_to_step(self, step: int, values: dict) -> bool:
@@ -142,12 +136,7 @@ class MetricsLogger:
         metrics.jsonl row, under val/ in TensorBoard and W&B, and on the console."""
         if not self._add_to_step(step, values):
             return
-        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
-        if self.tensorboard is not None:
-            for key, value in numbers.items():
-                self.tensorboard.add_scalar(f"val/{key}", value, step)
-        if self.wandb is not None:
-            self.wandb.log({f"val/{k}": v for k, v in numbers.items()}, step=step)
+        self.monitor.scalars("val", values, step)
         self.note(f"validation at step {step} | " + " | ".join(
             f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
 
@@ -157,14 +146,14 @@ class MetricsLogger:
         if not self._add_to_step(step, {"sample_s": seconds, "sample_files": [str(path) for path in paths]}):
             return
         for path, prompt in zip(paths, prompts):
-            if self.tensorboard is not None:
-                add_tensorboard_media(self.tensorboard, f"samples/{path.stem}", read_frames(path), step, fps)
-            if self.wandb is not None:
+            if self.monitor.tensorboard is not None:
+                add_tensorboard_media(self.monitor.tensorboard, f"samples/{path.stem}", read_frames(path), step, fps)
+            if self.monitor.wandb is not None:
                 import wandb
 
                 media = wandb.Image(str(path), caption=prompt) if path.suffix == ".png" else \
                     wandb.Video(str(path), caption=prompt, format="mp4")
-                self.wandb.log({f"samples/{path.stem}": media}, step=step)
+                self.monitor.wandb.log({f"samples/{path.stem}": media}, step=step)
         self.note(f"samples at step {step}: {len(paths)} in {paths[0].parent} ({seconds:.1f} s)")
 
     def record_save(self, step: int, checkpoint: str, seconds: float) -> None:
@@ -187,10 +176,12 @@ class MetricsLogger:
             self.bar.close()
         if self.jsonl is not None:
             self.jsonl.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+def _mfu(mfu: float | None) -> str:
+    return "n/a" if mfu is None else f"{mfu:.3g}"
 
 
 class NonFiniteLossError(RuntimeError):

@@ -48,6 +48,7 @@ from megatron_moviegen.checkpoints.distributed import (
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
 from megatron_moviegen.training.ema import ModelEMA
+from megatron_moviegen.training.monitoring import check_monitoring
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
 from megatron_moviegen.training.metrics import MetricsLogger, StepMetrics
 from megatron_moviegen.training.microbatch import flow_matching_microbatch, run_microbatches
@@ -225,6 +226,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
     if cfg.model.lora.enabled and not cfg.train.load_from:
         raise ConfigError(f"model.lora.rank: {cfg.model.lora.rank}, but LoRA fine-tunes a trained model and "
                           "train.load_from is not set (its checkpoint folder or step folder)")
+    check_monitoring(cfg.train.tensorboard, cfg.train.wandb_project)  # before anything is built
     layout = SequenceLayout.from_parallel_state(cfg.parallel.sequence_parallel)
     num_microbatches = cfg.train.num_microbatches(dp_size)
     loader = build_loader(cfg, num_microbatches, runtime)  # fails early on missing shards

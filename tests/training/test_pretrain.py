@@ -69,6 +69,13 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_shards, tp2_runs
         assert _losses(resumed)[step] == _losses(whole)[step]
     # And the loss falls on real clips.
     assert _losses(whole)[4][0] < _losses(whole)[1][0]
+    # TensorBoard is on by default: the logging rank's loss of each step in <checkpoint_dir>/tensorboard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tp2_runs["two_steps"] / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert logged == pytest.approx({step: loss for step, (loss, _) in _losses(whole).items() if step <= 2})
 
 
 @pytest.fixture(scope="module")

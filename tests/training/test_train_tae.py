@@ -73,6 +73,14 @@ def test_eval_scores_the_held_out_clip_as_reconstructed_by_the_saved_weights(tmp
     assert rows[1]["eval_psnr"] == pytest.approx(10 * math.log10(2.0**2 / mse), rel=1e-5)
     assert rows[1]["eval_ssim"] == pytest.approx(ssim(reconstruction, clip, data_range=2.0), rel=1e-5)
     assert rows[1]["eval_psnr"] != rows[2]["eval_psnr"]
+    # The DiT's monitoring: TensorBoard (on by default) holds what metrics.jsonl holds, under train/.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("train/eval_psnr")
+    assert [e.step for e in logged] == [r["step"] for r in rows if "eval_psnr" in r] == [2, 3]
+    assert [e.value for e in logged] == pytest.approx([r["eval_psnr"] for r in rows if "eval_psnr" in r])
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if "eval psnr" in line] == [
         f"step {r['step']}/3 | loss {r['loss']:.4f} | psnr {r['psnr']:.2f} dB | eval psnr {r['eval_psnr']:.2f} dB | "
