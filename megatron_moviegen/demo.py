@@ -1,13 +1,14 @@
 """A Gradio page to try a text-to-video export: `python -m megatron_moviegen.demo`.
 
     python -m megatron_moviegen.demo --checkpoint outputs/quickstart/export --tae toy-tae --text-encoders toy
-    # then open http://127.0.0.1:7860
+    # then open http://127.0.0.1:7860 (--share: a public gradio.live link as well)
 
-The page takes a prompt, seed, Euler steps, guidance, frames, size and fps, and the export and TAE folders (changed
-folders are loaded at the next generation); it shows the video and its JSON sidecar. Generations go through
-Gradio's queue one at a time (the model and Megatron's parallel state are shared), so two users wait in turn rather
-than collide; each generation writes into its own folder under --output-dir. Bad settings (an empty prompt, a size
-the model cannot take, a missing folder) are shown as an error on the page, and the server goes on.
+The operator chooses the export, the TAE and the text encoders when starting the server; a visitor chooses only the
+prompt, a negative prompt, seed, steps, guidance and, from the export's trained buckets, the size, the frame count and
+the fps (model.trained_fps, else the buckets' frame rate). Generations run one at a time (the model and Megatron's
+parallel state are shared); up to --max-queue requests wait their turn and any beyond get "busy" at once. Each
+generation writes into its own folder under --output-dir. Bad settings (an empty prompt) are shown as an error on the
+page, and the server goes on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ DEFAULTS = SamplingConfig()
 
 @dataclass(frozen=True)
 class Sources:
-    """What a generation loads: the export folder, the TAE, the text encoders."""
+    """What the server loads, once: the export folder, the TAE, the text encoders (the operator's choice)."""
 
     checkpoint: str
     tae: str
@@ -40,87 +41,126 @@ class Sources:
     text_overrides: tuple[str, ...] = ()
 
 
-class DemoModel:
-    """The loaded pipeline for one `Sources`, reloaded when they change; `generate` writes one video + sidecar."""
+@dataclass(frozen=True)
+class PageChoices:
+    """What a visitor may pick, from the export's config: sizes "HxW" (one per aspect ratio), frame counts, fps."""
 
-    def __init__(self, output_dir: str | Path, precision: str = "auto"):
+    sizes: tuple[str, ...]
+    frames: tuple[int, ...]
+    fps: tuple[int, ...]
+
+    @classmethod
+    def of_export(cls, checkpoint: str) -> "PageChoices":
+        from megatron_moviegen.checkpoints.export import read_exported_config
+        from megatron_moviegen.data.buckets import BucketTable
+
+        cfg = read_exported_config(checkpoint)
+        videos = [b for b in BucketTable(cfg.data.buckets).buckets() if b.num_frames > 1]
+        if not videos:
+            raise ValueError(f"--checkpoint: {checkpoint} was trained without video buckets (data.buckets."
+                             "durations_s is empty); the page makes videos")
+        sizes = tuple(dict.fromkeys(f"{b.height}x{b.width}" for b in videos))
+        fps = tuple(cfg.model.trained_fps) or (round(cfg.data.buckets.frame_rate),)
+        return cls(sizes, tuple(sorted({b.num_frames for b in videos})), fps)
+
+
+class Busy(RuntimeError):
+    """More generations are waiting than the server takes (--max-queue)."""
+
+
+class DemoModel:
+    """The pipeline of `sources`, loaded at the first generation; `generate` writes one video + sidecar. At most
+    `max_queue` generations wait (the running one included); one more is refused with Busy."""
+
+    def __init__(self, sources: Sources, output_dir: str | Path, precision: str = "auto", max_queue: int = 8):
+        self.sources = sources
         self.output_dir = Path(output_dir)
         self.precision = precision
-        self.sources: Optional[Sources] = None
+        self.max_queue = max_queue
         self.pipeline = None
-        self._lock = threading.Lock()  # the queue runs one job at a time; this holds if it is ever configured wider
+        self._lock = threading.Lock()  # one generation at a time
+        self._waiting_lock = threading.Lock()
+        self._waiting = 0
         self._counter = itertools.count()
 
-    def _load(self, sources: Sources) -> None:
+    def _load(self) -> None:
         from megatron_moviegen.checkpoints.export import load_exported_dit, read_exported_config
         from megatron_moviegen.inference import MovieGenPipeline
         from megatron_moviegen.inference.components import load_tae, load_text_encoders
-        from megatron_moviegen.parallel.initialize import destroy, init_distributed
+        from megatron_moviegen.parallel.initialize import init_distributed
         from megatron_moviegen.runtime import Runtime
 
-        model = read_exported_config(sources.checkpoint).model  # a missing or broken folder fails before anything
+        sources = self.sources
+        model = read_exported_config(sources.checkpoint).model
         tae = load_tae(sources.tae)
         text = load_text_encoders(sources.text_encoders, list(sources.text_overrides), model)
-        if self.pipeline is not None:
-            destroy()
-            self.pipeline = None
         runtime = Runtime.resolve(self.precision, distributed_optimizer=False)
         init_distributed(runtime)
         _, chunks = load_exported_dit(sources.checkpoint, runtime=runtime)
         self.pipeline = MovieGenPipeline(chunks[0], tae.to(runtime.device), text,
                                          sources={"checkpoint": sources.checkpoint, "tae": sources.tae,
                                                   "text_encoders": sources.text_encoders})
-        self.sources = sources
 
-    def generate(self, sources: Sources, prompt: str, settings: SamplingConfig) -> tuple[Path, dict]:
-        """-> (the .mp4 / .png written, its sidecar as a dict)."""
-        with self._lock:
-            if sources != self.sources:
-                self._load(sources)
-            folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):04d}"
-            path = self.pipeline.generate([prompt], settings, folder, progress=False)[0]
+    def generate(self, prompt: str, settings: SamplingConfig) -> tuple[Path, dict]:
+        """-> (the .mp4 written, its sidecar as a dict); Busy when max_queue generations are waiting already."""
+        with self._waiting_lock:
+            if self._waiting >= self.max_queue:
+                raise Busy(f"busy: {self._waiting} generation(s) are running or waiting, the most this server takes; "
+                           "try again in a minute")
+            self._waiting += 1
+        try:
+            with self._lock:
+                if self.pipeline is None:
+                    self._load()
+                folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):04d}"
+                path = self.pipeline.generate([prompt], settings, folder, progress=False)[0]
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
         return path, json.loads(path.with_suffix(".json").read_text())
 
 
-def build_app(model: DemoModel, defaults: Sources):
-    """The Gradio Blocks page; its queue runs one generation at a time."""
+def build_app(model: DemoModel, choices: PageChoices):
+    """The Gradio Blocks page. Requests enter at once (no Gradio concurrency limit): DemoModel orders them and turns
+    away those beyond its queue."""
     import gradio as gr
 
     from megatron_moviegen.config.schema import ConfigError
 
-    def run(prompt, seed, steps, guidance, frames, height, width, fps, checkpoint, tae):
-        sources = Sources(checkpoint.strip(), tae.strip(), defaults.text_encoders, defaults.text_overrides)
-        settings = SamplingConfig(num_frames=int(frames), height=int(height), width=int(width), fps=int(fps),
-                                  steps=int(steps), guidance_scale=float(guidance), seed=int(seed))
+    def run(prompt, negative_prompt, seed, steps, guidance, size, frames, fps):
+        height, width = (int(side) for side in size.split("x"))
+        settings = SamplingConfig(num_frames=int(frames), height=height, width=width, fps=int(fps),
+                                  steps=int(steps), guidance_scale=float(guidance), seed=int(seed),
+                                  negative_prompt=negative_prompt or None)
         try:
-            path, sidecar = model.generate(sources, prompt, settings)
-        except (ConfigError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
+            path, sidecar = model.generate(prompt, settings)
+        except (Busy, ConfigError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
             raise gr.Error(f"{type(exc).__name__}: {exc}") from exc
         return str(path), sidecar
 
+    sources = model.sources
     with gr.Blocks(title="Movie Gen") as app:
-        gr.Markdown("# Movie Gen text-to-video\nA prompt in, a video out, sampled by the export below.")
+        gr.Markdown(f"# Movie Gen text-to-video\nA prompt in, a video out. Model `{sources.checkpoint}`, TAE "
+                    f"`{sources.tae}`, text encoders `{sources.text_encoders}`.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="prompt", lines=2, elem_id="prompt", value="a red ball bouncing")
+                negative = gr.Textbox(label="negative prompt (empty: none)", lines=1, elem_id="negative")
                 with gr.Row():
                     seed = gr.Number(label="seed", value=DEFAULTS.seed, precision=0)
-                    steps = gr.Number(label="Euler steps", value=8, precision=0, minimum=1)
+                    steps = gr.Number(label="Euler steps", value=8, precision=0, minimum=1, maximum=1000)
                     guidance = gr.Number(label="guidance scale", value=DEFAULTS.guidance_scale, minimum=0)
                 with gr.Row():
-                    frames = gr.Number(label="frames", value=16, precision=0, minimum=2)  # the page shows videos
-                    height = gr.Number(label="height", value=64, precision=0)
-                    width = gr.Number(label="width", value=64, precision=0)
-                    fps = gr.Number(label="fps", value=8, precision=0, minimum=1)
-                checkpoint = gr.Textbox(label="model (export folder)", value=defaults.checkpoint)
-                tae = gr.Textbox(label="TAE folder", value=defaults.tae)
+                    size = gr.Dropdown(list(choices.sizes), value=choices.sizes[0], label="size (height x width)")
+                    frames = gr.Dropdown(list(choices.frames), value=choices.frames[0], label="frames")
+                    fps = gr.Dropdown(list(choices.fps), value=choices.fps[0], label="fps")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 video = gr.Video(label="video", elem_id="video", autoplay=True)
                 sidecar = gr.JSON(label="sidecar", elem_id="sidecar")
-        button.click(run, [prompt, seed, steps, guidance, frames, height, width, fps, checkpoint, tae],
-                     [video, sidecar], api_name="generate", concurrency_limit=1)
-    app.queue(default_concurrency_limit=1, max_size=32)
+        button.click(run, [prompt, negative, seed, steps, guidance, size, frames, fps], [video, sidecar],
+                     api_name="generate", concurrency_limit=None)
+    app.queue(default_concurrency_limit=None)
     return app
 
 
@@ -134,6 +174,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--max-queue", type=int, default=8,
+                        help="generations running or waiting at most; one more is told the server is busy")
     add_precision_argument(parser)
     return parser.parse_args(argv)
 
@@ -149,13 +192,18 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         check_export_folder(args.checkpoint)
-    except FileNotFoundError as exc:
+        choices = PageChoices.of_export(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    model = DemoModel(args.output_dir, args.precision)
-    app = build_app(model, Sources(args.checkpoint, args.tae, args.text_encoders, tuple(args.text)))
-    app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.output_dir).resolve())],
-               show_error=True)
+    if args.max_queue < 1:
+        print(f"demo: error: --max-queue: got {args.max_queue}, must be >= 1", file=sys.stderr)
+        return 2
+    model = DemoModel(Sources(args.checkpoint, args.tae, args.text_encoders, tuple(args.text)), args.output_dir,
+                      args.precision, args.max_queue)
+    app = build_app(model, choices)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share,
+               allowed_paths=[str(Path(args.output_dir).resolve())], show_error=True)
     return 0
 
 

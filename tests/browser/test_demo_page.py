@@ -55,5 +55,5 @@ def test_a_generation_in_the_browser_shows_the_video(tmp_path):
         browser.quit()
         server.terminate()
         server.wait(timeout=30)
-    assert duration == pytest.approx(2.0, abs=0.2)  # 16 frames at 8 fps
-    assert "FPS-8 a red ball bouncing" in sidecar and "linear_quadratic" in sidecar
+    assert duration == pytest.approx(2.0, abs=0.2)  # the tiny recipe's bucket: 32 frames at 16 fps
+    assert "FPS-16 a red ball bouncing" in sidecar and "linear_quadratic" in sidecar
