@@ -16,18 +16,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+def _gaussian(size: int, sigma: float) -> torch.Tensor:
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)  # (size, size), sums to 1
+    return g / g.sum()  # (size,), sums to 1; the 2D window is its outer product
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window_size: int = 11,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> float:
     """Structural similarity (Wang et al. 2004) between two same-shape tensors (..., h, w) whose values span
     `data_range`: an 11x11 Gaussian window (sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2, the SSIM map over
-    valid window positions of every leading (frame, channel) plane, averaged. 1 when identical."""
+    valid window positions of every leading (frame, channel) plane, averaged. 1 when identical. In float64, the
+    window applied as two 1D passes (the same sums as the 2D window, 4x faster at 256 px)."""
     if a.shape != b.shape:
         raise ValueError(f"ssim: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     h, w = a.shape[-2:]
@@ -35,15 +35,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window_siz
         raise ValueError(f"ssim: planes of {h}x{w}, need at least the {window_size}x{window_size} window")
     x = a.detach().double().cpu().reshape(-1, 1, h, w)
     y = b.detach().double().cpu().reshape(-1, 1, h, w)
-    window = _gaussian_window(window_size, sigma)[None, None]
-
-    def filt(z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(z, window)
-
-    mu_x, mu_y = filt(x), filt(y)
-    var_x = filt(x * x) - mu_x**2
-    var_y = filt(y * y) - mu_y**2
-    cov = filt(x * y) - mu_x * mu_y
+    g = _gaussian(window_size, sigma)
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (planes, 5, h, w)
+    moments = torch.nn.functional.conv2d(moments, g.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
+    mu_x, mu_y, xx, yy, xy = torch.nn.functional.conv2d(moments, g.view(1, 1, -1, 1).expand(5, 1, -1, 1),
+                                                        groups=5).unbind(1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean().item()

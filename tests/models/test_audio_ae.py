@@ -84,6 +84,19 @@ def test_mel_distance_is_zero_for_the_same_audio_and_grows_with_the_difference()
     assert (peaks[1:] >= peaks[:-1]).all() and peaks[-1] > 400  # ascending bands up to Nyquist
 
 
+def test_mel_filterbank_is_librosas_htk_filterbank():
+    """librosa 0.11.0's `filters.mel(sr=48000, n_fft=1024, n_mels=80, fmin=0, fmax=24000, htk=True, norm=None)`, read
+    off once (librosa is not a dependency): bands 0, 10, 40 and 79 and the whole bank's sum."""
+    filters = mel_filterbank(48000, 1024, 80).double()
+    librosa_bands = {0: (1, [0.532140481]), 10: (9, [0.717052169, 0.353074931]),
+                     40: (72, [0.040132915, 0.296356837, 0.55258076, 0.808804683, 0.937770217, 0.692574141]),
+                     79: (468, [0.017609735, 0.063686232, 0.10976273, 0.155839227, 0.201915725, 0.247992222])}
+    for band, (first_bin, values) in librosa_bands.items():
+        assert int(filters[band].nonzero()[0]) == first_bin
+        assert filters[band, first_bin : first_bin + len(values)].tolist() == pytest.approx(values, abs=5e-6)
+    assert filters.sum().item() == pytest.approx(500.155622773217, abs=1e-3)  # 4.9e-5 off: float32 filters
+
+
 def test_snr_of_a_known_noise_level():
     target = torch.sin(torch.arange(48000) / 10.0)[None, None]
     noise = torch.randn_like(target)

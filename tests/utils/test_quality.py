@@ -27,6 +27,26 @@ def test_ssim_falls_with_noise_and_is_symmetric():
     assert ssim(x, heavy, data_range=1.0) == pytest.approx(ssim(heavy, x, data_range=1.0), rel=1e-12)
 
 
+def test_ssim_is_the_2d_gaussian_window_definition():
+    """The two 1D passes give the SSIM of the 11x11 2D window, computed here the plain way."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, 40, 36, generator=gen) * 255
+    b = (a + 25 * torch.randn(a.shape, generator=gen)).clamp(0, 255)
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    window = (torch.outer(g, g) / g.sum() ** 2)[None, None]
+    x, y = a.double().reshape(-1, 1, 40, 36), b.double().reshape(-1, 1, 40, 36)
+
+    def filt(z):
+        return torch.nn.functional.conv2d(z, window)
+
+    mu_x, mu_y = filt(x), filt(y)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    plain = ((2 * mu_x * mu_y + c1) * (2 * (filt(x * y) - mu_x * mu_y) + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (filt(x * x) - mu_x**2 + filt(y * y) - mu_y**2 + c2))
+    assert ssim(a, b) == pytest.approx(plain.mean().item(), rel=1e-12)
+
+
 def test_ssim_refuses_planes_smaller_than_the_window_and_mismatched_shapes():
     with pytest.raises(ValueError, match="planes of 8x8, need at least the 11x11 window"):
         ssim(torch.zeros(8, 8), torch.zeros(8, 8))
