@@ -21,6 +21,17 @@ def test_the_upsampler_and_audio_recipes_have_the_papers_sizes(recipe, total):
     assert blocks + replicated == total
 
 
+def test_the_upsampler_starts_from_a_text_to_image_recipe_of_its_shape():
+    """upsampler_7b's train.load_from is t2i_1024_7b's checkpoint folder: same blocks, the upsampler adding only its
+    16 condition channels to the patch embedding (zero-initialised when loading, checkpoints/stages.py)."""
+    t2i, upsampler = load_config("t2i_1024_7b"), load_config("upsampler_7b")
+    assert upsampler.train.load_from == t2i.train.checkpoint_dir
+    shape = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "patch_size", "latent_channels")
+    assert all(getattr(t2i.model, name) == getattr(upsampler.model, name) for name in shape)
+    assert (t2i.model.condition_channels, t2i.data.buckets.resolution, t2i.data.image_fraction) == (0, 1024, 1.0)
+    assert sum(parameter_counts(t2i.model)) == 7_110_634_560  # tools/model_summary.py --config t2i_1024_7b
+
+
 @pytest.mark.parametrize("recipe", ["tiny", "edit_tiny", "pt2v_tiny_trainable", "audio_tiny"])
 def test_closed_form_matches_the_tiny_models_parameter_by_parameter(recipe):
     from megatron_moviegen.planning.summary import summarize
