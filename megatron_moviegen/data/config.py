@@ -124,7 +124,8 @@ class ReferenceConfig:
     The manifest gives each entry's reference: `reference` (an image, or a video with `reference_time` in seconds)
     or `subject` (an id: a frame of another clip of the same subject; see data.manifest). `crop`, when set, is a
     "package.module:function" taking and returning one (h, w, 3) uint8 frame, applied before the tower's resize:
-    the place for a face detector's crop (none is bundled or required)."""
+    the place for a face detector's crop: "megatron_moviegen.data.face_crop:crop_face" (OpenCV's cascade, the
+    paper's masking of all but the face; the `face` extra) ships, any other plugs in the same way."""
 
     encoder: str = "facebook/metaclip-h14-fullcc2.5b"  # a CLIPVisionModel folder or hub id
     max_length: int = 264  # ViT-H/14 at 224 px gives 257 tokens; padded to a multiple of 8 for TP x SP
