@@ -186,3 +186,17 @@ def test_autoencoder_optimizer_values_must_be_finite_and_in_range(override, mess
     with pytest.raises(ConfigError) as refused:
         load_tae_config("tae_tiny", [override])
     assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_personalization_stages_chain_frozen_short_then_long_then_cross_paired_with_the_tower_trained():
+    """SPEC section 6: each stage loads the one before; the tower is frozen (not in the DiT, tokens cached) for the
+    paired stages and trained from the cross-paired stage on; references are face crops."""
+    stages = [load_config(name) for name in ("pt2v_stage1", "pt2v_stage2", "pt2v_stage3", "pt2v_sft")]
+    assert stages[0].train.load_from == load_config("sft").train.checkpoint_dir
+    for before, after in zip(stages, stages[1:]):
+        assert after.train.load_from == before.train.checkpoint_dir
+    towers = [cfg.model.extra_context["reference_image"].encoder is not None for cfg in stages]
+    assert towers == [False, False, True, True] == [cfg.data.reference.trainable for cfg in stages]
+    assert max(stages[0].data.buckets.durations_s) < max(stages[1].data.buckets.durations_s) == 16.0
+    assert {cfg.data.reference.crop for cfg in stages} == {"megatron_moviegen.data.face_crop:crop_face"}
+    assert stages[3].train.lr < stages[2].train.lr
