@@ -216,3 +216,38 @@ def test_conditioned_recipes_start_from_a_t2v_checkpoint_with_exactly_its_output
     assert len(result["outputs"]) == 2 * max(tasks, 1)
     for output in result["outputs"]:
         assert torch.allclose(output, result["before"], rtol=1e-6, atol=1e-7)
+
+
+def _frozen_then_trained_tower(rank, world_size, root):
+    from pathlib import Path
+
+    from megatron_moviegen.checkpoints.distributed import save_checkpoint
+    from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
+    from megatron_moviegen.models.vision_tower import save_tiny_vision_tower
+    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
+    from megatron_moviegen.runtime import Runtime
+
+    root = Path(root)
+    save_tiny_vision_tower(root / "tower")
+    one = ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false",
+           f"data.reference.encoder={root / 'tower'}"]
+    runtime = Runtime.resolve()
+    frozen = load_config("pt2v_tiny", one)
+    init_model_parallel(frozen.parallel, runtime)
+    save_checkpoint(root / "frozen", 1, build_dit_chunks(frozen, runtime), None, None, None, frozen)
+    destroy()
+    trained = load_config("pt2v_tiny_trainable", one)
+    init_model_parallel(trained.parallel, runtime)
+    kept = load_weights_for_new_stage(str(root / "frozen"), build_dit_chunks(trained, runtime))
+    destroy()
+    return kept
+
+
+def test_a_frozen_tower_stage_loads_into_the_trained_tower_stage_with_only_the_tower_new(tmp_path):
+    """pt2v_stage2 (tower frozen: not in the DiT) -> pt2v_stage3 (tower trained), at tiny size: every saved tensor
+    loads, and the tower's are the only new ones (training starts them from the tower's pretrained folder)."""
+    kept = run_distributed(_frozen_then_trained_tower, 1, args=(tmp_path,))[0]
+    tower = "context_projection.encoders.reference_image."
+    assert kept and all(name.startswith(tower) and "projection" not in name[len(tower):] for name in kept), kept
+    assert any(name.endswith("embeddings.patch_embedding.weight") for name in kept)
