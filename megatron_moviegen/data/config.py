@@ -69,23 +69,55 @@ class BucketConfig:
 
 
 @dataclass
+class SecondOrderConfig:
+    """Real-ESRGAN's second-order degradation (Wang et al. 2021), as the paper degrades the upsampler's inputs: two
+    rounds, each a Gaussian blur, a resize, Gaussian noise and a compression (per-frame JPEG, or the clip through
+    H.264) in a random order, then the resize to the low-res size. Each value is drawn uniformly from its [low, high]
+    per sample and round; a round's step is skipped with probability `skip_prob`."""
+
+    blur_sigma: tuple[float, float] = (0.2, 2.0)  # pixels at the size the round works at
+    resize_scale: tuple[float, float] = (0.6, 1.4)
+    noise_std: tuple[float, float] = (0.0, 0.04)  # pixels in [-1, 1]
+    jpeg_quality: tuple[int, int] = (40, 95)
+    h264_crf: tuple[int, int] = (20, 36)
+    video_compression_prob: float = 0.5  # a round compresses with H.264 instead of JPEG
+    skip_prob: float = 0.2
+
+    def validate(self) -> None:
+        for name in ("blur_sigma", "resize_scale", "noise_std", "jpeg_quality", "h264_crf"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ConfigError(f"second_order.{name}: got {[low, high]}, need 0 <= low <= high")
+        if self.blur_sigma[0] <= 0 or self.resize_scale[0] <= 0 or self.jpeg_quality[1] > 100 or self.h264_crf[1] > 51:
+            raise ConfigError(f"second_order: blur_sigma and resize_scale must be > 0, jpeg_quality <= 100, h264_crf <= 51; "
+                              f"got {list(self.blur_sigma)}, {list(self.resize_scale)}, {list(self.jpeg_quality)}, "
+                              f"{list(self.h264_crf)}")
+        for name in ("video_compression_prob", "skip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"second_order.{name}: got {getattr(self, name)}, must be in [0, 1]")
+
+
+@dataclass
 class UpsampleConfig:
     """Spatial-upsampler pairs (SPEC section 5): from the same decoded frames, the high-res target and a low-res
     version (downscaled by `low_resolution_factor`, degraded, bilinearly upsampled back) whose latents become
     the sample's condition channels. The paper: 768 px -> 1080p (factor 1080 / 768 = 1.40625), bilinear."""
 
     low_resolution_factor: float = 1.40625
-    # bilinear: the paper's; blur: a Gaussian of `blur_sigma` low-res pixels first; noise: Gaussian noise of
-    # `noise_std` (pixels in [-1, 1]) added to the low-res frames, seeded by the sample's manifest index.
-    degradation: Literal["bilinear", "blur", "noise"] = "bilinear"
+    # bilinear: downscale only; blur: a Gaussian of `blur_sigma` low-res pixels first; noise: Gaussian noise of
+    # `noise_std` (pixels in [-1, 1]) added to the low-res frames; second_order: the paper's Real-ESRGAN-style
+    # degradations (`second_order`'s ranges, data/degrade.py). Random draws are seeded by the sample's manifest index.
+    degradation: Literal["bilinear", "blur", "noise", "second_order"] = "bilinear"
     blur_sigma: float = 1.0
     noise_std: float = 0.02
+    second_order: SecondOrderConfig = field(default_factory=lambda: SecondOrderConfig())
 
     def validate(self) -> None:
         if self.low_resolution_factor <= 1.0:
             raise ConfigError(f"low_resolution_factor: got {self.low_resolution_factor}, must be > 1")
         if self.blur_sigma <= 0 or self.noise_std < 0:
             raise ConfigError(f"blur_sigma/noise_std: got {self.blur_sigma}/{self.noise_std}, need > 0 and >= 0")
+        self.second_order.validate()
 
 
 @dataclass

@@ -71,3 +71,24 @@ def test_preencoding_writes_target_and_condition_latents_of_the_same_frames(clip
     assert torch.equal(batch.latents[first].float(), target[0].bfloat16().float())
     assert torch.equal(batch.conditioning.channels[first].float(), condition[0].bfloat16().float())
     assert not torch.allclose(condition, target, atol=1e-2)
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "h264"])
+def test_second_order_degradation_is_seeded_harsher_than_bilinear_and_keeps_the_clip_shape(carphone, compression):
+    from megatron_moviegen.data.config import SecondOrderConfig
+
+    rounds = SecondOrderConfig(skip_prob=0.0, video_compression_prob=1.0 if compression == "h264" else 0.0,
+                               jpeg_quality=(30, 30), h264_crf=(40, 40))
+    cfg = UpsampleConfig(2.0, "second_order", second_order=rounds)
+    low = degrade(carphone, cfg, torch.Generator().manual_seed(3))
+    assert low.shape == (1, 3, 14, 32, 32)
+    assert torch.equal(low, degrade(carphone, cfg, torch.Generator().manual_seed(3)))  # the sample's seed decides
+    assert not torch.equal(low, degrade(carphone, cfg, torch.Generator().manual_seed(4)))
+    plain = psnr(condition_pixels(carphone, UpsampleConfig(2.0)), carphone, 2.0)
+    harsh = psnr(condition_pixels(carphone, cfg, torch.Generator().manual_seed(3)), carphone, 2.0)
+    assert harsh < plain - 1.0, (harsh, plain)
+
+
+def test_second_order_ranges_are_checked_naming_the_field():
+    with pytest.raises(ConfigError, match=r"second_order.noise_std: got \[0.1, 0.05\]"):
+        build(DataConfig, {"upsample": {"degradation": "second_order", "second_order": {"noise_std": [0.1, 0.05]}}})
