@@ -198,7 +198,8 @@ class MovieGenDiT(MegatronModule):
         else:
             hidden = self.input_tensor  # (s_local, b, d)
         time_embedding, modulation = self.time_embedding(timesteps, conditioning.task)
-        context, real = self.context_projection(conditioning.tokens, conditioning.images)  # (n, b, d), (b, n)
+        context, real = self.context_projection(conditioning.tokens, conditioning.images, conditioning.task)
+        # context (n, b, d), real (b, n)
         context, real = pad_context(context, real, fp8.context_multiple(self.config))
         if self.config.sequence_parallel:
             context = tensor_parallel.scatter_to_sequence_parallel_region(context)

@@ -147,6 +147,9 @@ class DiTConfig:
     extra_context: dict[str, ContextSource] = field(default_factory=dict)
     condition_channels: int = 0
     num_tasks: int = 0
+    # Emu Edit's task embedding also as context (SPEC section 6): each task's learned `task_tokens` tokens of the model
+    # width, appended to the cross-attention context. 0: the task only adds its row to the time embedding.
+    task_tokens: int = 0
     # Masked infilling (Movie Gen Audio, SPEC section 7): the input also carries the known latent frames and their
     # mask (Conditioning.infill: latent_channels + 1 more input channels), and the loss covers the unknown frames.
     infill: bool = False
@@ -222,9 +225,11 @@ class DiTConfig:
         clash = set(self.text_encoders) & set(self.extra_context)
         if clash:
             raise ConfigError(f"extra_context: {sorted(clash)} already name text encoders")
-        for name in ("condition_channels", "num_tasks"):
+        for name in ("condition_channels", "num_tasks", "task_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 0")
+        if self.task_tokens and not self.num_tasks:
+            raise ConfigError(f"task_tokens: got {self.task_tokens}, but num_tasks is 0 (no task to give tokens to)")
         for name in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be in [0, 1)")

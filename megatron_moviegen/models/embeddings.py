@@ -173,11 +173,15 @@ class ContextProjection(nn.Module):
                                        for name, source in sources.items() if source.encoder is not None})
         self.proj = nn.ModuleDict({name: nn.Linear(source.width, cfg.hidden_size) for name, source in sources.items()})
         self.norm = nn.ModuleDict({name: Float32LayerNorm(cfg.hidden_size) for name in sources})
+        # Emu Edit: each task's learned context tokens (num_tasks, task_tokens, d), after the sources.
+        self.task_tokens = (nn.Parameter(torch.randn(cfg.num_tasks, cfg.task_tokens, cfg.hidden_size) * cfg.init_std)
+                            if cfg.task_tokens else None)
 
-    def forward(self, tokens: dict[str, Tokens], images: Optional[dict[str, Images]] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: dict[str, Tokens], images: Optional[dict[str, Images]] = None,
+                task: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """{source: Tokens((b, n_i, d_i), (b, n_i) bool)} (and, for a source with an in-model encoder, its
-        {source: Images((b, 3, s, s), (b,) bool)} instead) -> context (n, b, d), mask (b, n) bool, True = real."""
+        {source: Images((b, 3, s, s), (b,) bool)} instead), task (b,) long (with task tokens) -> context (n, b, d),
+        mask (b, n) bool, True = real."""
         images = images or {}
         given = set(tokens) | set(images)
         if given != set(self.max_lengths) or set(images) != set(self.encoders):
@@ -202,4 +206,9 @@ class ContextProjection(nn.Module):
                 continue  # no sample has these tokens: as if the source did not exist (see the class docstring)
             context.append(self.norm[name](self.proj[name](emb.to(self.proj[name].weight.dtype))))
             real.append(mask.bool())
+        if self.task_tokens is not None:
+            if task is None:
+                raise ValueError(f"task: none given, the model has {self.task_tokens.shape[1]} context tokens per task")
+            context.append(self.task_tokens[task].to(context[0].dtype))  # (b, task_tokens, d)
+            real.append(torch.ones(task.shape[0], self.task_tokens.shape[1], dtype=torch.bool, device=task.device))
         return torch.cat(context, dim=1).transpose(0, 1).contiguous(), torch.cat(real, dim=1)

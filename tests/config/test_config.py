@@ -28,7 +28,9 @@ def test_editing_stages_follow_text_to_video_with_source_channels_and_one_task_r
     image, video = load_config("edit_image"), load_config("edit_video")
     for cfg in (image, video):
         assert cfg.model.condition_channels == cfg.model.latent_channels == 16
-        assert cfg.model.num_tasks == len(cfg.data.edit.tasks) == 2 and cfg.flow.condition_drop_prob == 0.1
+        assert cfg.model.num_tasks == len(cfg.data.edit.tasks) == 5 and cfg.flow.condition_drop_prob == 0.1
+        assert cfg.data.edit.tasks == ["text_to_video", "image_edit", "animated_frame_edit", "video_segmentation",
+                                       "video_edit"] and cfg.model.task_tokens == 8  # the paper's, Emu Edit's tokens
         assert (cfg.model.num_layers, cfg.model.hidden_size) == (48, 6144)  # the 30B T2V model's shape
     assert image.data.edit.default_task == "image_edit" and image.data.buckets.durations_s == []
     assert image.data.image_fraction == 1.0 and image.train.load_from == "/checkpoints/sft"

@@ -11,11 +11,12 @@ RTOL = 1e-5
 
 # What the model is conditioned on besides text: nothing (text-to-video), or every other condition at once: 16
 # condition channels concatenated to the noisy latent before patchify plus a task embedding added to the time
-# embedding (video editing; the spatial upsampler is the same model without the task table; microbatch i has task
-# i % 2), and two extra cross-attention sources (given in microbatch 0, dropped in microbatch 1, where they are left
-# out of the context): a reference image through a trainable vision tower in the model (personalization: a 1-layer
-# CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8, padded to 6) and precomputed tokens (a frozen tower's; 3 of
-# them, so the context of microbatch 0, 80 + 80 + 16 + 6 + 3 = 185 tokens, is padded with a masked one under TP=2 + SP).
+# embedding and 2 task tokens appended to the context (video editing, Emu Edit's; the spatial upsampler is the same
+# model without the task table; microbatch i has task i % 2), and two extra cross-attention sources (given in
+# microbatch 0, dropped in microbatch 1, where they are left out of the context): a reference image through a
+# trainable vision tower in the model (personalization: a 1-layer CLIP ViT, 16 px in 8 px patches -> 5 tokens of 8,
+# padded to 6) and precomputed tokens (a frozen tower's; 3 of them, so the context of microbatch 0,
+# 80 + 80 + 16 + 6 + 3 + 2 = 187 tokens, is padded with a masked one under TP=2 + SP).
 TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2, image_size: 16, "
          "patch_size: 8}")
 # LoRA (models/lora.py): adapters of rank 4 on all seven linears of every block (B random, as if trained, so both A
@@ -23,7 +24,8 @@ TOWER = ("{hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_atte
 # Movie Gen Audio (recipe audio_tiny): 128-channel latents of 8 frames, one token each, 32 channels of video
 # features added to the tokens, T5 text, and the infill's known latents and mask (frames 0-2 known in microbatch 0).
 CONDITIONS = {"t2v": [], "lora": ["model.lora.rank=4"], "conditioned": [
-    "model.condition_channels=16", "model.num_tasks=2", "data.edit.tasks=[image_edit,video_edit]",
+    "model.condition_channels=16", "model.num_tasks=2", "model.task_tokens=2",
+    "data.edit.tasks=[image_edit,video_edit]",
     f"model.extra_context={{reference_image: {{width: 8, max_length: 6, encoder: {TOWER}}}, "
     "frozen_tokens: {width: 8, max_length: 3}}", "data.reference={encoder: tiny, max_length: 6, trainable: true}"],
     "audio": ["parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"]}
