@@ -9,8 +9,9 @@ users of the tower rely on (audio's video features, personalization's references
 
 The run folder holds `checkpoint/`: `save_pretrained` of the CLIPModel and its tokenizer (model_max_length 256) plus
 `train_state.pt` (step, optimizer, RNG), replaced whole at every save (staged, then renamed). Pre-encoding reads it
-as it is: `metaclip.path=<out>/checkpoint` loads its text tower at 256 positions (text/encoders.py). A restarted job
-continues from that checkpoint: same step, optimizer moments, RNG and batch order (a function of seed and step).
+as it is (`tools/preencode_latents.py --text-encoders paper --text metaclip.path=<out>/checkpoint`: text/encoders.py
+loads its text tower at 256 positions). A restarted job continues from that checkpoint: same step, optimizer
+moments, RNG and batch order (a function of seed and step).
 
 One process (one GPU): data parallelism, which would all-gather the embeddings so every rank scores against the
 global batch, is not built.

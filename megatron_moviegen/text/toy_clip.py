@@ -72,8 +72,8 @@ def draw(colours: list[str], shapes: list[str], places: list[str], generator: to
     """(n, 32, 32, 3) uint8 images, image i: a noisy dark ground and shapes[i] (radius 5-7.5 px) in colours[i] at a
     random spot of the quadrant places[i]."""
     n = len(colours)
-    radius, spot_y, spot_x = (torch.rand(3, n, 1, 1, generator=generator) * torch.tensor([2.5, 1.0, 1.0]).view(3, 1, 1, 1)
-                              + torch.tensor([5.0, 0.0, 0.0]).view(3, 1, 1, 1))
+    unit = torch.rand(3, n, 1, 1, generator=generator)
+    radius, spot_y, spot_x = 5.0 + 2.5 * unit[0], unit[1], unit[2]  # (n, 1, 1) each
     quadrant = torch.tensor([PLACES[p] for p in places], dtype=torch.float32).view(n, 2, 1, 1)
     cy = quadrant[:, 0] * SIZE / 2 + radius + spot_y * (SIZE / 2 - 2 * radius)  # (n, 1, 1) px
     cx = quadrant[:, 1] * SIZE / 2 + radius + spot_x * (SIZE / 2 - 2 * radius)

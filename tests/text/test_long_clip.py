@@ -96,3 +96,8 @@ def test_command_refuses_a_batch_larger_than_the_manifest(pairs, tmp_path, capsy
                    f"data.manifest={pairs / 'train.jsonl'}", "data.eval_manifest=null", "data.batch_size=16"])
     assert status == 2
     assert "data.batch_size: got 16" in capsys.readouterr().err
+
+
+def test_the_contrastive_loss_falls_on_the_pairs_it_trains_on(pairs, tmp_path):
+    history = run(pairs, tmp_path, 20, "data.batch_size=8", "train.checkpoint_every=20")  # all 8 pairs each step
+    assert history[-1]["loss"] < 0.85 * history[0]["loss"]  # measured: 2.13 -> 1.62
