@@ -53,13 +53,21 @@ def resolve_encoder_source(path: str, what: str = "reference encoder") -> str:
     return resolve_source(path, what)
 
 
-def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def clip_normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The checkpoint's image mean and std (its preprocessor_config.json), else CLIP's."""
     processor = Path(source) / PROCESSOR_FILE
     if processor.is_file():
         config = json.loads(processor.read_text())
         return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
     return CLIP_MEAN, CLIP_STD
+
+
+def clip_pixels(frames: Sequence[torch.Tensor], size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """b (h, w, 3) uint8 images of any sizes -> (b, 3, size, size) float32 CLIP input on `mean`'s device: resized
+    to cover (antialiased bilinear), centre-cropped, scaled to [0, 1] and normalised by `mean`, `std` (1, 3, 1, 1)."""
+    square = torch.stack([resize_center_crop(f.to(mean.device)[None], size, size)[0] for f in frames])
+    x = square.permute(0, 3, 1, 2).float().div(255.0)  # (b, 3, size, size)
+    return (x - mean) / std
 
 
 def build_vision_tower(shape: VisionTowerConfig) -> CLIPVisionModel:
@@ -143,7 +151,7 @@ class FrozenVisionTower:
             raise OSError(f"{self.what}: cannot load {encoder!r}; point {self.field} at a local folder "
                           f"(CLIPVisionModel.save_pretrained) or a cached hub id. {exc}") from exc
         self.model: nn.Module = model.to(self.device).eval().requires_grad_(False)
-        mean, std = _normalisation(source)
+        mean, std = clip_normalisation(source)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
@@ -158,10 +166,8 @@ class FrozenVisionTower:
     def pixels(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
         """b (h, w, 3) uint8 images of any sizes -> the tower's input (b, 3, size, size), normalised, on its device
         and dtype."""
-        size = self.image_size
-        square = torch.stack([resize_center_crop(f.to(self.device)[None], size, size)[0] for f in frames])
-        x = square.permute(0, 3, 1, 2).float().div(255.0)  # (b, 3, size, size)
-        return ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+        pixels = clip_pixels(frames, self.image_size, self.mean, self.std)
+        return pixels.to(next(self.model.parameters()).dtype)
 
 
 class ReferenceEncoder(FrozenVisionTower):

@@ -42,7 +42,7 @@ from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 from megatron_moviegen.training.metrics import NonFiniteLossError
 from megatron_moviegen.training.monitoring import Monitor, check_monitoring
 from megatron_moviegen.training.tae_checkpoints import load_checkpoint, resume_folder, save_checkpoint
-from megatron_moviegen.utils.io import atomic_write_text
+from megatron_moviegen.utils.io import atomic_write_text, drop_metrics_after
 
 
 @dataclass
@@ -160,23 +160,6 @@ def finite_output(model: nn.Module, inputs: torch.Tensor, bf16: bool) -> torch.T
         reconstruction, posterior = model(inputs, sample=False)
     return torch.stack([torch.isfinite(reconstruction).all(), torch.isfinite(posterior.mean).all(),
                         torch.isfinite(posterior.logvar).all()]).all()
-
-
-def _logged_step(row: str) -> int | None:
-    try:
-        return json.loads(row)["step"]
-    except ValueError:  # a row cut short by a kill
-        return None
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    """Remove rows logged after `step` (steps a killed run did past its last checkpoint, about to be redone) and
-    rows cut short."""
-    if not path.exists():
-        return
-    rows = [row for row in path.read_text().splitlines()
-            if (logged := _logged_step(row)) is not None and logged <= step]
-    atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 # ---- data parallel ------------------------------------------------------------------------------------

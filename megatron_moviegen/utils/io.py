@@ -103,6 +103,23 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _logged_step(row: str) -> int | None:
+    try:
+        return json.loads(row)["step"]
+    except ValueError:  # a row cut short by a kill
+        return None
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Remove rows logged after `step` (steps a killed run did past its last checkpoint, about to be redone) and
+    rows cut short."""
+    if not path.exists():
+        return
+    rows = [row for row in path.read_text().splitlines()
+            if (logged := _logged_step(row)) is not None and logged <= step]
+    atomic_write_text(path, "".join(row + "\n" for row in rows))
+
+
 def staging_folder(folder: PathLike) -> Path:
     """Where the next version of `folder` is written before `swap_in_folder` puts it in place: `.<name>.staging`
     beside it (same filesystem; hidden, so never taken for the folder itself). The same path on every rank."""

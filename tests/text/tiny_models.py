@@ -6,20 +6,19 @@ from __future__ import annotations
 import string
 
 import torch
-from tokenizers import pre_tokenizers
 from transformers import (
     ByT5Tokenizer,
     CLIPConfig,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
-    CLIPTokenizer,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
 )
 
 from megatron_moviegen.text.config import EncoderConfig, TextEncodersConfig
+from megatron_moviegen.text.toy_clip import byte_clip_tokenizer
 
 torch.set_num_threads(1)
 
@@ -31,14 +30,6 @@ def t5_tokenizer() -> T5Tokenizer:
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [(c, -3.0) for c in chars] + [("▁" + w, -1.0) for w in WORDS]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
 
 
 def clip_text_config(vocab_size: int, positions: int) -> CLIPTextConfig:
@@ -66,7 +57,7 @@ def build_checkpoints(root) -> dict[str, str]:
     """name -> folder: ul2 (T5, width 32), metaclip (CLIP text, 77 positions, width 24), metaclip_256 (256
     positions), metaclip_full (a whole CLIPModel, like the hub's MetaCLIP repo), byt5 (T5, width 16)."""
     torch.manual_seed(0)
-    t5_tok, clip_tok, byt5_tok = t5_tokenizer(), clip_tokenizer(), ByT5Tokenizer()
+    t5_tok, clip_tok, byt5_tok = t5_tokenizer(), byte_clip_tokenizer(), ByT5Tokenizer()
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                   patch_size=14)
     full_clip = CLIPModel(CLIPConfig(text_config=clip_text_config(len(clip_tok), 77).to_dict(),
