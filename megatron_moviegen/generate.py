@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -56,7 +55,7 @@ from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
-from megatron_moviegen.runtime import Runtime, add_precision_argument
+from megatron_moviegen.runtime import Runtime, add_precision_argument, rank_and_world_from_env
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
 from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate(argv)
     except (ValueError, OSError, CheckpointError) as exc:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank_and_world_from_env()[0] == 0:  # torchrun RANK or srun SLURM_PROCID
             print(f"generate: error: {exc}", file=sys.stderr)
         return 2
     return 0

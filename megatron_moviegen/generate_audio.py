@@ -19,7 +19,6 @@ exit status 2, nothing written.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
@@ -39,7 +38,7 @@ from megatron_moviegen.inference.pipeline import check_prompts, command_record
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
-from megatron_moviegen.runtime import Runtime, add_precision_argument
+from megatron_moviegen.runtime import Runtime, add_precision_argument, rank_and_world_from_env
 from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
 
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate_audio(argv)
     except (ValueError, OSError, CheckpointError) as exc:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank_and_world_from_env()[0] == 0:  # torchrun RANK or srun SLURM_PROCID
             print(f"generate_audio: error: {exc}", file=sys.stderr)
         return 2
     return 0

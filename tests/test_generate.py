@@ -260,3 +260,15 @@ def test_fps_defaults_to_a_trained_rate_and_warns_on_an_unseen_one():
     unseen = parse_args(["--checkpoint", "x", "--tae", "toy-tae", "--prompt", "p", "--fps", "16"])
     with pytest.warns(UserWarning, match=r"--fps 16: the model was trained on FPS-n prompts with n in \[25\] only"):
         assert sampling_config(unseen, 16, trained_fps=(25,)).fps == 16
+
+
+@pytest.mark.parametrize("env, prints", [({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, False),
+                                         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, True),
+                                         ({"RANK": "1", "WORLD_SIZE": "2"}, False)])
+def test_only_rank_0_of_torchrun_or_srun_prints_the_error(env, prints, tmp_path, monkeypatch, capsys):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--checkpoint", str(tmp_path / "absent"), "--tae", "toy-tae", "--prompt", "a"]) == 2
+    assert bool(capsys.readouterr().err) == prints
