@@ -21,9 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar, Union
 
-import yaml
 
-from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.config.schema import ConfigError, load_yaml
 
 PathLike = Union[str, os.PathLike]
 T = TypeVar("T")
@@ -68,7 +67,7 @@ def read_json_file(path: PathLike, what: str, kind: type = dict) -> Any:
 
 def read_yaml_file(path: PathLike, what: str, kind: type = dict) -> Any:
     """A YAML file whose top level is a `kind`, or one DamagedFileError naming it."""
-    return read_file_as(path, what, lambda text: _of_kind(yaml.safe_load(text), kind))
+    return read_file_as(path, what, lambda text: _of_kind(load_yaml(text), kind))
 
 
 def _of_kind(value: Any, kind: type) -> Any:

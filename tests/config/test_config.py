@@ -60,6 +60,15 @@ def test_dotted_overrides_are_parsed_as_yaml_values():
     assert cfg.model.patch_size == (1, 1, 1)
 
 
+def test_aspect_ratios_unquoted_stay_ratios_not_base_60_numbers(tmp_path):
+    """YAML 1.1 (PyYAML's safe_load) reads 1:1 as 61 and 16:9 as 969; recipes and overrides read them as written."""
+    assert load_config("tiny", ["data.buckets.aspect_ratios=[1:1, 16:9]"]).data.buckets.aspect_ratios == ["1:1", "16:9"]
+    recipe = tmp_path / "ratios.yaml"
+    recipe.write_text("base: tiny\nname: ratios\ndata:\n  buckets:\n    aspect_ratios: [4:3, 1:1]\n")
+    assert load_config(str(recipe)).data.buckets.aspect_ratios == ["4:3", "1:1"]
+    assert load_config("tiny", ["train.lr=2.0e-4", "train.steps=0x10"]).train.lr == 2.0e-4  # numbers still numbers
+
+
 @pytest.mark.parametrize("override, field", [
     ("model.num_layerz=3", "model.num_layerz"),
     ("model.num_layers=four", "model.num_layers"),
