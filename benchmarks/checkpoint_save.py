@@ -10,7 +10,8 @@ profiled with cProfile and split into phases by the Megatron / our functions it 
     helper     the process Megatron's writers report through (`_writer_results_queue`; before: a spawned Manager)
     plan       sharded state dict, validation and global planning (gathers over ranks)
     stage      staging the tensors for the writers (`prepare_write_data`: D2H on GPU, copies of views)
-    write      the forked writer processes: fork, write, fsync, join (`write_preloaded_data_multiproc`)
+    write      the forked writer processes: fork, write, fsync, join (`write_preloaded_data_multiproc`; async: the
+               fork of the background saver and the wait for it, here at once after the save)
     publish    metadata, rank state files, rename and `latest`
     other      the rest (our folder checks and broadcast, Megatron's key translation, the common state)
 
@@ -48,12 +49,14 @@ CONFIGS = {"tiny": [], "big": ["model.hidden_size=1024", "model.ffn_hidden_size=
 PHASES = {  # phase -> the functions (file suffix, name) whose cumulative time it is
     "helper": [("checkpoints/distributed.py", "_install_writer_results_queue"),
                ("checkpoints/distributed.py", "_writer_results_queue")],
-    "plan": [("dist_checkpointing/strategies/state_dict_saver.py", "save_state_dict_async_plan"),
+    "plan": [("dist_checkpointing/strategies/state_dict_saver.py", "save_state_dict_async_plan"),  # stage in it
              ("dist_checkpointing/strategies/fully_parallel.py", "apply_saving_parallelization"),
              ("dist_checkpointing/validation.py", "validate_sharding_integrity"),
              ("checkpoints/distributed.py", "_model_sharded_state")],
     "stage": [("dist_checkpointing/strategies/filesystem_async.py", "prepare_write_data")],
-    "write": [("dist_checkpointing/strategies/filesystem_async.py", "write_preloaded_data_multiproc")],
+    "write": [("dist_checkpointing/strategies/filesystem_async.py", "write_preloaded_data_multiproc"),
+              ("dist_checkpointing/strategies/async_utils.py", "schedule_async_call"),  # async: fork of the saver
+              ("dist_checkpointing/strategies/async_utils.py", "is_current_async_call_done")],  # and the wait
     "publish": [("dist_checkpointing/strategies/torch.py", "finalize_fn"), ("checkpoints/distributed.py", "_publish"),
                 ("checkpoints/distributed.py", "_atomic_torch_save")],
 }
@@ -66,6 +69,7 @@ def _phases(profile: cProfile.Profile, total: float) -> dict[str, float]:
     out = {phase: sum(row[3] for (file, _, name), row in stats.items()
                       if any(file.endswith(suffix) and name == fn for suffix, fn in functions))
            for phase, functions in PHASES.items()}
+    out["plan"] -= out["stage"]
     out["other"] = total - sum(out.values())
     return out
 
