@@ -351,9 +351,10 @@ def _writer_results_queue(async_save: bool, method: str = "spawn"):
     """Where Megatron's torch_dist writers report their results (megatron-core 0.16, filesystem_async._results_queue).
 
     A synchronous save runs the writers' parent in this process (`execute_sync`), which also reads the results: a
-    new queue of this process (no result of a failed save left for the next), no helper. Megatron's own default, a `multiprocessing` Manager process it spawns on first
-    use, cost the first save 6 s (a new interpreter importing the main module, then torch to read the results) and
-    a SIGTERM to the process group killed it, so the save the signal asked for ended in BrokenPipeError.
+    new queue of this process (no result of a failed save left for the next), no helper. Megatron's own default,
+    a `multiprocessing` Manager process it spawns on first use, cost the first save 6 s (a new interpreter importing
+    the main module, then torch to read the results), and a SIGTERM to the process group killed it, so the save the
+    signal asked for ended in BrokenPipeError.
 
     An asynchronous save runs the writers' parent in a forked process, so it needs a process serving the queue:
     a Manager started by `method` that ignores SIGINT / SIGTERM and dies with this process (a rank killed with
