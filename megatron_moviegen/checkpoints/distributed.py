@@ -26,12 +26,14 @@ the saved one (a tensor of another shape, or saved tensors the model does not ha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import multiprocessing as mp
 import os
 import pickle
 import random
 import re
 import shutil
+import queue
 import stat
 from functools import partial
 from multiprocessing.managers import SyncManager
@@ -53,7 +55,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
     FullyParallelSaveStrategyWrapper,
 )
 from megatron.core.dist_checkpointing import ShardedTensor
-from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+from megatron.core.dist_checkpointing.mapping import ShardedBase, ShardedTensorFactory
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
@@ -238,6 +240,35 @@ def _sharded_tensors(states) -> list[ShardedTensor]:
     return out
 
 
+SHARD_FIELDS = ("key", "dtype", "local_shape", "global_shape", "global_offset", "axis_fragmentations", "replica_id",
+                "prepend_axis_num", "flattened_range")  # where a shard sits: what dist_checkpointing validates
+
+
+def structure_digest(state) -> str:
+    """SHA-256 of where every shard of a sharded state dict sits (SHARD_FIELDS of each ShardedTensor and
+    ShardedObject, factories built), not of the values: equal for two saves of the same model and optimizer."""
+    shards = []
+    for value in nested_values(state):
+        if isinstance(value, ShardedTensorFactory):
+            shards.append(structure_digest(value.build()))
+        elif isinstance(value, ShardedBase):
+            shards.append(repr([type(value).__name__, *(getattr(value, f, None) for f in SHARD_FIELDS)]))
+    return hashlib.sha256("\n".join(shards).encode()).hexdigest()
+
+
+_validated_structure: str | None = None  # this process's last save whose sharding dist_checkpointing validated
+
+
+def sharding_needs_validation(digest: str, device: torch.device) -> bool:
+    """Whether a save must have dist_checkpointing validate its sharding (an all_gather_object of every rank's
+    shard metadata to every rank, O(ranks x shards) each, and a check of it all on rank 0): unless every rank saves
+    the structure its last validated save had (`digest`: `structure_digest` of the state to save; one all_reduce
+    of a flag). Every rank must call it."""
+    unchanged = torch.tensor([int(digest == _validated_structure)], device=device)
+    dist.all_reduce(unchanged, op=dist.ReduceOp.MIN)
+    return not unchanged.item()
+
+
 def _config_hint(step_dir: Path, model_config) -> str:
     """"; saved model.num_layers=4, this model 2" for the model fields that differ from the saved config."""
     if model_config is None:
@@ -305,27 +336,45 @@ def _replica_group():
     return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
 
-def save_strategy() -> FullyParallelSaveStrategyWrapper:
-    _install_writer_results_queue()
+def save_strategy(async_save: bool) -> FullyParallelSaveStrategyWrapper:
+    """Megatron's torch_dist saving, fully parallel over the replicas, its writers reporting their results through
+    the queue the save needs (`_writer_results_queue`)."""
+    filesystem_async._results_queue = _writer_results_queue(async_save)
     return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy("torch_dist"), _replica_group())
 
 
 _writer_manager: SyncManager | None = None
+_helper_queue = None  # the queue _writer_manager serves
 
 
-def _install_writer_results_queue() -> None:
-    """Megatron's torch_dist saves (sync and async) report their writers' results through a queue served by a
-    `multiprocessing` Manager process it spawns on first use (megatron-core 0.16, filesystem_async._results_queue).
-    A SIGTERM to the process group (SLURM, torchrun, Ctrl-C) killed that helper, so the very save the signal asked
-    for ended in BrokenPipeError; and a rank killed with SIGKILL left it orphaned, holding the job's stdout. Serve the
-    queue from a Manager that ignores those signals and dies with this process instead."""
-    global _writer_manager
-    if filesystem_async._results_queue is not None:
-        return
-    manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(outlive_group_signals_not_parent, (os.getpid(),))
-    _writer_manager = manager  # kept: dropping the manager shuts it down
-    filesystem_async._results_queue = manager.Queue()
+def _writer_results_queue(async_save: bool, method: str = "spawn"):
+    """Where Megatron's torch_dist writers report their results (megatron-core 0.16, filesystem_async._results_queue).
+
+    A synchronous save runs the writers' parent in this process (`execute_sync`), which also reads the results: a
+    new queue of this process (no result of a failed save left for the next), no helper. Megatron's own default,
+    a `multiprocessing` Manager process it spawns on first use, cost the first save 6 s (a new interpreter importing
+    the main module, then torch to read the results), and a SIGTERM to the process group killed it, so the save the
+    signal asked for ended in BrokenPipeError.
+
+    An asynchronous save runs the writers' parent in a forked process, so it needs a process serving the queue:
+    a Manager started by `method` that ignores SIGINT / SIGTERM and dies with this process (a rank killed with
+    SIGKILL leaves no helper holding the job's stdout); `start_save_helper` forks it early."""
+    global _writer_manager, _helper_queue
+    if not async_save:
+        return queue.Queue()
+    if _helper_queue is None:
+        manager = SyncManager(ctx=mp.get_context(method))
+        manager.start(outlive_group_signals_not_parent, (os.getpid(),))
+        _writer_manager, _helper_queue = manager, manager.Queue()  # kept: dropping the manager shuts it down
+    return _helper_queue
+
+
+def start_save_helper() -> None:
+    """Start the asynchronous saves' helper process (`_writer_results_queue`) now, forked before this process has
+    CUDA or process groups (no threads of theirs to copy), in milliseconds; a no-op after those exist, where the
+    first asynchronous save spawns it. `pretrain` calls it first thing when train.async_save is set."""
+    if not torch.cuda.is_initialized() and not dist.is_initialized():
+        _writer_results_queue(async_save=True, method="fork")
 
 
 def finalize_async_saves(blocking: bool = True) -> None:
@@ -391,15 +440,16 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     step folder (which, with cfg.train.async_save, exists once `finalize_async_saves` has run). Without an
     optimizer and scheduler it is a weights-only checkpoint: a start for `train.load_from` (a new stage) and for
     export, not a run to resume."""
-    global _async_saves, _async_pending
+    global _async_saves, _async_pending, _validated_structure
     finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
     final = checkpoint_dir / step_dir_name(step)
     tmp = checkpoint_dir / (final.name + ".tmp")
     rank = dist.get_rank()
     chunks = _unwrap(model_chunks)
+    device = next(chunks[0].parameters()).device
     problem = [_make_step_folder(checkpoint_dir, tmp, step) if rank == 0 else None]
-    dist.broadcast_object_list(problem, src=0, device=next(chunks[0].parameters()).device)  # every rank raises
+    dist.broadcast_object_list(problem, src=0, device=device)  # every rank raises
     if problem[0] is not None:
         raise CheckpointError(problem[0])
 
@@ -411,9 +461,15 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state["config"] = to_dict(cfg)
+    digest = structure_digest(state)  # before the save, which builds the factories in place
+    validate = sharding_needs_validation(digest, device)
     with full_disk_named(checkpoint_dir, tmp, f"saving step {step}"):
         # Into an empty folder: dist_checkpointing warns about anything already there.
-        request = dist_checkpointing.save(state, str(tmp), save_strategy(), async_sharded_save=cfg.train.async_save)
+        request = dist_checkpointing.save(state, str(tmp), save_strategy(cfg.train.async_save),
+                                          async_sharded_save=cfg.train.async_save,
+                                          validate_access_integrity=validate)
+        if validate:
+            _validated_structure = digest
         (tmp / "rank_state").mkdir(exist_ok=True)
 
         if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_pipeline_model_parallel_rank() \

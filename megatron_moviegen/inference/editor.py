@@ -130,7 +130,8 @@ class VideoEditor:
                 "height": pixels.shape[3], "width": pixels.shape[4], **self.pipeline.sources}
             path = Path(output_dir) / (output_stem(index, instruction, settings.seed, record) + media_suffix(frames))
             if self.pipeline.rank == 0:
-                write_media(path, self.pipeline.decode(latents, frames)[0], fps=settings.fps)
+                chunks = (chunk[0] for chunk in self.pipeline.decode_chunks(latents, frames))
+                write_media(path, chunks, fps=settings.fps)
                 write_json(path.with_suffix(".json"), {"file": path.name, **record})
             paths.append(path)
         if dist.is_initialized():

@@ -20,7 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -77,13 +77,33 @@ def latent_shape(tae: TAE, model: DiTConfig, batch: int, num_frames: int, height
 
 
 @torch.no_grad()
-def decode_latents(tae: TAE, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """The DiT's latents (b, 16, T, h, w) -> pixels (b, 3, num_frames, 8h, 8w) float32 in [-1, 1]: denormalised,
-    decoded with temporal and spatial tiling (bf16 autocast on GPU)."""
+def decode_chunks(tae: TAE, latents: torch.Tensor, num_frames: int) -> Iterator[torch.Tensor]:
+    """The DiT's latents (b, 16, T, h, w) -> pixels (b, 3, t_i, 8h, 8w) float32 in [-1, 1], chunk by chunk along
+    time (t_i summing to num_frames): denormalised, decoded with temporal and spatial tiling (bf16 autocast on
+    GPU). Only one temporal tile and its overlap are alive at once, so a writer consuming the chunks holds memory
+    that does not grow with the video's length."""
     device = next(tae.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        pixels = tae.decode(tae.denormalize_latents(latents.to(device)), num_frames=num_frames, tiled=True)
-    return pixels.float().clamp(-1.0, 1.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        tiles = tae.decode_tiles(tae.denormalize_latents(latents.to(device)), num_frames)
+    while True:
+        with autocast:  # entered per tile, so the consumer between chunks does not run under autocast
+            tile = next(tiles, None)
+        if tile is None:
+            return
+        yield tile.float().clamp(-1.0, 1.0)
+
+
+def decode_latents(tae: TAE, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The whole video of `decode_chunks` (b, 3, num_frames, 8h, 8w) float32 in [-1, 1], for callers that need
+    it all at once (evaluation, upsampler, editor); filled chunk by chunk, so it is held once."""
+    pixels, start = None, 0
+    for chunk in decode_chunks(tae, latents, num_frames):
+        if pixels is None:
+            pixels = chunk.new_empty((*chunk.shape[:2], num_frames, *chunk.shape[3:]))
+        pixels[:, :, start:start + chunk.shape[2]] = chunk
+        start += chunk.shape[2]
+    return pixels
 
 
 def output_stem(index: int, prompt: str, seed: int, record: dict) -> str:
@@ -259,6 +279,10 @@ class MovieGenPipeline:
         spatially tiled."""
         return decode_latents(self.tae, latents, num_frames)
 
+    def decode_chunks(self, latents: torch.Tensor, num_frames: int) -> Iterator[torch.Tensor]:
+        """`decode`, chunk by chunk along time (`decode_chunks`): for writing without the whole video in memory."""
+        return decode_chunks(self.tae, latents, num_frames)
+
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
                  progress: bool = True, same_seed: bool = False, reference: Optional[torch.Tensor] = None
@@ -275,7 +299,8 @@ class MovieGenPipeline:
             record = self.record(prompt, settings, tuple(latents.shape))
             path = output_dir / (output_stem(index, prompt, settings.seed, record) + media_suffix(settings.num_frames))
             if self.rank == 0:
-                write_media(path, self.decode(latents, settings.num_frames)[0], fps=settings.fps)
+                chunks = (chunk[0] for chunk in self.decode_chunks(latents, settings.num_frames))
+                write_media(path, chunks, fps=settings.fps)
                 write_json(path.with_suffix(".json"), {"file": path.name, **record})
             paths.append(path)
         if dist.is_initialized():

@@ -45,6 +45,7 @@ from megatron_moviegen.checkpoints.distributed import (
     read_saved_config,
     resolve_checkpoint,
     save_checkpoint,
+    start_save_helper,
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
 from megatron_moviegen.training.ema import ModelEMA
@@ -214,6 +215,8 @@ def pretrain(cfg: MovieGenConfig, runtime: Runtime | None = None) -> TrainResult
     """Train `cfg` from scratch, from `train.load_from` (a new stage), or resume from `train.checkpoint_dir`.
     `runtime` defaults to the one the config resolves to here. The run holds `train.checkpoint_dir` (a lock) until
     its last save is published; a fresh run into a folder with checkpoints needs `train.overwrite=true`."""
+    if cfg.train.async_save:
+        start_save_helper()  # before CUDA and the process groups: forked in milliseconds, not spawned at the first save
     runtime = runtime or Runtime.for_config(cfg)
     dp_size = init_model_parallel(cfg.parallel, runtime)
     with claim_checkpoint_dir(cfg.train, runtime.device):

@@ -27,11 +27,14 @@ LOADS = {
 }
 
 
-def _save_tiny_steps(root: Path, steps=(1, 2)) -> None:
-    """The tiny DiT saved at `steps` the way save_checkpoint lays out the model part (model, step, config)."""
-    from megatron.core import dist_checkpointing
+def _save_tiny_steps(root: Path, steps=(1, 2)) -> list[bool]:
+    """The tiny DiT saved at `steps` by save_checkpoint, weights only; returns whether dist_checkpointing validated
+    the sharding at each save (only the first: the later ones have its structure)."""
+    from unittest import mock
 
-    from megatron_moviegen.config.schema import to_dict
+    from megatron.core.dist_checkpointing import state_dict_utils
+
+    from megatron_moviegen.checkpoints.distributed import save_checkpoint
     from megatron_moviegen.parallel.build import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
@@ -40,12 +43,16 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> None:
     cfg = load_config("tiny")
     init_model_parallel(cfg.parallel, Runtime.resolve())
     chunk = build_dit_chunks(cfg, Runtime.resolve())[0]
-    for step in steps:
-        (root / step_dir_name(step)).mkdir(parents=True, exist_ok=True)  # every rank: no barrier needed
-        dist_checkpointing.save({"model": chunk.sharded_state_dict(), "step": step, "config": to_dict(cfg)},
-                                str(root / step_dir_name(step)))
-    (root / LATEST).write_text(step_dir_name(steps[-1]))
+    calls, validated = [], []
+    real = state_dict_utils.validate_sharding_integrity
+    with mock.patch.object(state_dict_utils, "validate_sharding_integrity",
+                           side_effect=lambda *args, **kwargs: (calls.append(1), real(*args, **kwargs))[1]):
+        for step in steps:
+            before = len(calls)
+            save_checkpoint(root, step, [chunk], None, None, None, cfg)
+            validated.append(len(calls) > before)
     destroy()
+    return validated
 
 
 def _try_load(root: Path, overrides: list[str]) -> str:
@@ -67,8 +74,9 @@ def _try_load(root: Path, overrides: list[str]) -> str:
 
 def _load_job(rank, world_size, root):
     root = Path(root)
-    _save_tiny_steps(root)
+    validated = _save_tiny_steps(root)
     messages = {name: _try_load(root, overrides) for name, overrides in LOADS.items()}
+    messages["validated"] = validated
     shutil.copytree(root, root.with_name(root.name + "_intact"))
     distcp = sorted((root / step_dir_name(2)).glob("*.distcp"))[-1]
     distcp.write_bytes(distcp.read_bytes()[: distcp.stat().st_size // 2])
@@ -103,6 +111,10 @@ def loads(tmp_path_factory):
 
 def test_the_saved_model_loads(loads):
     assert loads[1]["same model"] == "step 2"
+
+
+def test_a_save_with_the_structure_of_the_last_validated_one_skips_the_validation(loads):
+    assert loads[1]["validated"] == [True, False]
 
 
 def test_fewer_layers_are_refused_naming_the_first_dropped_tensor(loads):
@@ -296,3 +308,19 @@ def test_full_disk_errors_are_recognised_by_errno_or_torch_message_and_others_ar
     assert not is_full_disk(OSError(errno.EIO, "Input/output error"))
     assert not is_full_disk(PermissionError(errno.EACCES, "Permission denied"))
     assert not is_full_disk(RuntimeError("shape mismatch"))
+
+
+def test_the_structure_digest_changes_with_where_a_shard_sits_not_with_its_values():
+    import torch
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    from megatron_moviegen.checkpoints.distributed import structure_digest
+
+    def state(values, key="w", replica=0, rows=4):
+        return {"model": {key: ShardedTensor.from_rank_offsets(key, values[:rows], replica_id=replica)}, "step": 1}
+
+    digest = structure_digest(state(torch.zeros(4, 2)))
+    assert structure_digest(state(torch.ones(4, 2))) == digest
+    for other in (state(torch.zeros(4, 2), key="v"), state(torch.zeros(4, 2), replica=1),
+                  state(torch.zeros(4, 2), rows=3), state(torch.zeros(4, 2, dtype=torch.bfloat16))):
+        assert structure_digest(other) != digest

@@ -12,7 +12,7 @@ from PIL import Image
 
 from megatron_moviegen.utils import quality
 from megatron_moviegen.utils.io import atomic_output
-from megatron_moviegen.utils.video_io import to_uint8_frames, write_image, write_json, write_video
+from megatron_moviegen.utils.video_io import to_uint8_frames, write_image, write_json, write_media, write_video
 
 torch.set_num_threads(1)
 
@@ -44,6 +44,18 @@ def test_video_decodes_back_with_its_frame_count_size_fps_and_pixels(tmp_path):
     psnr = quality.psnr(torch.from_numpy(frames), torch.from_numpy(to_uint8_frames(video)))
     assert psnr > 30.0, psnr
     assert os.listdir(path.parent) == ["clip.mp4"]  # no temporary left behind
+
+
+def test_chunks_along_time_write_the_same_file_as_the_whole_video(tmp_path):
+    video = _real_clip(12)[..., :64, :64]
+    write_video(tmp_path / "whole.mp4", video, fps=16)
+    for index, sizes in enumerate(([5, 1, 6], [1, 11])):  # a 1-frame first chunk with more after it is a video
+        write_media(tmp_path / f"chunked{index}.mp4", iter(video.split(sizes, dim=1)), fps=16)
+        assert (tmp_path / f"chunked{index}.mp4").read_bytes() == (tmp_path / "whole.mp4").read_bytes()
+    write_media(tmp_path / "one.png", iter([video[:, :1]]), fps=16)  # one chunk of one frame: an image
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png")), to_uint8_frames(video)[0])
+    with pytest.raises(ValueError, match="got no chunks"):
+        write_media(tmp_path / "none.mp4", iter([]), fps=16)
 
 
 def test_fractional_fps_is_kept(tmp_path):
