@@ -56,6 +56,7 @@ from megatron_moviegen.inference.upsampler import UpsamplingConfig
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument, rank_and_world_from_env
+from megatron_moviegen.text.rewrite import DEFAULT_INSTRUCTIONS, PromptRewriter, read_instructions
 from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
 from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
@@ -89,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="Euler steps, linear-quadratic schedule")
     parser.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale)
     add_precision_argument(parser)
+    parser.add_argument("--rewrite-prompt", default=None, metavar="MODEL",
+                        help="rewrite each prompt into a dense caption with this local causal LM (a transformers "
+                             "folder) before sampling, as the paper does; the sidecar keeps both")
+    parser.add_argument("--rewrite-instructions", default=None, metavar="FILE",
+                        help="the rewriter's instruction and examples (YAML; default text/rewrite_prompt.yaml)")
     parser.add_argument("--negative-prompt", default=None,
                         help="unconditional prompt; default: no text at all (as in training's text dropout)")
     parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
@@ -214,6 +220,20 @@ def read_reference(args: argparse.Namespace, cfg: MovieGenConfig) -> tuple[torch
     return frame, reference
 
 
+def rewrite_on_rank_0(prompts: list[str], args: argparse.Namespace, device: torch.device) -> list[str]:
+    """`prompts` rewritten by --rewrite-prompt's model on rank 0 (then freed) and sent to every rank, so all ranks
+    sample the same text."""
+    rewritten = [None]
+    if dist.get_rank() == 0:
+        instructions = args.rewrite_instructions or DEFAULT_INSTRUCTIONS
+        rewriter = PromptRewriter(args.rewrite_prompt, instructions, device=device)
+        rewritten = [rewriter.rewrite_all(prompts)]
+        del rewriter
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(rewritten, src=0, device=device)
+    return rewritten[0]
+
+
 def generate(argv: list[str] | None = None) -> list[Path]:
     """Run the command line `argv`; returns the media paths. Everything that can be checked without the DiT's
     weights (prompts, settings, sizes, the export's config, the TAE, the output folder) is checked first."""
@@ -231,6 +251,11 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     settings.validate()
     if args.upsample:
         check_export_folder(args.upsample)
+    if args.rewrite_prompt and args.edit_video:
+        raise ValueError("--rewrite-prompt: rewrites text-to-video prompts into captions; an edit's instruction is "
+                         "not one (leave out --rewrite-prompt with --edit-video)")
+    if args.rewrite_instructions:
+        read_instructions(args.rewrite_instructions)  # a broken file fails before any model loads
     latent_shape(tae, cfg.model, 1, settings.num_frames, settings.height, settings.width)
     check_writable_folder(args.output_dir, "--output-dir")
     runtime = Runtime.resolve(args.precision, distributed_optimizer=False)
@@ -256,8 +281,12 @@ def generate(argv: list[str] | None = None) -> list[Path]:
                     if rank == 0 else None
             pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources,
                                         reference_encoder=reference_encoder)
+            user_prompts = None
+            if args.rewrite_prompt:
+                sources["prompt_rewriter"] = args.rewrite_prompt
+                user_prompts, prompts = prompts, rewrite_on_rank_0(prompts, args, runtime.device)
             paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed,
-                                      reference=reference)
+                                      reference=reference, user_prompts=user_prompts)
         if args.upsample:
             upsampling = UpsamplingConfig(window_frames=args.upsample_window_frames,
                                           overlap_frames=args.upsample_overlap_frames, steps=args.upsample_steps,

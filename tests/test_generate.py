@@ -272,3 +272,12 @@ def test_only_rank_0_of_torchrun_or_srun_prints_the_error(env, prints, tmp_path,
         monkeypatch.setenv(name, value)
     assert main(["--checkpoint", str(tmp_path / "absent"), "--tae", "toy-tae", "--prompt", "a"]) == 2
     assert bool(capsys.readouterr().err) == prints
+
+
+def test_a_rewritten_prompt_conditions_the_video_and_the_sidecar_keeps_both(runs):
+    root, result = runs
+    (sidecar,) = [json.loads(p.read_text()) for p in (root / "rewritten").glob("*.json")]
+    assert sidecar["user_prompt"] == PROMPT and sidecar["prompt"] == result["rewritten"] != PROMPT
+    assert sidecar["text_prompt"] == f"FPS-{SAMPLING['fps']} {result['rewritten']}"
+    assert sidecar["prompt_rewriter"] == str(root / "rewriter")
+    assert sidecar["file"].startswith("0000-" + "-".join(PROMPT.lower().split()[:3]))  # named by the user's words

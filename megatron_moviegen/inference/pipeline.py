@@ -285,19 +285,23 @@ class MovieGenPipeline:
 
     # ---- files -------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], cfg: SamplingConfig, output_dir: str | Path,
-                 progress: bool = True, same_seed: bool = False, reference: Optional[torch.Tensor] = None
-                 ) -> list[Path]:
+                 progress: bool = True, same_seed: bool = False, reference: Optional[torch.Tensor] = None,
+                 user_prompts: Optional[list[str]] = None) -> list[Path]:
         """One file + sidecar per prompt, named by `output_stem`; prompt i uses seed cfg.seed + i, or cfg.seed for
         all with `same_seed` (the same starting noise, so prompts can be compared); `reference`: a personalized
-        model's reference image (h, w, 3) uint8 for every prompt. Every rank must call it; returns the media paths
-        written (rank 0) or that rank 0 writes (other ranks)."""
+        model's reference image (h, w, 3) uint8 for every prompt; `user_prompts`: what the user wrote when `prompts`
+        are their rewrites (text/rewrite.py), recorded as `user_prompt` and naming the files. Every rank must call it;
+        returns the media paths written (rank 0) or that rank 0 writes (other ranks)."""
         output_dir = Path(output_dir)
         paths = []
         for index, prompt in enumerate(prompts):
             settings = replace(cfg, seed=cfg.seed if same_seed else cfg.seed + index)
             latents = self.sample_latents([prompt], settings, progress, reference)
             record = self.record(prompt, settings, tuple(latents.shape))
-            path = output_dir / (output_stem(index, prompt, settings.seed, record) + media_suffix(settings.num_frames))
+            name = prompt
+            if user_prompts is not None:
+                record["user_prompt"] = name = user_prompts[index]
+            path = output_dir / (output_stem(index, name, settings.seed, record) + media_suffix(settings.num_frames))
             if self.rank == 0:
                 chunks = (chunk[0] for chunk in self.decode_chunks(latents, settings.num_frames))
                 write_media(path, chunks, fps=settings.fps)

@@ -137,6 +137,11 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     generate(common + ["--frames", "1", "--prompt", PROMPT, "--output-dir", str(root / "image")])
     named = [generate(common + ["--frames", "1", "--prompt", prompt, "--steps", steps, "--output-dir",
                                 str(root / "names")])[0].name for prompt, steps in NAMING_RUNS]
+    from megatron_moviegen.text.rewrite import PromptRewriter, save_tiny_rewriter
+
+    rewriter = save_tiny_rewriter(root / "rewriter")
+    generate(video + ["--prompt", PROMPT, "--rewrite-prompt", str(rewriter), "--output-dir", str(root / "rewritten")])
+    rewritten = PromptRewriter(str(rewriter)).rewrite(PROMPT)
     errors = {}
     for name, args in (("too_long", ["--frames", "72"]), ("too_large", ["--frames", "16", "--height", "512"]),
                        ("bad_size", ["--frames", "16", "--height", "72"])):
@@ -147,7 +152,7 @@ def cli_job(rank: int, world_size: int, root: str) -> dict:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         status = main(video + ["--prompt", PROMPT, "--output-dir", str(root / "mismatch"), "model.num_layers=2"])
-    return {"errors": errors, "mismatch": (status, stderr.getvalue()), "named": named}
+    return {"errors": errors, "mismatch": (status, stderr.getvalue()), "named": named, "rewritten": rewritten}
 
 
 def edit_cli_job(rank: int, world_size: int, root: str) -> dict:
