@@ -11,8 +11,8 @@ from transformers import CLIPVisionModel
 from megatron_moviegen.config.schema import ConfigError, build
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig, ReferenceConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder
-from megatron_moviegen.data.manifest import ManifestEntry, read_manifest, resolve_subject_references
-from megatron_moviegen.data.preencode import Preencoder, manifest_record
+from megatron_moviegen.data.manifest import ManifestEntry, manifest_record, read_manifest, resolve_subject_references
+from megatron_moviegen.data.preencode import Preencoder
 from megatron_moviegen.data.shards import decode_sample
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.models.vision_tower import CLIP_MEAN, CLIP_STD, ReferenceEncoder, save_tiny_vision_tower
