@@ -57,16 +57,17 @@ def _optional_float(value, where: str) -> Optional[float]:
         raise ManifestError(f"{where}: got {value!r}, expected a number") from None
 
 
-def _resolve(path: str, base: Path) -> str:
-    """A manifest path; a relative one is taken from the manifest's folder. Written as pathlib writes it
-    (`./a//b/` -> `a/b`); a path pathlib would leave as it is is joined without it (4 us -> 0.7 us an entry)."""
+def _resolve(path: str, base: str) -> str:
+    """A manifest path; a relative one is taken from the manifest's folder `base` (as pathlib writes it).
+    Written as pathlib writes it (`./a//b/` -> `a/b`); a path pathlib would leave as it is is joined without it
+    (4 us -> 0.7 us an entry)."""
     if "//" in path or "/./" in path or path.startswith("./") or path.endswith(("/", "/.")) or path == ".":
         path = Path(path)
-        return str(path if path.is_absolute() else base / path)
-    return path if base == Path(".") else os.path.join(base, path)
+        return str(path if path.is_absolute() else Path(base) / path)
+    return path if base == "." else os.path.join(base, path)
 
 
-def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
+def _entry(record: dict, base: str, where: str) -> ManifestEntry:
     if not record.get("path"):
         raise ManifestError(f"{where}: missing 'path'")
     if "caption" not in record or record["caption"] is None:
@@ -190,13 +191,30 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def read_jsonl(path: Path, captions: Optional[set[str]] = None) -> Iterator[Optional[ManifestEntry]]:
-    """The file's entries in order; with `captions`, None in place of each well-formed one whose caption is not
-    among them (read as JSON, not made into an entry: the cheap part)."""
+@dataclass(frozen=True)
+class Candidates:
+    """The entries a repeat check must make of a manifest's lines: those at an index `skip` refuses (checked
+    before the line is parsed) with one of `captions` (a repeat has the caption of the entry it repeats)."""
+
+    captions: set[str]
+    skip: Callable[[int], bool]
+
+    def other_caption(self, record: dict) -> bool:
+        return record.get("caption") is not None and str(record["caption"]) not in self.captions
+
+
+def read_jsonl(path: Path, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
+    """The file's entries in order; with `only`, None in place of each other one."""
+    name, base = str(path), str(path.parent)
     with open(path, "rb") as fh:
+        index = -1
         for line_no, raw in enumerate(fh, 1):
             line = _text(raw)
             if not line.strip():
+                continue
+            index += 1
+            if only is not None and only.skip(index):
+                yield None
                 continue
             try:
                 record = json.loads(line)
@@ -205,22 +223,22 @@ def read_jsonl(path: Path, captions: Optional[set[str]] = None) -> Iterator[Opti
             if not isinstance(record, dict):
                 raise ManifestError(f"{path}:{line_no}: got the JSON {type(record).__name__} {line.strip()[:60]}, "
                                     "need an object with \"path\" and \"caption\"")
-            yield None if _other_caption(record, captions) else _entry(record, path.parent, f"{path}:{line_no}")
+            yield None if only is not None and only.other_caption(record) else _entry(record, base, f"{name}:{line_no}")
 
 
-def read_csv(path: Path, captions: Optional[set[str]] = None) -> Iterator[Optional[ManifestEntry]]:
+def read_csv(path: Path, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
     """As `read_jsonl`."""
+    name, base = str(path), str(path.parent)
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "caption"} - set(reader.fieldnames or [])
         if missing:
             raise ManifestError(f"{path}: header {reader.fieldnames} lacks {sorted(missing)}")
-        for line_no, row in enumerate(reader, 2):
-            yield None if _other_caption(row, captions) else _entry(row, path.parent, f"{path}:{line_no}")
-
-
-def _other_caption(record: dict, captions: Optional[set[str]]) -> bool:
-    return captions is not None and record.get("caption") is not None and str(record["caption"]) not in captions
+        for index, row in enumerate(reader):
+            if only is not None and (only.skip(index) or only.other_caption(row)):
+                yield None
+            else:
+                yield _entry(row, base, f"{name}:{index + 2}")
 
 
 def read_folder(folder: Path) -> list[ManifestEntry]:
@@ -250,18 +268,19 @@ class ManifestFile:
     def __iter__(self) -> Iterator[ManifestEntry]:
         return itertools.islice(self.pool(), self.limit)
 
-    def with_captions(self, captions: set[str]) -> Iterator[Optional[ManifestEntry]]:
-        """As iterating, with None in place of each entry whose caption is not in `captions` (a cheaper read)."""
-        return itertools.islice(self.pool(captions), self.limit)
+    def candidates(self, only: Candidates) -> Iterator[Optional[ManifestEntry]]:
+        """As iterating, with None in place of each entry `only` leaves out (a cheaper read)."""
+        return itertools.islice(self.pool(only), self.limit)
 
-    def pool(self, captions: Optional[set[str]] = None) -> Iterator[Optional[ManifestEntry]]:
+    def pool(self, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
         """Every entry of the file, past `limit` too (the clips a subject's reference may come from); with
-        `captions`, as `with_captions`."""
+        `only`, as `candidates`."""
         if self.source.is_dir():
-            yield from (e if captions is None or e.caption in captions else None for e in read_folder(self.source))
+            yield from (entry if only is None or not (only.skip(index) or only.other_caption(entry.__dict__))
+                        else None for index, entry in enumerate(read_folder(self.source)))
             return
         with reading(self.source, "manifest"):  # empty, or not text: one line naming it
-            yield from (read_jsonl if self.source.suffix == ".jsonl" else read_csv)(self.source, captions)
+            yield from (read_jsonl if self.source.suffix == ".jsonl" else read_csv)(self.source, only)
 
 
 def read_manifest(source: str | Path) -> list[ManifestEntry]:
@@ -292,14 +311,16 @@ class ManifestSlice:
 
 def read_slice(manifest: Iterable[ManifestEntry], keep: Callable[[int], bool]) -> ManifestSlice:
     """The entries of `manifest` whose index `keep` accepts, hashed and checked for repeats against the whole
-    manifest in streaming passes: one to hash and keep, one up to the last kept index for repeats (which makes
-    entries of only the lines whose caption a kept entry has). A list is taken as it is (`read_manifest`
-    resolved its references); a `ManifestFile` has its subjects' references resolved, which costs the first pass
-    again when an entry needs one (and a pass over the whole file first when `limit` is set). Memory: the kept
-    entries, plus the clips of entries that have a subject (`SubjectClips`); time linear in the manifest."""
+    manifest in streaming passes: one to hash and keep, one up to the last kept index for repeats among the
+    others (making entries of only the lines whose caption a kept entry has; the kept lines are not parsed
+    again). A list is taken as it is (`read_manifest` resolved its references); a `ManifestFile` has its
+    subjects' references resolved, which costs the first pass again when an entry needs one (and a pass over the
+    whole file first when `limit` is set). Memory: the kept entries, plus the clips of entries that have a
+    subject (`SubjectClips`); time linear in the manifest."""
     if not isinstance(manifest, ManifestFile):
         count, digest, kept = _hash_and_keep(manifest, keep)
-        return ManifestSlice(count, digest, kept, _repeats_of(kept, manifest))
+        others = (None if keep(index) else entry for index, entry in enumerate(manifest))
+        return ManifestSlice(count, digest, kept, _repeats_of(kept, others))
     subjects = SubjectClips(manifest.pool() if manifest.limit is not None else ())  # from past the limit too
     unresolved = False
 
@@ -312,9 +333,8 @@ def read_slice(manifest: Iterable[ManifestEntry], keep: Callable[[int], bool]) -
     count, digest, kept = _hash_and_keep(map(collect, manifest), keep)
     if unresolved:  # hashed and kept before their references were known: again, resolved
         count, digest, kept = _hash_and_keep(map(subjects.resolve, manifest), keep)
-    # A repeat has the caption of the entry it repeats: the others are left as JSON (None here).
-    candidates = manifest.with_captions({entry.caption for entry in kept.values()})
-    return ManifestSlice(count, digest, kept, _repeats_of(kept, (e and subjects.resolve(e) for e in candidates)))
+    others = manifest.candidates(Candidates({entry.caption for entry in kept.values()}, keep))
+    return ManifestSlice(count, digest, kept, _repeats_of(kept, (e and subjects.resolve(e) for e in others)))
 
 
 def _hash_and_keep(entries: Iterable[ManifestEntry], keep: Callable[[int], bool]
@@ -332,16 +352,16 @@ def _hash_and_keep(entries: Iterable[ManifestEntry], keep: Callable[[int], bool]
     return count, digest.hexdigest(), kept
 
 
-def _repeats_of(kept: dict[int, ManifestEntry], entries: Iterable[Optional[ManifestEntry]]) -> dict[int, int]:
-    """Kept index -> the first index of `entries` with its `repeat_key`, where that is earlier (None: an entry
-    known to repeat none of the kept ones)."""
-    wanted = {repeat_key(entry) for entry in kept.values()}
+def _repeats_of(kept: dict[int, ManifestEntry], others: Iterable[Optional[ManifestEntry]]) -> dict[int, int]:
+    """Kept index -> the first index with its `repeat_key`, among the kept entries (in index order) and
+    `others`, the manifest's entries with None at each kept index or entry known to repeat none of them."""
     first: dict[tuple, int] = {}
-    last = max(kept, default=-1)
-    for index, entry in enumerate(itertools.islice(entries, last + 1)):
+    for index, entry in kept.items():
+        first.setdefault(repeat_key(entry), index)
+    for index, entry in enumerate(itertools.islice(others, max(kept, default=-1) + 1)):
         key = None if entry is None else repeat_key(entry)
-        if key in wanted:
-            first.setdefault(key, index)
+        if first.get(key, -1) > index:
+            first[key] = index
     # .get: a key holding NaN (`"fps": "nan"`) equals no other parse of its line, as it never did
     repeats = {index: first.get(repeat_key(entry), index) for index, entry in kept.items()}
     return {index: earlier for index, earlier in repeats.items() if earlier < index}
