@@ -49,11 +49,12 @@ def rows(sizes: list[int], workdir: Path) -> list[dict]:
     torch.set_num_threads(1)  # one core per rank here
     workdir.mkdir(parents=True, exist_ok=True)
     image = tiny_image(workdir / "tiny.png")
+    manifests = {n: write_manifest(workdir / f"manifest-{n}.jsonl", n, image) for n in sizes}
+    # RSS first, forked from a process that has run nothing: no freed memory for a rank to grow into unseen
+    memory = {n: peak_rss_mb(manifests[n], workdir / f"rank0-{n}") for n in sizes}
     fresh_run(write_manifest(workdir / "manifest-warm-up.jsonl", 2 * SHARD_SIZE, image), workdir / "warm-up")
     out = []
-    for n in sizes:
-        manifest = write_manifest(workdir / f"manifest-{n}.jsonl", n, image)
-        peak, growth = peak_rss_mb(manifest, workdir / f"rank0-{n}")  # first: little freed memory to grow into
+    for n, manifest in manifests.items():
         fresh = min(fresh_run(manifest, workdir / f"fresh-{n}") for _ in range(TRIES))
         resumed = workdir / f"resumed-{n}"
         shutil.rmtree(resumed, ignore_errors=True)
@@ -66,8 +67,8 @@ def rows(sizes: list[int], workdir: Path) -> list[dict]:
                 row("pre-encode: resume at 10%", n, times[0.1], "s"),
                 row("pre-encode: resume at 50%", n, times[0.5], "s"),
                 row("pre-encode: resume at 50% / fresh", n, times[0.5] / fresh, "x"),
-                row("pre-encode: peak RSS per rank", n, peak, "MB"),
-                row("pre-encode: peak RSS growth per rank", n, growth, "MB")]
+                row("pre-encode: peak RSS per rank", n, memory[n][0], "MB"),
+                row("pre-encode: peak RSS growth per rank", n, memory[n][1], "MB")]
     return out
 
 
@@ -161,10 +162,10 @@ def stand_in_shards(out: Path, count: int) -> None:
 
 def peak_rss_mb(manifest: Path, out: Path) -> tuple[float, float]:
     """(peak RSS, its growth over the RSS at the start) in MB of rank 0 of RANKS running up to its first sample,
-    in a forked process whose peak was reset (/proc/self/clear_refs). Before forking, memory this process freed
-    goes back to the system (gc, malloc_trim), so the rank cannot grow into it unseen: pre-issue code at 100k
-    measured 94 MB of growth this way from a clean parent, 85 MB after a fresh run in the parent, 93 MB in a new
-    interpreter (`--rss-of`)."""
+    in a forked process whose peak was reset (/proc/self/clear_refs). Memory this process freed could be reused
+    unseen by the rank: `rows` measures before running anything, and frees what it can first (gc, malloc_trim).
+    Pre-issue code at 100k measured 94 MB of growth so from a clean parent, 93 MB in a new interpreter
+    (`--rss-of`), but 61-85 MB after runs in the parent."""
     shutil.rmtree(out, ignore_errors=True)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
