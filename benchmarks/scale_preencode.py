@@ -14,11 +14,12 @@ Rows (n = manifest entries, shard size 10):
   "pre-encode: time to first sample (fresh)"     s, rank 0 of 1 (one process writes every shard)
   "pre-encode: resume at 10%" / "... at 50%"     s, the same, into a folder with the first 10% / 50% of shards done
   "pre-encode: resume at 50% / fresh"            x, target <= 1.1 (issue 35)
-  "pre-encode: peak RSS per rank"                MB, VmHWM of rank 0 of 1,000 (its own process) to its first sample
+  "pre-encode: peak RSS per rank"                MB, VmHWM of rank 0 of 1,000 (a forked process) to its first sample
   "pre-encode: peak RSS growth per rank"         MB, the same less its RSS before `run` (torch, encoders built)
 
-About 3 s at 1k, 10 s at 10k, 70 s at 100k and 12 minutes at 1M on one core here (most of it writing the 1M-line
-manifest and the 50,000 stand-in shards, and the four passes over the manifest):
+`rows` takes about 2 s at 1k once the package is imported; 1k, 10k and 100k together about 75 s, 1M alone
+about 4 min 40 s on this repository's 2 shared cores (most of it the 1M-line manifest, the 50,000 stand-in
+shards and the runs' passes over the manifest, each run 20-40 s):
 
     PYTHONPATH=. python benchmarks/scale_preencode.py --sizes 1000 10000 --workdir /tmp/scale_preencode
 """
