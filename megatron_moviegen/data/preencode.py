@@ -3,9 +3,9 @@ TAE encode -> text encoders -> WebDataset shards.
 
 Shard k holds manifest entries [k * shard_size, (k + 1) * shard_size) minus the rejected ones, so a shard's
 content depends only on the manifest and the config, never on how many processes ran or when one died.
-Rank r of a torchrun/srun job writes shards k with k % world_size == r. A shard is complete once its index
-file exists; a rerun skips complete shards and redoes the rest from scratch, so a killed run resumes with
-no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
+Rank r of a torchrun/srun job writes shards k with k % world_size == r (given a `manifest.ManifestFile`, it
+holds only their entries: `manifest.read_slice`). A shard is complete once its index file exists; a rerun skips
+complete shards and redoes the rest from scratch, so a killed run resumes with no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
 energon's `.nv-meta/`.
 
 Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
