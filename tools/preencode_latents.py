@@ -39,7 +39,7 @@ import torch
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig
 from megatron_moviegen.models.toy_encoders import TAEVideoEncoder, TinyTextEncoders, TinyVideoEncoder
-from megatron_moviegen.data.manifest import ManifestError, read_manifest
+from megatron_moviegen.data.manifest import ManifestError, ManifestFile
 from megatron_moviegen.data.preencode import NonFiniteEncoderError, Preencoder, use_local_device
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
 
@@ -196,7 +196,7 @@ def preencode(args: argparse.Namespace) -> int:
     if args.num_workers is not None:
         data["num_workers"] = args.num_workers
     config = build(DataConfig, data)
-    entries = read_manifest(args.manifest)[: args.limit]
+    manifest = ManifestFile(args.manifest, limit=args.limit)  # each rank reads only its own entries
     rank, world_size = rank_and_world_from_env()
     # A dry run decodes and encodes nothing, so it needs no model weights (and no GPU).
     device = torch.device("cpu") if args.dry_run else use_local_device(args.device)
@@ -217,11 +217,11 @@ def preencode(args: argparse.Namespace) -> int:
                             world_size=world_size, reference_encoder=reference_encoder, audio_encoder=audio_encoder,
                             frame_encoder=frame_encoder)
     if args.dry_run:
-        counts, rejects = preencoder.dry_run(entries)
-        print(json.dumps({"entries": len(entries), "per_bucket": dict(sorted(counts.items())),
+        counts, rejects = preencoder.dry_run(manifest)
+        print(json.dumps({"entries": sum(counts.values()) + len(rejects), "per_bucket": dict(sorted(counts.items())),
                           "rejected": [r.record() for r in rejects]}, indent=2))
         return 0
-    summary = preencoder.run(entries, retry_rejects=args.retry_rejects)
+    summary = preencoder.run(manifest, retry_rejects=args.retry_rejects)
     print(json.dumps({"rank": rank, "encoded": summary.encoded, "rejected": summary.rejected,
                       "shards_written": summary.shards_written, "shards_skipped": summary.shards_skipped,
                       "seconds": round(summary.seconds, 2), "samples_per_s": round(summary.samples_per_s, 3),

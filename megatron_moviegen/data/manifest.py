@@ -16,12 +16,14 @@ rejects that entry alone.
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import json
 import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -55,13 +57,17 @@ def _optional_float(value, where: str) -> Optional[float]:
         raise ManifestError(f"{where}: got {value!r}, expected a number") from None
 
 
-def _resolve(path: str, base: Path) -> str:
-    """A manifest path; a relative one is taken from the manifest's folder."""
-    path = Path(path)
-    return str(path if path.is_absolute() else base / path)
+def _resolve(path: str, base: str) -> str:
+    """A manifest path; a relative one is taken from the manifest's folder `base` (as pathlib writes it).
+    Written as pathlib writes it (`./a//b/` -> `a/b`); a path pathlib would leave as it is is joined without it
+    (4 us -> 0.7 us an entry)."""
+    if "//" in path or "/./" in path or path.startswith("./") or path.endswith(("/", "/.")) or path == ".":
+        path = Path(path)
+        return str(path if path.is_absolute() else Path(base) / path)
+    return path if base == "." else os.path.join(base, path)
 
 
-def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
+def _entry(record: dict, base: str, where: str) -> ManifestEntry:
     if not record.get("path"):
         raise ManifestError(f"{where}: missing 'path'")
     if "caption" not in record or record["caption"] is None:
@@ -80,26 +86,54 @@ def _entry(record: dict, base: Path, where: str) -> ManifestEntry:
     )
 
 
+class SubjectClips:
+    """Each subject's distinct clips, (path, start) in manifest order, and for each clip the reference it gives
+    an entry of that clip: the next clip of the subject (wrapping around) from another file, else the next clip.
+    Built in one pass, each lookup O(1); memory: the distinct clips of entries that have a subject."""
+
+    def __init__(self, entries: Iterable[ManifestEntry] = ()):
+        self._clips: dict[str, dict[tuple[str, float], None]] = {}  # subject -> its clips, in order (a dict as a set)
+        self._choice: Optional[dict[str, dict[tuple[str, float], tuple[str, float]]]] = None
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: ManifestEntry) -> None:
+        if entry.subject is not None:
+            self._clips.setdefault(entry.subject, {})[(entry.path, entry.start_s)] = None
+            self._choice = None
+
+    def resolve(self, entry: ManifestEntry) -> ManifestEntry:
+        """`entry` with its subject's reference filled in; unchanged when it has a reference, no subject, or a
+        subject with no other clip."""
+        if entry.reference is not None or entry.subject is None:
+            return entry
+        if self._choice is None:
+            self._choice = {subject: _reference_choices(list(clips)) for subject, clips in self._clips.items()}
+        choice = self._choice.get(entry.subject, {}).get((entry.path, entry.start_s))
+        return entry if choice is None else replace(entry, reference=choice[0], reference_time=choice[1])
+
+
+def _reference_choices(clips: list[tuple[str, float]]) -> dict[tuple[str, float], tuple[str, float]]:
+    """Clip -> the first of the clips after it (wrapping around) from another file, else the clip right after it;
+    none for a lone clip. Linear: walking backwards twice around the circle, a clip whose successor shares its
+    file takes the successor's answer."""
+    count = len(clips)
+    if count < 2:
+        return {}
+    other: list[Optional[int]] = [None] * count
+    for step in range(2 * count - 1, -1, -1):
+        here, after = step % count, (step + 1) % count
+        other[here] = after if clips[after][0] != clips[here][0] else other[after]
+    return {clip: clips[(i + 1) % count if other[i] is None else other[i]] for i, clip in enumerate(clips)}
+
+
 def resolve_subject_references(entries: list[ManifestEntry]) -> list[ManifestEntry]:
     """Entries with a `subject` and no `reference` get one: the first frame of the next clip of the same subject
     (manifest order, wrapping around) from another file, else from another window (`start`) of the same file.
     Entries whose subject has no other clip keep None (`reference_problem` rejects them). Deterministic: the same
-    manifest gives the same references."""
-    clips: dict[str, list[tuple[str, float]]] = {}
-    for entry in entries:
-        if entry.subject is not None and (entry.path, entry.start_s) not in clips.get(entry.subject, []):
-            clips.setdefault(entry.subject, []).append((entry.path, entry.start_s))
-    out = []
-    for entry in entries:
-        if entry.reference is None and entry.subject is not None:
-            others = clips[entry.subject]
-            position = others.index((entry.path, entry.start_s))
-            following = [others[(position + step) % len(others)] for step in range(1, len(others))]
-            choice = next((c for c in following if c[0] != entry.path), following[0] if following else None)
-            if choice is not None:
-                entry = replace(entry, reference=choice[0], reference_time=choice[1])
-        out.append(entry)
-    return out
+    manifest gives the same references. Linear in the manifest (`SubjectClips`)."""
+    clips = SubjectClips(entries)
+    return [clips.resolve(entry) for entry in entries]
 
 
 def reference_problem(entry: ManifestEntry) -> Optional[str]:
@@ -114,17 +148,20 @@ def reference_problem(entry: ManifestEntry) -> Optional[str]:
     return "data.reference is set but the entry has neither 'reference' nor 'subject'"
 
 
+def repeat_key(entry: ManifestEntry) -> tuple:
+    """What makes two entries the same clip of the same file with the same caption: every field, the path
+    normalised (`./a.mp4`)."""
+    return (os.path.normpath(entry.path), *list(entry.__dict__.values())[1:])
+
+
 def repeated_entries(entries: list[ManifestEntry]) -> dict[int, int]:
-    """Index of each entry that repeats an earlier one -> the earlier one's index. A repeat is the same clip of the
-    same file with the same caption: equal in every field, its path compared after normalising (`./a.mp4`)."""
-    first: dict[ManifestEntry, int] = {}
+    """Index of each entry that repeats an earlier one -> the earlier one's index (`repeat_key` equal)."""
+    first: dict[tuple, int] = {}
     repeats = {}
     for index, entry in enumerate(entries):
-        key = replace(entry, path=os.path.normpath(entry.path))
-        if key in first:
-            repeats[index] = first[key]
-        else:
-            first[key] = index
+        earlier = first.setdefault(repeat_key(entry), index)
+        if earlier != index:
+            repeats[index] = earlier
     return repeats
 
 
@@ -154,12 +191,30 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def read_jsonl(path: Path) -> list[ManifestEntry]:
-    entries = []
+@dataclass(frozen=True)
+class Candidates:
+    """The entries a repeat check must make of a manifest's lines: those at an index `skip` refuses (checked
+    before the line is parsed) with one of `captions` (a repeat has the caption of the entry it repeats)."""
+
+    captions: set[str]
+    skip: Callable[[int], bool]
+
+    def other_caption(self, record: dict) -> bool:
+        return record.get("caption") is not None and str(record["caption"]) not in self.captions
+
+
+def read_jsonl(path: Path, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
+    """The file's entries in order; with `only`, None in place of each other one."""
+    name, base = str(path), str(path.parent)
     with open(path, "rb") as fh:
+        index = -1
         for line_no, raw in enumerate(fh, 1):
             line = _text(raw)
             if not line.strip():
+                continue
+            index += 1
+            if only is not None and only.skip(index):
+                yield None
                 continue
             try:
                 record = json.loads(line)
@@ -168,17 +223,22 @@ def read_jsonl(path: Path) -> list[ManifestEntry]:
             if not isinstance(record, dict):
                 raise ManifestError(f"{path}:{line_no}: got the JSON {type(record).__name__} {line.strip()[:60]}, "
                                     "need an object with \"path\" and \"caption\"")
-            entries.append(_entry(record, path.parent, f"{path}:{line_no}"))
-    return entries
+            yield None if only is not None and only.other_caption(record) else _entry(record, base, f"{name}:{line_no}")
 
 
-def read_csv(path: Path) -> list[ManifestEntry]:
+def read_csv(path: Path, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
+    """As `read_jsonl`."""
+    name, base = str(path), str(path.parent)
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "caption"} - set(reader.fieldnames or [])
         if missing:
             raise ManifestError(f"{path}: header {reader.fieldnames} lacks {sorted(missing)}")
-        return [_entry(row, path.parent, f"{path}:{line_no}") for line_no, row in enumerate(reader, 2)]
+        for index, row in enumerate(reader):
+            if only is not None and (only.skip(index) or only.other_caption(row)):
+                yield None
+            else:
+                yield _entry(row, base, f"{name}:{index + 2}")
 
 
 def read_folder(folder: Path) -> list[ManifestEntry]:
@@ -193,15 +253,115 @@ def read_folder(folder: Path) -> list[ManifestEntry]:
     return entries
 
 
+class ManifestFile:
+    """A manifest read as a stream, one entry at a time (a `.jsonl` or `.csv` file; a folder is listed whole):
+    iterating gives its first `limit` entries (all when None) in file order, subjects' references not yet
+    resolved (`read_slice` resolves them against every entry of the file, `pool`)."""
+
+    def __init__(self, source: str | Path, limit: Optional[int] = None):
+        self.source, self.limit = Path(source), limit
+        if not self.source.exists():
+            raise ManifestError(f"{self.source}: no such manifest file or folder")
+        if not self.source.is_dir() and self.source.suffix not in (".jsonl", ".csv"):
+            raise ManifestError(f"{self.source}: expected a .jsonl or .csv manifest or a folder of media")
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return itertools.islice(self.pool(), self.limit)
+
+    def candidates(self, only: Candidates) -> Iterator[Optional[ManifestEntry]]:
+        """As iterating, with None in place of each entry `only` leaves out (a cheaper read)."""
+        return itertools.islice(self.pool(only), self.limit)
+
+    def pool(self, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
+        """Every entry of the file, past `limit` too (the clips a subject's reference may come from); with
+        `only`, as `candidates`."""
+        if self.source.is_dir():
+            yield from (entry if only is None or not (only.skip(index) or only.other_caption(entry.__dict__))
+                        else None for index, entry in enumerate(read_folder(self.source)))
+            return
+        with reading(self.source, "manifest"):  # empty, or not text: one line naming it
+            yield from (read_jsonl if self.source.suffix == ".jsonl" else read_csv)(self.source, only)
+
+
 def read_manifest(source: str | Path) -> list[ManifestEntry]:
     """A `.jsonl`, `.csv` or a folder -> entries in file order, subjects' references resolved."""
-    source = Path(source)
-    if not source.exists():
-        raise ManifestError(f"{source}: no such manifest file or folder")
-    if source.is_dir():
-        return read_folder(source)
-    if source.suffix in (".jsonl", ".csv"):
-        with reading(source, "manifest"):  # empty, or not text: one line naming it
-            entries = read_jsonl(source) if source.suffix == ".jsonl" else read_csv(source)
-        return resolve_subject_references(entries)
-    raise ManifestError(f"{source}: expected a .jsonl or .csv manifest or a folder of media")
+    return resolve_subject_references(list(ManifestFile(source)))
+
+
+def manifest_record(entry: ManifestEntry) -> dict:
+    """An entry's fields for the manifest hash; the editing fields only when set, so a plain manifest hashes as it
+    did before they existed (its folders still resume)."""
+    return {k: v for k, v in entry.__dict__.items() if v is not None or k not in OPTIONAL_ENTRY_FIELDS}
+
+
+# Manifest fields added after the first datasets were written: left out of the hash while unset.
+OPTIONAL_ENTRY_FIELDS = ("source", "task", "reference", "reference_time", "subject")
+
+
+@dataclass
+class ManifestSlice:
+    """One pre-encoding rank's view of a manifest: the entries it keeps (references resolved) and which of them
+    repeat an earlier entry, plus the whole manifest's size and identity."""
+
+    num_entries: int
+    sha256: str  # of the JSON list of every entry's `manifest_record`, as pre-encoding always hashed it
+    entries: dict[int, ManifestEntry]  # manifest index -> entry, for the kept indices
+    repeats: dict[int, int]  # kept index -> the earlier index it repeats (`repeated_entries`)
+
+
+def read_slice(manifest: Iterable[ManifestEntry], keep: Callable[[int], bool]) -> ManifestSlice:
+    """The entries of `manifest` whose index `keep` accepts, hashed and checked for repeats against the whole
+    manifest in streaming passes: one to hash and keep, one up to the last kept index for repeats among the
+    others (making entries of only the lines whose caption a kept entry has; the kept lines are not parsed
+    again). A list is taken as it is (`read_manifest` resolved its references); a `ManifestFile` has its
+    subjects' references resolved, which costs the first pass again when an entry needs one (and a pass over the
+    whole file first when `limit` is set). Memory: the kept entries, plus the clips of entries that have a
+    subject (`SubjectClips`); time linear in the manifest."""
+    if not isinstance(manifest, ManifestFile):
+        count, digest, kept = _hash_and_keep(manifest, keep)
+        others = (None if keep(index) else entry for index, entry in enumerate(manifest))
+        return ManifestSlice(count, digest, kept, _repeats_of(kept, others))
+    subjects = SubjectClips(manifest.pool() if manifest.limit is not None else ())  # from past the limit too
+    unresolved = False
+
+    def collect(entry: ManifestEntry) -> ManifestEntry:
+        nonlocal unresolved
+        subjects.add(entry)
+        unresolved = unresolved or (entry.subject is not None and entry.reference is None)
+        return entry
+
+    count, digest, kept = _hash_and_keep(map(collect, manifest), keep)
+    if unresolved:  # hashed and kept before their references were known: again, resolved
+        count, digest, kept = _hash_and_keep(map(subjects.resolve, manifest), keep)
+    others = manifest.candidates(Candidates({entry.caption for entry in kept.values()}, keep))
+    return ManifestSlice(count, digest, kept, _repeats_of(kept, (e and subjects.resolve(e) for e in others)))
+
+
+def _hash_and_keep(entries: Iterable[ManifestEntry], keep: Callable[[int], bool]
+                   ) -> tuple[int, str, dict[int, ManifestEntry]]:
+    """(number of entries, sha256 of json.dumps([manifest_record(e) for e in entries]) computed a record at a
+    time, the kept entries by index)."""
+    digest = hashlib.sha256(b"[")
+    kept = {}
+    count = 0
+    for count, entry in enumerate(entries, 1):
+        digest.update((b", " if count > 1 else b"") + json.dumps(manifest_record(entry)).encode())
+        if keep(count - 1):
+            kept[count - 1] = entry
+    digest.update(b"]")
+    return count, digest.hexdigest(), kept
+
+
+def _repeats_of(kept: dict[int, ManifestEntry], others: Iterable[Optional[ManifestEntry]]) -> dict[int, int]:
+    """Kept index -> the first index with its `repeat_key`, among the kept entries (in index order) and
+    `others`, the manifest's entries with None at each kept index or entry known to repeat none of them."""
+    first: dict[tuple, int] = {}
+    for index, entry in kept.items():
+        first.setdefault(repeat_key(entry), index)
+    for index, entry in enumerate(itertools.islice(others, max(kept, default=-1) + 1)):
+        key = None if entry is None else repeat_key(entry)
+        if first.get(key, -1) > index:
+            first[key] = index
+    # .get: a key holding NaN (`"fps": "nan"`) equals no other parse of its line, as it never did
+    repeats = {index: first.get(repeat_key(entry), index) for index, entry in kept.items()}
+    return {index: earlier for index, earlier in repeats.items() if earlier < index}

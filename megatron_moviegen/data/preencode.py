@@ -3,9 +3,9 @@ TAE encode -> text encoders -> WebDataset shards.
 
 Shard k holds manifest entries [k * shard_size, (k + 1) * shard_size) minus the rejected ones, so a shard's
 content depends only on the manifest and the config, never on how many processes ran or when one died.
-Rank r of a torchrun/srun job writes shards k with k % world_size == r. A shard is complete once its index
-file exists; a rerun skips complete shards and redoes the rest from scratch, so a killed run resumes with
-no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
+Rank r of a torchrun/srun job writes shards k with k % world_size == r (given a `manifest.ManifestFile`, it
+holds only their entries: `manifest.read_slice`). A shard is complete once its index file exists; a rerun skips
+complete shards and redoes the rest from scratch, so a killed run resumes with no duplicates and no losses. Whichever rank finds every shard complete writes rejects.jsonl, summary.json and
 energon's `.nv-meta/`.
 
 Every reject has a kind: "manifest" (the entry's own fields are unusable), "io" (the file could not be read,
@@ -45,7 +45,7 @@ from megatron_moviegen.data.audio import AudioClip, assign_audio, probe_audio, r
 from megatron_moviegen.data.config import REFERENCE_SOURCE, AudioDataConfig, DataConfig, EditConfig, ReferenceConfig
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
-from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem, repeated_entries
+from megatron_moviegen.data.manifest import ManifestEntry, ManifestSlice, entry_problem, read_slice, reference_problem
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
 from megatron_moviegen.utils.io import check_writable_folder, read_json_file
@@ -470,28 +470,39 @@ class Preencoder:
         if config.reference is not None:
             load_crop(config.reference.crop)  # a crop that cannot be imported fails here, not in every worker
 
-    def shard_plan(self, entries: list[ManifestEntry]) -> list[list[tuple[int, ManifestEntry]]]:
-        size = self.config.shard_size
-        items = list(enumerate(entries))
-        return [items[k : k + size] for k in range(0, len(items), size)]
+    def read(self, manifest: Iterable[ManifestEntry]) -> ManifestSlice:
+        """This rank's share of `manifest` (a list of entries, or a `manifest.ManifestFile` read as a stream): the
+        entries of its shards, k % world_size == rank."""
+        size, rank, world = self.config.shard_size, self.rank, self.world_size
+        return read_slice(manifest, lambda index: (index // size) % world == rank)
 
-    def dry_run(self, entries: list[ManifestEntry]) -> tuple[Counter, list[Rejected]]:
-        """Bucket counts and rejects from file headers alone (nothing decoded, nothing written)."""
+    def shard_plan(self, part: ManifestSlice) -> dict[int, list[tuple[int, ManifestEntry]]]:
+        """This rank's shards -> their (manifest index, entry) items: shard k holds [k * shard_size, (k + 1) *
+        shard_size)."""
+        size = self.config.shard_size
+        shards = range(self.rank, num_shards(part.num_entries, size), self.world_size)
+        return {k: [(i, part.entries[i]) for i in range(k * size, min((k + 1) * size, part.num_entries))]
+                for k in shards}
+
+    def dry_run(self, manifest: Iterable[ManifestEntry]) -> tuple[Counter, list[Rejected]]:
+        """Bucket counts and rejects from file headers alone (nothing decoded, nothing written), over the whole
+        manifest whatever the rank."""
         counts: Counter = Counter()
         rejects = []
-        results = map_rejecting_repeats(_assign_in_worker, list(enumerate(entries)), repeated_entries(entries),
-                                        self.config, self.device)
-        for result in tqdm(results, total=len(entries), desc="probing", unit="sample", disable=self.rank != 0):
+        part = read_slice(manifest, lambda index: True)
+        results = map_rejecting_repeats(_assign_in_worker, list(part.entries.items()), part.repeats, self.config,
+                                        self.device)
+        for result in tqdm(results, total=part.num_entries, desc="probing", unit="sample", disable=self.rank != 0):
             if isinstance(result, Rejected):
                 rejects.append(result)
             else:
                 counts[result.bucket.name] += 1
         return counts, rejects
 
-    def run(self, entries: list[ManifestEntry], retry_rejects: bool = False) -> RunSummary:
-        """Write this rank's missing shards; with `retry_rejects`, also read the "io" rejects of its complete
+    def run(self, manifest: Iterable[ManifestEntry], retry_rejects: bool = False) -> RunSummary:
+        """Write this rank's missing shards of `manifest` (a list of entries, or a `manifest.ManifestFile`: then
+        only this rank's entries are held); with `retry_rejects`, also read the "io" rejects of its complete
         shards again (the file system may have recovered) and rewrite the shards that gain samples."""
-        check_output_folder(self.out_dir)
         if self.config.reference is not None and self.reference_encoder is None:
             raise ConfigError("data.reference is set: pre-encoding needs the reference-image encoder "
                               "(models.vision_tower.ReferenceEncoder)")
@@ -499,33 +510,35 @@ class Preencoder:
             check_audio_encoder(self.config.audio, self.audio_encoder, self.frame_encoder)
         elif self.video_encoder is None:
             raise ConfigError("pre-encoding video needs the TAE (video_encoder)")
-        self._check_run_config(entries)
-        plan = self.shard_plan(entries)
+        part = self.read(manifest)  # a malformed manifest stops the run before the output folder exists
+        check_output_folder(self.out_dir)
+        self._check_run_config(part)
+        plan = self.shard_plan(part)
         done = completed_shards(self.out_dir)
-        mine = [k for k in range(len(plan)) if k % self.world_size == self.rank]
         # shard -> (entries to prepare, the complete shard's index when only its "io" rejects are redone)
         work: dict[int, tuple[list, Optional[ShardIndex]]] = {}
-        for k in mine:
+        for k, shard_items in plan.items():
             if shard_name(k) not in done:
-                work[k] = (plan[k], None)
+                work[k] = (shard_items, None)
             elif retry_rejects:
                 index = ShardIndex.read(self.out_dir / INDEX_DIR / f"{shard_name(k)}.json")
                 retry = {r["index"] for r in index.rejects if r.get("kind") == "io"}
                 if retry:
-                    work[k] = ([item for item in plan[k] if item[0] in retry], index)
+                    work[k] = ([item for item in shard_items if item[0] in retry], index)
         remove_partial_files(self.out_dir, list(work))
-        summary = RunSummary(shards_skipped=sum(1 for k in mine if k not in work))
+        summary = RunSummary(shards_skipped=sum(1 for k in plan if k not in work))
         start = time.perf_counter()
         items = [item for k in work for item in work[k][0]]
-        results = map_rejecting_repeats(_prepare_in_worker, items, repeated_entries(entries), self.config, self.device)
+        results = map_rejecting_repeats(_prepare_in_worker, items, part.repeats, self.config, self.device)
         with tqdm(total=len(items), desc=f"pre-encoding (rank {self.rank})", unit="sample",
                   disable=self.rank != 0) as bar:
             for k, (shard_items, previous) in work.items():
                 self._write_one_shard(k, [next(results) for _ in shard_items], summary, bar, previous)
         summary.seconds = time.perf_counter() - start
-        if len(completed_shards(self.out_dir)) == len(plan):
+        total = num_shards(part.num_entries, self.config.shard_size)
+        if len(completed_shards(self.out_dir)) == total:
             rewrote = any(previous is not None for _, previous in work.values()) and summary.shards_written > 0
-            finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0)
+            finalize_once(self.out_dir, total, wait_s=FINALIZE_WAIT_S if rewrote else 0.0)
         return summary
 
     def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm,
@@ -636,11 +649,10 @@ class Preencoder:
                                      torch.Generator().manual_seed(p.index)) for i, p in enumerate(batch)]
         return self.video_encoder.encode(torch.cat(degraded)).cpu()
 
-    def _check_run_config(self, entries: list[ManifestEntry]) -> None:
+    def _check_run_config(self, part: ManifestSlice) -> None:
         """Refuse to resume into a folder written from another manifest or config (shards would not line up)
         or with other encoders (one dataset would hold latents or embeddings of two models)."""
-        manifest_hash = hashlib.sha256(json.dumps([manifest_record(e) for e in entries]).encode()).hexdigest()
-        record = {"manifest_sha256": manifest_hash, "num_entries": len(entries),
+        record = {"manifest_sha256": part.sha256, "num_entries": part.num_entries,
                   "shard_size": self.config.shard_size, "buckets": to_dict(self.config.buckets),
                   "latent_dtype": self.config.latent_dtype, "upsample": to_dict(self.config.upsample),
                   **({} if self.config.edit is None else {"edit": to_dict(self.config.edit)}),
@@ -718,14 +730,8 @@ def check_audio_encoder(audio: AudioDataConfig, encoder: Optional[AudioEncoder],
                           f"{model.hop_length})")
 
 
-def manifest_record(entry: ManifestEntry) -> dict:
-    """An entry's fields for the manifest hash; the editing fields only when set, so a plain manifest hashes as it
-    did before they existed (its folders still resume)."""
-    return {k: v for k, v in entry.__dict__.items() if v is not None or k not in OPTIONAL_ENTRY_FIELDS}
-
-
-# Manifest fields added after the first datasets were written: left out of the hash while unset.
-OPTIONAL_ENTRY_FIELDS = ("source", "task", "reference", "reference_time", "subject")
+def num_shards(num_entries: int, shard_size: int) -> int:
+    return -(-num_entries // shard_size)
 
 
 def check_output_folder(out_dir: Path) -> None:

@@ -22,7 +22,7 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -130,17 +130,29 @@ def _member_offsets(tar_path: Path, rows: list[tuple]) -> list[dict]:
 
 
 def completed_shards(out_dir: Path) -> set[str]:
+    """Names of the shards whose index exists: one listing of `index/`."""
     folder = out_dir / INDEX_DIR
-    return {p.name[: -len(".json")] for p in folder.glob("*.tar.json")} if folder.exists() else set()
+    if not folder.exists():
+        return set()
+    return {entry.name[: -len(".json")] for entry in os.scandir(folder) if entry.name.endswith(".tar.json")}
 
 
-def remove_partial_files(out_dir: Path, shard_ids: list[int]) -> None:
-    """Temporary files a killed run left behind for these shards (only these: other ranks may be writing)."""
-    for k in shard_ids:
-        leftovers = list(out_dir.glob(f".{shard_name(k)}.*.tmp"))
-        leftovers += (out_dir / INDEX_DIR).glob(f".{shard_name(k)}.json.*.tmp")
-        for tmp in leftovers:
-            tmp.unlink(missing_ok=True)
+def remove_partial_files(out_dir: Path, shard_ids: Iterable[int]) -> None:
+    """Temporary files a killed run left behind for these shards (only these: other ranks may be writing), found
+    in one listing of `out_dir` and one of `index/` whatever the number of shards."""
+    names = {shard_name(k) for k in shard_ids}
+    for folder in (out_dir, out_dir / INDEX_DIR):
+        if not folder.exists():
+            continue
+        for entry in os.scandir(folder):
+            # `temporary_path`: .shard-000012.tar.<pid>.tmp, index/.shard-000012.tar.json.<pid>.tmp
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and _shard_of(entry.name[1:]) in names:
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def _shard_of(name: str) -> str:
+    """"shard-000012.tar.json.7.tmp" -> "shard-000012.tar"."""
+    return name[: name.find(".tar") + len(".tar")]
 
 
 def read_member(shard_path: Path, offset: int, size: int) -> bytes:

@@ -14,8 +14,8 @@ from megatron_moviegen.config.schema import build
 from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_range
 from megatron_moviegen.data.edits import EDITS, pair_size, write_edit_pairs
-from megatron_moviegen.data.manifest import ManifestEntry, read_manifest
-from megatron_moviegen.data.preencode import Preencoder, manifest_record
+from megatron_moviegen.data.manifest import ManifestEntry, manifest_record, read_manifest
+from megatron_moviegen.data.preencode import Preencoder
 from megatron_moviegen.data.shards import decode_sample
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.recipes import load_config

@@ -1,8 +1,10 @@
+import hashlib
 import json
 
 import pytest
 
-from megatron_moviegen.data.manifest import ManifestEntry, ManifestError, entry_problem, read_manifest
+from megatron_moviegen.data.manifest import (ManifestEntry, ManifestError, ManifestFile, entry_problem, manifest_record,
+                                             read_manifest, read_slice, repeated_entries)
 
 
 def test_jsonl_with_optional_fields_and_relative_paths(tmp_path):
@@ -66,3 +68,37 @@ def test_entry_problem_names_the_field_and_value(entry, problem):
 def test_missing_manifest_is_one_clear_error(tmp_path):
     with pytest.raises(ManifestError, match="no such manifest file or folder"):
         read_manifest(tmp_path / "absent.jsonl")
+
+
+def test_each_ranks_slice_of_a_streamed_manifest_is_what_the_whole_manifest_gives(tmp_path):
+    lines = [{"path": "a.mp4", "caption": "ann 1", "subject": "ann"},
+             {"path": "./a.mp4", "caption": "ann 1", "subject": "ann"},
+             {"path": "b.png", "caption": "b"}, {"path": "b.png", "caption": "b", "fps": 24},
+             {"path": "b.png", "caption": "b", "fps": 24.0}, {"path": "c.mp4", "caption": "bob", "subject": "bob"},
+             {"path": "a.mp4", "caption": "ann 2", "start": 2, "subject": "ann"}, {"path": "/abs/b.png", "caption": "b"},
+             {"path": "d.mp4", "caption": "ann 3", "subject": "ann"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    whole = read_manifest(tmp_path / "m.jsonl")
+    assert repeated_entries(whole) == {1: 0, 4: 3}
+    for world in (1, 3):
+        for rank in range(world):
+            part = read_slice(ManifestFile(tmp_path / "m.jsonl"), lambda index: index % world == rank)
+            assert (part.num_entries, part.sha256) == (len(whole), manifest_hash(whole))
+            assert part.entries == {i: entry for i, entry in enumerate(whole) if i % world == rank}
+            assert part.repeats == {i: j for i, j in repeated_entries(whole).items() if i % world == rank}
+    # --limit: the first entries, hashed alone, but a subject's reference may come from past the limit
+    part = read_slice(ManifestFile(tmp_path / "m.jsonl", limit=2), lambda index: True)
+    assert (part.entries, part.sha256) == (dict(enumerate(whole[:2])), manifest_hash(whole[:2]))
+    assert part.entries[0].reference == str(tmp_path / "d.mp4")
+
+
+def test_a_streamed_csv_slice_is_what_the_whole_csv_gives(tmp_path):
+    (tmp_path / "m.csv").write_text('path,caption,fps\nv.mp4,"a, b",\nw.mp4,c,24\n./v.mp4,"a, b",\n')
+    whole = read_manifest(tmp_path / "m.csv")
+    part = read_slice(ManifestFile(tmp_path / "m.csv"), lambda index: index == 2)
+    assert (part.entries, part.repeats, part.sha256) == ({2: whole[2]}, {2: 0}, manifest_hash(whole))
+
+
+def manifest_hash(entries: list[ManifestEntry]) -> str:
+    """The run identity pre-encoding recorded before manifests were streamed."""
+    return hashlib.sha256(json.dumps([manifest_record(e) for e in entries]).encode()).hexdigest()

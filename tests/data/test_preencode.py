@@ -14,10 +14,10 @@ from megatron_moviegen.data.config import DataConfig
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.loader import LatentLoader
-from megatron_moviegen.data.manifest import read_manifest
+from megatron_moviegen.data.manifest import ManifestFile, read_manifest
 from megatron_moviegen.data.preencode import Preencoder, local_device
 from megatron_moviegen.runtime import rank_and_world_from_env
-from megatron_moviegen.data.shards import decode_sample
+from megatron_moviegen.data.shards import INDEX_DIR, decode_sample, remove_partial_files
 from tests.data.conftest import write_garbage, write_png
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,3 +300,38 @@ def test_a_repeated_manifest_entry_is_a_duplicate_reject_naming_the_first(media,
     assert sorted(read_all(tmp_path / "o")) == ["000000000", "000000001", "000000004", "000000005"]
     rerun = Preencoder(small_config(), *encoders, tmp_path / "o").run(entries)  # the folder's records still resume
     assert (rerun.shards_skipped, rerun.shards_written) == (4, 0)
+
+
+def test_a_streamed_manifest_on_two_ranks_killed_and_resumed_gives_the_shards_of_one_fresh_run(tmp_path):
+    images = [write_png(tmp_path / f"{i}.png", 120, 160, seed=i) for i in range(3)]
+    lines = [(0, "a"), (1, "b"), (0, "a"), (2, "c"), (1, "another b"), (0, "a"), (2, "d")]  # 2, 5 repeat 0
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"path": images[i].name, "caption": c}) + "\n" for i, c in lines))
+    encoders = (TinyVideoEncoder(), TinyTextEncoders.for_model(load_config("tiny").model))
+    Preencoder(small_config(), *encoders, tmp_path / "fresh").run(read_manifest(manifest))
+
+    def crash_at_first(n):
+        raise Crash()
+
+    split = tmp_path / "split"
+    with pytest.raises(Crash):  # rank 1 (shards 1, 3) is killed before writing anything
+        Preencoder(small_config(), *encoders, split, rank=1, world_size=2, on_prepared=crash_at_first).run(
+            ManifestFile(manifest))
+    Preencoder(small_config(), *encoders, split, rank=0, world_size=2).run(ManifestFile(manifest))
+    (split / ".shard-000003.tar.99999.tmp").write_bytes(b"partial tar of a killed run")
+    summary = Preencoder(small_config(), *encoders, split, rank=1, world_size=2).run(ManifestFile(manifest))
+    assert (summary.shards_written, summary.rejected) == (2, 1)  # shard 1 holds the repeat of entry 0 (index 2)
+    assert not list(split.glob(".*tmp*"))
+    assert read_all(split) == read_all(tmp_path / "fresh")
+    for name in ("rejects.jsonl", "summary.json", "preencode.json"):
+        assert (split / name).read_text() == (tmp_path / "fresh" / name).read_text()
+
+
+def test_partial_files_of_the_given_shards_alone_are_removed(tmp_path):
+    (tmp_path / INDEX_DIR).mkdir()
+    names = [".shard-000001.tar.12.tmp", f"{INDEX_DIR}/.shard-000001.tar.json.12.tmp", ".shard-000011.tar.3.tmp",
+             ".shard-000002.tar.7.tmp", f"{INDEX_DIR}/.shard-000002.tar.json.7.tmp", "shard-000001.tar"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    remove_partial_files(tmp_path, [1, 11])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(names[3:])

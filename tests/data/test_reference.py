@@ -3,6 +3,7 @@ pre-encoding a sample's reference image (a frame of another clip of the same sub
 into its Conditioning.tokens["reference_image"]."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ from transformers import CLIPVisionModel
 from megatron_moviegen.config.schema import ConfigError, build
 from megatron_moviegen.data.config import REFERENCE_SOURCE, DataConfig, ReferenceConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder
-from megatron_moviegen.data.manifest import ManifestEntry, read_manifest, resolve_subject_references
-from megatron_moviegen.data.preencode import Preencoder, manifest_record
+from megatron_moviegen.data.manifest import ManifestEntry, manifest_record, read_manifest, resolve_subject_references
+from megatron_moviegen.data.preencode import Preencoder
 from megatron_moviegen.data.shards import decode_sample
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEncoder
 from megatron_moviegen.models.vision_tower import CLIP_MEAN, CLIP_STD, ReferenceEncoder, save_tiny_vision_tower
@@ -41,6 +42,35 @@ def test_a_subject_takes_its_reference_from_another_file_else_another_window_els
                    ("/c.mp4", 3.0), ("/c.mp4", 0.0),  # bob has one file: its other window
                    (None, None),  # cy has no other clip: rejected later
                    ("/face.png", None)]  # a given reference is kept
+
+
+def pairing_by_the_rule(entries: list[ManifestEntry]) -> list[tuple]:
+    """The pairing rule as first written, quadratic in a subject's clips: (reference, reference_time) per entry."""
+    clips: dict[str, list] = {}
+    for e in entries:
+        if e.subject is not None and (e.path, e.start_s) not in clips.get(e.subject, []):
+            clips.setdefault(e.subject, []).append((e.path, e.start_s))
+    got = []
+    for e in entries:
+        choice = (e.reference, e.reference_time)
+        if e.reference is None and e.subject is not None:
+            others = clips[e.subject]
+            position = others.index((e.path, e.start_s))
+            following = [others[(position + step) % len(others)] for step in range(1, len(others))]
+            choice = next((c for c in following if c[0] != e.path), following[0] if following else (None, None))
+        got.append(choice)
+    return got
+
+
+def test_subject_pairing_in_one_pass_follows_the_rule_on_random_manifests():
+    rng = random.Random(0)
+    for _ in range(300):
+        entries = [ManifestEntry(f"/{rng.choice('abc')}.mp4", "x", start_s=float(rng.randint(0, 2)),
+                                 subject=rng.choice(["ann", "bob", None]),
+                                 reference=rng.choice([None, None, None, "/face.png"]))
+                   for _ in range(rng.randint(0, 9))]
+        got = [(e.reference, e.reference_time) for e in resolve_subject_references(entries)]
+        assert got == pairing_by_the_rule(entries), entries
 
 
 def test_manifest_reads_reference_fields_and_a_plain_manifest_hashes_as_before(tmp_path):
