@@ -8,7 +8,6 @@ too short for the shortest bucket, or too small to cover its bucket without enla
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
