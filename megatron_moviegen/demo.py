@@ -167,8 +167,10 @@ def build_app(model: DemoModel, choices: PageChoices):
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A Gradio page for a Movie Gen text-to-video export.")
     parser.add_argument("--checkpoint", required=True, help="export folder (tools/export_checkpoint.py)")
-    parser.add_argument("--tae", required=True, help="TAE folder, Hub id, or 'toy-tae'")
-    parser.add_argument("--text-encoders", choices=("paper", "toy"), default="paper")
+    parser.add_argument("--tae", default=None, help="TAE folder, Hub id, or 'toy-tae'; default: the one the export was "
+                                                     "trained with (recorded by pre-encoding)")
+    parser.add_argument("--text-encoders", choices=("paper", "toy"), default=None,
+                        help="default: those the export was trained with (and their recorded overrides), else paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="paper text-encoder overrides, e.g. ul2.path=/models/ul2")
     parser.add_argument("--output-dir", default="outputs/demo")
@@ -188,11 +190,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("demo: error: the demo page needs gradio: pip install -e \".[demo]\"", file=sys.stderr)
         return 2
     args = parse_args(argv)
-    from megatron_moviegen.checkpoints.export import check_export_folder
+    from megatron_moviegen.checkpoints.export import check_export_folder, read_exported_config
+    from megatron_moviegen.inference.components import default_sources
 
     try:
         check_export_folder(args.checkpoint)
         choices = PageChoices.of_export(args.checkpoint)
+        args.tae, args.text_encoders, args.text = default_sources(
+            args.tae, args.text_encoders, args.text, read_exported_config(args.checkpoint).model)
     except (FileNotFoundError, ValueError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

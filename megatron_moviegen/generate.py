@@ -46,7 +46,8 @@ from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.config import REFERENCE_SOURCE, ReferenceConfig, parse_aspect_ratio
 from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, is_image
 from megatron_moviegen.data.preencode import load_crop, reference_frame
-from megatron_moviegen.inference.components import TOY_TAE, TOY_TEXT_ENCODERS, load_tae, load_text_encoders
+from megatron_moviegen.inference.components import (TOY_TAE, TOY_TEXT_ENCODERS, default_sources, load_tae,
+                                                     load_text_encoders, paper_text_encoders)
 from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import check_export_folder, load_exported_dit, read_exported_config
 from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConfig, check_prompts, command_record,
@@ -98,9 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negative-prompt", default=None,
                         help="unconditional prompt; default: no text at all (as in training's text dropout)")
     parser.add_argument("--checkpoint", required=True, help="export folder (config.yaml + model.safetensors)")
-    parser.add_argument("--tae", required=True,
-                        help=f"TAE folder (TAE.save_pretrained), or {TOY_TAE!r} (untrained demo)")
-    parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
+    parser.add_argument("--tae", default=None,
+                        help=f"TAE folder (TAE.save_pretrained), or {TOY_TAE!r} (untrained demo); default: the one "
+                             "the export's shards were encoded with (recorded by pre-encoding)")
+    parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default=None,
+                        help="default: those the export's shards were encoded with (with their recorded --text "
+                             "overrides), else paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="TextEncodersConfig override, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--output-dir", default="outputs")
@@ -241,6 +245,9 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     prompts = read_prompts(args)
     check_prompts(prompts)
     cfg = read_exported_config(args.checkpoint, args.overrides)
+    args.tae, args.text_encoders, args.text = default_sources(args.tae, args.text_encoders, args.text, cfg.model)
+    if args.text_encoders != TOY_TEXT_ENCODERS:
+        paper_text_encoders(args.text_encoders, args.text, cfg.model)  # widths checked before any weights load
     tae = load_tae(args.tae)
     settings = sampling_config(args, bucket_multiple(cfg, tae.cfg.compression), cfg.model.trained_fps)
     source = reference = None

@@ -89,6 +89,29 @@ def check_text_encoders(text: TextEncodersConfig, model: DiTConfig) -> None:
                               f"model.text_encoders.{name}.max_length is {wanted}")
 
 
+
+def check_text_encoder_widths(text: TextEncodersConfig, model: DiTConfig) -> None:
+    """Each encoder's hidden width, read from its config.json alone (no weights load, nothing downloads offline), is
+    the width the DiT projects from (`model.text_encoders.<name>.width`)."""
+    from transformers import AutoConfig
+
+    from megatron_moviegen.utils.hub import hub_offline
+
+    for name, encoder in text.encoders().items():
+        try:
+            config = AutoConfig.from_pretrained(encoder.path, subfolder=encoder.subfolder or "",
+                                                local_files_only=hub_offline())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"text encoder {name}: cannot read the config of {encoder.path!r} ({exc})") from None
+        config = getattr(config, "text_config", None) or config  # a whole CLIPModel: its text tower
+        width = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+        wanted = model.text_encoders[name].width
+        if width != wanted:
+            raise ConfigError(f"text encoder {name}: {encoder.path} gives {width}-wide embeddings, but the model was "
+                              f"trained on {wanted}-wide ones (model.text_encoders.{name}.width); use the encoder it was "
+                              "trained with")
+
+
 def load_config(recipe: str | Path, overrides: list[str] | None = None) -> MovieGenConfig:
     """Load a named recipe (`tiny`, `t2v_30b`, ...) or a YAML path, then apply `a.b=value` overrides.
 

@@ -27,8 +27,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an export folder, or a training checkpoint / step folder")
     parser.add_argument("--out", required=True, help="the pipeline folder to write (must not exist)")
-    parser.add_argument("--tae", required=True, help="a TAE folder, a Hub id, or 'toy-tae'")
-    parser.add_argument("--text-encoders", choices=("paper", "toy"), default="paper")
+    parser.add_argument("--tae", default=None, help="a TAE folder, a Hub id, or 'toy-tae'; default: the one the model "
+                                                     "was trained with (recorded by pre-encoding)")
+    parser.add_argument("--text-encoders", choices=("paper", "toy"), default=None,
+                        help="default: those the model was trained with (and their recorded overrides), else paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
                         help="paper text-encoder overrides, e.g. ul2.path=/models/ul2 (repeatable)")
     parser.add_argument("--dtype", choices=["bf16", "fp32", "as-saved"], default="as-saved",
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
     try:
         out = export_pipeline(args.checkpoint, args.out, args.tae, args.text_encoders, args.text,
                               EXPORT_DTYPES.get(args.dtype), args.max_shard_size)
-    except (CheckpointError, ConfigError, ShapeMismatch, FileNotFoundError, FileExistsError, OSError) as exc:
+    except (CheckpointError, ConfigError, ShapeMismatch, FileNotFoundError, FileExistsError, OSError,
+            ValueError) as exc:
         print(f"export_diffusers: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -183,6 +184,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def encoder_sources(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """{role: {"source": where its encoder loads from}} as pre-encoding records it for generation's defaults: the TAE
+    or audio autoencoder (a folder made absolute, or a toy's name), the text encoders' kind and its --text overrides
+    (one per line)."""
+    def absolute(source: str | None) -> str | None:
+        return str(Path(source).resolve()) if source is not None and Path(source).exists() else source
+
+    sources = {"video": absolute(args.tae), "audio": absolute(args.audio_ae), "text": args.text_encoders}
+    out = {role: {"source": source} for role, source in sources.items() if source is not None}
+    if args.text and "text" in out:
+        out["text"]["overrides"] = "\n".join(args.text)
+    return out
+
+
 def preencode(args: argparse.Namespace) -> int:
     data = {}
     if args.config is not None:
@@ -215,7 +230,7 @@ def preencode(args: argparse.Namespace) -> int:
     reference_encoder = None if args.dry_run else build_reference_encoder(config, device, model)
     preencoder = Preencoder(config, video_encoder, text_encoder, args.out, device=device, rank=rank,
                             world_size=world_size, reference_encoder=reference_encoder, audio_encoder=audio_encoder,
-                            frame_encoder=frame_encoder)
+                            frame_encoder=frame_encoder, encoder_sources=encoder_sources(args))
     if args.dry_run:
         counts, rejects = preencoder.dry_run(manifest)
         print(json.dumps({"entries": sum(counts.values()) + len(rejects), "per_bucket": dict(sorted(counts.items())),

@@ -326,13 +326,14 @@ def export_to_training_checkpoint(export: str | Path, checkpoint_dir: str | Path
 
 
 
-def export_pipeline(checkpoint: str | Path, out: str | Path, tae: str = "toy-tae", text_encoders: str = "paper",
-                    text_overrides: Optional[list[str]] = None, dtype: Optional[torch.dtype] = None,
-                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+def export_pipeline(checkpoint: str | Path, out: str | Path, tae: Optional[str] = None,
+                    text_encoders: Optional[str] = None, text_overrides: Optional[list[str]] = None,
+                    dtype: Optional[torch.dtype] = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """`tools/export_diffusers.py`: an export folder or a training checkpoint (converted to an export first, in
-    `<out>.export.tmp`, removed after) + the TAE and text encoders by name (inference/components.py) -> `out`."""
+    `<out>.export.tmp`, removed after) + the TAE and text encoders by name (inference/components.py; None: those the
+    model was trained with, as pre-encoding recorded them) -> `out`."""
     from megatron_moviegen.checkpoints.export import check_export_folder, export_training_checkpoint
-    from megatron_moviegen.inference.components import load_tae, load_text_encoders
+    from megatron_moviegen.inference.components import default_sources, load_tae, load_text_encoders
 
     out = Path(out)
     if out.exists():
@@ -350,7 +351,8 @@ def export_pipeline(checkpoint: str | Path, out: str | Path, tae: str = "toy-tae
     try:
         model = read_exported_config(source).model
         transformer_config(model)  # refuse a model the pipeline cannot run before loading anything else
-        encoders = load_text_encoders(text_encoders, list(text_overrides or []), model)
+        tae, text_encoders, text_overrides = default_sources(tae, text_encoders, list(text_overrides or []), model)
+        encoders = load_text_encoders(text_encoders, text_overrides, model)
         components = toy_text_encoders(model) if text_encoders == "toy" else paper_text_encoders(encoders)
         return export_diffusers(source, out, load_tae(tae), components, dtype, max_shard_bytes)
     finally:

@@ -447,7 +447,8 @@ class Preencoder:
     def __init__(self, config: DataConfig, video_encoder: Optional[VideoEncoder], text_encoder: TextEncoder,
                  out_dir: str | Path, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                  on_prepared: Optional[Callable[[int], None]] = None, reference_encoder: Optional[ImageEncoder] = None,
-                 audio_encoder: Optional[AudioEncoder] = None, frame_encoder: Optional[FrameEncoder] = None):
+                 audio_encoder: Optional[AudioEncoder] = None, frame_encoder: Optional[FrameEncoder] = None,
+                 encoder_sources: Optional[dict[str, dict[str, str]]] = None):
         """video_encoder: the TAE (None with data.audio); reference_encoder: with data.reference, the vision tower
         (`models.vision_tower.ReferenceEncoder`); audio_encoder and frame_encoder: with data.audio, the audio
         autoencoder (`models.audio_ae.AudioLatentEncoder`) and the video-feature tower
@@ -467,6 +468,9 @@ class Preencoder:
         self.latent_dtype = getattr(torch, config.latent_dtype)
         self.reference_encoder = reference_encoder
         self.audio_encoder, self.frame_encoder = audio_encoder, frame_encoder
+        # {role: {"source": what the encoder was loaded from ("toy-tae", a folder, "paper"), "overrides": the text
+        # encoders' field=value lines}}, recorded beside the weights' hash so generation loads the same by default
+        self.encoder_sources = encoder_sources
         if config.reference is not None:
             load_crop(config.reference.crop)  # a crop that cannot be imported fails here, not in every worker
 
@@ -665,6 +669,9 @@ class Preencoder:
                         "video features": encoder_record(self.frame_encoder.model)}
         if self.config.reference is not None:
             encoders["reference"] = encoder_record(self.reference_encoder.model)
+        for role, loaded_from in (self.encoder_sources or {}).items():
+            if role in encoders:
+                encoders[role].update(loaded_from)  # where it loads from: generation's default (not compared)
         path = self.out_dir / RUN_RECORD
         if not path.exists():
             atomic_write_text(path, json.dumps({**record, "encoders": encoders}, indent=2))
@@ -678,7 +685,7 @@ class Preencoder:
             return
         for role in encoders:
             was, now = previous["encoders"].get(role), encoders[role]
-            if was != now:
+            if not same_encoder(was, now):
                 raise ConfigError(
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
                     f"but this run's {role} encoder is {now['name']} (sha256 {now['sha256'][:12]}); one dataset "
@@ -740,6 +747,11 @@ def check_output_folder(out_dir: Path) -> None:
         check_writable_folder(out_dir)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def same_encoder(was: Optional[dict], now: dict) -> bool:
+    """Two encoder records name the same weights (their sources may differ: a folder moved or copied)."""
+    return was is not None and (was.get("name"), was.get("sha256")) == (now.get("name"), now.get("sha256"))
 
 
 def encoder_record(encoder: object) -> dict:

@@ -17,7 +17,7 @@ import torch
 from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.models.dit_config import DiTConfig
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME, WEIGHTS_NAMES
-from megatron_moviegen.recipes import check_text_encoders
+from megatron_moviegen.recipes import check_text_encoder_widths, check_text_encoders
 from megatron_moviegen.text import TextEncoders
 from megatron_moviegen.text.config import text_encoders_for_model
 from megatron_moviegen.training.train_tae import load_tae_config
@@ -51,15 +51,48 @@ def load_tae(source: str, device: torch.device | str = "cpu", subfolder: str | N
     return tae.to(device).eval().requires_grad_(False)
 
 
+def recorded_encoders(model: DiTConfig) -> dict[str, dict[str, str]]:
+    """{role: record} of the encoders the model's shards were encoded with (pre-encoding's record, copied into every
+    checkpoint and export: name, weights sha256 and, since it is recorded, `source` and the text `overrides`)."""
+    return dict(model.trained_encoders or {})
+
+
+def default_sources(tae: str | None, kind: str | None, overrides: list[str], model: DiTConfig
+                    ) -> tuple[str, str, list[str]]:
+    """(TAE, text-encoder kind, text overrides) for generation: what the user gave, else what the model was trained
+    with (`recorded_encoders`), else an error naming the flag. Recorded text overrides apply only when the user gives
+    neither a kind nor overrides."""
+    recorded = recorded_encoders(model)
+    if tae is None:
+        tae = recorded.get("video", {}).get("source")
+        if tae is None:
+            raise ValueError("--tae: not given, and the export records no TAE (trained on shards from before encoders "
+                             "were recorded); give the TAE folder the shards were encoded with")
+    if kind is None:
+        text = recorded.get("text", {})
+        kind = text.get("source", "paper")
+        if not overrides and text.get("overrides"):
+            overrides = text["overrides"].splitlines()
+    return tae, kind, list(overrides)
+
+
 def load_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
     """"toy" or "paper" (with `field=value` overrides of TextEncodersConfig) -> an object with
-    `.encode(prompts) -> {name: (embeddings (b, n, d), mask (b, n) bool)}` matching the DiT's text inputs."""
+    `.encode(prompts) -> {name: (embeddings (b, n, d), mask (b, n) bool)}` matching the DiT's text inputs. The paper
+    encoders' widths are checked against the model from their config files before any weights load."""
     if kind == TOY_TEXT_ENCODERS:
         if overrides:
             raise ValueError(f"text-encoder overrides {overrides} apply to the paper encoders, not 'toy'")
         return TinyTextEncoders.for_model(model)
+    return TextEncoders(paper_text_encoders(kind, overrides, model))
+
+
+def paper_text_encoders(kind: str, overrides: list[str], model: DiTConfig):
+    """The TextEncodersConfig of `kind` "paper" for `model`, checked (names, lengths, and each encoder's width from its
+    config file) without loading any weights: what the commands call before the DiT loads."""
     if kind != "paper":
         raise ValueError(f"text encoders: got {kind!r}, expected 'paper' or 'toy'")
     config = text_encoders_for_model(overrides, model.text_encoders)
     check_text_encoders(config, model)
-    return TextEncoders(config)
+    check_text_encoder_widths(config, model)
+    return config

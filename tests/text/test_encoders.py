@@ -222,3 +222,22 @@ def test_a_path_override_keeps_the_encoders_other_fields():
     config = text_encoders_config(["ul2.path=/models/ul2", "ul2.subfolder=text_encoder"], base={"device": "cpu"})
     assert (config.ul2.path, config.ul2.max_length, config.ul2.subfolder) == ("/models/ul2", 300, "text_encoder")
     assert config.byt5 == TextEncodersConfig().byt5 and config.device == "cpu"
+
+
+def test_paper_encoders_of_another_width_are_refused_before_any_weights_load(checkpoints):
+    """generate / the demo / export_diffusers check each encoder's width from its config.json (inference/components.py
+    paper_text_encoders) before the DiT or any encoder loads."""
+    from dataclasses import replace
+
+    from megatron_moviegen.config.schema import ConfigError
+    from megatron_moviegen.inference.components import paper_text_encoders
+    from megatron_moviegen.recipes import load_config
+
+    model = load_config("tiny").model  # ul2 32, metaclip 24, byt5 16 wide: the test checkpoints' widths
+    overrides = [f"ul2.path={checkpoints['ul2']}", f"metaclip.path={checkpoints['metaclip_full']}",
+                 f"byt5.path={checkpoints['byt5']}"]
+    paper_text_encoders("paper", overrides, model)  # a whole CLIPModel's text tower is read through text_config
+    model.text_encoders["ul2"] = replace(model.text_encoders["ul2"], width=64)
+    with pytest.raises(ConfigError, match=r"text encoder ul2: .* gives 32-wide embeddings, but the model was trained "
+                                          r"on 64-wide ones"):
+        paper_text_encoders("paper", overrides, model)
