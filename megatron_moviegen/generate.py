@@ -286,12 +286,12 @@ def generate(argv: list[str] | None = None) -> list[Path]:
                 sources["reference_image"] = f"{args.reference_image}@{args.reference_time:g}s"
                 reference_encoder = ReferenceEncoder(replace(reference_config, device=str(runtime.device))) \
                     if rank == 0 else None
-            pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources,
-                                        reference_encoder=reference_encoder)
             user_prompts = None
             if args.rewrite_prompt:
                 sources["prompt_rewriter"] = args.rewrite_prompt
                 user_prompts, prompts = prompts, rewrite_on_rank_0(prompts, args, runtime.device)
+            pipeline = MovieGenPipeline(dit, tae.to(runtime.device), text_encoders, sources=sources,
+                                        reference_encoder=reference_encoder)
             paths = pipeline.generate(prompts, settings, args.output_dir, same_seed=args.same_seed,
                                       reference=reference, user_prompts=user_prompts)
         if args.upsample:
