@@ -71,6 +71,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _at_largest(rows: list[dict], what: str) -> dict | None:
+    matching = [row for row in rows if row["what"] == what]
+    return max(matching, key=lambda row: row["n"]) if matching else None
+
+
+def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met?) for issue 35's targets, at the largest size measured; None: not measured."""
+    out = []
+    ratios = [row for row in rows if row["what"] == "pre-encode: resume at 50% / fresh"]
+    if ratios:
+        worst = max(ratios, key=lambda row: row["value"])
+        out.append(("pre-encode: resume at 50% <= fresh + 10%", f"worst {worst['value']:.2f}x (n={worst['n']:,})",
+                    worst["value"] <= 1.1))
+    rss = _at_largest(rows, "loader: start-up RSS, dp 1")
+    if rss is not None:
+        ref = rss.get("reference")
+        out.append(("loader: start-up RSS within 2x of energon's",
+                    f"{rss['value']:.0f} MB vs energon {'-' if ref is None else f'{ref:.0f} MB'} (n={rss['n']:,})",
+                    None if ref is None else rss["value"] <= 2 * ref))
+    states = [row for row in rows if row["what"].startswith("loader: state size per rank")]
+    if states:
+        worst = max(states, key=lambda row: row["value"])
+        out.append(("loader: state under 1 KB per rank", f"largest {worst['value']:.0f} B ({worst['what']}, "
+                    f"n={worst['n']:,})", worst["value"] < 1024))
+    memory = [row for row in rows if row["what"] == "generate: decode+write peak memory"]
+    if len(memory) > 1:
+        low, high = min(r["value"] for r in memory), max(r["value"] for r in memory)
+        k = growth_exponent([(r["n"], r["value"]) for r in memory])
+        out.append(("generate: peak memory flat from 32 to 2,048 frames",
+                    f"{low:.0f}-{high:.0f} MB over {min(r['n'] for r in memory)}-{max(r['n'] for r in memory)} "
+                    f"frames, k={k:.2f}", k is not None and k < 0.15))
+    return out
+
+
 def run_parts(parts: list[str], sizes: list[int], workdir: Path) -> list[dict]:
     rows = []
     for part in parts:
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as scratch:
         rows = run_parts(args.parts, args.sizes, args.workdir or Path(scratch))
     print(table(rows))
+    for target, measured, met in targets(rows):
+        print(f"target {target}: {measured}: {'met' if met else 'NOT met' if met is False else 'no reference'}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

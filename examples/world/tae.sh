@@ -23,8 +23,9 @@ import json, sys
 from pathlib import Path
 out, held = Path(sys.argv[1]), int(sys.argv[2])
 lines = (out / "train" / "manifest.jsonl").read_text().splitlines()[:held]  # as many training scenes as held-out ones
-(out / "train_scored.jsonl").write_text("".join(json.dumps({**json.loads(l), "path": str(out / "train" / json.loads(l)["path"])}) + "\n" for l in lines))
-videos = [str(out / "train" / json.loads(l)["path"]) for l in (out / "train" / "manifest.jsonl").read_text().splitlines()]
+(out / "train_scored.jsonl").write_text("".join(
+    json.dumps({**json.loads(l), "path": str((out / "train" / json.loads(l)["path"]).resolve())}) + "\n" for l in lines))
+videos = [str((out / "train" / json.loads(l)["path"]).resolve()) for l in (out / "train" / "manifest.jsonl").read_text().splitlines()]
 (out / "videos.txt").write_text(json.dumps(videos))
 PY
 
