@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import resource
 import time
+from queue import Empty
 from typing import Callable
 
 import psutil
@@ -31,6 +32,12 @@ def measure_isolated(case: Callable, *args) -> tuple[float, float]:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(case, args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies (an exception, the OOM killer) puts nothing: its exit code says so
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"benchmark case {getattr(case, '__name__', case)} died (exit code {proc.exitcode})")
     proc.join()
     return result

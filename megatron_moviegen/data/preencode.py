@@ -48,8 +48,9 @@ from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, bui
 from megatron_moviegen.data.manifest import ManifestEntry, entry_problem, reference_problem, repeated_entries
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
-from megatron_moviegen.utils.io import check_writable_folder, read_json_file
+from megatron_moviegen.utils.io import atomic_output, check_writable_folder, read_json_file
 from megatron_moviegen.utils.processes import die_with_parent
+from megatron_moviegen.data.shard_table import write_table
 from megatron_moviegen.data.shards import (
     EncodedSample,
     INDEX_DIR,
@@ -525,7 +526,8 @@ class Preencoder:
         summary.seconds = time.perf_counter() - start
         if len(completed_shards(self.out_dir)) == len(plan):
             rewrote = any(previous is not None for _, previous in work.values()) and summary.shards_written > 0
-            finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0)
+            finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0,
+                          energon_workers=max(1, self.config.num_workers))
         return summary
 
     def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm,
@@ -769,7 +771,7 @@ def _hash_into(digest, value) -> None:
         digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
 
 
-def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0) -> None:
+def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0, energon_workers: int | None = 1) -> None:
     """`finalize` by the first rank to see every shard complete; the others leave it to that one. A rank that
     rewrote shards (--retry-rejects) passes `wait_s`: another rank may be finalizing from the old shards, so it
     waits for that one to finish and finalizes again, last.
@@ -792,29 +794,44 @@ def finalize_once(out_dir: Path, num_shards: int, wait_s: float = 0.0) -> None:
                     return
                 time.sleep(0.5)
         try:
-            finalize(out_dir, num_shards)
+            finalize(out_dir, num_shards, energon_workers)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def finalize(out_dir: Path, num_shards: int) -> dict | None:
-    """From the shard indexes: rejects.jsonl, summary.json (counts per bucket) and energon's `.nv-meta/`.
+def finalize(out_dir: Path, num_shards: int, energon_workers: int | None = 1) -> dict | None:
+    """From the shard indexes, in one streaming pass (memory O(1) in the sample count, O(shards) for energon's shard
+    list): rejects.jsonl, the shard table the loader plans from (`shard_table.py`), summary.json (counts per bucket)
+    and energon's `.nv-meta/` (with its sqlite sample index from `prepare_dataset` in `energon_workers` processes
+    where energon is installed; None: without it).
     None (nothing written) when an index vanished meanwhile: a rank is rewriting that shard and finalizes after."""
+    index_dir = out_dir / INDEX_DIR
+    ids = sorted(range(num_shards), key=shard_name)  # shard-name order, as the loader sorts them
+    per_bucket, per_fps, shard_counts, rejected = Counter(), Counter(), {}, 0
     try:
-        indexes = [ShardIndex.read(out_dir / INDEX_DIR / f"{shard_name(k)}.json") for k in range(num_shards)]
+        with atomic_output(out_dir / "rejects.jsonl") as rejects_tmp, open(rejects_tmp, "w") as rejects:
+            def shards() -> Iterator[tuple[int, str, list[dict]]]:
+                nonlocal rejected
+                for k in tqdm(ids, desc="finalise", unit="shard", disable=len(ids) < 1000, mininterval=5):
+                    index = ShardIndex.read(index_dir / f"{shard_name(k)}.json")
+                    rejects.writelines(json.dumps(r) + "\n" for r in index.rejects)
+                    rejected += len(index.rejects)
+                    per_bucket.update(s["bucket"] for s in index.samples)
+                    per_fps.update(s["prompt_fps"] for s in index.samples if s.get("prompt_fps") is not None)
+                    if index.samples:
+                        shard_counts[index.shard] = len(index.samples)
+                    yield k, index.shard, index.samples
+
+            table = write_table(index_dir, shards())
     except FileNotFoundError:
         return None
-    rejects = [r for ix in indexes for r in ix.rejects]
-    per_bucket = Counter(s["bucket"] for ix in indexes for s in ix.samples)
-    per_fps = Counter(s["prompt_fps"] for ix in indexes for s in ix.samples if s.get("prompt_fps") is not None)
     summary = {
-        "samples": sum(per_bucket.values()),
-        "rejected": len(rejects),
-        "shards": sum(1 for ix in indexes if ix.samples),
+        "samples": table["samples"],
+        "rejected": rejected,
+        "shards": table["shards"],
         "per_bucket": dict(sorted(per_bucket.items())),
         "per_prompt_fps": {str(fps): n for fps, n in sorted(per_fps.items())},  # the FPS-n prefixes trained on
     }
-    atomic_write_text(out_dir / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-    write_energon_metadata(out_dir, indexes)
+    write_energon_metadata(out_dir, shard_counts, energon_workers)
     return summary
