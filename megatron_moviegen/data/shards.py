@@ -2,6 +2,7 @@
 
     <out>/shard-000012.tar            # WebDataset: <key>.latents.safetensors, .conditioning.safetensors, .json
     <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
+    <out>/index/table.json, table-*.bin  # by finalisation: a bucket id per sample, what the loader plans from
     <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
     <out>/rejects.jsonl, summary.json
     <out>/preencode.json              # the run's manifest hash, settings and encoders (`shard_encoders`)
