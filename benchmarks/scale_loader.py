@@ -65,7 +65,7 @@ def write_synthetic_shards(out: Path, n: int) -> int:
 def _finalize_case(out: str, shards: int):
     from megatron_moviegen.data.preencode import finalize
 
-    return lambda: finalize(Path(out), shards, energon_workers=None)  # energon's preparation is the reference
+    return lambda: finalize(Path(out), shards, workers=1, energon_index=False)  # energon's preparation: the reference
 
 
 def _energon_prepare_case(out: str):

@@ -34,7 +34,7 @@ import torch
 
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.config.schema import ConfigError
-from megatron_moviegen.data.shard_table import TABLE, ShardTable, dataset_sha256
+from megatron_moviegen.data.shard_table import TABLE, ShardTable, dataset_sha256, summarise
 from megatron_moviegen.data.shards import INDEX_DIR, META_DIR, ShardIndex, decode_sample, read_member, shard_name
 from megatron_moviegen.utils.io import read_json_file
 
@@ -141,7 +141,7 @@ class LatentLoader:
         log.warning("%s: no %s/%s (finalised by an older version): reading all %d shard indexes now; pre-encode "
                     "again into this folder (complete shards are kept) to write it", self.dir, INDEX_DIR, TABLE,
                     len(names))
-        return ShardTable.build((shard_id(name), name, self._read_index(name)) for name in names)
+        return ShardTable.build(summarise(shard_id(name), name, self._read_index(name)) for name in names)
 
     def _read_index(self, name: str) -> list[dict]:
         return ShardIndex.read(self.dir / INDEX_DIR / f"{name}.json").samples

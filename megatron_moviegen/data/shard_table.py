@@ -46,8 +46,27 @@ def dataset_sha256(shards: Iterable[tuple[str, int, str]]) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class ShardSummary:
+    """What the table and finalisation need of one shard's index: a few values per sample."""
+
+    shard_id: int
+    name: str
+    buckets: list[tuple[str, bool]]  # (bucket, is_image) per sample, in index order
+    prompt_fps: list[int]  # of its videos
+    first_key: str
+    sha256: str  # `records_sha256`
+    rejects: list[dict]
+
+
+def summarise(shard_id: int, name: str, records: list[dict], rejects: list[dict] = ()) -> ShardSummary:
+    return ShardSummary(shard_id, name, [(r["bucket"], bool(r["is_image"])) for r in records],
+                        [r["prompt_fps"] for r in records if r.get("prompt_fps") is not None],
+                        records[0]["key"] if records else "", records_sha256(records), list(rejects))
+
+
 class TableWriter:
-    """Streams shards (in name order) into the two arrays; memory O(buckets), whatever the sample count."""
+    """Streams shard summaries (in name order) into the two arrays; memory O(buckets), whatever the sample count."""
 
     def __init__(self, shards_sink: BinaryIO, buckets_sink: BinaryIO):
         self.shards_sink, self.buckets_sink = shards_sink, buckets_sink
@@ -57,25 +76,25 @@ class TableWriter:
         self.shards = self.samples = 0
         self.digest = hashlib.sha256()
 
-    def add(self, shard_id: int, name: str, records: list[dict]) -> None:
-        if not records:
+    def add(self, shard: ShardSummary) -> None:
+        count = len(shard.buckets)
+        if not count:
             return
-        self.buckets_sink.write(np.fromiter((self._bucket_id(r) for r in records), "<u2", len(records)).tobytes())
-        first = records[0]["key"]
-        row = np.array([(shard_id, self.samples, int(first) if first.isdigit() else -1)], dtype=_SHARD_ROW)
-        self.shards_sink.write(row.tobytes())
-        self.digest.update(f"{name}\t{len(records)}\t{records_sha256(records)}\n".encode())
-        self.prompt_fps.update(r["prompt_fps"] for r in records if r.get("prompt_fps") is not None)
+        ids = np.fromiter((self._bucket_id(*bucket) for bucket in shard.buckets), "<u2", count)
+        self.buckets_sink.write(ids.tobytes())
+        first_key = int(shard.first_key) if shard.first_key.isdigit() else -1
+        self.shards_sink.write(np.array([(shard.shard_id, self.samples, first_key)], dtype=_SHARD_ROW).tobytes())
+        self.digest.update(f"{shard.name}\t{count}\t{shard.sha256}\n".encode())
+        self.prompt_fps.update(shard.prompt_fps)
         self.shards += 1
-        self.samples += len(records)
+        self.samples += count
 
-    def _bucket_id(self, record: dict) -> int:
-        bucket = record["bucket"]
+    def _bucket_id(self, bucket: str, is_image: bool) -> int:
         if bucket not in self.bucket_ids:
             if len(self.bucket_ids) == 2**16:
                 raise ValueError(f"more than {2**16} buckets in the shards; the table holds bucket ids as uint16")
             self.bucket_ids[bucket] = len(self.bucket_ids)
-            self.is_image.append(bool(record["is_image"]))
+            self.is_image.append(is_image)
         return self.bucket_ids[bucket]
 
     def header(self) -> dict:
@@ -85,13 +104,13 @@ class TableWriter:
                 "prompt_fps": sorted(self.prompt_fps)}
 
 
-def write_table(index_dir: Path, shards: Iterable[tuple[int, str, list[dict]]]) -> dict:
-    """The table of `shards` ((shard id, name, index records) in name order) in `index_dir`; returns its header."""
+def write_table(index_dir: Path, shards: Iterable[ShardSummary]) -> dict:
+    """The table of `shards` (in name order) in `index_dir`; returns its header."""
     with atomic_output(index_dir / SHARDS_FILE) as shards_tmp, atomic_output(index_dir / BUCKETS_FILE) as buckets_tmp:
         with open(shards_tmp, "wb") as shards_sink, open(buckets_tmp, "wb") as buckets_sink:
             writer = TableWriter(shards_sink, buckets_sink)
-            for shard_id, name, records in shards:
-                writer.add(shard_id, name, records)
+            for shard in shards:
+                writer.add(shard)
     header = writer.header()
     atomic_write_text(index_dir / TABLE, json.dumps(header))
     return header
@@ -121,12 +140,12 @@ class ShardTable:
                    header["prompt_fps"], header["sha256"])
 
     @classmethod
-    def build(cls, shards: Iterable[tuple[int, str, list[dict]]]) -> "ShardTable":
+    def build(cls, shards: Iterable[ShardSummary]) -> "ShardTable":
         """The same table in memory, from shard indexes read now (a folder finalised before tables existed)."""
         shards_sink, buckets_sink = io.BytesIO(), io.BytesIO()
         writer = TableWriter(shards_sink, buckets_sink)
-        for shard_id, name, records in shards:
-            writer.add(shard_id, name, records)
+        for shard in shards:
+            writer.add(shard)
         header = writer.header()
         return cls(np.frombuffer(shards_sink.getvalue(), _SHARD_ROW), np.frombuffer(buckets_sink.getvalue(), "<u2"),
                    [b[0] for b in header["buckets"]], [b[1] for b in header["buckets"]], header["prompt_fps"],
