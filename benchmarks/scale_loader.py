@@ -9,8 +9,8 @@ RSS before the work):
   loader: start-up time / RSS, dp D  one rank's `LatentLoader` (rank 0 of D simulated ranks) up to its first batch
                                      (energon: `get_train_dataset` + `get_loader` + as many samples, rank 0 of D,
                                      no shuffle buffer, cooked to their JSON member)
-  loader: state size per rank, dp D  bytes of the pickled `loader.state_dict()`, what a checkpoint's rank_state/dpNNNNN.pt
-                                     holds (torch.save's zip container adds a fixed 1.26 KB)
+  loader: state size per rank, dp D  bytes of the pickled `loader.state_dict()`, what a checkpoint's
+                                     rank_state/dpNNNNN.pt holds (torch.save's zip container adds a fixed 1.26 KB)
 
 Shards are synthetic (tiny latents and embeddings, three buckets), written with `shards.write_shard`; nothing is
 decoded or encoded. Shard size is min(64, n // 1000) samples so that dp 1000 always has a shard per rank (1k and

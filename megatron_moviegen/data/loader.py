@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import random
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -176,27 +177,31 @@ class LatentLoader:
         for bucket in sorted(range(len(self.table.bucket_names)), key=self.table.bucket_names.__getitem__):
             refs = positions[buckets == bucket]
             full = len(refs) - len(refs) % self.batch_size
-            batches[self.table.bucket_is_image[bucket]].extend(refs[:full].reshape(-1, self.batch_size))
-        images, videos = batches[True], batches[False]
+            batches[self.table.bucket_is_image[bucket]].append(refs[:full].reshape(-1, self.batch_size))
+        rows = np.concatenate(batches[True] + batches[False] + [np.empty((0, self.batch_size), np.int64)])
+        num_images = sum(len(b) for b in batches[True])
+        images, videos = array("q", range(num_images)), array("q", range(num_images, len(rows)))  # rows of `rows`
         rng.shuffle(images)
         rng.shuffle(videos)
-        plan = self._interleave(images, videos)
-        if not plan:
+        plan = self._interleave(np.frombuffer(images, np.int64), np.frombuffer(videos, np.int64))
+        if not len(plan):
             raise ValueError(
                 f"rank {self.dp_rank}: epoch {epoch} has no batches ({len(images)} image and {len(videos)} video "
                 f"batches of {self.batch_size}, image_fraction {self.image_fraction})"
             )
-        return EpochPlan(self, np.stack(plan))
+        return EpochPlan(self, rows[plan])
 
-    def _interleave(self, images: list, videos: list) -> list:
-        plan, used = [], {True: 0, False: 0}
-        for k in range(len(images) + len(videos)):
-            want_image = math.floor((k + 1) * self.image_fraction) > math.floor(k * self.image_fraction)
-            source = images if want_image else videos
-            if used[want_image] == len(source):
-                break
-            plan.append(source[used[want_image]])
-            used[want_image] += 1
+    def _interleave(self, images: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """Batch k is an image batch when floor((k + 1) * image_fraction) > floor(k * image_fraction); the plan ends
+        where the kind due runs out."""
+        k = np.arange(len(images) + len(videos), dtype=np.float64)
+        want_image = np.floor((k + 1) * self.image_fraction) > np.floor(k * self.image_fraction)
+        nth = np.where(want_image, np.cumsum(want_image), np.cumsum(~want_image)) - 1  # the how-manyth of its kind
+        runs_out = np.flatnonzero(nth >= np.where(want_image, len(images), len(videos)))
+        end = runs_out[0] if len(runs_out) else len(k)
+        want_image, nth = want_image[:end], nth[:end]
+        plan = np.empty(end, dtype=np.int64)
+        plan[want_image], plan[~want_image] = images[nth[want_image]], videos[nth[~want_image]]
         return plan
 
     def sample_refs(self, positions: np.ndarray) -> list[SampleRef]:
@@ -328,10 +333,10 @@ def _listed(names: list[str]) -> str:
 
 
 def _shuffled(n: int, rng: random.Random) -> np.ndarray:
-    """range(n) in the order `rng.shuffle` puts any n items in (its draws depend only on n)."""
-    order = list(range(n))
+    """range(n) in the order `rng.shuffle` puts any n items in (its draws depend only on n); 8 bytes an item."""
+    order = array("q", range(n))
     rng.shuffle(order)
-    return np.array(order, dtype=np.int64)
+    return np.frombuffer(order, dtype=np.int64)
 
 
 def shard_id(name: str) -> int:

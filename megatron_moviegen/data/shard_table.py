@@ -1,4 +1,4 @@
-"""The shard table: every sample's bucket in a few bytes, so the loader plans an epoch without reading the shard indexes.
+"""The shard table: every sample's bucket in two bytes, so the loader plans an epoch without reading shard indexes.
 
 Written by finalisation (`preencode.finalize`) in one streaming pass over `index/<shard>.json`:
 

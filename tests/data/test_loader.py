@@ -169,7 +169,8 @@ def test_a_loader_state_with_per_shard_fingerprints_resumes_and_its_changes_are_
     def old_state(folder):
         state = LatentLoader(folder, 4, 0.5, seed=11).state_dict()
         del state["dataset"]
-        records = {p.name[:-len(".json")]: json.loads(p.read_text())["samples"] for p in (folder / "index").glob("*.tar.json")}
+        records = {p.name[:-len(".json")]: json.loads(p.read_text())["samples"]
+                   for p in (folder / "index").glob("*.tar.json")}
         return {**state, "step": 3, "index": {name: {"samples": len(r), "sha256": records_sha256(r)}
                                               for name, r in records.items()}}
     loader = LatentLoader(shards, 4, 0.5, seed=11)
