@@ -14,8 +14,10 @@ RSS before the work):
 
 Shards are synthetic (tiny latents and embeddings, three buckets), written with `shards.write_shard`; nothing is
 decoded or encoded. Shard size is min(64, n // 1000) samples so that dp 1000 always has a shard per rank (1k and
-10k: 1,000 shards; 100k: 1,563; 1M: 15,625). Writing the shards dominates: 1k takes ~10 s in all, 100k ~3 min,
-1M ~30 min on one core.
+10k: 1,000 shards; 100k: 1,563; 1M: 15,625). Writing the shards dominates: on the 2-core CI-like machine,
+shared with tests, 1k took 75 s in all, most of it the seven spawned processes' imports of torch (a forked child
+measured memory differently, so cases stay spawned), and 100k ~5 min (50-108 s of it writing shards, energon's
+preparation 26 s); 1M has not been run.
 """
 
 from __future__ import annotations
