@@ -231,3 +231,9 @@ def test_a_shard_rewritten_after_finalisation_is_an_error_naming_it(shards, tmp_
 def test_more_ranks_than_shards_is_an_error(shards):
     with pytest.raises(ConfigError, match="cannot be split over 100"):
         LatentLoader(shards, 1, 0.0, seed=0, dp_rank=0, dp_size=100)
+
+
+def test_sample_names_find_any_shards_key_from_the_table(shards):
+    loader = LatentLoader(shards, 1, 0.0, seed=0, dp_rank=1, dp_size=3)  # names keys of every rank's shards
+    assert loader.sample_names(["000000013", "000000071", "000000000"]) == [
+        "shard-000001.tar/000000013 (?)", "shard-000008.tar/000000071 (?)", "shard-000000.tar/000000000 (?)"]
