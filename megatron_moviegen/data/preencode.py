@@ -68,6 +68,7 @@ from megatron_moviegen.data.shards import (
 )
 
 FINALIZE_WAIT_S = 600.0  # how long a rank that rewrote shards waits for another rank's finalize
+PARALLEL_FINALIZE_SHARDS = 1000  # fewer shards finalise faster in one process than a pool starts (0.1 s at 9)
 
 # Raised by a source the decoder cannot use; OSErrors (the file could not be read) are retried first.
 DECODE_ERRORS = (DecodeError, ValueError, av.FFmpegError)
@@ -528,7 +529,7 @@ class Preencoder:
         if len(completed_shards(self.out_dir)) == len(plan):
             rewrote = any(previous is not None for _, previous in work.values()) and summary.shards_written > 0
             finalize_once(self.out_dir, len(plan), wait_s=FINALIZE_WAIT_S if rewrote else 0.0,
-                          workers=max(1, self.config.num_workers))
+                          workers=max(1, self.config.num_workers) if len(plan) >= PARALLEL_FINALIZE_SHARDS else 1)
         return summary
 
     def _write_one_shard(self, shard_id: int, results: list, summary: RunSummary, bar: tqdm,
