@@ -62,7 +62,7 @@ def read_manifest(root):
 def read_shards(root):
     from megatron_moviegen.data.loader import LatentLoader
 
-    LatentLoader(root, batch_size=1, image_fraction=0.0, seed=0)
+    list(LatentLoader(root, batch_size=1, image_fraction=0.0, seed=0).records())  # the table, then every index
 
 
 def read_shard_encoders(root):
@@ -89,7 +89,7 @@ IN_PROCESS = {
     "recipe": ("recipe_folder", "recipe.yaml", read_recipe),
     "manifest": ("manifest_folder", "manifest.jsonl", read_manifest),
     "shard index": ("tiny_shards", "index/shard-000000.tar.json", read_shards),
-    "shard list": ("tiny_shards", ".nv-meta/.info.json", read_shards),
+    "shard table": ("tiny_shards", "index/table.json", read_shards),
     "pre-encoding record": ("tiny_shards", "preencode.json", read_shard_encoders),
     "export config": ("export_folder", "config.yaml", read_export),
     "export index": ("export_folder", "model.safetensors.index.json", read_export),

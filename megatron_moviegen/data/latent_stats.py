@@ -20,13 +20,12 @@ def latent_stats(shards_dir: str | Path) -> tuple[list[float], list[float]]:
     loader = LatentLoader(shards_dir, batch_size=1, image_fraction=0.0, seed=0)
     total = total_sq = None
     count = 0
-    for shard, records in sorted(loader.shards.items()):
-        for record in records:
-            latents = loader.read_sample(shard, record)["latents"].double()  # (c, t, h, w)
-            flat = latents.flatten(1)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            total_sq = flat.pow(2).sum(1) if total_sq is None else total_sq + flat.pow(2).sum(1)
-            count += flat.shape[1]
+    for shard, record in loader.records():
+        latents = loader.read_sample(shard, record)["latents"].double()  # (c, t, h, w)
+        flat = latents.flatten(1)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        total_sq = flat.pow(2).sum(1) if total_sq is None else total_sq + flat.pow(2).sum(1)
+        count += flat.shape[1]
     if not count:
         raise ValueError(f"{shards_dir}: no samples to compute latent statistics from")
     mean = total / count

@@ -3,32 +3,40 @@ shards split over data-parallel ranks, deterministic for a seed, and resumable f
 
 Reads the shards with its own random-access tar reader over `index/<shard>.json` (member byte offsets
 written by pre-encoding), not through megatron-energon: bucket grouping and the image:video ratio are
-planned from that index without opening a sample, and the position is just (epoch, batch) so a restore is
-exact and costs nothing. The same shards are a valid energon CrudeWebdataset for other tools.
+planned from the finaliser's shard table (`shard_table.py`: a bucket id per sample) without opening a sample
+or an index, and the position is just (epoch, batch) so a restore is exact and costs nothing. A rank reads the
+index of a shard when a batch first needs one of its samples. The same shards are a valid energon
+CrudeWebdataset for other tools.
 
 Epoch e: shards are shuffled with (seed, e) and dealt round-robin to ranks; each rank shuffles its samples,
 cuts each bucket into batches (a bucket's incomplete last batch waits for the next epoch), shuffles image and
 video batches, and interleaves them so that the first k batches hold floor(k * image_fraction) image batches.
 The epoch ends when the kind due next runs out.
+
+The checkpointed state is O(1): the position, the settings, and the dataset's identity (shard and sample counts,
+the table's sha256); a resume into other shards is refused naming what changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import random
-from dataclasses import dataclass
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from megatron_moviegen.conditioning import Conditioning
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.shard_table import TABLE, ShardTable, dataset_sha256, summarise
+from megatron_moviegen.data.shards import INDEX_DIR, META_DIR, ShardIndex, decode_sample, read_member, shard_name
 from megatron_moviegen.utils.io import read_json_file
-from megatron_moviegen.data.shards import INDEX_DIR, META_DIR, ShardIndex, decode_sample, read_member
 
 
 @dataclass
@@ -48,42 +56,62 @@ class DamagedShardError(ValueError):
 
 SampleRef = tuple[str, dict]  # (shard name, the sample's record in its shard index)
 log = logging.getLogger("megatron_moviegen.data")
+CACHED_INDEXES = 64  # shard indexes a reading rank keeps (read again when a later batch needs an evicted one)
 
 
-def index_fingerprint(shards: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per shard: its sample count and a sha256 of its index records (keys, buckets, member offsets and sizes), so a
-    resume can tell an unchanged dataset from one whose shards were added, removed or rewritten without reading a
-    sample."""
-    return {name: {"samples": len(records),
-                   "sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()}
-            for name, records in shards.items()}
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a loader state records of its shards, O(1) whatever their size."""
+
+    shards: int
+    samples: int
+    sha256: str  # `shard_table.dataset_sha256`
+
+    def change(self, now: "DatasetIdentity") -> str | None:
+        """What differs from `now`, in words, or None."""
+        if self == now:
+            return None
+        return (f"{self.shards} -> {now.shards} shards, {self.samples} -> {now.samples} samples, index sha256 "
+                f"{self.sha256[:12]} -> {now.sha256[:12]}")
 
 
-def index_change(saved: dict[str, dict | None], now: dict[str, dict]) -> str | None:
-    """What differs between two `index_fingerprint`s, in words, or None. A saved entry of None (a loader state from
-    before fingerprints) is compared by name only."""
-    added, removed = sorted(now.keys() - saved.keys()), sorted(saved.keys() - now.keys())
-    rewritten = [f"{name}: {saved[name]['samples']} -> {now[name]['samples']} samples"
-                 for name in sorted(saved.keys() & now.keys()) if saved[name] not in (None, now[name])]
-    parts = [f"{len(names)} shard(s) {what} ({_listed(names)})"
-             for what, names in (("added", added), ("removed", removed), ("rewritten", rewritten)) if names]
-    if not parts:
-        return None
-    if all(saved.values()):
-        parts.append(f"{_total(saved)} -> {_total(now)} samples in all")
-    return "; ".join(parts)
+def saved_identity(state: dict) -> DatasetIdentity | None:
+    """The identity in a loader state: this version's "dataset", or the one an older state's per-shard "index"
+    fingerprints make; None for the oldest states (a "shards" name list, compared by name)."""
+    if "dataset" in state:
+        return DatasetIdentity(**state["dataset"])
+    if "index" in state:
+        index = state["index"]
+        return DatasetIdentity(len(index), sum(entry["samples"] for entry in index.values()),
+                               dataset_sha256((name, index[name]["samples"], index[name]["sha256"])
+                                              for name in sorted(index)))
+    return None
 
 
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+class EpochPlan(Sequence):
+    """One rank's batches of an epoch as rows of sample positions in the shard table; `plan[i]` is batch i's
+    `SampleRef`s (its shards' indexes are read then)."""
 
+    def __init__(self, loader: "LatentLoader", rows: np.ndarray):
+        self.loader, self.rows = loader, rows  # rows: (batches, batch_size) int64
 
-def _total(index: dict[str, dict]) -> int:
-    return sum(entry["samples"] for entry in index.values())
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.loader.sample_refs(row) for row in self.rows[i]]
+        return self.loader.sample_refs(self.rows[i])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EpochPlan) and np.array_equal(self.rows, other.rows)
 
 
 class LatentLoader:
-    """An endless iterator of `Batch`es for one data-parallel rank."""
+    """An endless iterator of `Batch`es for one data-parallel rank.
+
+    Construction reads the shard table's header and memory-maps its arrays: a loader that is never iterated (on
+    the TP peers the feeder broadcasts batches to) reads no shard index and touches no per-sample data."""
 
     def __init__(self, shards_dir: str | Path, batch_size: int, image_fraction: float, seed: int,
                  dp_rank: int = 0, dp_size: int = 1, allow_changed_shards: bool = False):
@@ -92,62 +120,115 @@ class LatentLoader:
         self.dir = Path(shards_dir)
         self.batch_size, self.image_fraction, self.seed = batch_size, image_fraction, seed
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.shards = self._read_indexes()
-        self.index = index_fingerprint(self.shards)  # once: the feeder takes a state after every batch
+        self.table = self._read_table()
+        self.identity = DatasetIdentity(self.table.num_shards, self.table.num_samples, self.table.sha256)
         self.allow_changed_shards = allow_changed_shards
-        if len(self.shards) < dp_size:
-            raise ConfigError(f"{self.dir}: {len(self.shards)} shards cannot be split over {dp_size} data-parallel ranks")
+        if self.table.num_shards < dp_size:
+            raise ConfigError(f"{self.dir}: {self.table.num_shards} shards cannot be split over {dp_size} "
+                              "data-parallel ranks")
         self.epoch, self.step = 0, 0
-        self._plan: tuple[int, list[list[SampleRef]]] | None = None
+        self._plan: tuple[int, EpochPlan] | None = None
+        self._indexes: OrderedDict[int, list[dict]] = OrderedDict()  # table position -> records, latest last
 
-    def _read_indexes(self) -> dict[str, list[dict]]:
+    def _read_table(self) -> ShardTable:
+        """The finaliser's shard table; for shards finalised before tables existed, built now from every index."""
         info_path = self.dir / META_DIR / ".info.json"
         if not info_path.exists():
             raise FileNotFoundError(f"{self.dir}: no {META_DIR}/.info.json; pre-encoding has not finished here")
+        if (self.dir / INDEX_DIR / TABLE).exists():
+            return ShardTable.read(self.dir / INDEX_DIR)
         names = sorted(read_json_file(info_path, "energon shard list")["shard_counts"])
-        return {name: ShardIndex.read(self.dir / INDEX_DIR / f"{name}.json").samples for name in names}
+        log.warning("%s: no %s/%s (finalised by an older version): reading all %d shard indexes now; pre-encode "
+                    "again into this folder (complete shards are kept) to write it", self.dir, INDEX_DIR, TABLE,
+                    len(names))
+        return ShardTable.build(summarise(shard_id(name), name, self._read_index(name)) for name in names)
+
+    def _read_index(self, name: str) -> list[dict]:
+        return ShardIndex.read(self.dir / INDEX_DIR / f"{name}.json").samples
+
+    def shard_at(self, position: int) -> str:
+        """The name of the shard at a table position."""
+        return shard_name(int(self.table.shards["shard_id"][position]))
 
     def prompt_fps(self) -> list[int]:
         """The FPS-n prefix values of every video in the shards (all ranks' shards), ascending."""
-        return sorted({r["prompt_fps"] for records in self.shards.values() for r in records
-                       if r.get("prompt_fps") is not None})
+        return list(self.table.prompt_fps)
 
-    def epoch_plan(self, epoch: int) -> list[list[SampleRef]]:
-        """This rank's batches for `epoch`, as lists of sample references (nothing is read)."""
+    def records(self) -> Iterator[SampleRef]:
+        """Every sample of every shard (all ranks'), in shard-name order, one shard index in memory at a time."""
+        for position in range(self.table.num_shards):
+            name = self.shard_at(position)
+            yield from ((name, record) for record in self._read_index(name))
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """This rank's batches for `epoch`; nothing is read but its shards' bucket ids in the table.
+
+        The same draws in the same order as when plans held index records (a shuffle's draws depend only on the
+        length of what it shuffles), so a seed gives the batches it gave before the table."""
         rng = random.Random(f"{self.seed}/{epoch}")
-        shards = sorted(self.shards)
-        rng.shuffle(shards)
-        samples = [(shard, record) for shard in shards[self.dp_rank :: self.dp_size] for record in self.shards[shard]]
-        rng.shuffle(samples)
-        by_bucket: dict[str, list[SampleRef]] = {}
-        for ref in samples:
-            by_bucket.setdefault(ref[1]["bucket"], []).append(ref)
-        images, videos = [], []
-        for bucket in sorted(by_bucket):
-            refs = by_bucket[bucket]
+        mine = _shuffled(self.table.num_shards, rng)[self.dp_rank :: self.dp_size]
+        starts, counts = self.table.bounds(mine)
+        # this rank's samples, shard after shard, as table positions; then shuffled
+        positions = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        positions = positions[_shuffled(len(positions), rng)]
+        buckets = np.asarray(self.table.buckets[positions])
+        batches: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        for bucket in sorted(range(len(self.table.bucket_names)), key=self.table.bucket_names.__getitem__):
+            refs = positions[buckets == bucket]
             full = len(refs) - len(refs) % self.batch_size
-            batches = [refs[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
-            (images if refs[0][1]["is_image"] else videos).extend(batches)
+            batches[self.table.bucket_is_image[bucket]].append(refs[:full].reshape(-1, self.batch_size))
+        rows = np.concatenate(batches[True] + batches[False] + [np.empty((0, self.batch_size), np.int64)])
+        num_images = sum(len(b) for b in batches[True])
+        images, videos = array("q", range(num_images)), array("q", range(num_images, len(rows)))  # rows of `rows`
         rng.shuffle(images)
         rng.shuffle(videos)
-        plan = self._interleave(images, videos)
-        if not plan:
+        plan = self._interleave(np.frombuffer(images, np.int64), np.frombuffer(videos, np.int64))
+        if not len(plan):
             raise ValueError(
                 f"rank {self.dp_rank}: epoch {epoch} has no batches ({len(images)} image and {len(videos)} video "
                 f"batches of {self.batch_size}, image_fraction {self.image_fraction})"
             )
+        return EpochPlan(self, rows[plan])
+
+    def _interleave(self, images: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """Batch k is an image batch when floor((k + 1) * image_fraction) > floor(k * image_fraction); the plan ends
+        where the kind due runs out."""
+        k = np.arange(len(images) + len(videos), dtype=np.float64)
+        want_image = np.floor((k + 1) * self.image_fraction) > np.floor(k * self.image_fraction)
+        nth = np.where(want_image, np.cumsum(want_image), np.cumsum(~want_image)) - 1  # the how-manyth of its kind
+        runs_out = np.flatnonzero(nth >= np.where(want_image, len(images), len(videos)))
+        end = runs_out[0] if len(runs_out) else len(k)
+        want_image, nth = want_image[:end], nth[:end]
+        plan = np.empty(end, dtype=np.int64)
+        plan[want_image], plan[~want_image] = images[nth[want_image]], videos[nth[~want_image]]
         return plan
 
-    def _interleave(self, images: list, videos: list) -> list:
-        plan, used = [], {True: 0, False: 0}
-        for k in range(len(images) + len(videos)):
-            want_image = math.floor((k + 1) * self.image_fraction) > math.floor(k * self.image_fraction)
-            source = images if want_image else videos
-            if used[want_image] == len(source):
-                break
-            plan.append(source[used[want_image]])
-            used[want_image] += 1
-        return plan
+    def sample_refs(self, positions: np.ndarray) -> list[SampleRef]:
+        """(shard, index record) of the samples at table `positions`, reading their shards' indexes as needed."""
+        starts = self.table.shards["start"]
+        shards = np.searchsorted(starts, positions, side="right") - 1
+        return [(self.shard_at(int(s)), self._records_at(int(s))[int(p - starts[s])])
+                for s, p in zip(shards, positions)]
+
+    def _records_at(self, position: int) -> list[dict]:
+        """The index records of the shard at table `position` (the last CACHED_INDEXES kept), checked against the
+        table: a shard rewritten after finalisation is an error naming it."""
+        if position in self._indexes:
+            self._indexes.move_to_end(position)
+            return self._indexes[position]
+        name = self.shard_at(position)
+        records = self._read_index(name)
+        (start,), (count,) = self.table.bounds(np.array([position]))
+        table_buckets = [self.table.bucket_names[b] for b in self.table.buckets[start:start + count]]
+        if [r["bucket"] for r in records] != table_buckets:
+            raise ConfigError(
+                f"{self.dir / INDEX_DIR / name}.json: {len(records)} samples, the shard table ({INDEX_DIR}/{TABLE}) "
+                f"says {count}, or other buckets: the shard was rewritten after finalisation. Pre-encode again into "
+                f"{self.dir} (complete shards are kept) to finalise it anew")
+        self._indexes[position] = records
+        if len(self._indexes) > CACHED_INDEXES:
+            self._indexes.popitem(last=False)
+        return records
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -158,7 +239,7 @@ class LatentLoader:
                 yield self.read_batch(refs)
             self.epoch, self.step = self.epoch + 1, 0
 
-    def _plan_for(self, epoch: int) -> list[list[SampleRef]]:
+    def _plan_for(self, epoch: int) -> EpochPlan:
         if self._plan is None or self._plan[0] != epoch:
             self._plan = (epoch, self.epoch_plan(epoch))
         return self._plan[1]
@@ -191,25 +272,39 @@ class LatentLoader:
         """'<shard>/<key> (<source video>)' for sample keys of these shards: how errors name a sample."""
         names = []
         for key in keys:
-            shard, record = next((s, r) for s, records in self.shards.items() for r in records if r["key"] == key)
+            shard, record = self._find(key)
             source = json.loads(read_member(self.dir / shard, *record["members"]["json"])).get("source", "?")
             names.append(f"{shard}/{key} ({source})")
         return names
 
+    def _find(self, key: str) -> SampleRef:
+        """The shard and record of a sample key. Pre-encoding's keys are manifest positions and a shard holds a run
+        of them, so the shard with the largest first key <= key holds it; keys of another form search every index."""
+        first_keys = np.asarray(self.table.shards["first_key"])
+        if key.isdigit() and len(first_keys) and (first_keys >= 0).all():
+            order = np.argsort(first_keys, kind="stable")
+            at = int(np.searchsorted(first_keys[order], int(key), side="right")) - 1
+            found = [r for r in self._records_at(int(order[at])) if r["key"] == key] if at >= 0 else []
+            if found:
+                return self.shard_at(int(order[at])), found[0]
+        return next(ref for ref in self.records() if ref[1]["key"] == key)
+
     def state_dict(self) -> dict:
+        """The position, the settings and the dataset's identity: under 1 KB whatever the dataset's size."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "dp_rank": self.dp_rank,
                 "dp_size": self.dp_size, "batch_size": self.batch_size, "image_fraction": self.image_fraction,
-                "index": self.index}
+                "dataset": asdict(self.identity)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly after the last batch the saved loader yielded; the settings must match, and so must the
-        shard index unless `allow_changed_shards` (then, warning, at the same epoch and batch of the new index's plan)."""
+        shards unless `allow_changed_shards` (then, warning, at the same epoch and batch of the new shards' plan).
+        States saved before the O(1) identity (per-shard "index" fingerprints, or a "shards" name list) load too."""
         mine = self.state_dict()
         for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction"):
             if state[key] != mine[key]:
                 raise ConfigError(f"{key}: saved loader state has {state[key]!r}, {mine[key]!r} here; cannot resume "
                                   "exactly")
-        change = index_change(state.get("index") or dict.fromkeys(state["shards"]), self.index)
+        change = self._change_since(state)
         if change is not None and not self.allow_changed_shards:
             raise ConfigError(
                 f"data.shards {self.dir}: the shard index changed since the checkpoint: {change}; resuming would not "
@@ -220,3 +315,29 @@ class LatentLoader:
                         "is set, so going on at epoch %d, batch %d of the new index's order (not the saved run's)",
                         self.dir, change, state["epoch"], state["step"])
         self.epoch, self.step = state["epoch"], state["step"]
+
+    def _change_since(self, state: dict) -> str | None:
+        saved = saved_identity(state)
+        if saved is not None:
+            return saved.change(self.identity)
+        names = set(state["shards"])  # the oldest states: shard names only
+        now = {self.shard_at(p) for p in range(self.table.num_shards)}
+        parts = [f"{len(diff)} shard(s) {what} ({_listed(sorted(diff))})"
+                 for what, diff in (("added", now - names), ("removed", names - now)) if diff]
+        return "; ".join(parts) or None
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _shuffled(n: int, rng: random.Random) -> np.ndarray:
+    """range(n) in the order `rng.shuffle` puts any n items in (its draws depend only on n); 8 bytes an item."""
+    order = array("q", range(n))
+    rng.shuffle(order)
+    return np.frombuffer(order, dtype=np.int64)
+
+
+def shard_id(name: str) -> int:
+    """`shards.shard_name`'s inverse: "shard-000012.tar" -> 12."""
+    return int(name[len("shard-"): -len(".tar")])

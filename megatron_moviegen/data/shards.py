@@ -2,6 +2,7 @@
 
     <out>/shard-000012.tar            # WebDataset: <key>.latents.safetensors, .conditioning.safetensors, .json
     <out>/index/shard-000012.json     # written last: the shard is complete; its samples, byte offsets, rejects
+    <out>/index/table.json, table-*.bin  # by finalisation: a bucket id per sample, what the loader plans from
     <out>/.nv-meta/dataset.yaml, split.yaml, .info.yaml, .info.json   # megatron-energon's dataset description
     <out>/rejects.jsonl, summary.json
     <out>/preencode.json              # the run's manifest hash, settings and encoders (`shard_encoders`)
@@ -199,23 +200,24 @@ def encoder_name(record: dict) -> str:
     return f"{record.get('name')} (weights sha256 {str(record.get('sha256'))[:12]})"
 
 
-def write_energon_metadata(out_dir: Path, indexes: list[ShardIndex]) -> None:
-    """The `.nv-meta/` folder megatron-energon reads (a CrudeWebdataset with one `train` split).
+def write_energon_metadata(out_dir: Path, shard_counts: dict[str, int], workers: int | None = 1) -> None:
+    """The `.nv-meta/` folder megatron-energon reads (a CrudeWebdataset with one `train` split), from the sample
+    count of each shard that has samples.
 
-    When energon is installed its own `prepare_dataset` also builds the random-access sqlite index.
+    When energon is installed and `workers` is not None, its own `prepare_dataset` also builds the random-access
+    sqlite index, reading every tar with `workers` processes.
     """
     meta = out_dir / META_DIR
     meta.mkdir(exist_ok=True)
-    shard_counts = {ix.shard: len(ix.samples) for ix in indexes if ix.samples}
     shards = sorted(shard_counts)
     try:
         from megatron.energon.flavors.webdataset.base_webdataset import BaseWebdatasetFactory
     except ImportError:
         BaseWebdatasetFactory = None
-    if BaseWebdatasetFactory is not None and shards:
+    if BaseWebdatasetFactory is not None and shards and workers is not None:
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the tool's report
             BaseWebdatasetFactory.prepare_dataset(out_dir, shards, split_parts_patterns=[("train", ".*")],
-                                                  shuffle_seed=None, workers=1)
+                                                  shuffle_seed=None, workers=workers)
     info = {"energon_version": _energon_version(), "shard_counts": shard_counts}
     atomic_write_text(meta / ".info.yaml", yaml.safe_dump(info))
     atomic_write_text(meta / ".info.json", json.dumps(info, indent=2))

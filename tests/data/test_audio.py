@@ -83,7 +83,7 @@ def rabbit(tmp_path_factory):
 def test_shards_hold_the_autoencoders_latents_and_the_towers_features_of_the_same_window(rabbit):
     rabbit, _ = rabbit
     loader = LatentLoader(rabbit / "shards", batch_size=1, image_fraction=0.0, seed=0)
-    samples = {r["key"]: loader.read_sample(shard, r) for shard, records in loader.shards.items() for r in records}
+    samples = {r["key"]: loader.read_sample(shard, r) for shard, r in loader.records()}
     assert sorted(samples) == ["000000000", "000000001", "000000002"]
     second = samples["000000001"]  # the rabbit from 2.7 s
     assert second["meta"]["bucket"] == "audio64" and second["meta"]["audio"]["has_video"]

@@ -1,5 +1,7 @@
 import json
 import logging
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,10 @@ from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.preencode import finalize
 from megatron_moviegen.conditioning import Conditioning, Tokens
-from megatron_moviegen.data.shards import EncodedSample, sample_key, write_shard
+from megatron_moviegen.data.shard_table import records_sha256
+from megatron_moviegen.data.shards import EncodedSample, ShardIndex, sample_key, write_shard
+
+READ = ShardIndex.read
 
 # (bucket, latent frames, count): two video buckets and one image bucket.
 LAYOUT = [("32x16x16", 4, 24), ("64x16x32", 8, 18), ("1x16x16", 1, 30)]
@@ -121,10 +126,9 @@ def test_a_resume_onto_a_changed_shard_index_is_refused_naming_the_change(shards
     with pytest.raises(ConfigError) as refused:
         LatentLoader(resharded, 4, 0.5, seed=11).load_state_dict(loader.state_dict())
     message = str(refused.value)
-    assert message.startswith(f"data.shards {resharded}: the shard index changed since the checkpoint: 3 shard(s) "
-                              "added (shard-000009.tar, shard-000010.tar, shard-000011.tar); 9 shard(s) rewritten "
-                              "(shard-000000.tar: 8 -> 6 samples"), message
-    assert "72 -> 72 samples in all" in message and "data.allow_changed_shards=true" in message
+    assert re.match(rf"data.shards {resharded}: the shard index changed since the checkpoint: 9 -> 12 shards, "
+                    r"72 -> 72 samples, index sha256 [0-9a-f]{12} -> [0-9a-f]{12};", message), message
+    assert "data.allow_changed_shards=true" in message
 
 
 def test_a_shard_rewritten_with_the_same_count_is_a_change_and_an_unchanged_copy_is_not(shards, tmp_path):
@@ -136,7 +140,8 @@ def test_a_shard_rewritten_with_the_same_count_is_a_change_and_an_unchanged_copy
     record = json.loads(index.read_text())
     record["samples"][0]["key"], record["samples"][1]["key"] = record["samples"][1]["key"], record["samples"][0]["key"]
     index.write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match=r"1 shard\(s\) rewritten \(shard-000002.tar: 8 -> 8 samples\)"):
+    finalize(copy, 9)  # as pre-encoding does after rewriting a shard
+    with pytest.raises(ConfigError, match=r"9 -> 9 shards, 72 -> 72 samples, index sha256 (\w{12}) -> (?!\1)"):
         LatentLoader(copy, 4, 0.5, seed=11).load_state_dict(state)
 
 
@@ -146,19 +151,89 @@ def test_allow_changed_shards_warns_and_goes_on_from_the_saved_position(shards, 
     resumed = LatentLoader(resharded, 4, 0.5, seed=11, allow_changed_shards=True)
     with caplog.at_level(logging.WARNING, logger="megatron_moviegen.data"):
         resumed.load_state_dict(loader.state_dict())
-    assert "9 shard(s) rewritten" in caplog.text and "going on at epoch 0, batch 5" in caplog.text
+    assert "9 -> 12 shards" in caplog.text and "going on at epoch 0, batch 5" in caplog.text
     assert (resumed.epoch, resumed.step) == (0, 5)
     assert [b.keys for b in take(resumed, 3)] == [[r["key"] for _, r in refs] for refs in resumed.epoch_plan(0)[5:8]]
 
 
 def test_a_loader_state_saved_before_fingerprints_resumes_on_the_same_shard_names(shards):
     state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
-    old = {**{k: v for k, v in state.items() if k != "index"}, "shards": sorted(state["index"])}
+    old = {**{k: v for k, v in state.items() if k != "dataset"}, "shards": [f"shard-{k:06d}.tar" for k in range(9)]}
     LatentLoader(shards, 4, 0.5, seed=11).load_state_dict(old)
     with pytest.raises(ConfigError, match=r"1 shard\(s\) removed \(shard-000099.tar\)"):
         LatentLoader(shards, 4, 0.5, seed=11).load_state_dict({**old, "shards": old["shards"] + ["shard-000099.tar"]})
 
 
+def test_a_loader_state_with_per_shard_fingerprints_resumes_and_its_changes_are_refused(shards, resharded):
+    """States saved before the O(1) identity held {"index": {shard: {"samples", "sha256"}}} (26+ bytes a shard)."""
+    def old_state(folder):
+        state = LatentLoader(folder, 4, 0.5, seed=11).state_dict()
+        del state["dataset"]
+        records = {p.name[:-len(".json")]: json.loads(p.read_text())["samples"]
+                   for p in (folder / "index").glob("*.tar.json")}
+        return {**state, "step": 3, "index": {name: {"samples": len(r), "sha256": records_sha256(r)}
+                                              for name, r in records.items()}}
+    loader = LatentLoader(shards, 4, 0.5, seed=11)
+    loader.load_state_dict(old_state(shards))
+    assert (loader.epoch, loader.step) == (0, 3)
+    with pytest.raises(ConfigError, match=r"12 -> 9 shards, 72 -> 72 samples"):
+        loader.load_state_dict(old_state(resharded))
+
+
+def test_the_state_is_under_1_kb_and_a_never_iterated_loader_reads_no_shard_index(shards, monkeypatch):
+    read = []
+    monkeypatch.setattr(ShardIndex, "read", classmethod(lambda cls, path: read.append(path.name) or READ(path)))
+    loader = LatentLoader(shards, 4, 0.5, seed=11, dp_rank=1, dp_size=3)  # as on a TP peer of the reading rank
+    loader.load_state_dict(loader.state_dict())
+    assert len(pickle.dumps(loader.state_dict())) < 1024 and loader.prompt_fps() == [24] and read == []
+
+
+def test_a_rank_reads_the_indexes_of_its_own_shards_only(shards, monkeypatch):
+    read = []
+    monkeypatch.setattr(ShardIndex, "read", classmethod(lambda cls, path: read.append(path.name) or READ(path)))
+    loader = LatentLoader(shards, 1, 0.5, seed=11, dp_rank=1, dp_size=3)
+    plan = loader.epoch_plan(0)
+    assert read == []  # planned from the shard table
+    mine = {shard for refs in plan for shard, _ in refs}
+    assert {name[:-len(".json")] for name in read} == mine and len(mine) == 3  # 9 shards over 3 ranks
+
+
+def test_plans_are_those_of_the_loader_before_the_shard_table(shards):
+    """Keys the loader that held every index record gave for these shards and settings (a resumed run keeps its
+    data order across the upgrade)."""
+    loader = iter(LatentLoader(shards, 2, 0.5, seed=4, dp_rank=1, dp_size=2))
+    assert [next(loader).keys for _ in range(12)] == [
+        ["000000008", "000000021"], ["000000071", "000000069"], ["000000023", "000000014"], ["000000064", "000000070"],
+        ["000000022", "000000019"], ["000000065", "000000067"], ["000000017", "000000020"], ["000000066", "000000068"],
+        ["000000025", "000000029"], ["000000027", "000000031"], ["000000008", "000000004"], ["000000051", "000000047"]]
+
+
+def test_shards_finalised_before_the_shard_table_load_with_the_same_plan(shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    for name in ("table.json", "table-shards.bin", "table-buckets.bin"):
+        (copy / "index" / name).unlink()
+    old, new = LatentLoader(copy, 2, 0.5, seed=4), LatentLoader(shards, 2, 0.5, seed=4)
+    assert old.epoch_plan(0) == new.epoch_plan(0) and old.state_dict() == new.state_dict()
+
+
+def test_a_shard_rewritten_after_finalisation_is_an_error_naming_it(shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    index = copy / "index" / "shard-000000.tar.json"
+    record = json.loads(index.read_text())
+    index.write_text(json.dumps({**record, "samples": record["samples"][:-1]}))
+    loader = LatentLoader(copy, 1, 0.0, seed=0)
+    with pytest.raises(ConfigError, match=r"shard-000000.tar.json: 7 samples, the shard table .* says 8"):
+        list(loader.records()) and [loader.read_batch(refs) for refs in loader.epoch_plan(0)]
+
+
 def test_more_ranks_than_shards_is_an_error(shards):
     with pytest.raises(ConfigError, match="cannot be split over 100"):
         LatentLoader(shards, 1, 0.0, seed=0, dp_rank=0, dp_size=100)
+
+
+def test_sample_names_find_any_shards_key_from_the_table(shards):
+    loader = LatentLoader(shards, 1, 0.0, seed=0, dp_rank=1, dp_size=3)  # names keys of every rank's shards
+    assert loader.sample_names(["000000013", "000000071", "000000000"]) == [
+        "shard-000001.tar/000000013 (?)", "shard-000008.tar/000000071 (?)", "shard-000000.tar/000000000 (?)"]
