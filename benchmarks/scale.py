@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as scratch:
         rows = run_parts(args.parts, args.sizes, args.workdir or Path(scratch))
-    print(table(rows))
+    for part in dict.fromkeys(row["part"] for row in rows):  # one table per part: generate's n counts frames
+        print(f"\n{part}\n")
+        print(table([row for row in rows if row["part"] == part]))
+    print()
     for target, measured, met in targets(rows):
         print(f"target {target}: {measured}: {'met' if met else 'NOT met' if met is False else 'no reference'}")
     if args.json is not None:
