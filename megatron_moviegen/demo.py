@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-from megatron_moviegen.inference.pipeline import SamplingConfig  # noqa: E402  (after the filter: Megatron warns on import)
+from megatron_moviegen.inference.pipeline import SamplingConfig, check_prompts  # noqa: E402  (after the filter: Megatron warns on import)
 from megatron_moviegen.runtime import add_precision_argument  # noqa: E402
 
 DEFAULTS = SamplingConfig()
@@ -39,6 +39,7 @@ class Sources:
     tae: str
     text_encoders: str = "paper"
     text_overrides: tuple[str, ...] = ()
+    rewriter: Optional[str] = None  # a causal LM folder that rewrites each visitor's prompt (text/rewrite.py)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class DemoModel:
         self.precision = precision
         self.max_queue = max_queue
         self.pipeline = None
+        self.rewriter = None
         self._lock = threading.Lock()  # one generation at a time
         self._waiting_lock = threading.Lock()
         self._waiting = 0
@@ -97,9 +99,13 @@ class DemoModel:
         runtime = Runtime.resolve(self.precision, distributed_optimizer=False)
         init_distributed(runtime)
         _, chunks = load_exported_dit(sources.checkpoint, runtime=runtime)
-        self.pipeline = MovieGenPipeline(chunks[0], tae.to(runtime.device), text,
-                                         sources={"checkpoint": sources.checkpoint, "tae": sources.tae,
-                                                  "text_encoders": sources.text_encoders})
+        recorded = {"checkpoint": sources.checkpoint, "tae": sources.tae, "text_encoders": sources.text_encoders}
+        if sources.rewriter is not None:
+            from megatron_moviegen.text.rewrite import PromptRewriter
+
+            self.rewriter = PromptRewriter(sources.rewriter, device=runtime.device)
+            recorded["prompt_rewriter"] = sources.rewriter
+        self.pipeline = MovieGenPipeline(chunks[0], tae.to(runtime.device), text, sources=recorded)
 
     def generate(self, prompt: str, settings: SamplingConfig) -> tuple[Path, dict]:
         """-> (the .mp4 written, its sidecar as a dict); Busy when max_queue generations are waiting already."""
@@ -113,7 +119,11 @@ class DemoModel:
                 if self.pipeline is None:
                     self._load()
                 folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):04d}"
-                path = self.pipeline.generate([prompt], settings, folder, progress=False)[0]
+                prompts, user_prompts = [prompt], None
+                if self.rewriter is not None:
+                    check_prompts(prompts)
+                    prompts, user_prompts = [self.rewriter.rewrite(prompt)], [prompt]
+                path = self.pipeline.generate(prompts, settings, folder, progress=False, user_prompts=user_prompts)[0]
         finally:
             with self._waiting_lock:
                 self._waiting -= 1
@@ -177,6 +187,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--rewrite-prompt", default=None, metavar="MODEL",
+                        help="rewrite each visitor's prompt into a dense caption with this local causal LM (the "
+                             "sidecar keeps both)")
     parser.add_argument("--max-queue", type=int, default=8,
                         help="generations running or waiting at most; one more is told the server is busy")
     add_precision_argument(parser)
@@ -204,8 +217,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.max_queue < 1:
         print(f"demo: error: --max-queue: got {args.max_queue}, must be >= 1", file=sys.stderr)
         return 2
-    model = DemoModel(Sources(args.checkpoint, args.tae, args.text_encoders, tuple(args.text)), args.output_dir,
-                      args.precision, args.max_queue)
+    sources = Sources(args.checkpoint, args.tae, args.text_encoders, tuple(args.text), args.rewrite_prompt)
+    model = DemoModel(sources, args.output_dir, args.precision, args.max_queue)
     app = build_app(model, choices)
     app.launch(server_name=args.host, server_port=args.port, share=args.share,
                allowed_paths=[str(Path(args.output_dir).resolve())], show_error=True)

@@ -26,6 +26,12 @@ def _export_job(rank: int, world_size: int, folder: str) -> None:
     make_tiny_export(Path(folder))
 
 
+def _rewriter(folder: Path) -> Path:
+    from megatron_moviegen.text.rewrite import save_tiny_rewriter
+
+    return save_tiny_rewriter(folder)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +62,8 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     run_distributed(_export_job, world_size=1, args=(str(root / "export"),))
     port = free_port()
-    server = serve(root / "export", root / "videos", port, "--max-queue", "2")
+    server = serve(root / "export", root / "videos", port, "--max-queue", "2", "--rewrite-prompt",
+                   str(_rewriter(root / "rewriter")))
     yield root, f"http://127.0.0.1:{port}/"
     server.terminate()
     server.wait(timeout=30)
@@ -74,8 +81,10 @@ def test_two_generations_at_once_are_queued_and_each_returns_its_video_and_sidec
     jobs = [client.submit(*settings(prompt), api_name="/generate") for prompt in ("a red ball", "a blue cube")]
     results = [job.result(timeout=300) for job in jobs]
     for (video, sidecar), prompt in zip(results, ("a red ball", "a blue cube")):
-        assert sidecar["prompt"] == prompt and sidecar["seed"] == 3 and sidecar["steps"] == 4
-        assert sidecar["text_prompt"] == f"FPS-16 {prompt}" and sidecar["tae"] == "toy-tae"
+        # The operator's --rewrite-prompt model rewrote the visitor's prompt; the sidecar keeps both.
+        assert sidecar["user_prompt"] == prompt and sidecar["seed"] == 3 and sidecar["steps"] == 4
+        assert sidecar["prompt_rewriter"] == str(root / "rewriter") and sidecar["prompt"] != prompt
+        assert sidecar["text_prompt"] == f"FPS-16 {sidecar['prompt']}" and sidecar["tae"] == "toy-tae"
         assert sidecar["negative_prompt"] is None
         assert read_frames(video).shape == (32, 64, 64, 3)
     folders = sorted(p for p in (root / "videos").iterdir())
