@@ -689,6 +689,9 @@ class Preencoder:
             return
         for role in encoders:
             was, now = previous["encoders"].get(role), encoders[role]
+            if was is None:
+                raise ConfigError(f"{self.out_dir} holds no {role} encodings but this run adds {now['name']}; one "
+                                  "dataset cannot mix encoders: use a new output folder")
             if not same_encoder(was, now):
                 raise ConfigError(
                     f"{self.out_dir} holds {role} encodings from {was['name']} (weights sha256 {was['sha256'][:12]}) "
