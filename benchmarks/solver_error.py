@@ -13,14 +13,7 @@ import argparse
 import torch
 
 from megatron_moviegen.diffusion.reference_fields import gaussian_flow_solution, gaussian_velocity_field
-from megatron_moviegen.diffusion.sampling import (
-    EVALUATIONS_PER_STEP,
-    linear_quadratic_schedule,
-    linear_schedule,
-    ode_sample,
-)
-
-SCHEDULES = {"linear": linear_schedule, "linear_quadratic": linear_quadratic_schedule}
+from megatron_moviegen.diffusion.sampling import EVALUATIONS_PER_STEP, SCHEDULES, ode_sample
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:

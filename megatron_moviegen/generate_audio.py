@@ -31,8 +31,8 @@ from megatron_moviegen.checkpoints.distributed import CheckpointError
 from megatron_moviegen.checkpoints.export import load_exported_dit, read_exported_config
 from megatron_moviegen.data.audio import read_audio
 from megatron_moviegen.data.decode import DecodeError, PyAVDecoder
-from megatron_moviegen.diffusion.sampling import SOLVERS
-from megatron_moviegen.inference.audio import SCHEDULES, AudioPipeline, AudioSamplingConfig, window_frames
+from megatron_moviegen.diffusion.sampling import SCHEDULES, SOLVERS
+from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig, window_frames
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_text_encoders
 from megatron_moviegen.inference.pipeline import check_prompts, command_record
 from megatron_moviegen.models.audio_ae import AudioAutoencoder

@@ -31,10 +31,14 @@ import argparse
 from contextlib import contextmanager
 
 
+from megatron_moviegen.diffusion.sampling import SCHEDULES, SOLVERS
 from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips, write_report
+from megatron_moviegen.inference.audio import AudioSamplingConfig
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_tae, load_text_encoders
 from megatron_moviegen.runtime import add_precision_argument
 from megatron_moviegen.utils import cli
+
+AUDIO_DEFAULTS = AudioSamplingConfig()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,9 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text-encoders", choices=("paper", TOY_TEXT_ENCODERS), default="paper")
     parser.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--audio-solver", choices=("midpoint", "euler"), default="midpoint",
+    parser.add_argument("--audio-solver", choices=sorted(SOLVERS), default=AUDIO_DEFAULTS.solver,
                         help="audio: ODE solver (the paper's: midpoint, 2 velocity evaluations a step)")
-    parser.add_argument("--audio-schedule", choices=("linear", "linear_quadratic"), default="linear",
+    parser.add_argument("--audio-schedule", choices=sorted(SCHEDULES), default=AUDIO_DEFAULTS.schedule,
                         help="audio: time schedule")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
@@ -131,7 +135,7 @@ def evaluate_audio_model(args: argparse.Namespace, recipe) -> dict:
     from dataclasses import replace
 
     from megatron_moviegen.evaluation import evaluate_audio, format_audio_table, load_sound_clips
-    from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig
+    from megatron_moviegen.inference.audio import AudioPipeline
     from megatron_moviegen.models.audio_ae import AudioAutoencoder
     from megatron_moviegen.models.vision_tower import FrameFeatureEncoder
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from megatron_moviegen.data.config import SecondOrderConfig, UpsampleConfig
+from megatron_moviegen.utils.video_io import to_uint8_frames
 
 
 def low_resolution_size(height: int, width: int, factor: float) -> tuple[int, int]:
@@ -121,8 +122,8 @@ def second_order(frames: torch.Tensor, b: int, cfg: SecondOrderConfig,
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(n, 3, h, w) in [-1, 1] -> (n, h, w, 3) uint8."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """(n, 3, h, w) in [-1, 1] -> (n, h, w, 3) uint8, as videos are written."""
+    return to_uint8_frames(frames.transpose(0, 1))
 
 
 def _from_uint8(images: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,7 @@ from megatron_moviegen.data.shards import (
     RUN_RECORD,
     completed_shards,
     remove_partial_files,
+    same_encoder,
     sample_key,
     shard_name,
     write_energon_metadata,
@@ -754,11 +755,6 @@ def check_output_folder(out_dir: Path) -> None:
         check_writable_folder(out_dir)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def same_encoder(was: Optional[dict], now: dict) -> bool:
-    """Two encoder records name the same weights (their sources may differ: a folder moved or copied)."""
-    return was is not None and (was.get("name"), was.get("sha256")) == (now.get("name"), now.get("sha256"))
 
 
 def encoder_record(encoder: object) -> dict:

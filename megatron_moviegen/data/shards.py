@@ -192,8 +192,12 @@ def encoder_mismatch(was: dict[str, dict] | None, now: dict[str, dict] | None) -
     """(role, was, now) as "<name> (weights sha256 <12 hex>)" for each role both records have with other weights;
     a role only one has (a later stage's new encoder) or a missing record is no mismatch."""
     return [(role, encoder_name(was[role]), encoder_name(now[role]))
-            for role in sorted(set(was or {}) & set(now or {}))
-            if (was[role].get("name"), was[role].get("sha256")) != (now[role].get("name"), now[role].get("sha256"))]
+            for role in sorted(set(was or {}) & set(now or {})) if not same_encoder(was[role], now[role])]
+
+
+def same_encoder(was: dict | None, now: dict) -> bool:
+    """Two encoder records name the same weights (their sources may differ: a folder moved or copied)."""
+    return was is not None and (was.get("name"), was.get("sha256")) == (now.get("name"), now.get("sha256"))
 
 
 def encoder_name(record: dict) -> str:

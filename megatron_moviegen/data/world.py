@@ -380,9 +380,8 @@ def write_world(out: str | Path, spec: WorldSpec, progress: bool = True) -> Path
 
     from tqdm import tqdm
 
-    from megatron_moviegen.utils.audio_io import mux_audio
     from megatron_moviegen.utils.io import atomic_write_text
-    from megatron_moviegen.utils.video_io import write_image, write_video
+    from megatron_moviegen.utils.video_io import write_image
 
     spec.validate()
     out = Path(out)
@@ -399,17 +398,19 @@ def write_world(out: str | Path, spec: WorldSpec, progress: bool = True) -> Path
         if spec.edits:
             source, path = out / f"{stem}-source.mp4", out / f"{stem}.mp4"
             target, instruction = edit(scene, spec.edits[index % len(spec.edits)], rng)
-            _write_clip(source, scene, spec, write_video, mux_audio)
+            _write_clip(source, scene, spec, simulate(scene, spec.seconds))
             entry.update(caption=instruction, source=source.name, task="video_edit")
             truth.update(source_scene=scene.to_dict(), edit=spec.edits[index % len(spec.edits)])
             scene = target
         else:
             path = out / f"{stem}.{'png' if spec.fps == 0 else 'mp4'}"
+        motion = None
         if spec.fps == 0:
             if not path.exists():
                 write_image(path, render(scene, 1.0, 1.0, spec.height, spec.width))
         else:
-            _write_clip(path, scene, spec, write_video, mux_audio)
+            motion = simulate(scene, spec.seconds)
+            _write_clip(path, scene, spec, motion)
         if spec.characters:
             name = scene.objects[0].character
             reference = out / f"reference-{name}.png"
@@ -417,8 +418,7 @@ def write_world(out: str | Path, spec: WorldSpec, progress: bool = True) -> Path
                 write_image(reference, character_reference(name, max(spec.height, spec.width)))
             entry.update(reference=reference.name, subject=name)
         entry["path"] = path.name
-        truth.update(path=path.name, scene=scene.to_dict(),
-                     collisions=simulate(scene, spec.seconds).collisions if spec.fps else [])
+        truth.update(path=path.name, scene=scene.to_dict(), collisions=motion.collisions if motion else [])
         entries.append(entry)
         truths.append(truth)
     atomic_write_text(out / "truth.jsonl", "".join(json.dumps(t) + "\n" for t in truths))
@@ -427,10 +427,13 @@ def write_world(out: str | Path, spec: WorldSpec, progress: bool = True) -> Path
     return manifest
 
 
-def _write_clip(path: Path, scene: Scene, spec: WorldSpec, write_video, mux_audio) -> None:
+def _write_clip(path: Path, scene: Scene, spec: WorldSpec, motion: Motion) -> None:
+    """The scene as `path` (.mp4), with its soundtrack muxed in when spec.audio; kept when it is there."""
+    from megatron_moviegen.utils.audio_io import mux_audio
+    from megatron_moviegen.utils.video_io import write_video
+
     if path.exists():
         return
-    motion = simulate(scene, spec.seconds)
     video = render(scene, spec.fps, spec.seconds, spec.height, spec.width, motion)
     if not spec.audio:
         write_video(path, video, spec.fps)

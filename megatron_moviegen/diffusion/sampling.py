@@ -127,6 +127,7 @@ def _midpoint(velocity_fn: VelocityFn, x: torch.Tensor, t: float, t_next: float)
 
 
 SOLVERS = {"euler": _euler, "midpoint": _midpoint}
+SCHEDULES = {"linear": linear_schedule, "linear_quadratic": linear_quadratic_schedule}  # by name, for configs
 EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2}
 
 

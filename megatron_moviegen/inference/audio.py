@@ -28,8 +28,8 @@ from megatron_moviegen.conditioning import Conditioning, Infill, TextEncoder
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.data.config import AudioDataConfig
 from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder
-from megatron_moviegen.diffusion import linear_quadratic_schedule, linear_schedule, ode_sample
-from megatron_moviegen.diffusion.sampling import SOLVERS
+from megatron_moviegen.diffusion import ode_sample
+from megatron_moviegen.diffusion.sampling import SCHEDULES, SOLVERS
 from megatron_moviegen.diffusion.flow_matching import interpolate
 from megatron_moviegen.diffusion.sampling import guided
 from megatron_moviegen.diffusion.windows import window_plan, windowed_velocity
@@ -38,9 +38,6 @@ from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.utils.audio_io import mux_audio, write_wav
 from megatron_moviegen.utils.video_io import write_json
-
-
-SCHEDULES = {"linear": linear_schedule, "linear_quadratic": linear_quadratic_schedule}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from megatron_moviegen.data.world import (
     write_world,
 )
 from megatron_moviegen.data.world_analysis import camera_pan, find_objects, onsets, score_scene
-from megatron_moviegen.utils.video_io import read_frames
+from megatron_moviegen.utils.video_io import read_frames, to_uint8_frames
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,7 @@ def test_the_camera_pan_is_read_from_the_background():
     scene = sample_scene(random.Random(5))
     left, right = (render(Scene(scene.objects, "grey", camera), 16, 1.0, 64, 64) for camera in ("pans left",
                                                                                                    "pans right"))
-    frames = [((v.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy() for v in (left, right)]
+    frames = [to_uint8_frames(v) for v in (left, right)]
     assert camera_pan(frames[0]) < -0.003 < 0.003 < camera_pan(frames[1])  # the view goes left: the picture right
 
 
@@ -92,8 +92,7 @@ def test_edits_change_only_what_the_instruction_says(tmp_path):
     recoloured, instruction = edit(scene, "recolour", random.Random(0))
     changed = [(a.colour, b.colour) for a, b in zip(scene.objects, recoloured.objects) if a != b]
     assert len(changed) == 1 and instruction.startswith(f"make the {changed[0][0]} ")
-    before, after = (find_objects(((render(s, 16, 0.5, 48, 48).permute(1, 2, 3, 0) + 1) * 127.5).byte().numpy())
-                     for s in (scene, recoloured))
+    before, after = (find_objects(to_uint8_frames(render(s, 16, 0.5, 48, 48))) for s in (scene, recoloured))
     assert changed[0][0] in before and changed[0][0] not in after and changed[0][1] in after
     flipped, instruction = edit(scene, "flip", random.Random(0))
     assert instruction == "flip the video horizontally"
