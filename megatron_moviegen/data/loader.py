@@ -164,25 +164,20 @@ class LatentLoader:
         """This rank's batches for `epoch`; nothing is read but its shards' bucket ids in the table.
 
         The same draws in the same order as when plans held index records (a shuffle's draws depend only on the
-        length of what it shuffles), so a seed gives the batches it gave before the table."""
+        length of what it shuffles), so a seed gives the batches it gave before the table. Memory: about 14
+        bytes per sample of this rank at the peak (positions as int32 while the table has under 2**31 samples,
+        shuffled in place; the interleave is computed in chunks), then 4 bytes per sample held for the epoch."""
         rng = random.Random(f"{self.seed}/{epoch}")
         mine = _shuffled(self.table.num_shards, rng)[self.dp_rank :: self.dp_size]
-        starts, counts = self.table.bounds(mine)
-        # this rank's samples, shard after shard, as table positions; then shuffled
-        positions = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        positions = positions[_shuffled(len(positions), rng)]
-        buckets = np.asarray(self.table.buckets[positions])
-        batches: dict[bool, list[np.ndarray]] = {True: [], False: []}
-        for bucket in sorted(range(len(self.table.bucket_names)), key=self.table.bucket_names.__getitem__):
-            refs = positions[buckets == bucket]
-            full = len(refs) - len(refs) % self.batch_size
-            batches[self.table.bucket_is_image[bucket]].append(refs[:full].reshape(-1, self.batch_size))
-        rows = np.concatenate(batches[True] + batches[False] + [np.empty((0, self.batch_size), np.int64)])
-        num_images = sum(len(b) for b in batches[True])
-        images, videos = array("q", range(num_images)), array("q", range(num_images, len(rows)))  # rows of `rows`
+        positions = self._positions(*self.table.bounds(mine))
+        rng.shuffle(positions)  # in place: the permutation shuffling range(len) would index with
+        positions = np.frombuffer(positions, _DTYPES[positions.typecode])
+        rows, num_images = self._bucket_rows(positions)
+        del positions
+        images, videos = array("i", range(num_images)), array("i", range(num_images, len(rows)))  # rows of `rows`
         rng.shuffle(images)
         rng.shuffle(videos)
-        plan = self._interleave(np.frombuffer(images, np.int64), np.frombuffer(videos, np.int64))
+        plan = self._interleave(np.frombuffer(images, np.int32), np.frombuffer(videos, np.int32))
         if not len(plan):
             raise ValueError(
                 f"rank {self.dp_rank}: epoch {epoch} has no batches ({len(images)} image and {len(videos)} video "
@@ -190,17 +185,53 @@ class LatentLoader:
             )
         return EpochPlan(self, rows[plan])
 
-    def _interleave(self, images: np.ndarray, videos: np.ndarray) -> np.ndarray:
+    def _positions(self, starts: np.ndarray, counts: np.ndarray) -> array:
+        """The table positions of these shards' samples, shard after shard, as a typed array to shuffle in place
+        (int32 while the table has under 2**31 samples)."""
+        typecode = "i" if self.table.num_samples < 2**31 else "q"
+        out = array(typecode, [0]) * int(counts.sum())
+        view = np.frombuffer(out, _DTYPES[typecode])
+        offset = 0
+        for start, count in zip(starts.tolist(), counts.tolist()):
+            view[offset:offset + count] = np.arange(start, start + count)
+            offset += count
+        return out
+
+    def _bucket_rows(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
+        """(batches, batch_size) rows of `positions`: image buckets' full batches first, then videos', each kind in
+        bucket-name order; and how many rows are image batches."""
+        buckets = np.asarray(self.table.buckets[positions])
+        order = sorted(range(len(self.table.bucket_names)), key=self.table.bucket_names.__getitem__)
+        order = sorted(order, key=lambda b: not self.table.bucket_is_image[b])  # stable: images first
+        sizes = np.bincount(buckets, minlength=len(self.table.bucket_names))
+        full = sizes - sizes % self.batch_size
+        flat = np.empty(int(full.sum()), positions.dtype)
+        offset = 0
+        for bucket in order:
+            flat[offset:offset + full[bucket]] = positions[buckets == bucket][:full[bucket]]
+            offset += full[bucket]
+        num_images = int(sum(full[b] for b in order if self.table.bucket_is_image[b])) // self.batch_size
+        return flat.reshape(-1, self.batch_size), num_images
+
+    def _interleave(self, images: np.ndarray, videos: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
         """Batch k is an image batch when floor((k + 1) * image_fraction) > floor(k * image_fraction); the plan ends
-        where the kind due runs out."""
-        k = np.arange(len(images) + len(videos), dtype=np.float64)
-        want_image = np.floor((k + 1) * self.image_fraction) > np.floor(k * self.image_fraction)
-        nth = np.where(want_image, np.cumsum(want_image), np.cumsum(~want_image)) - 1  # the how-manyth of its kind
-        runs_out = np.flatnonzero(nth >= np.where(want_image, len(images), len(videos)))
-        end = runs_out[0] if len(runs_out) else len(k)
-        want_image, nth = want_image[:end], nth[:end]
-        plan = np.empty(end, dtype=np.int64)
-        plan[want_image], plan[~want_image] = images[nth[want_image]], videos[nth[~want_image]]
+        where the kind due runs out. Computed `chunk` batches at a time (int32 out, O(chunk) temporaries)."""
+        total = len(images) + len(videos)
+        plan = np.empty(total, dtype=np.int32)
+        seen_images = 0
+        for first in range(0, total, chunk):
+            k = np.arange(first, min(first + chunk, total), dtype=np.float64)
+            want_image = np.floor((k + 1) * self.image_fraction) > np.floor(k * self.image_fraction)
+            images_through = seen_images + np.cumsum(want_image)  # image batches among batches 0..k
+            nth = np.where(want_image, images_through - 1, k.astype(np.int64) - images_through)  # nth of its kind
+            runs_out = np.flatnonzero(nth >= np.where(want_image, len(images), len(videos)))
+            end = runs_out[0] if len(runs_out) else len(k)
+            want_image, nth = want_image[:end], nth[:end]
+            part = plan[first:first + end]
+            part[want_image], part[~want_image] = images[nth[want_image]], videos[nth[~want_image]]
+            if end < len(k):
+                return plan[:first + end]
+            seen_images += int(want_image.sum())
         return plan
 
     def sample_refs(self, positions: np.ndarray) -> list[SampleRef]:
@@ -325,6 +356,9 @@ class LatentLoader:
         parts = [f"{len(diff)} shard(s) {what} ({_listed(sorted(diff))})"
                  for what, diff in (("added", now - names), ("removed", names - now)) if diff]
         return "; ".join(parts) or None
+
+
+_DTYPES = {"i": np.int32, "q": np.int64}
 
 
 def _listed(names: list[str]) -> str:
