@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +73,18 @@ def test_image_video_ratio(shards, fraction):
     kinds = [refs[0][1]["is_image"] for refs in plan]
     for k in range(1, len(kinds) + 1):
         assert sum(kinds[:k]) == int(k * fraction)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_the_interleave_computed_in_chunks_is_the_whole_one(shards, fraction):
+    """The planner interleaves image and video batches a chunk at a time (O(chunk) memory at 100M samples): every
+    chunk size gives the plan of one pass, including where the due kind runs out mid-chunk."""
+    loader = LatentLoader(shards, batch_size=2, image_fraction=fraction, seed=1)
+    images, videos = np.arange(5, dtype=np.int32), np.arange(5, 17, dtype=np.int32)
+    whole = loader._interleave(images, videos, chunk=1 << 16)
+    assert 0 < len(whole) < 17  # the images run out before the videos
+    for chunk in (1, 2, 3, 7):
+        assert loader._interleave(images, videos, chunk=chunk).tolist() == whole.tolist()
 
 
 def test_same_seed_same_order_other_seed_other_order(shards):
