@@ -14,6 +14,8 @@ Rows (n = manifest entries, shard size 10):
   "pre-encode: time to first sample (fresh)"     s, rank 0 of 1 (one process writes every shard)
   "pre-encode: resume at 10%" / "... at 50%"     s, the same, into a folder with the first 10% / 50% of shards done
   "pre-encode: resume at 50% / fresh"            x, target <= 1.1 (issue 35)
+  "pre-encode: resume, rank 1 of 1,000, ..."     s, rank 1 of 1,000 to its first sample in the 50% folder, its shard
+                                                 missing: with the manifest index rank 0 wrote, and without it
   "pre-encode: peak RSS per rank"                MB, VmHWM of rank 0 of 1,000 (a forked process) to its first sample
   "pre-encode: peak RSS growth per rank"         MB, the same less its RSS before `run` (torch, encoders built)
 
@@ -64,10 +66,14 @@ def rows(sizes: list[int], workdir: Path) -> list[dict]:
         for fraction in (0.1, 0.5):
             stand_in_shards(resumed, int(fraction * -(-n // SHARD_SIZE)))
             times[fraction] = min(time_to_sample(manifest, resumed) for _ in range(TRIES))
+        ranked = {indexed: min(rank_time_to_sample(manifest, resumed, indexed) for _ in range(TRIES))
+                  for indexed in (False, True)}
         out += [row("pre-encode: time to first sample (fresh)", n, fresh, "s"),
                 row("pre-encode: resume at 10%", n, times[0.1], "s"),
                 row("pre-encode: resume at 50%", n, times[0.5], "s"),
                 row("pre-encode: resume at 50% / fresh", n, times[0.5] / fresh, "x"),
+                row(f"pre-encode: resume, rank 1 of {RANKS:,}, manifest read whole", n, ranked[False], "s"),
+                row(f"pre-encode: resume, rank 1 of {RANKS:,}, manifest index", n, ranked[True], "s"),
                 row("pre-encode: peak RSS per rank", n, memory[n][0], "MB"),
                 row("pre-encode: peak RSS growth per rank", n, memory[n][1], "MB")]
     return out
@@ -144,6 +150,26 @@ def time_to_sample(manifest: Path, out: Path, stop_at: int = 1) -> float:
     except _FirstSample:
         return first[0] - begin
     raise RuntimeError(f"{out}: the run ended before sample {stop_at}; is the manifest shorter than a shard?")
+
+
+def rank_time_to_sample(manifest: Path, resumed: Path, indexed: bool) -> float:
+    """`time_to_sample` of rank 1 of RANKS rerun into a copy of `resumed` (its shard 1 not yet written), with the
+    manifest index rank 0 left there (`data/manifest_index.py`) or without it."""
+    from megatron_moviegen.data.manifest_index import INDEX_DIR as MANIFEST_INDEX
+    from megatron_moviegen.data.shards import INDEX_DIR, shard_name
+
+    out = resumed.with_name(resumed.name + "-rank1")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(resumed, out, ignore=shutil.ignore_patterns(shard_name(1), f"{shard_name(1)}.json"))
+    if not indexed:
+        shutil.rmtree(out / INDEX_DIR / MANIFEST_INDEX)
+    encoder = preencoder(out, rank=1, world_size=RANKS)
+    begin = time.perf_counter()
+    try:
+        start(encoder, manifest)
+    except _FirstSample:
+        return time.perf_counter() - begin
+    raise RuntimeError(f"{out}: rank 1 of {RANKS} wrote no sample")
 
 
 def stand_in_shards(out: Path, count: int) -> None:

@@ -216,14 +216,26 @@ def read_jsonl(path: Path, only: Optional[Candidates] = None) -> Iterator[Option
             if only is not None and only.skip(index):
                 yield None
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{line_no}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise ManifestError(f"{path}:{line_no}: got the JSON {type(record).__name__} {line.strip()[:60]}, "
-                                    "need an object with \"path\" and \"caption\"")
+            record = _json_record(line, path, line_no)
             yield None if only is not None and only.other_caption(record) else _entry(record, base, f"{name}:{line_no}")
+
+
+def parse_line(raw: bytes, path: Path, line_no: int | str) -> Optional[ManifestEntry]:
+    """The entry of one raw line of the `.jsonl` manifest at `path`, as `read_jsonl` makes it; None for a blank
+    line."""
+    line = _text(raw)
+    return _entry(_json_record(line, path, line_no), str(path.parent), f"{path}:{line_no}") if line.strip() else None
+
+
+def _json_record(line: str, path: Path, line_no: int | str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ManifestError(f"{path}:{line_no}: got the JSON {type(record).__name__} {line.strip()[:60]}, "
+                            "need an object with \"path\" and \"caption\"")
+    return record
 
 
 def read_csv(path: Path, only: Optional[Candidates] = None) -> Iterator[Optional[ManifestEntry]]:
@@ -294,6 +306,11 @@ def manifest_record(entry: ManifestEntry) -> dict:
     return {k: v for k, v in entry.__dict__.items() if v is not None or k not in OPTIONAL_ENTRY_FIELDS}
 
 
+def record_bytes(entry: ManifestEntry) -> bytes:
+    """An entry's part of the run identity: its `manifest_record` as JSON."""
+    return json.dumps(manifest_record(entry)).encode()
+
+
 # Manifest fields added after the first datasets were written: left out of the hash while unset.
 OPTIONAL_ENTRY_FIELDS = ("source", "task", "reference", "reference_time", "subject")
 
@@ -345,7 +362,7 @@ def _hash_and_keep(entries: Iterable[ManifestEntry], keep: Callable[[int], bool]
     kept = {}
     count = 0
     for count, entry in enumerate(entries, 1):
-        digest.update((b", " if count > 1 else b"") + json.dumps(manifest_record(entry)).encode())
+        digest.update((b", " if count > 1 else b"") + record_bytes(entry))
         if keep(count - 1):
             kept[count - 1] = entry
     digest.update(b"]")

@@ -47,6 +47,8 @@ from megatron_moviegen.data.config import REFERENCE_SOURCE, AudioDataConfig, Dat
 from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, ManifestSlice, entry_problem, read_slice, reference_problem
+from megatron_moviegen.data.manifest_index import INDEX_DIR as MANIFEST_INDEX_DIR
+from megatron_moviegen.data.manifest_index import build_index, indexable, publish_index, read_indexed_slice
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
 from megatron_moviegen.utils.io import atomic_output, check_writable_folder, read_json_file
@@ -213,6 +215,7 @@ class RunSummary:
     frames: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
+    prepared: int = 0  # entries decoded or rejected so far (what `on_prepared` is told; a disabled bar counts none)
     seconds: float = 0.0
     per_bucket: Counter = field(default_factory=Counter)
 
@@ -480,9 +483,32 @@ class Preencoder:
 
     def read(self, manifest: Iterable[ManifestEntry]) -> ManifestSlice:
         """This rank's share of `manifest` (a list of entries, or a `manifest.ManifestFile` read as a stream): the
-        entries of its shards, k % world_size == rank."""
+        entries of its shards, k % world_size == rank. A `.jsonl` manifest file is read through its index in the
+        output folder when one is valid (`manifest_index`: only this rank's lines are parsed); rank 0 writes the
+        index on the pass it makes without one, and `run` publishes it."""
         size, rank, world = self.config.shard_size, self.rank, self.world_size
-        return read_slice(manifest, lambda index: (index // size) % world == rank)
+        def keep(index: int) -> bool:
+            return (index // size) % world == rank
+
+        def mine(entries: int) -> Iterator[int]:
+            for k in range(rank, num_shards(entries, size), world):
+                yield from range(k * size, min((k + 1) * size, entries))
+
+        if indexable(manifest):
+            part = read_indexed_slice(manifest.source, self.out_dir / INDEX_DIR / MANIFEST_INDEX_DIR, mine)
+            if part is None and rank == 0:
+                part = build_index(manifest.source, self._staged_index_dir(), keep)
+            if part is not None:
+                return part
+        return read_slice(manifest, keep)
+
+    def _staged_index_dir(self) -> Path:
+        """Where rank 0 writes the manifest index before the output folder is checked (on its file system)."""
+        return self.out_dir.parent / f".{self.out_dir.name}.{MANIFEST_INDEX_DIR}.staged"
+
+    def _publish_staged_index(self) -> None:
+        if self._staged_index_dir().is_dir():
+            publish_index(self._staged_index_dir(), self.out_dir / INDEX_DIR)
 
     def shard_plan(self, part: ManifestSlice) -> dict[int, list[tuple[int, ManifestEntry]]]:
         """This rank's shards -> their (manifest index, entry) items: shard k holds [k * shard_size, (k + 1) *
@@ -520,6 +546,7 @@ class Preencoder:
             raise ConfigError("pre-encoding video needs the TAE (video_encoder)")
         part = self.read(manifest)  # a malformed manifest stops the run before the output folder exists
         check_output_folder(self.out_dir)
+        self._publish_staged_index()
         self._check_run_config(part)
         plan = self.shard_plan(part)
         done = completed_shards(self.out_dir)
@@ -569,8 +596,9 @@ class Preencoder:
                 if len(batch) == self.config.encode_batch_size:
                     samples += self.encode_batch(pending.pop(result.bucket.name))
             bar.update(1)
+            summary.prepared += 1
             if self.on_prepared is not None:
-                self.on_prepared(bar.n)
+                self.on_prepared(summary.prepared)
         for name in sorted(pending):
             samples += self.encode_batch(pending[name])
         nonfinite = [r for r in (nonfinite_reject(s, self.latent_dtype) for s in samples) if r is not None]

@@ -5,6 +5,7 @@ import pytest
 
 from megatron_moviegen.data.manifest import (ManifestEntry, ManifestError, ManifestFile, entry_problem, manifest_record,
                                              read_manifest, read_slice, repeated_entries)
+from megatron_moviegen.data.manifest_index import build_index, read_indexed_slice
 
 
 def test_jsonl_with_optional_fields_and_relative_paths(tmp_path):
@@ -102,3 +103,35 @@ def test_a_streamed_csv_slice_is_what_the_whole_csv_gives(tmp_path):
 def manifest_hash(entries: list[ManifestEntry]) -> str:
     """The run identity pre-encoding recorded before manifests were streamed."""
     return hashlib.sha256(json.dumps([manifest_record(e) for e in entries]).encode()).hexdigest()
+
+
+def test_a_ranks_slice_read_through_the_manifest_index_is_the_slice_read_whole(tmp_path):
+    """Pre-encoding reruns parse only their own lines (`manifest_index`): same entries, repeats (found through
+    key hashes, one repeat's original far before the slice), entry count and run identity as a whole read."""
+    lines = [{"path": "a.mp4", "caption": "a"}, {"path": "b.png", "caption": "b"}, {"path": "./a.mp4", "caption": "a"},
+             {"path": "b.png", "caption": "b", "fps": 24}, {"path": "c.mp4", "caption": "ç"},
+             {"path": "b.png", "caption": "b", "fps": 24.0}, {"path": "a.mp4", "caption": "a", "start": 1}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines[:3]) + "\n\n"
+                        + "\n".join(json.dumps(line, ensure_ascii=False) for line in lines[3:]))  # no last newline
+    for world in (1, 3):
+        for rank in range(world):
+            whole = read_slice(ManifestFile(manifest), lambda index: index % world == rank)
+            assert build_index(manifest, tmp_path / "index", lambda index: index % world == rank) == whole
+            mine = lambda count: [i for i in range(count) if i % world == rank]
+            assert read_indexed_slice(manifest, tmp_path / "index", mine) == whole
+    assert read_indexed_slice(manifest, tmp_path / "index", lambda count: [5]).repeats == {5: 3}
+    manifest.write_text(manifest.read_text().replace('"b"', '"B"'))  # same size, a new modification time
+    assert read_indexed_slice(manifest, tmp_path / "index", lambda count: [0]) is None
+
+
+def test_a_manifest_whose_subjects_need_references_is_not_indexed(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": "a.mp4", "caption": "a"}) + "\n"
+                        + json.dumps({"path": "b.mp4", "caption": "b", "subject": "ann"}) + "\n")
+    assert build_index(manifest, tmp_path / "index", lambda index: True) is None
+    assert not (tmp_path / "index").exists()
+    manifest.write_text('{"path": "a.mp4", "caption": "a"}\n{"path": "b.mp4"}\n')
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: missing 'caption'"):
+        build_index(manifest, tmp_path / "index", lambda index: True)
+    assert not (tmp_path / "index").exists()

@@ -15,6 +15,7 @@ from megatron_moviegen.models.toy_encoders import TinyTextEncoders, TinyVideoEnc
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.data.loader import LatentLoader
 from megatron_moviegen.data.manifest import ManifestFile, read_manifest
+import megatron_moviegen.data.preencode as preencode_module
 from megatron_moviegen.data.preencode import Preencoder, local_device
 from megatron_moviegen.runtime import rank_and_world_from_env
 from megatron_moviegen.data.shards import INDEX_DIR, decode_sample, remove_partial_files
@@ -302,7 +303,7 @@ def test_a_repeated_manifest_entry_is_a_duplicate_reject_naming_the_first(media,
     assert (rerun.shards_skipped, rerun.shards_written) == (4, 0)
 
 
-def test_a_streamed_manifest_on_two_ranks_killed_and_resumed_gives_the_shards_of_one_fresh_run(tmp_path):
+def test_a_streamed_manifest_on_two_ranks_killed_and_resumed_gives_the_shards_of_one_fresh_run(tmp_path, monkeypatch):
     images = [write_png(tmp_path / f"{i}.png", 120, 160, seed=i) for i in range(3)]
     lines = [(0, "a"), (1, "b"), (0, "a"), (2, "c"), (1, "another b"), (0, "a"), (2, "d")]  # 2, 5 repeat 0
     manifest = tmp_path / "m.jsonl"
@@ -318,7 +319,10 @@ def test_a_streamed_manifest_on_two_ranks_killed_and_resumed_gives_the_shards_of
         Preencoder(small_config(), *encoders, split, rank=1, world_size=2, on_prepared=crash_at_first).run(
             ManifestFile(manifest))
     Preencoder(small_config(), *encoders, split, rank=0, world_size=2).run(ManifestFile(manifest))
+    # rank 0 read the manifest whole and left its index: the rerun of rank 1 parses only its own lines
+    assert (split / INDEX_DIR / "manifest" / "header.json").exists() and not list(tmp_path.glob(".split.*"))
     (split / ".shard-000003.tar.99999.tmp").write_bytes(b"partial tar of a killed run")
+    monkeypatch.setattr(preencode_module, "read_slice", lambda *args: pytest.fail("rank 1 read the manifest whole"))
     summary = Preencoder(small_config(), *encoders, split, rank=1, world_size=2).run(ManifestFile(manifest))
     assert (summary.shards_written, summary.rejected) == (2, 1)  # shard 1 holds the repeat of entry 0 (index 2)
     assert not list(split.glob(".*tmp*"))
