@@ -29,7 +29,7 @@ from megatron_moviegen.curation.captions import SidecarCaptions
 from megatron_moviegen.curation.config import CurationConfig
 from megatron_moviegen.curation.dedup import frame_hashes
 from megatron_moviegen.curation.filters import border_fraction, evenly_spaced, load_scorer, sharpness, text_fraction
-from megatron_moviegen.curation.motion import clip_motion
+from megatron_moviegen.curation.motion import Motion, clip_motion
 from megatron_moviegen.curation.shots import ScannedVideo, clip_windows, scan_video, shot_windows
 from megatron_moviegen.curation.stages import manifest_record, run_stage
 from megatron_moviegen.data.decode import VIDEO_SUFFIXES, DecodeError, MediaReadError
@@ -56,7 +56,8 @@ def video_key(path: Path) -> str:
     return f"{path.stem}-{hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:10]}"
 
 
-def clip_scores(frames: np.ndarray, times: np.ndarray, scan: ScannedVideo, config: CurationConfig) -> dict:
+def clip_scores(frames: np.ndarray, times: np.ndarray, scan: ScannedVideo,
+                config: CurationConfig) -> tuple[dict, Motion]:
     """Every score of one clip's samples (t, h, w, 3) uint8 (units in filters.SCORES), and its motion."""
     motion = clip_motion(frames, times, config.analysis.flow_width)
     scorer = load_scorer(config.analysis.aesthetic)

@@ -86,6 +86,12 @@ def letterboxed(frames: np.ndarray, bar: float = 0.15) -> np.ndarray:
     return out
 
 
+def downscaled(frames: np.ndarray, factor: int = 2) -> np.ndarray:
+    height, width = frames.shape[1:3]
+    size = (width // factor, height // factor)
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+
+
 def blurred(frames: np.ndarray, sigma: float = 3.0) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(frame, (0, 0), sigma) for frame in frames])
 
@@ -108,7 +114,7 @@ def write_footage(folder: str | Path) -> Footage:
         "4_duplicate.mp4": ("duplicate", bunny, bunny_caption),
         "5_letterbox.mp4": ("border", letterboxed(bunny), bunny_caption),
         "6_blur.mp4": ("blur", blurred(carphone), carphone_caption),
-        "7_small.mp4": ("resolution", bundled_frames(*BUNNY, HEIGHT // 2, WIDTH // 2), bunny_caption),
+        "7_small.mp4": ("resolution", downscaled(bunny), bunny_caption),
     }
     for name, (_, frames, caption) in bad.items():
         write_frames(folder / name, frames, caption)
