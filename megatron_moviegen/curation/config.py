@@ -47,13 +47,17 @@ class AnalysisConfig:
     ocr_frames: int = 3  # frames per clip read by the OCR (evenly spaced)
     hash_frames: int = 3  # frames per clip hashed for near-duplicates
     aesthetic: Optional[str] = None  # "package.module:function" scoring (t, h, w, 3) uint8 -> float; None: absent
+    captioner: Optional[str] = None  # a transformers image-text-to-text folder for clips without a sidecar caption
+    caption_prompt: str = "Describe this video frame in one detailed paragraph."
+    caption_tokens: int = 120  # most new tokens a model caption has
 
     def validate(self) -> None:
         if self.fps <= 0 or self.short_side < 16 or self.flow_width < 16:
             raise ConfigError(f"fps, short_side, flow_width: got {self.fps}, {self.short_side}, {self.flow_width}, "
                               "need fps > 0 and sizes >= 16 px")
-        if min(self.ocr_frames, self.hash_frames) < 1:
-            raise ConfigError(f"ocr_frames, hash_frames: got {self.ocr_frames}, {self.hash_frames}, need >= 1")
+        if min(self.ocr_frames, self.hash_frames, self.caption_tokens) < 1:
+            raise ConfigError(f"ocr_frames, hash_frames, caption_tokens: got {self.ocr_frames}, {self.hash_frames}, "
+                              f"{self.caption_tokens}, need >= 1")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from megatron_moviegen.curation.balance import frame_embedding
 from megatron_moviegen.curation.camera import camera_motion
-from megatron_moviegen.curation.captions import SidecarCaptions
+from megatron_moviegen.curation.captions import clip_caption
 from megatron_moviegen.curation.config import CurationConfig
 from megatron_moviegen.curation.dedup import frame_hashes
 from megatron_moviegen.curation.filters import border_fraction, evenly_spaced, load_scorer, sharpness, text_fraction
@@ -77,13 +77,9 @@ def analyse_clip(video: Path, number: int, window: tuple[float, float], scan: Sc
                  config: CurationConfig, out: Path) -> dict:
     """One clip's record; its middle sample is written as the report's thumbnail."""
     start, end = window
-    keep = (scan.sample_times >= start) & (scan.sample_times < end)
-    frames, times = scan.samples[keep], scan.sample_times[keep]
-    if len(frames) == 0:  # a clip shorter than the sampling step: its nearest sample
-        nearest = int(np.argmin(np.abs(scan.sample_times - start)))
-        frames, times = scan.samples[nearest:nearest + 1], scan.sample_times[nearest:nearest + 1]
+    frames, times = scan.clip_samples(start, end)
     scores, motion = clip_scores(frames, times, scan, config)
-    caption, captioner = SidecarCaptions().caption(video, number)
+    caption, captioner = clip_caption(video, number, frames, config.analysis)
     clip_id = f"{video_key(video)}.{number}"
     thumbnail = Path("thumbs") / f"{clip_id}.jpg"
     middle = frames[len(frames) // 2]

@@ -30,10 +30,13 @@ class ScannedVideo:
     samples: np.ndarray  # (m, h, w, 3) uint8 RGB at the analysis size
     sample_times: np.ndarray  # (m,) seconds
 
-    def clip_samples(self, start_s: float, end_s: float) -> np.ndarray:
-        """The sampled frames shown in [start_s, end_s): (k, h, w, 3) uint8."""
+    def clip_samples(self, start_s: float, end_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """The samples taken in [start_s, end_s) and their times: (k, h, w, 3) uint8, (k,) s; for a window
+        shorter than the sampling step, the sample nearest its start."""
         keep = (self.sample_times >= start_s) & (self.sample_times < end_s)
-        return self.samples[keep]
+        if not keep.any():
+            keep = np.arange(len(self.sample_times)) == np.argmin(np.abs(self.sample_times - start_s))
+        return self.samples[keep], self.sample_times[keep]
 
 
 def analysis_size(height: int, width: int, short_side: int) -> tuple[int, int]:
