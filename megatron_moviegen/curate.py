@@ -24,19 +24,15 @@ from megatron_moviegen.runtime import rank_and_world_from_env
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Curate raw videos into single-shot training clips.")
-    parser.add_argument("inputs", nargs="+", help="video files, or folders searched for videos")
+    parser.add_argument("inputs", nargs="+", help="video files or folders searched for videos, and section.field=value "
+                                                  "overrides of the recipe")
     parser.add_argument("--out", required=True, help="output folder (results, manifests, report)")
     parser.add_argument("--recipe", default="default", help="a configs/curation recipe name or a YAML path")
     parser.add_argument("--wait-s", type=float, default=3600.0, help="how long rank 0 waits for the other ranks")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
-    args, extra = parser.parse_known_args(argv)
-    # `section.field=value` overrides may come anywhere among the inputs
-    args.overrides = [a for a in args.inputs + extra if "=" in a and not a.startswith("-")]
-    args.inputs = [a for a in args.inputs if a not in args.overrides]
-    unknown = [a for a in extra if a not in args.overrides]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_intermixed_args(argv)  # inputs and overrides before and after the options
+    args.overrides = [a for a in args.inputs if "=" in a]
+    args.inputs = [a for a in args.inputs if "=" not in a]
     return args
 
 

@@ -67,7 +67,8 @@ def load_captioner(model: str, prompt: str, max_new_tokens: int) -> ModelCaption
     return ModelCaptions(model, prompt, max_new_tokens)
 
 
-def clip_caption(video: Path, clip_number: int, frames: np.ndarray, analysis: AnalysisConfig) -> tuple[Optional[str], dict]:
+def clip_caption(video: Path, clip_number: int, frames: np.ndarray,
+                 analysis: AnalysisConfig) -> tuple[Optional[str], dict]:
     """The clip's caption and captioner record: its sidecar, else the configured model on the middle of
     `frames` (t, h, w, 3) uint8, else none."""
     caption, record = sidecar_caption(video, clip_number)

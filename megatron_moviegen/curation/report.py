@@ -80,22 +80,19 @@ def draw_sheet(image: Image.Image, draw: ImageDraw.ImageDraw, top: int, title: s
     return top + rows * (THUMB[1] + 34) + 10
 
 
-def report_height(clips: list[dict], funnels: dict) -> int:
+def report_height(clips: list[dict], funnels: dict, stage: str) -> int:
+    """Pixels the report needs: title, funnels, histograms, two contact sheets."""
     funnel_rows = sum(24 + 18 * (2 + sum(1 for r in REMOVALS if f[r])) + 10 for f in funnels.values())
-    sheet_rows = sum((n + SHEET_COLUMNS - 1) // SHEET_COLUMNS for n in _split_counts(clips, next(iter(funnels))))
-    return 60 + funnel_rows + PANEL[1] + 30 + 2 * 32 + sheet_rows * (THUMB[1] + 34) + 20
-
-
-def _split_counts(clips: list[dict], stage: str) -> tuple[int, int]:
     kept = sum(c["removed_by"][stage] is None for c in clips)
-    return kept, len(clips) - kept
+    sheet_rows = sum((n + SHEET_COLUMNS - 1) // SHEET_COLUMNS for n in (kept, len(clips) - kept))
+    return 55 + funnel_rows + PANEL[1] + 30 + 2 * 32 + sheet_rows * (THUMB[1] + 34) + 20
 
 
 def write_report(path: Path, clips: list[dict], funnels: dict[str, dict[str, int]], config: CurationConfig) -> None:
     """The report PNG for merged `clips` (each with `removed_by` per stage) and the stages' funnels."""
     folder = path.parent
     stage = next(iter(funnels))
-    image = Image.new("RGB", (WIDTH, report_height(clips, funnels)), "white")
+    image = Image.new("RGB", (WIDTH, report_height(clips, funnels, stage)), "white")
     draw = ImageDraw.Draw(image)
     draw.text((20, 15), "moviegen-curate report", fill="black", font=_font(20))
     top = 55

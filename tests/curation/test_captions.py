@@ -15,7 +15,8 @@ def tiny_blip(tmp_path_factory):
     """A BLIP captioner of random weights (vision and text width 16) with a 12-word BERT tokenizer, saved as a
     folder the way a downloaded one is."""
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipProcessor)
 
     folder = tmp_path_factory.mktemp("blip")
     (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
