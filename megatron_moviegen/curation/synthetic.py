@@ -21,10 +21,10 @@ from megatron_moviegen.data.decode import ClipRequest, PyAVDecoder, to_unit_rang
 from megatron_moviegen.utils.io import atomic_write_text
 from megatron_moviegen.utils.video_io import write_video
 
-FPS = 12
+FPS = 8
 HEIGHT, WIDTH = 144, 256
 # (bundled clip, frames taken at FPS): single-shot clips (bikes.mp4 is a trailer of 1-2.5 s shots).
-BUNNY, CARPHONE = ("bigbuckbunny.mp4", 63), ("carphone_pristine.mp4", 48)  # 5.25 s, 4 s
+BUNNY, CARPHONE = ("bigbuckbunny.mp4", 42), ("carphone_pristine.mp4", 32)  # 5.25 s, 4 s
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def test_shots_found_at_the_true_cuts_and_trimmed(footage, curated):
     found, truth = results[0]["cuts"], footage.cuts
     assert len(found) == len(truth) and all(abs(f - t) <= 2 for f, t in zip(found, truth)), (found, truth)
     clips = by_video(curated)["0_cuts.mp4"]
-    # 12 fps: shots [0, 63), [63, 111), [111, 174) frames -> seconds, 0.25 s trimmed off each end
+    # 8 fps: shots [0, 42), [42, 74), [74, 116) frames -> seconds, 0.25 s trimmed off each end
     assert [(c["start"], c["end"]) for c in clips] == [(0.25, 5.0), (5.5, 9.0), (9.5, 14.25)]
 
 
@@ -44,7 +44,7 @@ def test_the_stage_manifest_is_what_preencoding_reads(footage, curated):
     assert all(c["aesthetic_scorer"] == "absent" and c["scores"]["aesthetic"] is None
                for c in read_jsonl(curated / "clips.jsonl"))
     assert {r["cluster"] for r in records} and abs(sum(r["weight"] for r in records) / 3 - 1) < 1e-3
-    # the stricter stage keeps a subset: the carphone shot (sharpness ~213) is below its 300
+    # the stricter stage keeps a subset: the carphone shot (sharpness 220) is below its 300
     sharp = read_jsonl(curated / "manifest.sharp.jsonl")
     assert [r["clip"] for r in sharp] == [records[0]["clip"], records[2]["clip"]]
     assert (curated / "report.png").stat().st_size > 10_000
