@@ -91,8 +91,9 @@ class Thresholds:
             if name not in names:
                 raise ConfigError(f"{where}.{name}: not a threshold; thresholds are {sorted(names)}")
             old = getattr(self, name)
-            looser = value < old if name.startswith("min_") else value > old
-            if name != "max_duplicate_distance" and looser:
+            # a wider duplicate radius removes more clips: like the min_* thresholds, higher is stricter
+            higher_is_stricter = name.startswith("min_") or name == "max_duplicate_distance"
+            if (value < old) if higher_is_stricter else (value > old):
                 raise ConfigError(f"{where}.{name}: got {value}, looser than the previous stage's {old}")
         return dataclasses.replace(self, **changes)
 

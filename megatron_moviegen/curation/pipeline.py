@@ -7,7 +7,7 @@ A video that cannot be decoded (not a video, empty, no frames) gets a result fil
     clips.jsonl            every clip: source, window, scores, camera motion, caption, per stage why removed
     manifest.<stage>.jsonl each stage's kept clips, readable by pre-encoding (path, caption, start, end, ...)
     rejected.jsonl         videos rejected, with the reason
-    funnel.json            per stage: clips in, removed by each filter, out
+    funnel.json            per stage: clips in, removed by each filter, out; the scores' units
     report.png             funnel, score histograms, contact sheet (report.py)
 """
 
@@ -28,7 +28,8 @@ from megatron_moviegen.curation.camera import camera_motion
 from megatron_moviegen.curation.captions import clip_caption
 from megatron_moviegen.curation.config import CurationConfig
 from megatron_moviegen.curation.dedup import frame_hashes
-from megatron_moviegen.curation.filters import border_fraction, evenly_spaced, load_scorer, sharpness, text_fraction
+from megatron_moviegen.curation.filters import (SCORES, border_fraction, evenly_spaced, load_scorer, sharpness,
+                                                text_fraction)
 from megatron_moviegen.curation.motion import Motion, clip_motion
 from megatron_moviegen.curation.shots import ScannedVideo, clip_windows, scan_video, shot_windows
 from megatron_moviegen.curation.stages import manifest_record, run_stage
@@ -168,7 +169,7 @@ def merge(videos: list[Path], config: CurationConfig, out: Path) -> dict[str, di
     funnels = {name: {"videos": len(videos), "videos_rejected": len(rejected),
                       "short_shots": sum(r.get("short_shots", 0) for r in results), **stage.funnel()}
                for name, stage in stages.items()}
-    atomic_write_text(out / "funnel.json", json.dumps(funnels, indent=2) + "\n")
+    atomic_write_text(out / "funnel.json", json.dumps({**funnels, "score_units": SCORES}, indent=2) + "\n")
     write_report(out / "report.png", clips, funnels, config)
     return funnels
 

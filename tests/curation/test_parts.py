@@ -57,6 +57,8 @@ def test_stages_must_get_stricter():
     assert config.stage_thresholds()["sharp"].min_sharpness == 300.0
     with pytest.raises(ConfigError, match=r"stages\[1\].stricter.max_text: got 0.5, looser than the previous"):
         load_curation_config("small", ["stages=[{name: a}, {name: b, stricter: {max_text: 0.5}}]"])
+    with pytest.raises(ConfigError, match=r"stricter.max_duplicate_distance: got 2.0, looser than the previous stage's 6"):
+        load_curation_config("small", ["stages=[{name: a, stricter: {max_duplicate_distance: 2}}]"])
     with pytest.raises(ConfigError, match="stricter.max_txt: not a threshold"):
         load_curation_config("small", ["stages=[{name: a, stricter: {max_txt: 0.0}}]"])
 
