@@ -1,6 +1,5 @@
 """Captions: a sidecar file wins; without one, a local transformers image-text-to-text folder (a tiny random BLIP)."""
 
-import numpy as np
 import pytest
 
 from megatron_moviegen.curation.captions import clip_caption
