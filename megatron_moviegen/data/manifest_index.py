@@ -158,21 +158,30 @@ def _entry_at(fh, source: Path, offsets: np.ndarray, index: int) -> ManifestEntr
 
 
 def _repeats(kept: dict[int, ManifestEntry], keys: np.ndarray, entry_at) -> dict[int, int]:
-    """As `manifest._repeats_of`: kept index -> the first index with its `repeat_key`, for those that repeat one.
-    Only the lines whose key hash matches a kept entry's are parsed."""
+    """As `manifest._repeats_of`: kept index (ascending) -> the first index with its `repeat_key`, for those that
+    repeat one. Only the other lines whose key hash one of the kept entries has are parsed."""
+    own = {index: repeat_key(entry) for index, entry in kept.items()}
     first: dict[tuple, int] = {}
-    for index, entry in kept.items():
-        first.setdefault(repeat_key(entry), index)
-    wanted = np.array(sorted({key_hash(entry) for entry in kept.values()}), dtype=np.uint64)
-    end = max(kept, default=-1) + 1
+    for index, key in own.items():
+        first.setdefault(key, index)
+    indices = np.fromiter(kept, np.int64, len(kept))
+    wanted = np.unique(keys[indices])  # sorted
+    end = int(indices[-1]) + 1 if len(indices) else 0
     for start in range(0, end, _CHUNK):
-        for index in (start + np.flatnonzero(np.isin(keys[start:min(start + _CHUNK, end)], wanted))).tolist():
-            if index not in kept:
-                key = repeat_key(entry_at(index))
-                if first.get(key, -1) > index:
-                    first[key] = index
-    repeats = {index: first.get(repeat_key(entry), index) for index, entry in kept.items()}
+        hits = start + np.flatnonzero(_members(np.asarray(keys[start:min(start + _CHUNK, end)]), wanted))
+        for index in hits[~_members(hits, indices)].tolist():
+            key = repeat_key(entry_at(index))
+            if first.get(key, -1) > index:
+                first[key] = index
+    repeats = {index: first.get(key, index) for index, key in own.items()}
     return {index: earlier for index, earlier in repeats.items() if earlier < index}
+
+
+def _members(values: np.ndarray, ascending: np.ndarray) -> np.ndarray:
+    """values in `ascending` (sorted), as a bool mask: one binary search each (np.isin sorts its set every call)."""
+    if not len(ascending):
+        return np.zeros(len(values), dtype=bool)
+    return ascending[np.minimum(np.searchsorted(ascending, values), len(ascending) - 1)] == values
 
 
 def publish_index(staged: Path, index_dir: Path) -> None:
