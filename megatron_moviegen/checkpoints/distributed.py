@@ -285,9 +285,10 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """This rank's RNG states; the CUDA ones when the model is on a GPU (`device`: the model's)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
         state["cuda"] = torch.cuda.get_rng_state()
@@ -295,11 +296,11 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
+    if device.type == "cuda" and "cuda" in state:
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
         torch.cuda.set_rng_state(state["cuda"])
@@ -476,7 +477,7 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
                 == 0 and parallel_state.get_context_parallel_rank() == 0 and loader is not None:
             dp_rank = parallel_state.get_data_parallel_rank()
             _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
-        _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
+        _atomic_torch_save(_rng_state(device), tmp / "rank_state" / f"rank{rank:05d}.pt")
         if ema is not None:
             _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
     publish = partial(_publish, checkpoint_dir, tmp, final, cfg.train.keep_last, cfg.train.load_from)
@@ -557,7 +558,8 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
             state["model"] if len(chunks) == 1 else {k: v for k, v in state.items() if k.startswith("model")},
             is_loading=True)
     strategy = get_default_load_sharded_strategy(str(path))
-    if torch.cuda.is_available():  # its exchange of loaded shards allocates on CUDA
+    device = next(chunks[0].parameters()).device
+    if device.type == "cuda":  # its exchange of loaded shards allocates on CUDA
         strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
     with tensor_files_named(path):
         loaded = dist_checkpointing.load(state, str(path), strategy)
@@ -582,7 +584,7 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
         loader.load_state_dict(_load_rank_state(dp_file, "data-loader position"))
     rng_file = path / "rank_state" / f"rank{dist.get_rank():05d}.pt"
     if restore_rng and rng_file.exists():
-        _set_rng_state(_load_rank_state(rng_file, "RNG state"))
+        _set_rng_state(_load_rank_state(rng_file, "RNG state"), device)
     if ema is not None:
         saved_ema = ema_file(path, dist.get_rank())
         if not saved_ema.exists():

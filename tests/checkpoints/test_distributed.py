@@ -35,7 +35,7 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> list[bool]:
     from megatron.core.dist_checkpointing import state_dict_utils
 
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -57,7 +57,7 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> list[bool]:
 
 def _try_load(root: Path, overrides: list[str]) -> str:
     from megatron_moviegen.checkpoints.distributed import CheckpointError, load_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -204,7 +204,7 @@ def _full_disk_job(rank, world_size, root):
     from unittest import mock
 
     import megatron_moviegen.checkpoints.distributed as checkpoints
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -250,7 +250,7 @@ def _async_full_disk_job(rank, world_size, root):
 
     import megatron_moviegen.checkpoints.distributed as checkpoints
     from megatron.core.dist_checkpointing.strategies import filesystem_async
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
