@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from megatron_moviegen.checkpoints.distributed import CheckpointError
+from megatron_moviegen.checkpoints.protocol import CheckpointError
 from megatron_moviegen.config.schema import ConfigError, to_dict, to_yaml
 from megatron_moviegen.parallel.initialize import init_distributed
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
@@ -462,7 +462,7 @@ class AutoencoderTrainer(ABC):
         if rank == 0:
             train_state = {"step": done, "discriminator": loss.discriminator.state_dict(),
                            "optimizers": optimizer_states}
-            say(f"saved {save_checkpoint(train.out_dir, done, model, train_state, train.keep_last)}")
+            say(f"saved {save_checkpoint(train.out_dir, done, model, train_state, train.keep_last, self.cfg)}")
         if world_size > 1:
             dist.barrier()
 

@@ -35,7 +35,6 @@ from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import (
     finalize_async_saves,
-    latest_checkpoint,
     load_checkpoint,
     read_common_state,
     read_saved_config,
@@ -44,6 +43,7 @@ from megatron_moviegen.checkpoints.distributed import (
     start_save_helper,
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
+from megatron_moviegen.checkpoints.protocol import latest_checkpoint
 from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.monitoring import check_monitoring
 from megatron_moviegen.training.lr_plateau import with_lr_plateau

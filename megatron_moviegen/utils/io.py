@@ -146,15 +146,16 @@ def start_staging(folder: PathLike) -> Path:
     return staging
 
 
-def swap_in_folder(folder: PathLike) -> Path:
-    """Replace `folder` by its complete staging folder: the old one renamed aside (`.<name>.old`), the new one
-    renamed in, then the old one deleted. Killed at any point, `folder` is the old or the new version whole (or,
-    between the renames, the old one waits at `.<name>.old` for the next `start_staging`)."""
+def swap_in_folder(folder: PathLike, staging: PathLike | None = None) -> Path:
+    """Replace `folder` by its complete staging folder (`staging`, a folder beside it; default
+    `staging_folder(folder)`): the old one renamed aside (`.<name>.old`), the new one renamed in, then the old one
+    deleted. Killed at any point, `folder` is the old or the new version whole (or, between the renames, the old one
+    waits at `.<name>.old` for the next `start_staging`)."""
     folder = Path(folder)
     old = _set_aside(folder)
     if folder.exists() or folder.is_symlink():
         folder.rename(old)
-    staging_folder(folder).rename(folder)
+    Path(staging or staging_folder(folder)).rename(folder)
     if old.is_symlink():
         old.unlink()
     else:
