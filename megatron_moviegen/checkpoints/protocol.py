@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_moviegen.config.schema import load_recipe, to_yaml
 from megatron_moviegen.utils.io import (DamagedFileError, atomic_write_text, full_disk_message, is_full_disk,
-                                        read_file_as, swap_in_folder)
+                                        read_file_as, start_staging, swap_in_folder)
 
 LATEST = "latest"
 CONFIG_FILE = "config.yaml"
@@ -66,12 +66,11 @@ class StepFolders:
         return final.with_name(self.partial_pattern.format(final.name))
 
     def start_partial(self, final: Path) -> Path:
-        """An empty `partial(final)`; the partial folders that killed saves left beside it removed."""
+        """An empty `partial(final)`; the partial folders that killed saves left beside it removed, and a publish of
+        `final` killed between its renames finished (utils/io.py `start_staging`)."""
         for leftover in final.parent.glob(self.partial_pattern.format(f"{self.prefix}_*")):
             shutil.rmtree(leftover)
-        partial = self.partial(final)
-        partial.mkdir(parents=True)
-        return partial
+        return start_staging(final, staging=self.partial(final))
 
 
 DIT_STEPS = StepFolders("iter", 7, "{}.tmp")

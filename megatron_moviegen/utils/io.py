@@ -130,9 +130,10 @@ def _set_aside(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.old")
 
 
-def start_staging(folder: PathLike) -> Path:
-    """An empty `staging_folder(folder)`, a killed run's leftover staging removed; a swap killed between its two
-    renames is finished first (the old folder put back if the new one never arrived, else deleted)."""
+def start_staging(folder: PathLike, staging: PathLike | None = None) -> Path:
+    """An empty staging folder for `folder` (`staging`, beside it; default `staging_folder(folder)`), a killed run's
+    leftover staging removed; a swap killed between its two renames is finished first (the old folder put back if
+    the new one never arrived, else deleted)."""
     folder = Path(folder)
     old = _set_aside(folder)
     if old.exists():
@@ -140,7 +141,7 @@ def start_staging(folder: PathLike) -> Path:
             shutil.rmtree(old)
         else:
             old.rename(folder)
-    staging = staging_folder(folder)
+    staging = Path(staging or staging_folder(folder))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
