@@ -38,7 +38,8 @@ import torch
 # Imported here, not in the child: a spawned helper imports the main module, and a training's main module
 # (megatron_moviegen.train) imports all of this.
 from megatron_moviegen.checkpoints import distributed as checkpoints
-from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
+from megatron_moviegen.parallel.ddp import wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.runtime import Runtime

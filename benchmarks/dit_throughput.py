@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_moviegen.recipes import load_config  # noqa: E402
 from megatron_moviegen.models.local_layers import SDPACoreAttention  # noqa: E402
-from megatron_moviegen.parallel.build import build_dit_chunks  # noqa: E402
+from megatron_moviegen.models.dit_chunks import build_dit_chunks  # noqa: E402
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed  # noqa: E402
 from megatron_moviegen.runtime import Runtime  # noqa: E402
 from megatron_moviegen.utils.io import atomic_write_text  # noqa: E402

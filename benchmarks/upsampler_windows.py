@@ -20,7 +20,7 @@ from benchmarks.isolated import measure_isolated
 def _case(latent_frames: int, size: int, windowed: bool):
     from megatron_moviegen.inference.components import tiny_tae
     from megatron_moviegen.inference.upsampler import SpatialUpsampler, UpsamplingConfig
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime

@@ -5,7 +5,9 @@ Megatron's distributed optimizer or the CPU optimizer behind the same interface.
     runtime = Runtime.resolve(precision=cfg.train.precision, transformer_impl=cfg.model.transformer_impl,
                               distributed_optimizer=cfg.parallel.use_distributed_optimizer)
 
-Nothing below this module asks `torch.cuda.is_available()` for itself.
+Nothing else in the package asks `torch.cuda.is_available()`: code handed a Runtime (or a model) reads its
+device; the two questions asked before there is one, whether Megatron needs the CPU shim and whether a GPU-only
+decoder can start, go through `cuda_available`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def local_rank_from_env(env: Mapping[str, str] = os.environ) -> int:
         if name in env:
             return int(env[name])
     return 0
+
+
+def cuda_available() -> bool:
+    """Whether this process sees a CUDA device: the package's one probe of the hardware."""
+    return torch.cuda.is_available()
 
 
 def add_precision_argument(parser) -> None:
@@ -73,7 +80,7 @@ class Runtime:
         """GPU `cuda:<local rank>` when CUDA is present (or `cuda` says so), else CPU. "auto" precision is bf16 on
         GPU and fp32 on CPU; "auto" layers are TransformerEngine when it is installed on a GPU, else local.
         Megatron's distributed optimizer is CUDA-only: on CPU the optimizer behind the same interface is used."""
-        cuda = torch.cuda.is_available() if cuda is None else cuda
+        cuda = cuda_available() if cuda is None else cuda
         device = torch.device("cuda", local_rank_from_env()) if cuda else torch.device("cpu")
         if precision == "auto":
             precision = "bf16" if cuda else "fp32"

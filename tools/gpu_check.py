@@ -92,7 +92,8 @@ def memory_step(cpu: bool) -> dict:
     sample's tokens; its peak memory against planning.memory's estimate for the same layout."""
     from benchmarks.dit_throughput import MemoryMeter  # CUDA's peak, or the process RSS sampled every 1 ms
     from megatron_moviegen.conditioning import Conditioning, Tokens
-    from megatron_moviegen.parallel.build import build_dit_chunks, connect_ddp_to_schedules, wrap_ddp
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
+    from megatron_moviegen.parallel.ddp import connect_ddp_to_schedules, wrap_ddp
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
     from megatron_moviegen.parallel.layout import SequenceLayout
     from megatron_moviegen.planning.memory import estimate_memory

@@ -3,14 +3,15 @@
     <checkpoint_dir>/
         latest                      "iter_0000200" (written last, atomically)
         iter_0000200/               dist_checkpointing folder: model + optimizer shards, common state
+            config.yaml             the run's config (checkpoints/protocol.py read_config)
             rank_state/dp00000.pt   data-loader position of data-parallel replica 0
             rank_state/rank00000.pt RNG states of global rank 0
 
-A save goes to `iter_XXXXXXX.tmp/` and is renamed once every rank has written, so a crash mid-save leaves
-the previous checkpoint and `latest` untouched; a leftover `.tmp` is removed by the next save. With
-`train.keep_last` N, once a save is published the step folders older than it beyond the newest N are deleted
-(never the one `latest` names or `train.load_from`'s); each is renamed to `.iter_X.deleting` first, so a crash
-mid-delete leaves no half step folder that looks like a checkpoint.
+The folder follows checkpoints/protocol.py (`DIT_STEPS`): a save goes to `iter_XXXXXXX.tmp/` and is published
+(renamed, then `latest`) once every rank has written, so a crash mid-save leaves the previous checkpoint and
+`latest` untouched; a leftover `.tmp` is removed by the next save. With `train.keep_last` N, once a save is
+published the step folders older than it beyond the newest N are deleted (never the one `latest` names or
+`train.load_from`'s; `protocol.prune`).
 
 Saves are fully parallel: Megatron's `FullyParallelSaveStrategyWrapper` spreads the writing of replicated
 tensors over the data-parallel (x context-parallel) replicas instead of leaving it all to DP rank 0, so a
@@ -32,7 +33,6 @@ import os
 import pickle
 import random
 import re
-import shutil
 import queue
 import stat
 from functools import partial
@@ -60,64 +60,16 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_moviegen.checkpoints.protocol import (DIT_STEPS, LATEST, CheckpointError, full_disk_named,
+                                                    latest_checkpoint, latest_name, previous_good, prune, publish,
+                                                    write_config)
 from megatron_moviegen.checkpoints.tp_shards import local_name
 from megatron_moviegen.config.schema import to_dict
 from megatron_moviegen.models.lora import is_adapter_name
 from megatron_moviegen.utils.processes import outlive_group_signals_not_parent
-from megatron_moviegen.utils.io import (DamagedFileError, atomic_output, full_disk_message, is_full_disk,
-                                        read_file_as, read_json_file, reading)
+from megatron_moviegen.utils.io import DamagedFileError, atomic_output, read_json_file, reading
 
-LATEST = "latest"
 COMMON_STATE = "common.pt"  # dist_checkpointing's file of the non-tensor state
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message names the file or tensor."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"iter_{step:07d}"
-
-
-def latest_name(checkpoint_dir: str | Path) -> str | None:
-    """The step folder name `checkpoint_dir/latest` holds (DiT `iter_X`, TAE `step_X`), or None without one; a
-    pointer that holds anything else (empty, cut, garbage) is a DamagedFileError naming it."""
-    pointer = Path(checkpoint_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    name = read_file_as(pointer, "step folder name (iter_0000200, step_000200)", str.strip)
-    if not re.fullmatch(r"(iter_\d{7}|step_\d{6})", name):
-        raise DamagedFileError(f"{pointer}: got {name[:40]!r}, expected a step folder name such as iter_0000200 "
-                               "(or a TAE's step_000200); the pointer is damaged: write the name of a complete step "
-                               "folder into it")
-    return name
-
-
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    name = latest_name(checkpoint_dir)
-    if name is None:
-        return None
-    path = Path(checkpoint_dir) / name
-    if not path.is_dir():
-        raise CheckpointError(f"{Path(checkpoint_dir) / LATEST} points to {path}, which does not exist")
-    return path
-
-
-@contextlib.contextmanager
-def full_disk_named(checkpoint_dir: Path, partial_step: Path, what: str) -> Iterator[None]:
-    """Writes of a step into `partial_step` (a temporary folder in `checkpoint_dir`) that find the disk or quota
-    full: the partial folder is removed (its space given back) and one CheckpointError names the folder, the free
-    space and the last complete step, which stays as it was. Other errors pass unchanged."""
-    try:
-        yield
-    except (Exception, CheckpointException) as exc:  # OSError, torch's RuntimeError, a background save's failure
-        if not is_full_disk(exc):
-            raise
-        shutil.rmtree(partial_step, ignore_errors=True)
-        raise CheckpointError(
-            f"{full_disk_message(checkpoint_dir, what, exc)}; nothing of this step was kept and the last complete "
-            f"step ({latest_name(checkpoint_dir) or 'none yet'}) is untouched: free space (or set train.keep_last) "
-            "and resume") from exc
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -155,27 +107,10 @@ def storage_problem(step_dir: Path) -> str | None:
     return None
 
 
-def _step_of(folder: Path) -> int | None:
-    match = re.fullmatch(r"iter_(\d+)", folder.name)
-    return int(match.group(1)) if match else None
-
-
-def step_folders(checkpoint_dir: Path) -> list[Path]:
-    """The `iter_X` folders of `checkpoint_dir` (complete or not), by step; none if it does not exist."""
-    if not checkpoint_dir.is_dir():
-        return []
-    return sorted((f for f in checkpoint_dir.iterdir() if f.is_dir() and _step_of(f) is not None), key=_step_of)
-
-
 def previous_good_step(step_dir: Path) -> Path | None:
     """The latest step folder beside `step_dir`, saved before it, whose files are complete."""
-    step = _step_of(step_dir)
-    earlier = [f for f in step_folders(step_dir.parent)
-               if step is not None and _step_of(f) < step and (f / "metadata.json").exists()]
-    for folder in reversed(earlier):
-        if storage_problem(folder) is None:
-            return folder
-    return None
+    return previous_good(step_dir, DIT_STEPS,
+                         lambda f: storage_problem(f) if (f / "metadata.json").exists() else "no metadata.json")
 
 
 def check_complete(step_dir: Path) -> None:
@@ -285,9 +220,10 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """This rank's RNG states; the CUDA ones when the model is on a GPU (`device`: the model's)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
         state["cuda"] = torch.cuda.get_rng_state()
@@ -295,11 +231,11 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
+    if device.type == "cuda" and "cuda" in state:
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
         torch.cuda.set_rng_state(state["cuda"])
@@ -400,38 +336,22 @@ def _publish(checkpoint_dir: Path, tmp: Path, final: Path, keep_last: int | None
     applies the retention rule while the others go on."""
     dist.barrier()
     if dist.get_rank() == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = checkpoint_dir / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name)
-        os.replace(pointer_tmp, checkpoint_dir / LATEST)
+        publish(checkpoint_dir, tmp, final)
     dist.barrier()
     if dist.get_rank() == 0 and keep_last is not None:
         prune_steps(checkpoint_dir, final, keep_last, load_from)
 
 
 def prune_steps(checkpoint_dir: Path, newest: Path, keep_last: int, load_from: str | None = None) -> list[Path]:
-    """Delete the step folders older than `newest` beyond the newest `keep_last` (`newest` counted), except the
-    one `latest` names and `load_from`'s (a step folder, or a checkpoint_dir's latest); returns those deleted.
-    Folders of later steps (a run overwritten with train.overwrite=true) are left alone."""
-    keep = {latest_name(checkpoint_dir)}
+    """`protocol.prune` after the save of `newest`, keeping `load_from`'s step too (a step folder, or a
+    checkpoint_dir's latest); returns the folders deleted."""
     protected = set()
     if load_from:
         source = Path(load_from)
         protected = {source.resolve()}
         if latest_name(source) is not None:
             protected.add((source / latest_name(source)).resolve())
-    older = [f for f in step_folders(checkpoint_dir) if _step_of(f) < _step_of(newest)]
-    doomed = [f for f in older[:max(len(older) - (keep_last - 1), 0)]
-              if f.name not in keep and f.resolve() not in protected]
-    for folder in doomed:
-        deleting = folder.with_name(f".{folder.name}.deleting")
-        os.replace(folder, deleting)
-        shutil.rmtree(deleting)
-    for leftover in checkpoint_dir.glob(".iter_*.deleting"):  # from a run killed mid-delete
-        shutil.rmtree(leftover, ignore_errors=True)
-    return doomed
+    return prune(checkpoint_dir, DIT_STEPS, DIT_STEPS.step_of(newest), keep_last, frozenset(protected))
 
 
 def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimizer, scheduler, loader, cfg,
@@ -443,12 +363,12 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     global _async_saves, _async_pending, _validated_structure
     finalize_async_saves()  # one save in flight at a time
     checkpoint_dir = Path(checkpoint_dir)
-    final = checkpoint_dir / step_dir_name(step)
-    tmp = checkpoint_dir / (final.name + ".tmp")
+    final = checkpoint_dir / DIT_STEPS.name(step)
+    tmp = DIT_STEPS.partial(final)
     rank = dist.get_rank()
     chunks = _unwrap(model_chunks)
     device = next(chunks[0].parameters()).device
-    problem = [_make_step_folder(checkpoint_dir, tmp, step) if rank == 0 else None]
+    problem = [_make_step_folder(checkpoint_dir, final, step) if rank == 0 else None]
     dist.broadcast_object_list(problem, src=0, device=device)  # every rank raises
     if problem[0] is not None:
         raise CheckpointError(problem[0])
@@ -476,9 +396,11 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
                 == 0 and parallel_state.get_context_parallel_rank() == 0 and loader is not None:
             dp_rank = parallel_state.get_data_parallel_rank()
             _atomic_torch_save(loader.state_dict(), tmp / "rank_state" / f"dp{dp_rank:05d}.pt")
-        _atomic_torch_save(_rng_state(), tmp / "rank_state" / f"rank{rank:05d}.pt")
+        _atomic_torch_save(_rng_state(device), tmp / "rank_state" / f"rank{rank:05d}.pt")
         if ema is not None:
             _atomic_torch_save(ema.state_dict(), ema_file(tmp, rank))
+        if rank == 0:
+            write_config(tmp, cfg)
     publish = partial(_publish, checkpoint_dir, tmp, final, cfg.train.keep_last, cfg.train.load_from)
     if request is None:
         publish()
@@ -490,9 +412,10 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, model_chunks, optimiz
     return final
 
 
-def _make_step_folder(checkpoint_dir: Path, tmp: Path, step: int) -> str | None:
-    """Make the empty `tmp` in `checkpoint_dir` (rank 0); why that is impossible, or None. A run's folder replaced by
-    a file while it trained is named here, not met as an error from inside dist_checkpointing."""
+def _make_step_folder(checkpoint_dir: Path, final: Path, step: int) -> str | None:
+    """Make the empty partial folder of step folder `final` in `checkpoint_dir` (rank 0); why that is impossible,
+    or None. A run's folder replaced by a file while it trained is named here, not met as an error from inside
+    dist_checkpointing."""
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
         found = (f"a regular file of {checkpoint_dir.stat().st_size} bytes" if checkpoint_dir.is_file()
                  else f"a {stat.filemode(checkpoint_dir.stat().st_mode)} entry that is not a folder")
@@ -501,11 +424,10 @@ def _make_step_folder(checkpoint_dir: Path, tmp: Path, step: int) -> str | None:
                 "last step), or set another train.checkpoint_dir")
     try:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        DIT_STEPS.start_partial(final)
     except OSError as exc:
-        return f"train.checkpoint_dir {checkpoint_dir}: cannot make {tmp.name} for step {step} ({exc.strerror or exc})"
+        return (f"train.checkpoint_dir {checkpoint_dir}: cannot make {DIT_STEPS.partial(final).name} for step {step} "
+                f"({exc.strerror or exc})")
     return None
 
 
@@ -557,7 +479,8 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
             state["model"] if len(chunks) == 1 else {k: v for k, v in state.items() if k.startswith("model")},
             is_loading=True)
     strategy = get_default_load_sharded_strategy(str(path))
-    if torch.cuda.is_available():  # its exchange of loaded shards allocates on CUDA
+    device = next(chunks[0].parameters()).device
+    if device.type == "cuda":  # its exchange of loaded shards allocates on CUDA
         strategy = FullyParallelLoadStrategyWrapper(strategy, _replica_group())
     with tensor_files_named(path):
         loaded = dist_checkpointing.load(state, str(path), strategy)
@@ -582,7 +505,7 @@ def load_checkpoint(path: str | Path, model_chunks, optimizer=None, scheduler=No
         loader.load_state_dict(_load_rank_state(dp_file, "data-loader position"))
     rng_file = path / "rank_state" / f"rank{dist.get_rank():05d}.pt"
     if restore_rng and rng_file.exists():
-        _set_rng_state(_load_rank_state(rng_file, "RNG state"))
+        _set_rng_state(_load_rank_state(rng_file, "RNG state"), device)
     if ema is not None:
         saved_ema = ema_file(path, dist.get_rank())
         if not saved_ema.exists():

@@ -37,7 +37,7 @@ from megatron_moviegen.config.schema import ConfigError, apply_overrides, build,
 from megatron_moviegen.models.dit import MovieGenDiT
 from megatron_moviegen.models.dit_config import LoRAConfig
 from megatron_moviegen.models.lora import merge_lora
-from megatron_moviegen.parallel.build import build_dit_chunks
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
 from megatron_moviegen.checkpoints.distributed import (

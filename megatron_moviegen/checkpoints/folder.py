@@ -25,7 +25,7 @@ from typing import IO, Iterator
 import torch
 import torch.distributed as dist
 
-from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError, latest_name, step_folders
+from megatron_moviegen.checkpoints.protocol import DIT_STEPS, LATEST, CheckpointError, latest_name
 
 LOCK = ".lock"
 log = logging.getLogger("megatron_moviegen.checkpoints")
@@ -33,7 +33,7 @@ log = logging.getLogger("megatron_moviegen.checkpoints")
 
 def overwrite_problem(checkpoint_dir: Path) -> str | None:
     """Why a fresh run (train.resume=false) must not write into `checkpoint_dir`, or None if it holds no steps."""
-    steps, latest = step_folders(checkpoint_dir), latest_name(checkpoint_dir)
+    steps, latest = DIT_STEPS.folders(checkpoint_dir), latest_name(checkpoint_dir)
     if not steps and latest is None:
         return None
     latest = latest or f"none; newest folder {steps[-1].name}"

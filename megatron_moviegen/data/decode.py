@@ -19,9 +19,9 @@ from typing import Iterator, Optional, Protocol
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from megatron_moviegen.runtime import local_rank_from_env
+from megatron_moviegen.runtime import cuda_available, local_rank_from_env
+from megatron_moviegen.utils.frames import center_crop_offsets, cover_size, resize_center_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -83,22 +83,6 @@ class Decoder(Protocol):
         """`clip_frames` as the model wants it: (3, t, h, w) float32 in [-1, 1]."""
 
 
-def cover_size(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
-    """The smallest (h, w) with the source's aspect ratio that covers (dst_h, dst_w)."""
-    scale = max(dst_h / src_h, dst_w / src_w)
-    return max(dst_h, round(src_h * scale)), max(dst_w, round(src_w * scale))
-
-
-def center_crop_offsets(h: int, w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
-    return crop_offsets(h, w, dst_h, dst_w)
-
-
-def crop_offsets(h: int, w: int, dst_h: int, dst_w: int, top: float = 0.5, left: float = 0.5) -> tuple[int, int]:
-    """(top, left) pixel offset of a (dst_h, dst_w) crop at relative position (top, left) in [0, 1]; 0.5 is the
-    centre crop pre-encoding takes."""
-    return int((h - dst_h) * top), int((w - dst_w) * left)
-
-
 def cover_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
     """One decoded frame resized (swscale, area) to the smallest size with its aspect ratio that covers
     (height, width): (cover_h, cover_w, 3) uint8. The resize every pre-encoded and TAE-training clip gets."""
@@ -109,18 +93,6 @@ def cover_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
 def to_unit_range(frames: torch.Tensor) -> torch.Tensor:
     """(t, h, w, 3) uint8 -> (3, t, h, w) float32 in [-1, 1]."""
     return frames.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(t, h, w, 3) uint8 on any device -> (t, height, width, 3) uint8; antialiased bilinear, then crop."""
-    t, h, w, _ = frames.shape
-    cover_h, cover_w = cover_size(h, w, height, width)
-    x = frames.permute(0, 3, 1, 2).float()  # (t, 3, h, w)
-    if (cover_h, cover_w) != (h, w):
-        x = F.interpolate(x, size=(cover_h, cover_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = center_crop_offsets(cover_h, cover_w, height, width)
-    x = x[:, :, top : top + height, left : left + width].round_().clamp_(0, 255)
-    return x.to(torch.uint8).permute(0, 2, 3, 1)  # (t, h, w, 3)
 
 
 def select_frame_indices(frame_times: np.ndarray, targets: np.ndarray, path: str | Path) -> np.ndarray:
@@ -287,7 +259,7 @@ class DaliDecoder:
             from nvidia.dali import fn, pipeline_def, types
         except ImportError as exc:
             raise DecoderUnavailable("NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)") from exc
-        if device == "gpu" and not torch.cuda.is_available():
+        if device == "gpu" and not cuda_available():
             raise DecoderUnavailable("DaliDecoder(device='gpu') needs a CUDA device")
         self.name = f"dali-{device}"
         self.device = device

@@ -4,7 +4,7 @@
 An LDM image VAE inflated to 2.5D (see tae_blocks.py). Every spatial downsampling also halves time (stride-2
 temporal conv, rounding up), so a 1-frame video (an image) stays one frame all the way through.
 
-    tae = TAE.from_image_vae("flux_vae/")           # diffusers AutoencoderKL folder, 16 latent channels
+    tae = tae_from_image_vae("flux_vae/")            # tae_inflate.py: a diffusers AutoencoderKL, 16 latent channels
     posterior = tae.encode(video, tiled=True)        # DiagonalGaussian over (b, 16, T, h/8, w/8)
     video = tae.decode(posterior.mode(), num_frames=t, tiled=True)
 """
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_moviegen.config.schema import ConfigError, build, to_dict
+from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.models.tae_blocks import (
     Conv2Plus1d,
     Downsample,
@@ -332,16 +331,3 @@ class TAE(PretrainedAutoencoder, nn.Module):
 
     def _decode_spatially_tiled(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self._blend_spatial_tiles(latents, lambda z: self._decode(z, num_frames), 1, self.cfg.compression)
-
-    @classmethod
-    def from_image_vae(cls, path: str | Path, **tiling) -> "TAE":
-        """Inflate a diffusers AutoencoderKL folder (config.json + safetensors); an image then passes exactly as
-        through the image VAE. `tiling` overrides TAEConfig tile fields."""
-        from megatron_moviegen.models.tae_inflate import image_vae_config, inflate_state_dict, read_image_vae
-
-        vae_config, vae_state = read_image_vae(Path(path))
-        model = cls(build(TAEConfig, {**to_dict(image_vae_config(vae_config)), **tiling}))
-        model.load_state_dict(inflate_state_dict(model.state_dict(), vae_state))
-        return model
-
-

@@ -13,9 +13,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.config.schema import ConfigError, build, to_dict
+from megatron_moviegen.models.tae import TAE, TAEConfig
 
 VAE_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def tae_from_image_vae(path: str | Path, **tiling) -> TAE:
+    """Inflate a diffusers AutoencoderKL folder (config.json + safetensors); an image then passes exactly as
+    through the image VAE. `tiling` overrides TAEConfig tile fields."""
+    vae_config, vae_state = read_image_vae(Path(path))
+    model = TAE(build(TAEConfig, {**to_dict(image_vae_config(vae_config)), **tiling}))
+    model.load_state_dict(inflate_state_dict(model.state_dict(), vae_state))
+    return model
 
 
 def read_image_vae(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -32,8 +42,6 @@ def read_image_vae(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def image_vae_config(vae: dict):
     """TAEConfig with the architecture of a diffusers AutoencoderKL config."""
-    from megatron_moviegen.models.tae import TAEConfig
-
     if vae.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
         raise ConfigError(f"_class_name: got {vae['_class_name']!r}, expected 'AutoencoderKL'")
     if vae.get("act_fn", "silu") != "silu":

@@ -8,7 +8,7 @@ and the reference-image encoder of personalized video (PT2V, SPEC section 6), in
   (`build_vision_tower`, in `ContextProjection.encoders`), started from the pretrained weights
   (`load_pretrained_towers`) and trained with it; pre-encoding caches its input pixels (`ReferenceEncoder.images`).
 
-    encoder = ReferenceEncoder(ReferenceConfig(encoder="/models/metaclip-h14"))
+    encoder = ReferenceEncoder(ReferenceConfig(encoder="/models/metaclip-h14"))   # data.config.ReferenceConfig
     tokens = encoder.encode(frames)   # b (h, w, 3) uint8 -> Tokens((b, max_length, 1280), (b, max_length) bool)
 
 Both roles compute tokens with `tower_tokens`: every token of the last hidden state (the class token, then one per
@@ -25,8 +25,6 @@ Adam moments are 2 + 4 + 4 + 4 + 4 = 18 bytes per parameter, 11.4 GB, of which t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,11 +34,11 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
 from megatron_moviegen.conditioning import Images, Tokens
-from megatron_moviegen.data.config import ReferenceConfig
-from megatron_moviegen.data.decode import resize_center_crop
 from megatron_moviegen.models.dit_config import ContextSource, VisionTowerConfig
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.text.encoders import hub_offline, resolve_source
+from megatron_moviegen.utils.frames import resize_center_crop
+from megatron_moviegen.utils.io import replacing_folder
 
 # transformers' OPENAI_CLIP_MEAN / STD, the normalisation of every CLIP and MetaCLIP checkpoint.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -101,17 +99,17 @@ def tower_tokens(model: CLIPVisionModel, pixels: torch.Tensor, max_length: int,
     return Tokens(embeddings, mask)
 
 
-def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str]:
-    """Copy the pretrained tower of `reference.encoder` into every in-model tower of `model_chunks` (a new
-    personalization stage, or one trained from scratch); returns the sources loaded. A tower whose shape differs
-    from the folder's is refused, naming both."""
+def load_pretrained_towers(model_chunks, encoder: str) -> list[str]:
+    """Copy the pretrained tower of `encoder` (data.reference.encoder: a CLIPVisionModel folder or hub id) into
+    every in-model tower of `model_chunks` (a new personalization stage, or one trained from scratch); returns the
+    sources loaded. A tower whose shape differs from the folder's is refused, naming both."""
     towers = [(name, tower) for chunk in model_chunks
               for name, tower in getattr(chunk, "module", chunk).context_projection.encoders.items()]
     if not towers:
         return []
     hf_logging.disable_progress_bar()  # every rank loads it: no per-rank "Loading weights" bars in the log
     try:  # read once, copied into every chunk's tower (one per virtual pipeline chunk)
-        pretrained = CLIPVisionModel.from_pretrained(resolve_encoder_source(reference.encoder),
+        pretrained = CLIPVisionModel.from_pretrained(resolve_encoder_source(encoder),
                                                      local_files_only=hub_offline())
     finally:
         hf_logging.enable_progress_bar()
@@ -124,7 +122,7 @@ def load_pretrained_towers(model_chunks, reference: ReferenceConfig) -> list[str
         different = {f: (getattr(mine, f), getattr(theirs, f)) for f in fields
                      if getattr(mine, f) != getattr(theirs, f)}
         if different:
-            raise ValueError(f"model.extra_context.{name}.encoder differs from {reference.encoder} in "
+            raise ValueError(f"model.extra_context.{name}.encoder differs from {encoder} in "
                              + ", ".join(f"{f} (model {a}, checkpoint {b})" for f, (a, b) in different.items()))
         with torch.no_grad():
             for key, value in tower.state_dict().items():
@@ -171,11 +169,12 @@ class FrozenVisionTower:
 
 
 class ReferenceEncoder(FrozenVisionTower):
-    """Personalization's reference-image tower (data.reference), frozen, on `config.device`."""
+    """Personalization's reference-image tower, frozen, on `config.device`; `config`: the data.reference section
+    (`data.config.ReferenceConfig`: encoder, max_length, device, dtype)."""
 
     what, field = "reference encoder", "data.reference.encoder"
 
-    def __init__(self, config: ReferenceConfig):
+    def __init__(self, config):
         config.validate()
         self.config = config
         super().__init__(config.encoder, config.device, config.dtype)
@@ -232,11 +231,8 @@ def save_tiny_vision_tower(folder: str | Path, width: int = 32, image_size: int 
         torch.manual_seed(seed)
         model = CLIPVisionModel(config)
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")  # written whole, then renamed into place
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    (staging / PROCESSOR_FILE).write_text(json.dumps({"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-                                                      "crop_size": image_size}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    with replacing_folder(folder) as staging:  # written whole, then swapped into place
+        model.save_pretrained(staging)
+        (staging / PROCESSOR_FILE).write_text(json.dumps({"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+                                                          "crop_size": image_size}))
     return folder

@@ -27,6 +27,8 @@ import types
 
 import torch
 
+from megatron_moviegen.runtime import cuda_available
+
 SUPPORTED_MEGATRON = ("0.16.",)
 _applied = False
 
@@ -80,7 +82,8 @@ class _CpuTorch(types.ModuleType):
 
 
 def needs_cpu_shim() -> bool:
-    return not torch.cuda.is_available()
+    """Whether the process has no CUDA: Megatron's modules call torch.cuda whatever device the Runtime chose."""
+    return not cuda_available()
 
 
 def apply_cpu_shim() -> bool:

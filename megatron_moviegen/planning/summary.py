@@ -22,7 +22,7 @@ COMPONENTS = OrderedDict(
 
 
 def _build_on_meta(cfg: MovieGenConfig):
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.runtime import Runtime
 

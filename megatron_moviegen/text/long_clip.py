@@ -294,7 +294,7 @@ def save_checkpoint(folder: Path, clip: LongClip, optimizer: torch.optim.Optimiz
                      "crop_size": clip.image_size}
         (staging / PROCESSOR_FILE).write_text(json.dumps(processor))
         rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()}
-                                                if torch.cuda.is_available() else {})}
+                                                if clip.mean.device.type == "cuda" else {})}
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, staging / TRAIN_STATE)
     return folder
 

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from megatron_moviegen.checkpoints.distributed import CheckpointError
+from megatron_moviegen.checkpoints.protocol import CheckpointError
 from megatron_moviegen.config.schema import ConfigError, to_dict, to_yaml
 from megatron_moviegen.parallel.initialize import init_distributed
 from megatron_moviegen.runtime import Runtime, rank_and_world_from_env
@@ -165,14 +165,18 @@ def finite_output(model: nn.Module, inputs: torch.Tensor, bf16: bool) -> torch.T
 # ---- data parallel ------------------------------------------------------------------------------------
 
 def import_deepspeed():
-    """The deepspeed module, or None when it is not installed. Without a GPU it runs on its CPU accelerator."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    """The deepspeed module, or None when it is not installed (its accelerator: `use_deepspeed_accelerator_of`)."""
     try:
         import deepspeed
     except ImportError:
         return None
     return deepspeed
+
+
+def use_deepspeed_accelerator_of(device: torch.device) -> None:
+    """Have deepspeed, once imported, run on the runtime's `device` type: its CPU accelerator without a GPU."""
+    if device.type != "cuda":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def resolve_data_parallel(choice: str) -> str:
@@ -364,6 +368,7 @@ class AutoencoderTrainer(ABC):
 
     def _autoencoder_step(self, model: nn.Module, world_size: int, device: torch.device):
         train = self.cfg.train
+        use_deepspeed_accelerator_of(device)
         if world_size > 1 and resolve_data_parallel(train.data_parallel) == "deepspeed":
             return ZeRO2AutoencoderStep(model, train, self.micro_batch_size(), device)
         return DDPAutoencoderStep(model, train, world_size)
@@ -457,7 +462,7 @@ class AutoencoderTrainer(ABC):
         if rank == 0:
             train_state = {"step": done, "discriminator": loss.discriminator.state_dict(),
                            "optimizers": optimizer_states}
-            say(f"saved {save_checkpoint(train.out_dir, done, model, train_state, train.keep_last)}")
+            say(f"saved {save_checkpoint(train.out_dir, done, model, train_state, train.keep_last, self.cfg)}")
         if world_size > 1:
             dist.barrier()
 

@@ -20,7 +20,8 @@ from typing import Callable, NoReturn
 import torch
 import torch.distributed as dist
 
-from megatron_moviegen.checkpoints.distributed import finalize_async_saves, latest_checkpoint
+from megatron_moviegen.checkpoints.distributed import finalize_async_saves
+from megatron_moviegen.checkpoints.protocol import latest_checkpoint
 from megatron_moviegen.data.loader import Batch, LatentLoader
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.training.metrics import NonFiniteLossError

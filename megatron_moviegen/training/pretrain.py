@@ -28,18 +28,13 @@ from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.data.feeder import BatchFeeder
 from megatron_moviegen.data.loader import Batch, LatentLoader
 from megatron_moviegen.data.shards import encoder_mismatch, shard_encoders
-from megatron_moviegen.parallel.build import (
-    build_dit_chunks,
-    connect_ddp_to_schedules,
-    finish_param_gather,
-    wrap_ddp,
-)
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
+from megatron_moviegen.parallel.ddp import connect_ddp_to_schedules, finish_param_gather, wrap_ddp
 from megatron_moviegen.parallel.initialize import init_model_parallel, set_seed
 from megatron_moviegen.parallel.layout import SequenceLayout
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.checkpoints.distributed import (
     finalize_async_saves,
-    latest_checkpoint,
     load_checkpoint,
     read_common_state,
     read_saved_config,
@@ -48,6 +43,7 @@ from megatron_moviegen.checkpoints.distributed import (
     start_save_helper,
 )
 from megatron_moviegen.checkpoints.folder import claim_checkpoint_dir
+from megatron_moviegen.checkpoints.protocol import latest_checkpoint
 from megatron_moviegen.training.ema import ModelEMA
 from megatron_moviegen.training.monitoring import check_monitoring
 from megatron_moviegen.training.lr_plateau import with_lr_plateau
@@ -277,7 +273,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
             log.info("initialised weights from %s (new stage: fresh optimizer and schedule)", cfg.train.load_from)
         towers = [name for name, source in cfg.model.extra_context.items() if source.encoder is not None]
         if towers and (not cfg.train.load_from or any(n.startswith("context_projection.encoders.") for n in new)):
-            loaded = load_pretrained_towers(chunks, cfg.data.reference)
+            loaded = load_pretrained_towers(chunks, cfg.data.reference.encoder)
             log.info("vision towers %s start from %s", sorted(set(loaded)), cfg.data.reference.encoder)
         if cfg.train.load_from or towers:
             # Mixed-precision optimizers copied the model's weights when built: give them the loaded ones.

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_moviegen.checkpoints.distributed import step_dir_name
+from megatron_moviegen.checkpoints.protocol import DIT_STEPS
 from megatron_moviegen.conditioning import Conditioning, Tokens
 from megatron_moviegen.config import ConfigError
 from megatron_moviegen.inference.components import load_tae, load_text_encoders
@@ -143,6 +143,6 @@ class TrainingSamples:
         started = time.perf_counter()
         weights = ema.applied() if self.cfg.ema else nullcontext()
         with training_rng_kept(self.runtime), eval_mode(model), weights:
-            paths = self.pipeline.generate(self.cfg.prompts, self.settings, self.folder / step_dir_name(step),
+            paths = self.pipeline.generate(self.cfg.prompts, self.settings, self.folder / DIT_STEPS.name(step),
                                            progress=False)
         metrics.record_samples(step, paths, self.cfg.prompts, self.settings.fps, time.perf_counter() - started)

@@ -1,16 +1,18 @@
-"""TAE training checkpoints: one folder per kept step, each written whole or not at all.
+"""Autoencoder training checkpoints (the TAE's, the audio autoencoder's): one folder per kept step, each written
+whole or not at all, by checkpoints/protocol.py (`AUTOENCODER_STEPS`).
 
     <out_dir>/
         checkpoints/
             latest                  "step_000300", rewritten atomically once that folder is complete
-            step_000200/            config.json + model.safetensors (TAE.save_pretrained) and train_state.pt
+            step_000200/            config.json + model.safetensors (save_pretrained), train_state.pt and the
+                                    run's config.yaml (protocol.read_config)
             step_000300/
-        checkpoint -> checkpoints/step_000300       the latest TAE, for load_tae and pre-encoding
+        checkpoint -> checkpoints/step_000300       the latest autoencoder, for load_tae and pre-encoding
 
-A save writes `checkpoints/.step_000300.tmp/` and renames it, so weights and train state are never a step
-apart; then it moves `latest`, swaps the `checkpoint` link (one rename) and prunes to the newest `keep_last`
-steps. A kill at any point leaves `latest` and `checkpoint` on a complete step; the next save removes the
-leftover `.tmp`. A load refuses, naming the file and the previous complete step, a folder whose files are
+A save writes `checkpoints/.step_000300.tmp/` and publishes it (renamed in, then `latest`), so weights and train
+state are never a step apart; then it swaps the `checkpoint` link (one rename) and prunes to the newest
+`keep_last` steps. A kill at any point leaves `latest` and `checkpoint` on a complete step; the next save removes
+the leftover `.tmp`. A load refuses, naming the file and the previous complete step, a folder whose files are
 missing or shorter than their headers say.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -29,30 +30,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError, full_disk_named, latest_name
+from megatron_moviegen.checkpoints.protocol import (AUTOENCODER_STEPS, LATEST, CheckpointError, full_disk_named,
+                                                    latest_name, previous_good, prune, publish, write_config)
 from megatron_moviegen.models.tae import CONFIG_NAME, TAE, WEIGHTS_NAME
-from megatron_moviegen.utils.io import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 LINK = "checkpoint"
 TRAIN_STATE = "train_state.pt"
 FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAIN_STATE)
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def _step_of(folder: Path) -> int | None:
-    match = re.fullmatch(r"step_(\d+)", folder.name)
-    return int(match.group(1)) if match else None
-
-
-def step_folders(checkpoints: Path) -> list[Path]:
-    """The published step folders under `checkpoints`, oldest first."""
-    if not checkpoints.is_dir():
-        return []
-    return sorted((f for f in checkpoints.iterdir() if f.is_dir() and _step_of(f) is not None), key=_step_of)
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -85,17 +70,8 @@ def storage_problem(folder: Path) -> str | None:
     return None
 
 
-def previous_good_step(folder: Path) -> Path | None:
-    """The newest step folder beside `folder`, saved before it, whose files are complete."""
-    step = _step_of(folder)
-    if step is None:
-        return None
-    earlier = [f for f in step_folders(folder.parent) if _step_of(f) < step]
-    return next((f for f in reversed(earlier) if storage_problem(f) is None), None)
-
-
 def _refusal(problem: str, folder: Path) -> CheckpointError:
-    previous = previous_good_step(folder)
+    previous = previous_good(folder, AUTOENCODER_STEPS, storage_problem)
     fallback = (f"the previous complete step is {previous} (write '{previous.name}' into "
                 f"{folder.parent / LATEST} to resume from it)" if previous is not None
                 else "there is no earlier complete step beside it")
@@ -110,7 +86,7 @@ def resume_folder(out_dir: str | Path) -> Path | None:
     latest = latest_name(out_dir / CHECKPOINTS)
     if latest is not None:
         return out_dir / CHECKPOINTS / latest
-    folders = step_folders(out_dir / CHECKPOINTS)
+    folders = AUTOENCODER_STEPS.folders(out_dir / CHECKPOINTS)
     if folders:
         return folders[-1]
     single = out_dir / LINK
@@ -138,16 +114,6 @@ def load_checkpoint(folder: Path, model: TAE, discriminator: nn.Module) -> dict:
     return state
 
 
-def _replace_folder(tmp: Path, final: Path) -> None:
-    if final.exists():  # a step saved again after a resume from an earlier one: never the one `latest` names
-        old = final.with_name(f".{final.name}.old.tmp")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def _point_link(link: Path, target: Path) -> None:
     """Make `link` a symlink to `target` with one rename; a real folder there (single-folder layout) goes first."""
     tmp = link.with_name(f".{link.name}.tmp")
@@ -158,31 +124,20 @@ def _point_link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def prune(checkpoints: Path, step: int, keep_last: int | None) -> list[Path]:
-    """Remove the step folders up to `step` but the newest `keep_last` (None or 0: keep all); returns them. Later
-    steps (left by a run that was pointed back at an earlier one) stay until this run saves over them."""
-    if not keep_last:
-        return []
-    doomed = [f for f in step_folders(checkpoints) if _step_of(f) <= step][:-keep_last]
-    for folder in doomed:
-        shutil.rmtree(folder)
-    return doomed
-
-
-def save_checkpoint(out_dir: str | Path, step: int, model: TAE, train_state: dict, keep_last: int | None) -> Path:
-    """Write `checkpoints/step_<step>/` whole (the TAE and `train_state`), then point `latest` and `checkpoint` at
-    it and prune older steps; returns the folder. One process (rank 0) calls it."""
+def save_checkpoint(out_dir: str | Path, step: int, model: TAE, train_state: dict, keep_last: int | None,
+                    config) -> Path:
+    """Write `checkpoints/step_<step>/` whole (the autoencoder, `train_state` and `config`, the run's config
+    dataclass), then point `latest` and `checkpoint` at it and prune older steps (`keep_last`: None or 0 keeps
+    every step); returns the folder. One process (rank 0) calls it."""
     out_dir = Path(out_dir)
     checkpoints = out_dir / CHECKPOINTS
-    final = checkpoints / step_dir_name(step)
-    tmp = checkpoints / f".{final.name}.tmp"
-    for leftover in checkpoints.glob(".step_*.tmp"):  # saves cut short by a kill
-        shutil.rmtree(leftover)
+    final = checkpoints / AUTOENCODER_STEPS.name(step)
+    tmp = AUTOENCODER_STEPS.start_partial(final)
     with full_disk_named(checkpoints, tmp, f"saving TAE step {step}"):
         model.save_pretrained(tmp)
         torch.save(train_state, tmp / TRAIN_STATE)
-    _replace_folder(tmp, final)
-    atomic_write_text(checkpoints / LATEST, final.name)
+        write_config(tmp, config)
+    publish(checkpoints, tmp, final)
     _point_link(out_dir / LINK, Path(CHECKPOINTS) / final.name)
-    prune(checkpoints, step, keep_last)
+    prune(checkpoints, AUTOENCODER_STEPS, step, keep_last)
     return final

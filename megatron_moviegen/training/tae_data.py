@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from megatron_moviegen.config.schema import ConfigError
-from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, cover_rgb, crop_offsets, to_unit_range
+from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, cover_rgb, to_unit_range
+from megatron_moviegen.utils.frames import crop_offsets
 
 
 def read_frames(path: str | Path, start: int, num_frames: int, size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from megatron_moviegen.config.schema import ConfigError, load_recipe
 from megatron_moviegen.data.bundled import resolve_bundled
 from megatron_moviegen.evaluation import quality, tae_reconstruction
 from megatron_moviegen.models.tae import TAE, TAEConfig
+from megatron_moviegen.models.tae_inflate import tae_from_image_vae
 from megatron_moviegen.models.tae_losses import TAELoss, TAELossConfig
 from megatron_moviegen.runtime import Runtime
 from megatron_moviegen.training import autoencoder
@@ -100,7 +101,7 @@ class TAETrainer(AutoencoderTrainer):
 
     def build_model(self) -> TAE:
         if self.cfg.train.init_from_image_vae:
-            return TAE.from_image_vae(self.cfg.train.init_from_image_vae)
+            return tae_from_image_vae(self.cfg.train.init_from_image_vae)
         return TAE(self.cfg.model)
 
     def build_loss(self) -> TAELoss:

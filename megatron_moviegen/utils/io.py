@@ -130,9 +130,10 @@ def _set_aside(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.old")
 
 
-def start_staging(folder: PathLike) -> Path:
-    """An empty `staging_folder(folder)`, a killed run's leftover staging removed; a swap killed between its two
-    renames is finished first (the old folder put back if the new one never arrived, else deleted)."""
+def start_staging(folder: PathLike, staging: PathLike | None = None) -> Path:
+    """An empty staging folder for `folder` (`staging`, beside it; default `staging_folder(folder)`), a killed run's
+    leftover staging removed; a swap killed between its two renames is finished first (the old folder put back if
+    the new one never arrived, else deleted)."""
     folder = Path(folder)
     old = _set_aside(folder)
     if old.exists():
@@ -140,21 +141,22 @@ def start_staging(folder: PathLike) -> Path:
             shutil.rmtree(old)
         else:
             old.rename(folder)
-    staging = staging_folder(folder)
+    staging = Path(staging or staging_folder(folder))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
 
 
-def swap_in_folder(folder: PathLike) -> Path:
-    """Replace `folder` by its complete staging folder: the old one renamed aside (`.<name>.old`), the new one
-    renamed in, then the old one deleted. Killed at any point, `folder` is the old or the new version whole (or,
-    between the renames, the old one waits at `.<name>.old` for the next `start_staging`)."""
+def swap_in_folder(folder: PathLike, staging: PathLike | None = None) -> Path:
+    """Replace `folder` by its complete staging folder (`staging`, a folder beside it; default
+    `staging_folder(folder)`): the old one renamed aside (`.<name>.old`), the new one renamed in, then the old one
+    deleted. Killed at any point, `folder` is the old or the new version whole (or, between the renames, the old one
+    waits at `.<name>.old` for the next `start_staging`)."""
     folder = Path(folder)
     old = _set_aside(folder)
     if folder.exists() or folder.is_symlink():
         folder.rename(old)
-    staging_folder(folder).rename(folder)
+    Path(staging or staging_folder(folder)).rename(folder)
     if old.is_symlink():
         old.unlink()
     else:

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_moviegen.checkpoints.distributed import (
-    LATEST,
-    previous_good_step,
-    prune_steps,
-    step_dir_name,
-    storage_problem,
-)
+from megatron_moviegen.checkpoints.distributed import previous_good_step, prune_steps, storage_problem
+from megatron_moviegen.checkpoints.protocol import DIT_STEPS, LATEST
 from tests.harness import run_distributed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +30,7 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> list[bool]:
     from megatron.core.dist_checkpointing import state_dict_utils
 
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -57,7 +52,7 @@ def _save_tiny_steps(root: Path, steps=(1, 2)) -> list[bool]:
 
 def _try_load(root: Path, overrides: list[str]) -> str:
     from megatron_moviegen.checkpoints.distributed import CheckpointError, load_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -72,17 +67,29 @@ def _try_load(root: Path, overrides: list[str]) -> str:
         destroy()
 
 
+def _config_beside(step_dir: Path) -> dict:
+    """Whether the step's config.yaml loads back into the run's config; then, config.yaml removed (a step saved
+    before it was written), whether the step still loads."""
+    from megatron_moviegen.checkpoints.protocol import CONFIG_FILE, read_config
+    from megatron_moviegen.recipes import MovieGenConfig, load_config
+
+    loads_back = read_config(step_dir, MovieGenConfig) == load_config("tiny")
+    (step_dir / CONFIG_FILE).unlink()
+    return {"loads back": loads_back, "old format": _try_load(step_dir.parent, [])}
+
+
 def _load_job(rank, world_size, root):
     root = Path(root)
     validated = _save_tiny_steps(root)
     messages = {name: _try_load(root, overrides) for name, overrides in LOADS.items()}
     messages["validated"] = validated
+    messages["config beside the step"] = _config_beside(root / DIT_STEPS.name(2))
     shutil.copytree(root, root.with_name(root.name + "_intact"))
-    distcp = sorted((root / step_dir_name(2)).glob("*.distcp"))[-1]
+    distcp = sorted((root / DIT_STEPS.name(2)).glob("*.distcp"))[-1]
     distcp.write_bytes(distcp.read_bytes()[: distcp.stat().st_size // 2])
     shutil.copytree(root, root.with_name(root.name + "_truncated"))
     messages["truncated latest"] = _try_load(root, [])
-    for file in (root / step_dir_name(1)).glob("*.distcp"):
+    for file in (root / DIT_STEPS.name(1)).glob("*.distcp"):
         file.unlink()
     messages["truncated, no good step before"] = _try_load(root, [])
     return messages
@@ -113,6 +120,10 @@ def test_the_saved_model_loads(loads):
     assert loads[1]["same model"] == "step 2"
 
 
+def test_the_runs_config_is_beside_each_step_and_a_step_without_it_still_loads(loads):
+    assert loads[1]["config beside the step"] == {"loads back": True, "old format": "step 2"}
+
+
 def test_a_save_with_the_structure_of_the_last_validated_one_skips_the_validation(loads):
     assert loads[1]["validated"] == [True, False]
 
@@ -120,7 +131,7 @@ def test_a_save_with_the_structure_of_the_last_validated_one_skips_the_validatio
 def test_fewer_layers_are_refused_naming_the_first_dropped_tensor(loads):
     root, messages = loads
     assert messages["fewer layers"] == (
-        f"CheckpointError: {root / step_dir_name(2)}: checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' "
+        f"CheckpointError: {root / DIT_STEPS.name(2)}: checkpoint tensor 'layers.2.cross_attention.linear_kv.weight' "
         "(128, 64) is not in this model (26 saved tensors would be dropped); saved model.num_layers=4, this model 2")
 
 
@@ -136,19 +147,19 @@ def test_more_layers_or_another_width_are_refused_naming_tensor_and_shapes(loads
 def test_truncated_distcp_names_the_file_and_the_previous_good_step(loads):
     root, messages = loads
     message = messages["truncated latest"]
-    assert message.startswith(f"CheckpointError: {root / step_dir_name(2)}/__0_") and ".distcp has " in message
-    assert f"the previous complete step is {root / step_dir_name(1)}" in message
+    assert message.startswith(f"CheckpointError: {root / DIT_STEPS.name(2)}/__0_") and ".distcp has " in message
+    assert f"the previous complete step is {root / DIT_STEPS.name(1)}" in message
     assert messages["truncated, no good step before"].endswith("there is no earlier complete step beside it")
 
 
 def test_storage_problem_reads_only_metadata_and_file_sizes(loads, tmp_path):
     root, _ = loads
-    copy = tmp_path / step_dir_name(1)
-    shutil.copytree(root / step_dir_name(2), copy)  # the truncated one
+    copy = tmp_path / DIT_STEPS.name(1)
+    shutil.copytree(root / DIT_STEPS.name(2), copy)  # the truncated one
     assert "its metadata needs" in storage_problem(copy)
     (copy / ".metadata").write_bytes(b"\x80")
     assert "cannot be read" in storage_problem(copy)
-    assert previous_good_step(root / step_dir_name(2)) is None  # step 1's files were removed above
+    assert previous_good_step(root / DIT_STEPS.name(2)) is None  # step 1's files were removed above
 
 
 @pytest.mark.parametrize("case, says", [
@@ -173,8 +184,8 @@ def test_export_tool_refuses_in_one_line(loads, tmp_path, case, says):
 
 def _steps_folder(root: Path, steps, latest: int) -> Path:
     for step in steps:
-        (root / step_dir_name(step)).mkdir(parents=True)
-    (root / LATEST).write_text(step_dir_name(latest))
+        (root / DIT_STEPS.name(step)).mkdir(parents=True)
+    (root / LATEST).write_text(DIT_STEPS.name(latest))
     return root
 
 
@@ -182,7 +193,7 @@ def test_retention_keeps_the_newest_steps_latest_and_load_from_and_leaves_later_
     root = _steps_folder(tmp_path / "ckpt", (1, 2, 3, 4, 5, 9), latest=5)  # 9: a run overwritten by this one
     (root / "iter_0000006.tmp").mkdir()  # a save in progress
     (root / ".iter_0000000.deleting").mkdir()  # a delete a killed run left
-    deleted = prune_steps(root, root / step_dir_name(5), keep_last=2, load_from=str(root / step_dir_name(2)))
+    deleted = prune_steps(root, root / DIT_STEPS.name(5), keep_last=2, load_from=str(root / DIT_STEPS.name(2)))
     assert [p.name for p in deleted] == ["iter_0000001", "iter_0000003"]
     assert sorted(p.name for p in root.iterdir()) == [
         "iter_0000002", "iter_0000004", "iter_0000005", "iter_0000006.tmp", "iter_0000009", LATEST]
@@ -190,8 +201,8 @@ def test_retention_keeps_the_newest_steps_latest_and_load_from_and_leaves_later_
 
 def test_retention_never_deletes_the_step_latest_names(tmp_path):
     root = _steps_folder(tmp_path / "ckpt", (1, 2, 3), latest=1)  # pointed back by hand
-    assert [p.name for p in prune_steps(root, root / step_dir_name(3), keep_last=1)] == ["iter_0000002"]
-    assert (root / step_dir_name(1)).is_dir() and (root / step_dir_name(3)).is_dir()
+    assert [p.name for p in prune_steps(root, root / DIT_STEPS.name(3), keep_last=1)] == ["iter_0000002"]
+    assert (root / DIT_STEPS.name(1)).is_dir() and (root / DIT_STEPS.name(3)).is_dir()
 
 
 TORCH_FULL_DISK = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
@@ -204,7 +215,7 @@ def _full_disk_job(rank, world_size, root):
     from unittest import mock
 
     import megatron_moviegen.checkpoints.distributed as checkpoints
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime
@@ -250,7 +261,7 @@ def _async_full_disk_job(rank, world_size, root):
 
     import megatron_moviegen.checkpoints.distributed as checkpoints
     from megatron.core.dist_checkpointing.strategies import filesystem_async
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime

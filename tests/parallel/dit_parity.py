@@ -18,7 +18,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_moviegen.checkpoints.tp_shards import gather_full_tensors, load_full_state_dict
 from megatron_moviegen.conditioning import Conditioning, Images, Infill, Tokens
 from megatron_moviegen.models.embeddings import patchify_latents, unpatchify_tokens
-from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
+from megatron_moviegen.models.dit_chunks import build_dit_chunks
+from megatron_moviegen.parallel.ddp import wrap_ddp
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
 from megatron_moviegen.recipes import load_config
 from megatron_moviegen.runtime import Runtime

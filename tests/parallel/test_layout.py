@@ -63,7 +63,7 @@ def test_four_ranks_gather_the_whole_sequence_and_sum_the_loss_to_the_single_pro
 def test_ddp_chunks_are_connected_to_megatrons_schedules_as_megatrons_training_loop_does():
     from types import SimpleNamespace
 
-    from megatron_moviegen.parallel.build import connect_ddp_to_schedules, finish_param_gather
+    from megatron_moviegen.parallel.ddp import connect_ddp_to_schedules, finish_param_gather
 
     synced = []
 

@@ -24,7 +24,8 @@ def _bf16(shards, ckpt, steps):
 
 def _dtypes(rank, world_size, overrides):
     """The dtypes of the model's weights and of the optimizer's params after building a bf16 run's pieces."""
-    from megatron_moviegen.parallel.build import build_dit_chunks, wrap_ddp
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
+    from megatron_moviegen.parallel.ddp import wrap_ddp
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime

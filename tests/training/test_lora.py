@@ -26,7 +26,7 @@ def _adapted_velocity(rank, world_size, overrides, base, checkpoint):
     """The fixed input's velocity of the LoRA model: the base from `base`, the adapters from `checkpoint`."""
     from megatron_moviegen.checkpoints.distributed import load_checkpoint
     from megatron_moviegen.checkpoints.stages import load_weights_for_new_stage
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import load_config
     from megatron_moviegen.runtime import Runtime

@@ -122,7 +122,7 @@ def test_bucketed_grad_reduce_overlapped_with_backward_trains_exactly_as_one_red
 
 
 def _velocity_after_load(rank, world_size, overrides, checkpoint):
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.runtime import Runtime
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.checkpoints.distributed import load_checkpoint

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_moviegen.checkpoints.distributed import check_complete, step_folders
+from megatron_moviegen.checkpoints.distributed import check_complete
+from megatron_moviegen.checkpoints.protocol import DIT_STEPS
 from tests.harness import run_distributed
 from tests.training.test_pretrain import TP2_SP, _overrides, _train
 
@@ -60,7 +61,7 @@ def test_a_rank_killed_mid_step_or_mid_save_leaves_a_loadable_latest(tiny_shards
             os.killpg(proc.pid, signal.SIGKILL)
     latest = ckpt / (ckpt / "latest").read_text().strip()
     check_complete(latest)  # raises naming the problem if it were not
-    complete = [folder for folder in step_folders(ckpt)]
+    complete = [folder for folder in DIT_STEPS.folders(ckpt)]
     assert latest in complete and all(not f.name.endswith(".tmp") for f in complete)
     step = int(latest.name.split("_")[1])
     assert step >= 4 if when == "mid-step" else step in (4, 6)

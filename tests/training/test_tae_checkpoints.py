@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from megatron_moviegen.checkpoints.distributed import CheckpointError
+from megatron_moviegen.checkpoints.protocol import CheckpointError, read_config
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.inference.components import load_tae
 from megatron_moviegen.models.tae import TAE
@@ -65,7 +65,12 @@ def test_each_checkpoint_is_a_kept_step_folder_and_older_ones_are_pruned(tmp_pat
     assert _names(tmp_path) == ["latest", "step_000003", "step_000004"]
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000004"
     step4 = tmp_path / "checkpoints" / "step_000004"
-    assert sorted(p.name for p in step4.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
+    assert sorted(p.name for p in step4.iterdir()) == ["config.json", "config.yaml", "model.safetensors",
+                                                       "train_state.pt"]
+    # The run's config beside the step, loadable back into the config it was saved from.
+    cfg = load_tae_config("tae_tiny", _overrides(tmp_path, "train.steps=4", "train.checkpoint_every=1",
+                                                 "train.keep_last=2"))
+    assert read_config(step4, type(cfg)) == cfg
     assert torch.load(step4 / "train_state.pt", weights_only=False)["step"] == 4
     # `checkpoint` is the latest step's TAE for load_tae (pre-encoding, generation), not a copy of it.
     assert (tmp_path / "checkpoint").resolve() == step4.resolve()
@@ -79,13 +84,14 @@ def test_keep_last_zero_keeps_every_checkpoint(tmp_path):
 
 
 def test_pruning_keeps_the_newest_steps_up_to_the_saved_one_and_leaves_later_ones(tmp_path):
-    model = TAE(load_tae_config("tae_tiny").model)
+    cfg = load_tae_config("tae_tiny")
+    model = TAE(cfg.model)
     for step in (1, 2, 3):
-        tae_checkpoints.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=0)
+        tae_checkpoints.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=0, config=cfg)
     (tmp_path / "checkpoints" / "latest").write_text("step_000001")  # a run pointed back at step 1
-    tae_checkpoints.save_checkpoint(tmp_path, 2, model, {"step": 2}, keep_last=1)
+    tae_checkpoints.save_checkpoint(tmp_path, 2, model, {"step": 2}, keep_last=1, config=cfg)
     assert _names(tmp_path) == ["latest", "step_000002", "step_000003"]  # step 3 stays until saved over
-    tae_checkpoints.save_checkpoint(tmp_path, 3, model, {"step": 3}, keep_last=1)
+    tae_checkpoints.save_checkpoint(tmp_path, 3, model, {"step": 3}, keep_last=1, config=cfg)
     assert _names(tmp_path) == ["latest", "step_000003"]
 
 
@@ -99,7 +105,8 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_the_previous_step_stay
 
     monkeypatch.setattr(tae_checkpoints.torch, "save", full)
     with pytest.raises(CheckpointError) as refused:
-        tae_checkpoints.save_checkpoint(run, 3, TAE(load_tae_config("tae_tiny").model), {"step": 3}, keep_last=0)
+        cfg = load_tae_config("tae_tiny")
+        tae_checkpoints.save_checkpoint(run, 3, TAE(cfg.model), {"step": 3}, keep_last=0, config=cfg)
     monkeypatch.undo()
     message = str(refused.value)
     assert message.startswith(f"saving TAE step 3: the disk holding {run / 'checkpoints'} is full (")
@@ -116,11 +123,12 @@ def test_a_save_killed_before_its_rename_leaves_the_previous_checkpoint_loadable
     run = _copy(two_steps, tmp_path)
     step2 = _weights(run / "checkpoints" / "step_000002")
 
-    def killed(tmp, final):
-        assert sorted(p.name for p in tmp.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
+    def killed(checkpoints, tmp, final):
+        assert sorted(p.name for p in tmp.iterdir()) == ["config.json", "config.yaml", "model.safetensors",
+                                                         "train_state.pt"]
         raise Killed
 
-    monkeypatch.setattr(tae_checkpoints, "_replace_folder", killed)
+    monkeypatch.setattr(tae_checkpoints, "publish", killed)
     with pytest.raises(Killed):
         _run(run, "train.steps=3", "train.keep_last=0")
     monkeypatch.undo()

@@ -16,7 +16,7 @@ def _validated(shards, ckpt, steps, extra=()):
 
 def _validation_loss_after_load(rank, world_size, overrides, checkpoint):
     from megatron_moviegen.checkpoints.distributed import load_checkpoint
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.parallel.layout import SequenceLayout
     from megatron_moviegen.runtime import Runtime
