@@ -5,7 +5,7 @@ gate / up projections, in diffusers' (b, s, d) layout.
     transformer = MovieGenTransformer3DModel.from_pretrained("out/transformer")
     velocity = transformer(latents, timestep, encoder_hidden_states, encoder_attention_mask).sample
 
-`checkpoints/diffusers_format.py` converts tensor names both ways. The modules around the blocks (patch embedding,
+`hf/diffusers_format.py` converts tensor names both ways. The modules around the blocks (patch embedding,
 position tables, flow-time embedding, context projection, unpatchify) are the training model's own plain-torch
 modules, so only the block is written twice; the pipeline-parity test checks the two stay the same computation.
 """
@@ -164,6 +164,13 @@ class MovieGenTransformer3DModel(ModelMixin, ConfigMixin):
             MovieGenTransformerBlock(hidden_size, ffn_hidden_size, num_attention_heads, qk_norm, norm_epsilon)
             for _ in range(num_layers))
         self.unpatchify = Unpatchify(cfg)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Only diffusers' "native" backend (torch's scaled_dot_product_attention, which the blocks call); any
+        other is refused by name rather than silently ignored."""
+        if backend.lower() != "native":
+            raise NotImplementedError(f"set_attention_backend: got {backend!r}; MovieGenTransformer3DModel runs "
+                                      "torch's scaled_dot_product_attention ('native') only")
 
     @property
     def dit_config(self) -> DiTConfig:

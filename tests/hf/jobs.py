@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_moviegen.checkpoints.diffusers_format import (
+from megatron_moviegen.hf.diffusers_format import (
     export_diffusers,
     export_to_training_checkpoint,
     import_diffusers,
