@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import Mochi1LoraLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -49,10 +50,12 @@ class MovieGenPipelineOutput(BaseOutput):
     frames: Union[list[list[PIL.Image.Image]], np.ndarray, torch.Tensor]
 
 
-class MovieGenVideoPipeline(DiffusionPipeline):
+class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
     """Components: the transformer, the TAE (`vae`), the scheduler, and one text encoder per entry of
     `transformer.config.text_encoders`, in that order (`text_encoder`, `text_encoder_2`, `text_encoder_3`, each with
-    its tokenizer; a `MovieGenByteTextEncoder` needs none)."""
+    its tokenizer; a `MovieGenByteTextEncoder` needs none). `load_lora_weights` (peft installed) takes diffusers'
+    transformer-only LoRA files, as hf/lora.py writes them (diffusers' Mochi loader is that generic loader: LoRA
+    on `transformer`, no key conversion)."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
     _optional_components = ["tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"]

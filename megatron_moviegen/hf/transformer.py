@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin  # noqa: F401  (diffusers finds the loading method of a component through it)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
@@ -135,9 +136,10 @@ def dit_config_of(config) -> DiTConfig:
                      transformer_impl="local")
 
 
-class MovieGenTransformer3DModel(ModelMixin, ConfigMixin):
+class MovieGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Text-to-video Movie Gen DiT. Config: the `DiTConfig` fields a text-to-video model uses; `text_encoders` is
-    [[name, width, max_length], ...] in context order (the DiT's `context_sources()`)."""
+    [[name, width, max_length], ...] in context order (the DiT's `context_sources()`). LoRA adapters load through
+    diffusers' PEFT integration (`load_lora_adapter`; hf/lora.py writes a LoRA run's adapters in its names)."""
 
     _supports_gradient_checkpointing = False
     _no_split_modules = ["MovieGenTransformerBlock"]

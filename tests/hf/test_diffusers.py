@@ -292,3 +292,13 @@ def test_vae_tiling_slicing_offload_and_attention_backend_switches(pipe):
     offloaded.set_progress_bar_config(disable=True)
     assert torch.equal(offloaded([PROMPT, "a cat"], **_settings(), generator=torch.Generator().manual_seed(5),
                                  output_type="latent").frames, latents)
+
+
+def test_lora_adapters_load_with_load_lora_weights_and_sample_what_the_merged_model_does(runs):
+    root, _, reference = runs
+    pipe = DiffusionPipeline.from_pretrained(str(root / "hf"), dtype=torch.float32, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(root / "lora"))
+    adapted = call(pipe, "latent")
+    assert (adapted - reference["latents"]).abs().max() > 0.1  # the adapters change the samples
+    torch.testing.assert_close(adapted, reference["lora_latents"], rtol=0, atol=1e-4)
