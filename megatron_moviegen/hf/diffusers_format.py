@@ -141,6 +141,14 @@ def from_diffusers(tensors: dict[str, torch.Tensor], heads: int) -> dict[str, to
     return dict(sorted(out.items(), key=lambda item: natural_order(item[0])))
 
 
+# The model kinds the text-to-video pipeline refuses, by the field that marks each (first match names it).
+_OTHER_KINDS = (("model.infill", "an audio model"), ("model.gated_mlp", "an audio model"),
+                ("model.num_tasks", "a video-editing model"), ("model.extra_context", "a personalized (PT2V) model"),
+                ("model.condition_channels", "a spatial upsampler"),
+                ("model.lora.rank", "a LoRA run with unmerged adapters (export it with tools/export_checkpoint.py, "
+                                    "or its adapters with --lora)"))
+
+
 def transformer_config(model: DiTConfig) -> dict:
     """MovieGenTransformer3DModel's config for a text-to-video DiT; other models are refused by name."""
     extras = {"model.condition_channels": model.condition_channels, "model.num_tasks": model.num_tasks,
@@ -148,8 +156,9 @@ def transformer_config(model: DiTConfig) -> dict:
               "model.infill": model.infill, "model.gated_mlp": not model.gated_mlp}
     used = {name: (not value if name == "model.gated_mlp" else value) for name, value in extras.items() if value}
     if used:
-        raise ConfigError(f"the diffusers pipeline is text-to-video; this model has {used} (an upsampler, editing, "
-                          "personalized, audio or unmerged LoRA model)")
+        kind = next(kind for field, kind in _OTHER_KINDS if field in used)
+        raise ConfigError(f"the diffusers pipeline is text-to-video; this is {kind} ({used}), which has no "
+                          "diffusers pipeline: use its megatron_moviegen command on the export")
     return dict(num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
                 num_attention_heads=model.num_attention_heads, latent_channels=model.latent_channels,
                 patch_size=list(model.patch_size), max_frames=model.max_frames, max_height=model.max_height,

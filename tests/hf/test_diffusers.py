@@ -14,11 +14,18 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
-from megatron_moviegen.hf.diffusers_format import export_diffusers, export_pipeline, from_diffusers, to_diffusers
+from megatron_moviegen.hf.diffusers_format import (
+    export_diffusers,
+    export_pipeline,
+    from_diffusers,
+    to_diffusers,
+    transformer_config,
+)
 from megatron_moviegen.checkpoints.export import read_export_tensors
 from megatron_moviegen.config.schema import ConfigError
 from megatron_moviegen.hf import MovieGenTAEModel, MovieGenVideoPipeline
 from megatron_moviegen.inference.components import load_tae, tiny_tae
+from megatron_moviegen.recipes import load_config
 from megatron_moviegen.text import TextEncoders
 from megatron_moviegen.text.config import EncoderConfig
 from tests.harness import run_distributed
@@ -302,3 +309,10 @@ def test_lora_adapters_load_with_load_lora_weights_and_sample_what_the_merged_mo
     adapted = call(pipe, "latent")
     assert (adapted - reference["latents"]).abs().max() > 0.1  # the adapters change the samples
     torch.testing.assert_close(adapted, reference["lora_latents"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe, kind", [("edit_tiny", "a video-editing model"), ("upsampler_tiny", "a spatial upsampler"),
+                                          ("pt2v_tiny", "a personalized \\(PT2V\\) model"), ("audio_tiny", "an audio model")])
+def test_editing_upsampler_pt2v_and_audio_models_are_refused_by_kind(recipe, kind):
+    with pytest.raises(ConfigError, match=f"text-to-video; this is {kind} "):
+        transformer_config(load_config(recipe, []).model)
