@@ -22,7 +22,7 @@ out = Path(sys.argv[3] if len(sys.argv) > 3 else "outputs/diffusers/videos")
 # trust_remote_code: the folder's pipeline.py names MovieGenVideoPipeline (imported from the installed package).
 pipe = DiffusionPipeline.from_pretrained(pipeline_folder, dtype=torch.bfloat16, trust_remote_code=True)
 print(f"loaded {type(pipe).__name__}: transformer {pipe.transformer.dtype}, scheduler {type(pipe.scheduler).__name__}")
-pipe.set_progress_bar_config(disable=True)  # the callback reports each step
+pipe.set_progress_bar_config(disable=True)  # the callback reports progress
 if lora_folder:
     pipe.load_lora_weights(lora_folder)
     print(f"LoRA loaded from {lora_folder}: adapters {pipe.transformer.active_adapters()}")
@@ -30,8 +30,9 @@ if lora_folder:
 
 def on_step_end(pipe, step, timestep, tensors):
     latents = tensors["latents"]
-    print(f"  step {step + 1}/{pipe.num_timesteps}  timestep {float(timestep):7.2f}  latents {tuple(latents.shape)} "
-          f"std {latents.float().std().item():.3f}")
+    if (step + 1) % 5 == 0:
+        print(f"  step {step + 1}/{pipe.num_timesteps}  timestep {float(timestep):7.2f}  latents "
+              f"{tuple(latents.shape)} std {latents.float().std().item():.3f}")
     return {}
 
 

@@ -14,7 +14,7 @@ if [[ -z "$PIPELINE" ]]; then
     Q="$OUT/quickstart"
     if [[ ! -f "$Q/checkpoints/latest" ]]; then
         echo "== the quickstart's model ($Q)"
-        OUT="$Q" bash examples/quickstart/run.sh > "$OUT.quickstart.log"
+        OUT="$Q" bash examples/quickstart/run.sh > "$OUT.quickstart.log" 2>&1
     fi
     if [[ ! -f "$OUT/lora/checkpoints/latest" ]]; then
         echo "== a 10-step LoRA (rank 4) of it"

@@ -47,8 +47,9 @@ PIPELINE_MODULE = "pipeline"  # out/pipeline.py
 FLOW_MATCH_SCHEDULER = "flow_match_scheduler"
 # diffusers finds a pipeline class outside its own package only through a module file in the folder, which it runs
 # only with trust_remote_code=True; this one imports the installed class.
-PIPELINE_FILE = ('''"""Names the pipeline class for `DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)`:
-MovieGenVideoPipeline from the installed megatron_moviegen (pip install "megatron_moviegen[hf]")."""
+PIPELINE_FILE = ('''"""Names the pipeline class for
+`DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)`: MovieGenVideoPipeline from the installed
+megatron_moviegen (pip install "megatron_moviegen[hf]")."""
 
 from megatron_moviegen.hf.pipeline import MovieGenVideoPipeline  # noqa: F401
 ''')

@@ -3,7 +3,8 @@
     pipe = DiffusionPipeline.from_pretrained("base_diffusers", trust_remote_code=True)
     pipe.load_lora_weights("adapters/pytorch_lora_weights.safetensors")        # peft installed
 
-    transformer.blocks.<i>.attn1.to_q.lora_A.weight  (rank, in)   transformer.blocks.<i>.attn1.to_q.lora_B.weight  (out, rank)
+    transformer.blocks.<i>.attn1.to_q.lora_A.weight  (rank, in)
+    transformer.blocks.<i>.attn1.to_q.lora_B.weight  (out, rank)
 
 Each adapter sits on one of Megatron's fused linears; it becomes one adapter per diffusers linear, split as the
 weight is (`to_diffusers`): the pieces share A and take their rows of B, so each piece's B A is exactly its rows of

@@ -68,7 +68,7 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                               text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
-        self.video_processor = VideoProcessor(vae_scale_factor=vae.cfg.compression if vae is not None else 8)
+        self.video_processor = VideoProcessor(vae_scale_factor=vae.cfg.compression)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
 
     @classmethod
@@ -153,9 +153,7 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
         if _batch_of(negative_prompt_embeds) != batch:
             raise ValueError(f"negative_prompt_embeds: batch {_batch_of(negative_prompt_embeds)}, prompt_embeds' is "
                              f"{batch}")
-        repeat = lambda embeds: {name: t.map(lambda x: x.repeat_interleave(num_videos_per_prompt, dim=0))  # noqa: E731
-                                 for name, t in embeds.items()}
-        return repeat(prompt_embeds), repeat(negative_prompt_embeds)
+        return (_repeat(prompt_embeds, num_videos_per_prompt), _repeat(negative_prompt_embeds, num_videos_per_prompt))
 
     # ---- sampling ----------------------------------------------------------------------------------------
     def set_schedule(self, num_inference_steps: int, device: torch.device) -> list[float]:
@@ -257,6 +255,11 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
 
 def _batch_of(embeds: PromptEmbeds) -> int:
     return next(iter(embeds.values())).embeddings.shape[0]
+
+
+def _repeat(embeds: PromptEmbeds, times: int) -> PromptEmbeds:
+    """Each prompt's embeddings `times` times in a row: (b, ...) -> (b * times, ...), as diffusers' pipelines do."""
+    return {name: t.map(lambda x: x.repeat_interleave(times, dim=0)) for name, t in embeds.items()}
 
 
 def _model_inputs(embeds: PromptEmbeds, device: torch.device, dtype: torch.dtype) -> dict:

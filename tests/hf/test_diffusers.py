@@ -311,8 +311,9 @@ def test_lora_adapters_load_with_load_lora_weights_and_sample_what_the_merged_mo
     torch.testing.assert_close(adapted, reference["lora_latents"], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("recipe, kind", [("edit_tiny", "a video-editing model"), ("upsampler_tiny", "a spatial upsampler"),
-                                          ("pt2v_tiny", "a personalized \\(PT2V\\) model"), ("audio_tiny", "an audio model")])
+@pytest.mark.parametrize("recipe, kind", [
+    ("edit_tiny", "a video-editing model"), ("upsampler_tiny", "a spatial upsampler"),
+    ("pt2v_tiny", "a personalized \\(PT2V\\) model"), ("audio_tiny", "an audio model")])
 def test_editing_upsampler_pt2v_and_audio_models_are_refused_by_kind(recipe, kind):
     with pytest.raises(ConfigError, match=f"text-to-video; this is {kind} "):
         transformer_config(load_config(recipe, []).model)
