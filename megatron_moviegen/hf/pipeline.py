@@ -16,6 +16,7 @@ per text encoder of the transformer (the DiT reads several encoders, so they are
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -163,10 +164,12 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
         if isinstance(self.scheduler, MovieGenFlowEulerScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             return self.scheduler.flow_times.tolist()[:-1]
-        if not hasattr(self.scheduler, "sigmas"):
-            raise ValueError(f"scheduler {type(self.scheduler).__name__} is not a flow-matching scheduler (no "
-                             "sigmas); use MovieGenFlowEulerScheduler or FlowMatchEulerDiscreteScheduler")
+        if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+            raise ValueError(f"scheduler {type(self.scheduler).__name__} takes no sigmas in set_timesteps, so it "
+                             "cannot follow the linear-quadratic schedule; use MovieGenFlowEulerScheduler or "
+                             "FlowMatchEulerDiscreteScheduler")
         self.scheduler.set_timesteps(sigmas=flow_match_sigmas(num_inference_steps), device=device)
+        self.scheduler.set_begin_index(0)  # steps counted from the first, not looked up by (repeating) timestep
         return (1.0 - self.scheduler.sigmas[:-1].double()).tolist()
 
     def prepare_latents(self, shape: tuple[int, ...], generator, latents: Optional[torch.Tensor],

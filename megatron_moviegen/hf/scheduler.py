@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -70,8 +71,8 @@ class MovieGenFlowEulerScheduler(SchedulerMixin, ConfigMixin):
 
 
 def flow_match_sigmas(num_inference_steps: int, emulated_linear_steps: int = 1000,
-                      linear_steps: Optional[int] = None) -> list[float]:
-    """The linear-quadratic schedule as the n sigmas (1 - flow time, descending from 1) that diffusers'
+                      linear_steps: Optional[int] = None) -> np.ndarray:
+    """The linear-quadratic schedule as the n sigmas (1 - flow time, descending from 1, float64) that diffusers'
     flow-matching schedulers take in `set_timesteps(sigmas=...)` (they append the final 0)."""
     times = linear_quadratic_schedule(num_inference_steps, linear_steps, emulated_linear_steps)
-    return (1.0 - times[:-1]).tolist()
+    return (1.0 - times[:-1]).numpy()

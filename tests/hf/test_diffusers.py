@@ -317,3 +317,20 @@ def test_lora_adapters_load_with_load_lora_weights_and_sample_what_the_merged_mo
 def test_editing_upsampler_pt2v_and_audio_models_are_refused_by_kind(recipe, kind):
     with pytest.raises(ConfigError, match=f"text-to-video; this is {kind} "):
         transformer_config(load_config(recipe, []).model)
+
+
+def test_a_higher_order_flow_solver_swaps_in_and_one_without_sigmas_is_refused(pipe):
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+
+    def sample(scheduler, steps):
+        swapped = MovieGenVideoPipeline(**{**pipe.components, "scheduler": scheduler})
+        swapped.set_progress_bar_config(disable=True)
+        return swapped(PROMPT, **dict(_settings(), num_inference_steps=steps), output_type="latent",
+                       generator=torch.Generator().manual_seed(5)).frames
+
+    reference = sample(pipe.scheduler, 128)
+    euler = (sample(pipe.scheduler, 16) - reference).abs().max()
+    unipc = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+    assert (sample(unipc, 16) - reference).abs().max() < 0.7 * euler  # nearer the converged sample in 16 steps
+    with pytest.raises(ValueError, match="scheduler DDIMScheduler takes no sigmas"):
+        sample(DDIMScheduler(), 4)
