@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from diffusers import ModelMixin  # noqa: F401  (diffusers finds the loading method of a component through it)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _check_attention_backend_requirements,
+    dispatch_attention_fn,
+)
 from diffusers.utils import BaseOutput
 from torch import nn
 
@@ -56,11 +61,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q, k, v; self-attention normalises q and k per head (QK RMSNorm)."""
+    """Multi-head attention with separate q, k, v; self-attention normalises q and k per head (QK RMSNorm).
+    `backend`: a diffusers attention backend for unmasked (self-)attention (None: torch's SDPA); masked
+    cross-attention always runs torch's SDPA, since some backends drop a mask they do not support."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float):
         super().__init__()
         self.heads = heads
+        self.backend = None
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
@@ -77,6 +85,9 @@ class Attention(nn.Module):
                    ((self.to_q, x), (self.to_k, source), (self.to_v, source)))  # (b, s|n, heads, hn)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
+        if context_mask is None and self.backend is not None:
+            out = dispatch_attention_fn(q, k, v, backend=self.backend)  # (b, s, heads, hn)
+            return self.to_out(out.flatten(2))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, heads, s|n, hn)
         keep, has_keys = None, None
         if context_mask is not None:
@@ -168,11 +179,18 @@ class MovieGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.unpatchify = Unpatchify(cfg)
 
     def set_attention_backend(self, backend: str) -> None:
-        """Only diffusers' "native" backend (torch's scaled_dot_product_attention, which the blocks call); any
-        other is refused by name rather than silently ignored."""
-        if backend.lower() != "native":
-            raise NotImplementedError(f"set_attention_backend: got {backend!r}; MovieGenTransformer3DModel runs "
-                                      "torch's scaled_dot_product_attention ('native') only")
+        """Self-attention (the s x s part) through diffusers' attention backend `backend` (e.g. "flash",
+        "sage", "_native_math"), on this model only; masked cross-attention stays on torch's SDPA. An unknown
+        or unusable backend (its package missing) raises, naming it."""
+        name = AttentionBackendName(backend.lower())
+        _check_attention_backend_requirements(name)
+        for block in self.blocks:
+            block.attn1.backend = name
+
+    def reset_attention_backend(self) -> None:
+        """Back to torch's SDPA (what the training model computes)."""
+        for block in self.blocks:
+            block.attn1.backend = None
 
     @property
     def dit_config(self) -> DiTConfig:

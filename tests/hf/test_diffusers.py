@@ -291,9 +291,15 @@ def test_vae_tiling_slicing_offload_and_attention_backend_switches(pipe):
     with pytest.raises(ConfigError, match="enable_tiling: got \\['tile'\\]"):
         vae.enable_tiling(tile=3)
     vae.enable_tiling(spatial_tile_size=256, spatial_tile_overlap=64)
-    pipe.transformer.set_attention_backend("native")
-    with pytest.raises(NotImplementedError, match="got 'flash'"):
+    pipe.transformer.set_attention_backend("_native_math")  # torch's math kernel for self-attention
+    math_kernel = pipe([PROMPT, "a cat"], **_settings(), generator=torch.Generator().manual_seed(5),
+                       output_type="latent").frames
+    pipe.transformer.reset_attention_backend()
+    assert 0 < (math_kernel - latents).abs().max() < 1e-4  # another kernel, the same attention
+    with pytest.raises(RuntimeError, match="Flash Attention backend 'flash' is not usable"):  # no flash-attn here
         pipe.transformer.set_attention_backend("flash")
+    with pytest.raises(ValueError, match="'fastest' is not a valid AttentionBackendName"):
+        pipe.transformer.set_attention_backend("fastest")
     offloaded = MovieGenVideoPipeline(**pipe.components)
     offloaded.enable_model_cpu_offload(device="cpu")
     offloaded.set_progress_bar_config(disable=True)
