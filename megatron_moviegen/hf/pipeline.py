@@ -82,10 +82,14 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
             config["_class_name"] = config["_class_name"][1]
         return loaded
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """diffusers' save, plus pipeline.py so `DiffusionPipeline.from_pretrained` finds this class again."""
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' save, plus pipeline.py so `DiffusionPipeline.from_pretrained` finds this class again.
+        push_to_hub is refused: diffusers would upload before pipeline.py is written."""
         from megatron_moviegen.hf.diffusers_format import name_pipeline_class
 
+        if push_to_hub:
+            raise ValueError("save_pretrained(push_to_hub=True): save, then upload the folder with "
+                             "huggingface_hub.upload_folder, so that pipeline.py goes with it")
         super().save_pretrained(save_directory, *args, **kwargs)
         name_pipeline_class(save_directory)
 
