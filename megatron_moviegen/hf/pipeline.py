@@ -1,6 +1,6 @@
 """Text-to-video as a diffusers `DiffusionPipeline`, with the call signature of diffusers' video pipelines (Wan's):
 
-    pipe = DiffusionPipeline.from_pretrained("out", torch_dtype=torch.bfloat16, trust_remote_code=True)
+    pipe = DiffusionPipeline.from_pretrained("out", dtype=torch.bfloat16, trust_remote_code=True)
     video = pipe("a corgi surfing", num_frames=16, height=64, width=64, num_inference_steps=8,
                  num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0)).frames[0]  # PIL frames
 
@@ -163,8 +163,8 @@ class MovieGenVideoPipeline(DiffusionPipeline, Mochi1LoraLoaderMixin):
     # ---- sampling ----------------------------------------------------------------------------------------
     def set_schedule(self, num_inference_steps: int, device: torch.device) -> list[float]:
         """Sets the scheduler's timesteps to the linear-quadratic schedule -> the DiT's flow time of each step.
-        Ours keeps the times exactly; a diffusers flow-matching scheduler (e.g. FlowMatchEulerDiscreteScheduler)
-        gets them as sigmas = 1 - time, in its own float32."""
+        Ours keeps the times exactly; another diffusers scheduler that takes sigmas (FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")) gets sigmas = 1 - time."""
         if isinstance(self.scheduler, MovieGenFlowEulerScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             return self.scheduler.flow_times.tolist()[:-1]
