@@ -7,9 +7,17 @@
     python tools/export_diffusers.py --checkpoint outputs/quickstart/export --out outputs/quickstart/diffusers \\
         --tae toy-tae --text-encoders toy
 
+    # a LoRA run's adapters, for load_lora_weights on its base model's pipeline (peft installed)
+    python tools/export_diffusers.py --lora --checkpoint outputs/lora/checkpoints --out outputs/lora/diffusers_lora
+
     # then, in Python
-    from megatron_moviegen.hf import MovieGenVideoPipeline
-    pipe = MovieGenVideoPipeline.from_pretrained("outputs/diffusers", dtype=torch.float32)
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("outputs/diffusers", dtype=torch.float32, trust_remote_code=True)
+    pipe.load_lora_weights("outputs/lora/diffusers_lora")
+
+trust_remote_code=True: diffusers finds a pipeline class outside its own package only through the folder's
+pipeline.py, which imports MovieGenVideoPipeline from the installed megatron_moviegen
+(`MovieGenVideoPipeline.from_pretrained` needs no flag).
 
 --checkpoint is an export folder (tools/export_checkpoint.py) or a training checkpoint (converted first, one
 process). Transformer tensors are written one file at a time (--max-shard-size). --out must not exist; it is
@@ -37,17 +45,26 @@ def main(argv=None) -> int:
                         help="dtype of the transformer's tensors (default: the export's)")
     parser.add_argument("--max-shard-size", type=byte_size_argument, default="5GB",
                         help="largest transformer file, e.g. 5GB, 500MB")
+    parser.add_argument("--lora", action="store_true",
+                        help="--checkpoint is a LoRA run's: write its adapters to --out/pytorch_lora_weights"
+                             ".safetensors (diffusers' LoRA format) instead of a pipeline")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import torch.distributed as dist
 
-    from megatron_moviegen.checkpoints.diffusers_format import export_pipeline
+    from megatron_moviegen.hf.diffusers_format import export_pipeline
     from megatron_moviegen.checkpoints.distributed import CheckpointError
     from megatron_moviegen.checkpoints.export import EXPORT_DTYPES
     from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
     from megatron_moviegen.config.schema import ConfigError
 
+    from megatron_moviegen.hf.lora import export_lora
+
     try:
+        if args.lora:
+            out = export_lora(args.checkpoint, args.out)
+            print(f"exported the adapters of {args.checkpoint} -> {out} (pipe.load_lora_weights({str(out)!r}))")
+            return 0
         out = export_pipeline(args.checkpoint, args.out, args.tae, args.text_encoders, args.text,
                               EXPORT_DTYPES.get(args.dtype), args.max_shard_size)
     except (CheckpointError, ConfigError, ShapeMismatch, FileNotFoundError, FileExistsError, OSError,
@@ -57,7 +74,8 @@ def main(argv=None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    print(f"exported {args.checkpoint} -> {out} (load with MovieGenVideoPipeline.from_pretrained({str(out)!r}))")
+    print(f"exported {args.checkpoint} -> {out} (load with DiffusionPipeline.from_pretrained({str(out)!r}, "
+          "trust_remote_code=True))")
     return 0
 
 

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     import torch.distributed as dist
 
-    from megatron_moviegen.checkpoints.diffusers_format import export_to_training_checkpoint, import_diffusers
+    from megatron_moviegen.hf.diffusers_format import export_to_training_checkpoint, import_diffusers
     from megatron_moviegen.checkpoints.distributed import CheckpointError
     from megatron_moviegen.checkpoints.tp_shards import ShapeMismatch
     from megatron_moviegen.config.schema import ConfigError

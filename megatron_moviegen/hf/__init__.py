@@ -1,6 +1,8 @@
 """Movie Gen in Hugging Face diffusers' formats: the DiT, the TAE, the toy text encoder, the sampler and the
-text-to-video pipeline. Needs `diffusers` (`pip install -e ".[hf]"`); `tools/export_diffusers.py` writes the
-folder, `tools/import_diffusers.py` brings it back into a training checkpoint."""
+text-to-video pipeline (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`), LoRA files for
+`load_lora_weights`. Needs the [hf] extra (`pip install -e ".[hf]"`); `tools/export_diffusers.py` writes the folder
+(diffusers_format.py) and a LoRA run's adapters (lora.py), `tools/import_diffusers.py` brings a folder back into a
+training checkpoint."""
 
 from megatron_moviegen.hf.autoencoder import MovieGenTAEModel
 from megatron_moviegen.hf.pipeline import MovieGenPipelineOutput, MovieGenVideoPipeline

@@ -5,7 +5,7 @@ gate / up projections, in diffusers' (b, s, d) layout.
     transformer = MovieGenTransformer3DModel.from_pretrained("out/transformer")
     velocity = transformer(latents, timestep, encoder_hidden_states, encoder_attention_mask).sample
 
-`checkpoints/diffusers_format.py` converts tensor names both ways. The modules around the blocks (patch embedding,
+`hf/diffusers_format.py` converts tensor names both ways. The modules around the blocks (patch embedding,
 position tables, flow-time embedding, context projection, unpatchify) are the training model's own plain-torch
 modules, so only the block is written twice; the pipeline-parity test checks the two stay the same computation.
 """
@@ -19,6 +19,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin  # noqa: F401  (diffusers finds the loading method of a component through it)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _check_attention_backend_requirements,
+    dispatch_attention_fn,
+)
 from diffusers.utils import BaseOutput
 from torch import nn
 
@@ -55,11 +61,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q, k, v; self-attention normalises q and k per head (QK RMSNorm)."""
+    """Multi-head attention with separate q, k, v; self-attention normalises q and k per head (QK RMSNorm).
+    `backend`: a diffusers attention backend for unmasked (self-)attention (None: torch's SDPA); masked
+    cross-attention always runs torch's SDPA, since some backends drop a mask they do not support."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float):
         super().__init__()
         self.heads = heads
+        self.backend = None
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
@@ -76,6 +85,9 @@ class Attention(nn.Module):
                    ((self.to_q, x), (self.to_k, source), (self.to_v, source)))  # (b, s|n, heads, hn)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
+        if context_mask is None and self.backend is not None:
+            out = dispatch_attention_fn(q, k, v, backend=self.backend)  # (b, s, heads, hn)
+            return self.to_out(out.flatten(2))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, heads, s|n, hn)
         keep, has_keys = None, None
         if context_mask is not None:
@@ -135,9 +147,10 @@ def dit_config_of(config) -> DiTConfig:
                      transformer_impl="local")
 
 
-class MovieGenTransformer3DModel(ModelMixin, ConfigMixin):
+class MovieGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Text-to-video Movie Gen DiT. Config: the `DiTConfig` fields a text-to-video model uses; `text_encoders` is
-    [[name, width, max_length], ...] in context order (the DiT's `context_sources()`)."""
+    [[name, width, max_length], ...] in context order (the DiT's `context_sources()`). LoRA adapters load through
+    diffusers' PEFT integration (`load_lora_adapter`; hf/lora.py writes a LoRA run's adapters in its names)."""
 
     _supports_gradient_checkpointing = False
     _no_split_modules = ["MovieGenTransformerBlock"]
@@ -164,6 +177,20 @@ class MovieGenTransformer3DModel(ModelMixin, ConfigMixin):
             MovieGenTransformerBlock(hidden_size, ffn_hidden_size, num_attention_heads, qk_norm, norm_epsilon)
             for _ in range(num_layers))
         self.unpatchify = Unpatchify(cfg)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Self-attention (the s x s part) through diffusers' attention backend `backend` (e.g. "flash",
+        "sage", "_native_math"), on this model only; masked cross-attention stays on torch's SDPA. An unknown
+        or unusable backend (its package missing) raises, naming it."""
+        name = AttentionBackendName(backend.lower())
+        _check_attention_backend_requirements(name)
+        for block in self.blocks:
+            block.attn1.backend = name
+
+    def reset_attention_backend(self) -> None:
+        """Back to torch's SDPA (what the training model computes)."""
+        for block in self.blocks:
+            block.attn1.backend = None
 
     @property
     def dit_config(self) -> DiTConfig:

@@ -80,12 +80,12 @@ def latent_shape(tae: TAE, model: DiTConfig, batch: int, num_frames: int, height
 def decode_chunks(tae: TAE, latents: torch.Tensor, num_frames: int) -> Iterator[torch.Tensor]:
     """The DiT's latents (b, 16, T, h, w) -> pixels (b, 3, t_i, 8h, 8w) float32 in [-1, 1], chunk by chunk along
     time (t_i summing to num_frames): denormalised, decoded with temporal and spatial tiling (bf16 autocast on
-    GPU). Only one temporal tile and its overlap are alive at once, so a writer consuming the chunks holds memory
+    GPU; in the TAE's dtype). Only one temporal tile and its overlap are alive at once, so a writer consuming the chunks holds memory
     that does not grow with the video's length."""
-    device = next(tae.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast:
-        tiles = tae.decode_tiles(tae.denormalize_latents(latents.to(device)), num_frames)
+    weight = next(tae.parameters())
+    autocast = torch.autocast(weight.device.type, dtype=torch.bfloat16, enabled=weight.device.type == "cuda")
+    with autocast:  # denormalised in the latents' float32, then in the TAE's dtype (a bf16 TAE on CPU too)
+        tiles = tae.decode_tiles(tae.denormalize_latents(latents.to(weight.device)).to(weight.dtype), num_frames)
     while True:
         with autocast:  # entered per tile, so the consumer between chunks does not run under autocast
             tile = next(tiles, None)

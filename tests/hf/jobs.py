@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_moviegen.checkpoints.diffusers_format import (
+import torch
+from megatron_moviegen.hf.diffusers_format import (
     export_diffusers,
     export_to_training_checkpoint,
     import_diffusers,
@@ -13,6 +14,10 @@ from megatron_moviegen.checkpoints.diffusers_format import (
     toy_text_encoders,
 )
 from megatron_moviegen.checkpoints.export import export_training_checkpoint, load_exported_dit, read_exported_config
+from megatron_moviegen.hf.lora import lora_tensors, write_lora
+from megatron_moviegen.models.dit_config import LoRAConfig
+from megatron_moviegen.models.lora import attach_lora, merge_lora
+from megatron_moviegen.models.toy_encoders import TinyTextEncoders
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
 from megatron_moviegen.inference.pipeline import decode_latents
@@ -35,6 +40,8 @@ def exports_job(rank: int, world_size: int, root: str, text_checkpoints: dict) -
     make_tiny_export(root / "export")
     latents = sample(root / "export", [])
     destroy()
+    lora_latents = adapted_and_merged(root / "export", root / "lora")
+    destroy()
     model = read_exported_config(root / "export").model
     export_diffusers(root / "export", root / "hf", tiny_tae(), toy_text_encoders(model))
 
@@ -53,7 +60,22 @@ def exports_job(rank: int, world_size: int, root: str, text_checkpoints: dict) -
     make_tiny_export(root / "edit_export", recipe="edit_tiny")
     destroy()
     return {"latents": latents, "pixels": decode_latents(tiny_tae(), latents, SAMPLING["num_frames"]),
-            "paper_latents": paper, "fine_tune_start": fine_tune_start}
+            "paper_latents": paper, "fine_tune_start": fine_tune_start, "lora_latents": lora_latents}
+
+
+def adapted_and_merged(export: Path, lora_folder: Path):
+    """Rank-4 adapters with random B on every linear of the export's DiT, written as a diffusers LoRA file to
+    `lora_folder`; returns what `generate`'s pipeline samples from the model with them merged (SAMPLING, seed 5)."""
+    cfg, chunks = load_exported_dit(export)
+    attach_lora(chunks[0].layers, LoRAConfig(rank=4, alpha=8.0))
+    generator = torch.Generator().manual_seed(3)
+    for name, param in chunks[0].named_parameters():
+        if name.endswith("_lora.b"):
+            param.data = torch.randn(param.shape, generator=generator) * 0.05
+    write_lora(lora_tensors(chunks[0].layers, cfg.model.num_attention_heads), lora_folder)
+    merge_lora(chunks[0].layers)
+    pipeline = MovieGenPipeline(chunks[0], tiny_tae(), TinyTextEncoders.for_model(cfg.model))
+    return pipeline.sample_latents([PROMPT], SamplingConfig(**SAMPLING, seed=5), progress=False)
 
 
 def loaded_for_a_new_stage(checkpoint: Path) -> dict:

@@ -1,10 +1,13 @@
 """Our export folder (checkpoints/export.py) <-> a Hugging Face diffusers pipeline folder, both ways.
 
-    out/model_index.json                    MovieGenVideoPipeline and its components (written last)
+    out/model_index.json                    ["pipeline", "MovieGenVideoPipeline"] and its components (written last)
+    out/pipeline.py                         names the pipeline class for DiffusionPipeline.from_pretrained
     out/transformer/config.json             MovieGenTransformer3DModel, and moviegen_config.yaml (the export's
     out/transformer/diffusion_pytorch_model-0000N-of-0000M.safetensors     whole config, for the way back)
     out/vae/                                MovieGenTAEModel (also a TAE folder: TAE.from_pretrained reads it)
     out/scheduler/scheduler_config.json     MovieGenFlowEulerScheduler
+    out/flow_match_scheduler/               diffusers' FlowMatchEulerDiscreteScheduler, to swap solvers (the pipeline
+                                            gives it the same linear-quadratic sigmas)
     out/text_encoder[_2|_3]/, tokenizer[_2|_3]/   one per DiT text encoder, in context order
 
 Tensor names: the modules around the blocks keep their names; each block `layers.<i>.` becomes `blocks.<i>.` with
@@ -40,6 +43,16 @@ from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.utils.io import atomic_output, atomic_write_text, replacing_folder
 
 MODEL_INDEX = "model_index.json"
+PIPELINE_MODULE = "pipeline"  # out/pipeline.py
+FLOW_MATCH_SCHEDULER = "flow_match_scheduler"
+# diffusers finds a pipeline class outside its own package only through a module file in the folder, which it runs
+# only with trust_remote_code=True; this one imports the installed class.
+PIPELINE_FILE = ('''"""Names the pipeline class for
+`DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)`: MovieGenVideoPipeline from the installed
+megatron_moviegen (pip install "megatron_moviegen[hf]")."""
+
+from megatron_moviegen.hf.pipeline import MovieGenVideoPipeline  # noqa: F401
+''')
 WEIGHTS_PREFIX = "diffusion_pytorch_model"
 MOVIEGEN_CONFIG = "moviegen_config.yaml"
 TEXT_COMPONENTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
@@ -129,6 +142,14 @@ def from_diffusers(tensors: dict[str, torch.Tensor], heads: int) -> dict[str, to
     return dict(sorted(out.items(), key=lambda item: natural_order(item[0])))
 
 
+# The model kinds the text-to-video pipeline refuses, by the field that marks each (first match names it).
+_OTHER_KINDS = (("model.infill", "an audio model"), ("model.gated_mlp", "an audio model"),
+                ("model.num_tasks", "a video-editing model"), ("model.extra_context", "a personalized (PT2V) model"),
+                ("model.condition_channels", "a spatial upsampler"),
+                ("model.lora.rank", "a LoRA run with unmerged adapters (export it with tools/export_checkpoint.py, "
+                                    "or its adapters with --lora)"))
+
+
 def transformer_config(model: DiTConfig) -> dict:
     """MovieGenTransformer3DModel's config for a text-to-video DiT; other models are refused by name."""
     extras = {"model.condition_channels": model.condition_channels, "model.num_tasks": model.num_tasks,
@@ -136,8 +157,9 @@ def transformer_config(model: DiTConfig) -> dict:
               "model.infill": model.infill, "model.gated_mlp": not model.gated_mlp}
     used = {name: (not value if name == "model.gated_mlp" else value) for name, value in extras.items() if value}
     if used:
-        raise ConfigError(f"the diffusers pipeline is text-to-video; this model has {used} (an upsampler, editing, "
-                          "personalized, audio or unmerged LoRA model)")
+        kind = next(kind for field, kind in _OTHER_KINDS if field in used)
+        raise ConfigError(f"the diffusers pipeline is text-to-video; this is {kind} ({used}), which has no "
+                          "diffusers pipeline: use its megatron_moviegen command on the export")
     return dict(num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
                 num_attention_heads=model.num_attention_heads, latent_channels=model.latent_channels,
                 patch_size=list(model.patch_size), max_frames=model.max_frames, max_height=model.max_height,
@@ -241,6 +263,7 @@ def export_diffusers(export: str | Path, out: str | Path, tae, text_encoders: di
         scheduler.save_config(str(tmp / "scheduler"))
         import diffusers
 
+        diffusers.FlowMatchEulerDiscreteScheduler().save_config(str(tmp / FLOW_MATCH_SCHEDULER))
         index = {"_class_name": MovieGenVideoPipeline.__name__, "_diffusers_version": diffusers.__version__,
                  "transformer": _component(MovieGenTransformer3DModel), "vae": _component(MovieGenTAEModel),
                  "scheduler": _component(scheduler)}
@@ -253,7 +276,19 @@ def export_diffusers(export: str | Path, out: str | Path, tae, text_encoders: di
         for encoder_name, tokenizer_name in TEXT_COMPONENTS[len(names):]:
             index[encoder_name], index[tokenizer_name] = [None, None], [None, None]
         atomic_write_text(tmp / MODEL_INDEX, json.dumps(index, indent=2))
+        name_pipeline_class(tmp)
     return out
+
+
+def name_pipeline_class(folder: Path) -> None:
+    """Make a saved MovieGenVideoPipeline folder loadable by `DiffusionPipeline.from_pretrained`: write
+    pipeline.py and point model_index.json's `_class_name` at it (["pipeline", "MovieGenVideoPipeline"])."""
+    folder = Path(folder)
+    index = json.loads((folder / MODEL_INDEX).read_text())
+    name = index["_class_name"]
+    index["_class_name"] = [PIPELINE_MODULE, name[1] if isinstance(name, list) else name]
+    atomic_write_text(folder / f"{PIPELINE_MODULE}.py", PIPELINE_FILE)
+    atomic_write_text(folder / MODEL_INDEX, json.dumps(index, indent=2))
 
 
 def toy_text_encoders(model: DiTConfig) -> dict[str, tuple[object, None]]:
