@@ -90,21 +90,43 @@ def saved_identity(state: dict) -> DatasetIdentity | None:
 
 class EpochPlan(Sequence):
     """One rank's batches of an epoch as rows of sample positions in the shard table; `plan[i]` is batch i's
-    `SampleRef`s (its shards' indexes are read then)."""
+    `SampleRef`s (its shards' indexes are read then). After a batch-size change mid-epoch (`resized`) it is the
+    batches before the change, then the rest of the epoch's samples re-cut at the new size."""
 
-    def __init__(self, loader: "LatentLoader", rows: np.ndarray):
-        self.loader, self.rows = loader, rows  # rows: (batches, batch_size) int64
+    def __init__(self, loader: "LatentLoader", rows: np.ndarray, earlier: tuple[np.ndarray, ...] = ()):
+        self.loader = loader
+        self.parts = (*earlier, rows)  # each (batches, batch_size) int
+        self.ends = np.cumsum([len(part) for part in self.parts])
+
+    @property
+    def batch_size(self) -> int:
+        """The size of the batches from the last change on."""
+        return self.parts[-1].shape[1]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return int(self.ends[-1])
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self.loader.sample_refs(row) for row in self.rows[i]]
-        return self.loader.sample_refs(self.rows[i])
+            return [self[k] for k in range(*i.indices(len(self)))]
+        part = int(np.searchsorted(self.ends, i, side="right"))
+        return self.loader.sample_refs(self.parts[part][i - (self.ends[part - 1] if part else 0)])
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, EpochPlan) and np.array_equal(self.rows, other.rows)
+        return (isinstance(other, EpochPlan) and len(self.parts) == len(other.parts)
+                and all(np.array_equal(a, b) for a, b in zip(self.parts, other.parts)))
+
+    def resized(self, at: int, batch_size: int, rng: random.Random) -> "EpochPlan":
+        """Batches [0, at) as they are, then this epoch's remaining samples (in their planned order) cut into
+        batches of `batch_size` as `LatentLoader.epoch_plan` cuts an epoch (a bucket's incomplete last batch
+        waits for the next epoch)."""
+        kept, rest = [], []
+        for part, end in zip(self.parts, self.ends):
+            start = end - len(part)
+            kept.append(part[:max(0, at - start)])
+            rest.append(part[max(0, at - start):].reshape(-1))
+        rows = self.loader.cut(np.concatenate(rest), batch_size, rng)
+        return EpochPlan(self.loader, rows, tuple(part for part in kept if len(part)))
 
 
 class LatentLoader:
@@ -114,11 +136,15 @@ class LatentLoader:
     the TP peers the feeder broadcasts batches to) reads no shard index and touches no per-sample data."""
 
     def __init__(self, shards_dir: str | Path, batch_size: int, image_fraction: float, seed: int,
-                 dp_rank: int = 0, dp_size: int = 1, allow_changed_shards: bool = False):
+                 dp_rank: int = 0, dp_size: int = 1, allow_changed_shards: bool = False,
+                 batch_schedule: Sequence[tuple[int, int]] = ()):
         if not 0 <= dp_rank < dp_size:
             raise ConfigError(f"dp_rank: got {dp_rank}, must be in [0, dp_size={dp_size})")
         self.dir = Path(shards_dir)
         self.batch_size, self.image_fraction, self.seed = batch_size, image_fraction, seed
+        # (batch number from the start of training, batch size from it on), ascending: batch_size until the first
+        self.batch_schedule = [(int(at), int(size)) for at, size in batch_schedule]
+        self.consumed = self.epoch_start = 0  # batches yielded since the start, and when this epoch began
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.table = self._read_table()
         self.identity = DatasetIdentity(self.table.num_shards, self.table.num_samples, self.table.sha256)
@@ -127,7 +153,7 @@ class LatentLoader:
             raise ConfigError(f"{self.dir}: {self.table.num_shards} shards cannot be split over {dp_size} "
                               "data-parallel ranks")
         self.epoch, self.step = 0, 0
-        self._plan: tuple[int, EpochPlan] | None = None
+        self._plan: list | None = None  # [epoch, its EpochPlan]
         self._indexes: OrderedDict[int, list[dict]] = OrderedDict()  # table position -> records, latest last
 
     def _read_table(self) -> ShardTable:
@@ -160,8 +186,9 @@ class LatentLoader:
             name = self.shard_at(position)
             yield from ((name, record) for record in self._read_index(name))
 
-    def epoch_plan(self, epoch: int) -> EpochPlan:
-        """This rank's batches for `epoch`; nothing is read but its shards' bucket ids in the table.
+    def epoch_plan(self, epoch: int, batch_size: int | None = None) -> EpochPlan:
+        """This rank's batches for `epoch` (of `batch_size`, default the loader's first); nothing is read but its
+        shards' bucket ids in the table.
 
         The same draws in the same order as when plans held index records (a shuffle's draws depend only on the
         length of what it shuffles), so a seed gives the batches it gave before the table. Memory: about 14
@@ -171,19 +198,21 @@ class LatentLoader:
         mine = _shuffled(self.table.num_shards, rng)[self.dp_rank :: self.dp_size]
         positions = self._positions(*self.table.bounds(mine))
         rng.shuffle(positions)  # in place: the permutation shuffling range(len) would index with
-        positions = np.frombuffer(positions, _DTYPES[positions.typecode])
-        rows, num_images = self._bucket_rows(positions)
-        del positions
+        rows = self.cut(np.frombuffer(positions, _DTYPES[positions.typecode]), batch_size or self.batch_size, rng)
+        if not len(rows):
+            raise ValueError(f"rank {self.dp_rank}: epoch {epoch} has no batches of {batch_size or self.batch_size} "
+                             f"with image_fraction {self.image_fraction}: the kind (image or video) due first has no "
+                             "full batch in any bucket of this rank's shards")
+        return EpochPlan(self, rows)
+
+    def cut(self, positions: np.ndarray, batch_size: int, rng: random.Random) -> np.ndarray:
+        """(batches, batch_size) rows of `positions` (in their order within each bucket): each bucket's full
+        batches, image and video batches shuffled apart by `rng` and interleaved at image_fraction."""
+        rows, num_images = self._bucket_rows(positions, batch_size)
         images, videos = array("i", range(num_images)), array("i", range(num_images, len(rows)))  # rows of `rows`
         rng.shuffle(images)
         rng.shuffle(videos)
-        plan = self._interleave(np.frombuffer(images, np.int32), np.frombuffer(videos, np.int32))
-        if not len(plan):
-            raise ValueError(
-                f"rank {self.dp_rank}: epoch {epoch} has no batches ({len(images)} image and {len(videos)} video "
-                f"batches of {self.batch_size}, image_fraction {self.image_fraction})"
-            )
-        return EpochPlan(self, rows[plan])
+        return rows[self._interleave(np.frombuffer(images, np.int32), np.frombuffer(videos, np.int32))]
 
     def _positions(self, starts: np.ndarray, counts: np.ndarray) -> array:
         """The table positions of these shards' samples, shard after shard, as a typed array to shuffle in place
@@ -197,21 +226,21 @@ class LatentLoader:
             offset += count
         return out
 
-    def _bucket_rows(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
+    def _bucket_rows(self, positions: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
         """(batches, batch_size) rows of `positions`: image buckets' full batches first, then videos', each kind in
         bucket-name order; and how many rows are image batches."""
         buckets = np.asarray(self.table.buckets[positions])
         order = sorted(range(len(self.table.bucket_names)), key=self.table.bucket_names.__getitem__)
         order = sorted(order, key=lambda b: not self.table.bucket_is_image[b])  # stable: images first
         sizes = np.bincount(buckets, minlength=len(self.table.bucket_names))
-        full = sizes - sizes % self.batch_size
+        full = sizes - sizes % batch_size
         flat = np.empty(int(full.sum()), positions.dtype)
         offset = 0
         for bucket in order:
             flat[offset:offset + full[bucket]] = positions[buckets == bucket][:full[bucket]]
             offset += full[bucket]
-        num_images = int(sum(full[b] for b in order if self.table.bucket_is_image[b])) // self.batch_size
-        return flat.reshape(-1, self.batch_size), num_images
+        num_images = int(sum(full[b] for b in order if self.table.bucket_is_image[b])) // batch_size
+        return flat.reshape(-1, batch_size), num_images
 
     def _interleave(self, images: np.ndarray, videos: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
         """Batch k is an image batch when floor((k + 1) * image_fraction) > floor(k * image_fraction); the plan ends
@@ -265,14 +294,37 @@ class LatentLoader:
         while True:
             plan = self._plan_for(self.epoch)
             while self.step < len(plan):
+                size = self.batch_size_at(self.consumed)
+                if size != plan.batch_size:  # the schedule changes the batch size here: re-cut the rest
+                    plan = self._plan[1] = plan.resized(self.step, size, self._resize_rng(self.step, size))
+                    continue
                 refs = plan[self.step]
                 self.step += 1
+                self.consumed += 1
                 yield self.read_batch(refs)
-            self.epoch, self.step = self.epoch + 1, 0
+            self.epoch, self.step, self.epoch_start = self.epoch + 1, 0, self.consumed
+
+    def batch_size_at(self, batch: int) -> int:
+        """The batch size the schedule gives batch number `batch` (counted from the start of training)."""
+        size = self.batch_size
+        for at, scheduled in self.batch_schedule:
+            if at <= batch:
+                size = scheduled
+        return size
+
+    def _resize_rng(self, at: int, size: int) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{at}/{size}")
 
     def _plan_for(self, epoch: int) -> EpochPlan:
+        """This epoch's plan as the run has cut it so far: at its first batch's size, re-cut at each scheduled
+        change already passed in it (what a resume rebuilds from the saved position alone)."""
         if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, self.epoch_plan(epoch))
+            plan = self.epoch_plan(epoch, self.batch_size_at(self.epoch_start))
+            for at, size in self.batch_schedule:
+                step = at - self.epoch_start
+                if 0 < step <= self.step and step < len(plan) and size != plan.batch_size:
+                    plan = plan.resized(step, size, self._resize_rng(step, size))
+            self._plan = [epoch, plan]
         return self._plan[1]
 
     def read_batch(self, refs: list[SampleRef]) -> Batch:
@@ -324,14 +376,16 @@ class LatentLoader:
         """The position, the settings and the dataset's identity: under 1 KB whatever the dataset's size."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "dp_rank": self.dp_rank,
                 "dp_size": self.dp_size, "batch_size": self.batch_size, "image_fraction": self.image_fraction,
-                "dataset": asdict(self.identity)}
+                "dataset": asdict(self.identity), "consumed": self.consumed, "epoch_start": self.epoch_start,
+                "batch_schedule": [list(change) for change in self.batch_schedule]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly after the last batch the saved loader yielded; the settings must match, and so must the
         shards unless `allow_changed_shards` (then, warning, at the same epoch and batch of the new shards' plan).
         States saved before the O(1) identity (per-shard "index" fingerprints, or a "shards" name list) load too."""
         mine = self.state_dict()
-        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction"):
+        state = {"consumed": 0, "epoch_start": 0, "batch_schedule": [], **state}  # saved before batch schedules
+        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction", "batch_schedule"):
             if state[key] != mine[key]:
                 raise ConfigError(f"{key}: saved loader state has {state[key]!r}, {mine[key]!r} here; cannot resume "
                                   "exactly")
@@ -346,6 +400,8 @@ class LatentLoader:
                         "is set, so going on at epoch %d, batch %d of the new index's order (not the saved run's)",
                         self.dir, change, state["epoch"], state["step"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.consumed, self.epoch_start = state["consumed"], state["epoch_start"]
+        self._plan = None
 
     def _change_since(self, state: dict) -> str | None:
         saved = saved_identity(state)

@@ -88,6 +88,10 @@ class TrainConfig:
     steps: int = 100
     micro_batch_size: int = 1  # samples per microbatch per data-parallel rank
     global_batch_size: int = 1  # samples per step over all data-parallel ranks
+    # Table 3 changes the batch inside a stage: [[step, global batch], ...] (ascending steps >= 1) sets the global
+    # batch from that step on (global_batch_size before the first; a step past train.steps waits for a longer run). The loader re-cuts the rest of its epoch
+    # at each change, so a run resumes exactly across one (training/pretrain.py, data/loader.py).
+    batch_schedule: list[tuple[int, int]] = field(default_factory=list)
     # AdamW with warmup, then constant / cosine / linear decay to min_lr.
     lr: float = 1e-4
     min_lr: float = 0.0
@@ -145,20 +149,33 @@ class TrainConfig:
     peak_tflops_per_gpu: Optional[float] = None
     progress_bar: bool = True
 
-    def num_microbatches(self, data_parallel_size: int) -> int:
+    def num_microbatches(self, data_parallel_size: int, global_batch: int | None = None) -> int:
+        """Microbatches per step of `global_batch` (default global_batch_size) on each data-parallel rank."""
+        global_batch = global_batch or self.global_batch_size
         per_step = self.micro_batch_size * data_parallel_size
-        if self.global_batch_size % per_step:
+        if global_batch % per_step:
+            name = "global_batch_size" if global_batch == self.global_batch_size else "batch_schedule"
             raise ConfigError(
-                f"train.global_batch_size: {self.global_batch_size} is not divisible by micro_batch_size "
+                f"train.{name}: {global_batch} is not divisible by micro_batch_size "
                 f"{self.micro_batch_size} x data-parallel size {data_parallel_size}"
             )
-        return self.global_batch_size // per_step
+        return global_batch // per_step
+
+    def loader_batch_schedule(self, data_parallel_size: int) -> list[tuple[int, int]]:
+        """batch_schedule as one data-parallel rank's loader reads it: (step, samples per rank from that step)."""
+        return [(step, self.micro_batch_size * self.num_microbatches(data_parallel_size, size))
+                for step, size in self.batch_schedule]
 
     def validate(self) -> None:
         for name in ("steps", "micro_batch_size", "global_batch_size", "save_every", "log_every", "validate_every",
                      "validation_batches", "max_skipped_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, must be >= 1")
+        steps = [step for step, _ in self.batch_schedule]
+        if steps != sorted(set(steps)) or any(step < 1 for step in steps) or any(
+                size < 1 for _, size in self.batch_schedule):
+            raise ConfigError(f"batch_schedule: got {[list(c) for c in self.batch_schedule]}, need [step, global batch] "
+                              "pairs with ascending steps >= 1 and batches >= 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"lr/min_lr: got {self.lr}/{self.min_lr}, need 0 <= min_lr <= lr and lr > 0")
         if self.lr_warmup_steps < 0 or self.lr_warmup_steps > self.steps:

@@ -1,7 +1,7 @@
 """The flow-matching pretraining loop on Megatron-Core (SPEC sections 2 and 4).
 
-One step: this data-parallel rank reads global_batch_size / DP samples of one bucket, splits them into
-microbatches, and Megatron's forward_backward_func runs them through the DiT chunks (any TP/SP/CP/PP
+One step: this data-parallel rank reads global_batch_size / DP samples of one bucket (the global batch changes at
+the steps of `train.batch_schedule`), splits them into microbatches, and Megatron's forward_backward_func runs them through the DiT chunks (any TP/SP/CP/PP
 layout); finalize_model_grads reduces the grads; AdamW steps; the LR schedule advances. Every rank of a
 data-parallel replica reads the same samples and draws the same noise and times, seeded by
 (seed, step, dp rank, microbatch), so a resumed run repeats an uninterrupted one exactly. After a step: the
@@ -176,12 +176,14 @@ def check_conditioning(cfg: MovieGenConfig, batch: Batch) -> None:
 
 
 def build_loader(cfg: MovieGenConfig, num_microbatches: int, runtime: Runtime) -> BatchFeeder:
-    """This data-parallel rank's batches, read ahead on the first rank of its TP group and broadcast to the rest."""
+    """This data-parallel rank's batches, read ahead on the first rank of its TP group and broadcast to the rest;
+    their size follows train.batch_schedule."""
+    dp_size = parallel_state.get_data_parallel_world_size()
     loader = LatentLoader(cfg.data.shards, batch_size=cfg.train.micro_batch_size * num_microbatches,
                           image_fraction=cfg.data.image_fraction, seed=cfg.data.seed,
-                          dp_rank=parallel_state.get_data_parallel_rank(),
-                          dp_size=parallel_state.get_data_parallel_world_size(),
-                          allow_changed_shards=cfg.data.allow_changed_shards)
+                          dp_rank=parallel_state.get_data_parallel_rank(), dp_size=dp_size,
+                          allow_changed_shards=cfg.data.allow_changed_shards,
+                          batch_schedule=cfg.train.loader_batch_schedule(dp_size))
     return BatchFeeder(loader, cfg.data.prefetch_batches, parallel_state.get_tensor_model_parallel_group(),
                        runtime.device, pin_memory=runtime.on_gpu)
 
@@ -294,6 +296,7 @@ def _train(cfg: MovieGenConfig, runtime: Runtime, dp_size: int) -> TrainResult:
             data_seconds = time.perf_counter() - start
             if metrics.steps_logged == 0:
                 check_conditioning(cfg, batch)
+            num_microbatches = batch.latents.shape[0] // cfg.train.micro_batch_size  # train.batch_schedule's
             microbatches = make_microbatches(batch, cfg, step, num_microbatches, runtime.device)
             for chunk in model:
                 chunk.zero_grad_buffer()

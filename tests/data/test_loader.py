@@ -119,6 +119,32 @@ def test_state_dict_resumes_exactly_across_epochs(shards):
     assert state["epoch"] == 1 and len(loader.epoch_plan(0)) < 17  # the saved position is inside epoch 1
 
 
+def test_a_batch_schedule_recuts_the_epoch_at_each_change_and_resumes_exactly(shards):
+    """Table 3 changes the batch inside a stage: from batch 3 on the loader serves 4 samples (then 1 from batch 17,
+    in the second epoch), re-cutting the rest of the epoch without repeating a sample; a resume from any position
+    (before, at, after a change, in a later epoch) continues the uninterrupted run."""
+    schedule = [(3, 4), (17, 1)]
+    make = lambda: LatentLoader(shards, 2, 0.5, seed=11, batch_schedule=schedule)  # noqa: E731
+    reference = make()
+    batches = take(reference, 30)
+    assert [len(b.keys) for b in batches[:6]] == [2, 2, 2, 4, 4, 4] and {len(b.keys) for b in batches[17:]} == {1}
+    epoch_of = []
+    loader = make()
+    for _ in range(30):
+        take(loader, 1)
+        epoch_of.append(loader.epoch)  # the epoch that batch came from
+    first_epoch = [key for b, e in zip(batches, epoch_of) if e == 0 for key in b.keys]
+    assert len(first_epoch) == len(set(first_epoch)) and 0 < epoch_of.index(1) < 17  # the change at 17 is in epoch 1
+    for stop in (2, 3, 4, epoch_of.index(1), 17, 18, 25):
+        loader = make()
+        head = take(loader, stop)
+        resumed = make()
+        resumed.load_state_dict(pickle.loads(pickle.dumps(loader.state_dict())))
+        assert [b.keys for b in head + take(resumed, 30 - stop)] == [b.keys for b in batches], stop
+    with pytest.raises(ConfigError, match=r"batch_schedule: saved loader state has \[\[3, 4\], \[17, 1\]\]"):
+        LatentLoader(shards, 2, 0.5, seed=11, batch_schedule=[(3, 4)]).load_state_dict(reference.state_dict())
+
+
 def test_state_from_other_settings_is_refused(shards):
     state = LatentLoader(shards, 4, 0.5, seed=11).state_dict()
     with pytest.raises(ConfigError, match="seed"):

@@ -344,3 +344,19 @@ def test_a_checkpoint_folder_replaced_by_a_file_mid_run_is_one_error_naming_it(t
     assert message.startswith(f"CheckpointError: train.checkpoint_dir {folder}: found a regular file of 13 bytes"), message
     assert "step 2 was not saved" in message
     assert folder.read_text() == "not a folder\n" and (tmp_path / "moved" / "iter_0000001").is_dir()
+
+
+def test_a_batch_schedule_changes_the_batch_mid_run_and_a_resume_at_the_change_repeats_it(tiny_shards, tmp_path):
+    """train.batch_schedule (Table 3: 1,536 -> 512 in stage 3, here 2 -> 1 samples from step 3): the steps before the
+    change read 2 samples, the later ones 1, and a run resumed from the checkpoint at the change repeats the
+    uninterrupted run's losses exactly (the loader re-cuts its epoch at the same place)."""
+    schedule = ["train.batch_schedule=[[2, 1]]"]
+    whole, partial = run_distributed(_in_turn, 1, args=([
+        (_train, (_overrides(tiny_shards, tmp_path / "whole", 4, schedule),)),
+        (_train, (_overrides(tiny_shards, tmp_path / "partial", 2, schedule),)),
+    ],))[0]
+    samples = {row["step"]: round(row["samples_per_s"] * row["step_s"]) for row in whole["history"]}
+    assert samples == {1: 2, 2: 2, 3: 1, 4: 1}
+    resumed = run_distributed(_train, 1, args=(_overrides(tiny_shards, tmp_path / "partial", 4, schedule),))[0]
+    assert sorted(_losses(resumed)) == [3, 4]
+    assert all(_losses(resumed)[step] == _losses(whole)[step] for step in (3, 4))
