@@ -54,6 +54,7 @@ from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConf
                                                   latent_shape, resolve_fps)
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
+from megatron_moviegen.kinds import Kind, kind_of
 from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument, rank_and_world_from_env
@@ -189,7 +190,7 @@ def read_edit_source(args: argparse.Namespace, settings: SamplingConfig, cfg: Mo
                      ) -> tuple[torch.Tensor, SamplingConfig]:
     """--edit-video -> its pixels (1, 3, t, h, w) in [-1, 1] and the settings with its frames and size, after
     checking the export is an editing model and --task one of its tasks."""
-    if cfg.data.edit is None or cfg.model.condition_channels == 0:
+    if kind_of(cfg).generate_input != "--edit-video" or cfg.model.condition_channels == 0:
         raise ValueError(f"--edit-video: {args.checkpoint} is not a video-editing export (its config has no "
                          "data.edit section / model.condition_channels); train one with the edit_video recipe")
     if args.task is not None and args.task not in cfg.data.edit.tasks:
@@ -205,10 +206,17 @@ def read_edit_source(args: argparse.Namespace, settings: SamplingConfig, cfg: Mo
     return pixels, replace(settings, num_frames=frames, height=height, width=width)
 
 
+def check_sampled_here(kind: Kind, checkpoint: str) -> None:
+    """An export of a kind that another command samples (audio: generate-audio) is refused, naming that command."""
+    if kind.sampled_by != "generate":
+        raise ValueError(f"--checkpoint: {checkpoint} is a model of kind {kind.name} ({kind.summary}); sample it with "
+                         f"{kind.sampled_by}, not generate")
+
+
 def read_reference(args: argparse.Namespace, cfg: MovieGenConfig) -> tuple[torch.Tensor, ReferenceConfig]:
     """--reference-image -> its frame (h, w, 3) uint8, through the export's crop as in pre-encoding, and the
     reference config (encoder from --reference-encoder when given), after checking the export is personalized."""
-    if cfg.data.reference is None or REFERENCE_SOURCE not in cfg.model.extra_context:
+    if kind_of(cfg).generate_input != "--reference-image" or REFERENCE_SOURCE not in cfg.model.extra_context:
         raise ValueError(f"--reference-image: {args.checkpoint} is not a personalized export (its config has no "
                          f"data.reference / model.extra_context.{REFERENCE_SOURCE}); train one with the pt2v recipe")
     if not Path(args.reference_image).is_file():
@@ -245,6 +253,7 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     prompts = read_prompts(args)
     check_prompts(prompts)
     cfg = read_exported_config(args.checkpoint, args.overrides)
+    check_sampled_here(kind_of(cfg), args.checkpoint)
     args.tae, args.text_encoders, args.text = default_sources(args.tae, args.text_encoders, args.text, cfg.model)
     if args.text_encoders != TOY_TEXT_ENCODERS:
         paper_text_encoders(args.text_encoders, args.text, cfg.model)  # widths checked before any weights load
