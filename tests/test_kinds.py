@@ -70,6 +70,10 @@ def test_a_kind_registered_outside_the_package_is_found_checked_and_evaluated(mo
         load_config("edit_tiny", ["kind=toy"])
     with pytest.raises(ValueError, match="kind 'toy' is already registered"):
         register(toy)
+    with pytest.raises(ValueError, match="kind 'toy2': data.edit already marks kind 'edit'"):
+        register(Kind("toy2", "another", "edit", checked.append, dict))
+    with pytest.raises(ValueError, match="kind 'toy2': section got 'edits', need a field of the data config"):
+        register(Kind("toy2", "another", "edits", checked.append, dict))
 
 
 def test_evaluate_refuses_the_autoencoder_flag_of_another_kind():

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable, Optional
 
 from megatron_moviegen.config.schema import ConfigError
+from megatron_moviegen.data.config import DataConfig
 
 if TYPE_CHECKING:
     from megatron_moviegen.recipes import MovieGenConfig
@@ -48,12 +49,15 @@ _KINDS: dict[str, Kind] = {}
 
 
 def register(kind: Kind) -> Kind:
-    """Add `kind` to the registry (a second kind of the same name is refused); returns it."""
+    """Add `kind` to the registry and return it. A second kind of one name, or marked by one data section, and a
+    section DataConfig does not have are refused."""
     if kind.name in _KINDS:
         raise ValueError(f"kind {kind.name!r} is already registered ({_KINDS[kind.name].summary})")
-    if kind.section is not None and any(k.section == kind.section for k in _KINDS.values()):
-        raise ValueError(f"kind {kind.name!r}: data.{kind.section} already marks kind "
-                         f"{next(k.name for k in _KINDS.values() if k.section == kind.section)!r}")
+    if kind.section is not None and kind.section not in {f.name for f in fields(DataConfig)}:
+        raise ValueError(f"kind {kind.name!r}: section got {kind.section!r}, need a field of the data config")
+    marked = [k.name for k in _KINDS.values() if kind.section is not None and k.section == kind.section]
+    if marked:
+        raise ValueError(f"kind {kind.name!r}: data.{kind.section} already marks kind {marked[0]!r}")
     _KINDS[kind.name] = kind
     return kind
 
