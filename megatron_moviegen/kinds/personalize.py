@@ -2,8 +2,7 @@
 `model.extra_context.reference_image` tokens.
 
 `generate --reference-image` samples it (the image read by `read_reference`); the evaluation samples each subject with
-its own reference, another's and
-none.
+its own reference, another's and none.
 """
 
 from __future__ import annotations
