@@ -37,15 +37,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import av
 import torch
 import torch.distributed as dist
 
 from megatron_moviegen.data.buckets import bucket_size
 from megatron_moviegen.recipes import MovieGenConfig
-from megatron_moviegen.data.config import REFERENCE_SOURCE, ReferenceConfig, parse_aspect_ratio
-from megatron_moviegen.data.decode import DecodeError, PyAVDecoder, is_image
-from megatron_moviegen.data.preencode import load_crop, reference_frame
+from megatron_moviegen.data.config import parse_aspect_ratio
 from megatron_moviegen.inference.components import (TOY_TAE, TOY_TEXT_ENCODERS, default_sources, load_tae,
                                                      load_text_encoders, paper_text_encoders)
 from megatron_moviegen.checkpoints.distributed import CheckpointError
@@ -54,11 +51,14 @@ from megatron_moviegen.inference.pipeline import (MovieGenPipeline, SamplingConf
                                                   latent_shape, resolve_fps)
 from megatron_moviegen.inference.editor import EditingConfig, VideoEditor
 from megatron_moviegen.inference.upsampler import UpsamplingConfig
-from megatron_moviegen.models.vision_tower import ReferenceEncoder, resolve_encoder_source
+from megatron_moviegen.kinds import Kind, kind_of
+from megatron_moviegen.kinds.edit import read_edit_source
+from megatron_moviegen.kinds.personalize import read_reference
+from megatron_moviegen.models.vision_tower import ReferenceEncoder
 from megatron_moviegen.parallel.initialize import torn_down_after
 from megatron_moviegen.runtime import Runtime, add_precision_argument, rank_and_world_from_env
 from megatron_moviegen.text.rewrite import DEFAULT_INSTRUCTIONS, PromptRewriter, read_instructions
-from megatron_moviegen.upsample import add_sampling_arguments, read_video, upsample_files
+from megatron_moviegen.upsample import add_sampling_arguments, upsample_files
 from megatron_moviegen.utils import cli
 from megatron_moviegen.utils.io import check_writable_folder
 
@@ -185,43 +185,11 @@ def sampling_config(args: argparse.Namespace, size_multiple: int, trained_fps: t
                           guidance_scale=args.guidance_scale, seed=args.seed, negative_prompt=args.negative_prompt)
 
 
-def read_edit_source(args: argparse.Namespace, settings: SamplingConfig, cfg: MovieGenConfig
-                     ) -> tuple[torch.Tensor, SamplingConfig]:
-    """--edit-video -> its pixels (1, 3, t, h, w) in [-1, 1] and the settings with its frames and size, after
-    checking the export is an editing model and --task one of its tasks."""
-    if cfg.data.edit is None or cfg.model.condition_channels == 0:
-        raise ValueError(f"--edit-video: {args.checkpoint} is not a video-editing export (its config has no "
-                         "data.edit section / model.condition_channels); train one with the edit_video recipe")
-    if args.task is not None and args.task not in cfg.data.edit.tasks:
-        raise ValueError(f"--task: got {args.task!r}, the export knows {cfg.data.edit.tasks}")
-    if not Path(args.edit_video).is_file():
-        raise FileNotFoundError(f"--edit-video: {args.edit_video} is not a file")
-    frames = 1 if is_image(args.edit_video) else settings.num_frames  # an image edits as a 1-frame video
-    try:
-        pixels = read_video(args.edit_video, 0.0, settings.fps, frames, args.height, args.width)
-    except (DecodeError, av.FFmpegError) as exc:
-        raise ValueError(f"--edit-video: {args.edit_video} could not be decoded ({exc})") from None
-    frames, height, width = pixels.shape[2:]
-    return pixels, replace(settings, num_frames=frames, height=height, width=width)
-
-
-def read_reference(args: argparse.Namespace, cfg: MovieGenConfig) -> tuple[torch.Tensor, ReferenceConfig]:
-    """--reference-image -> its frame (h, w, 3) uint8, through the export's crop as in pre-encoding, and the
-    reference config (encoder from --reference-encoder when given), after checking the export is personalized."""
-    if cfg.data.reference is None or REFERENCE_SOURCE not in cfg.model.extra_context:
-        raise ValueError(f"--reference-image: {args.checkpoint} is not a personalized export (its config has no "
-                         f"data.reference / model.extra_context.{REFERENCE_SOURCE}); train one with the pt2v recipe")
-    if not Path(args.reference_image).is_file():
-        raise FileNotFoundError(f"--reference-image: {args.reference_image} is not a file")
-    reference = cfg.data.reference
-    if args.reference_encoder is not None:
-        reference = replace(reference, encoder=args.reference_encoder)
-    resolve_encoder_source(reference.encoder)  # a missing tower folder is named before the DiT loads
-    try:
-        frame = reference_frame(args.reference_image, args.reference_time, PyAVDecoder(), load_crop(reference.crop))
-    except (DecodeError, ValueError, av.FFmpegError) as exc:
-        raise ValueError(f"--reference-image: {args.reference_image} could not be decoded ({exc})") from None
-    return frame, reference
+def check_sampled_here(kind: Kind, checkpoint: str) -> None:
+    """An export of a kind that another command samples (audio: generate-audio) is refused, naming that command."""
+    if kind.sampled_by != "generate":
+        raise ValueError(f"--checkpoint: {checkpoint} is a model of kind {kind.name} ({kind.summary}); sample it with "
+                         f"{kind.sampled_by}, not generate")
 
 
 def rewrite_on_rank_0(prompts: list[str], args: argparse.Namespace, device: torch.device) -> list[str]:
@@ -245,6 +213,7 @@ def generate(argv: list[str] | None = None) -> list[Path]:
     prompts = read_prompts(args)
     check_prompts(prompts)
     cfg = read_exported_config(args.checkpoint, args.overrides)
+    check_sampled_here(kind_of(cfg), args.checkpoint)
     args.tae, args.text_encoders, args.text = default_sources(args.tae, args.text_encoders, args.text, cfg.model)
     if args.text_encoders != TOY_TEXT_ENCODERS:
         paper_text_encoders(args.text_encoders, args.text, cfg.model)  # widths checked before any weights load

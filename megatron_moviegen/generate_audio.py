@@ -35,6 +35,7 @@ from megatron_moviegen.diffusion.sampling import SCHEDULES, SOLVERS
 from megatron_moviegen.inference.audio import AudioPipeline, AudioSamplingConfig, window_frames
 from megatron_moviegen.inference.components import TOY_TEXT_ENCODERS, load_text_encoders
 from megatron_moviegen.inference.pipeline import check_prompts, command_record
+from megatron_moviegen.kinds import kind_of
 from megatron_moviegen.models.audio_ae import AudioAutoencoder
 from megatron_moviegen.models.vision_tower import FrameFeatureEncoder, resolve_encoder_source
 from megatron_moviegen.parallel.initialize import torn_down_after
@@ -107,7 +108,7 @@ def generate_audio(argv: list[str] | None = None) -> list[Path]:
                                    seed=args.seed, window_s=args.window_seconds, overlap_s=args.overlap_seconds)
     settings.validate()
     cfg = read_exported_config(args.checkpoint, args.overrides)
-    if cfg.data.audio is None:
+    if kind_of(cfg).name != "audio":
         raise ValueError(f"--checkpoint: {args.checkpoint} is not an audio export (its config has no data.audio); "
                          "train one with the audio_13b or audio_tiny recipe")
     audio = cfg.data.audio

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from megatron_moviegen.config import to_yaml
 from megatron_moviegen.data.config import DataConfig
+from megatron_moviegen.kinds import kind_of
 from megatron_moviegen.recipes import MovieGenConfig
 from megatron_moviegen.config.schema import ConfigError, apply_overrides, build, read_recipe
 from megatron_moviegen.models.dit import MovieGenDiT
@@ -108,8 +109,9 @@ def read_exported_config(folder: str | Path, overrides: list[str] | None = None)
     path = check_export_folder(folder) / CONFIG_NAME
     data = read_recipe(path, Path(folder))
     # An export writes every section of its config (_finish_export): a section missing is a file cut short, which
-    # YAML alone would read as a smaller config filled with defaults.
-    missing = [f.name for f in dataclasses.fields(MovieGenConfig) if f.name not in data]
+    # YAML alone would read as a smaller config filled with defaults. `kind` is not a section: exports written
+    # before kinds have none (kinds.kind_of infers it from data).
+    missing = [f.name for f in dataclasses.fields(MovieGenConfig) if f.name not in data and f.name != "kind"]
     if missing:
         raise DamagedFileError(f"{path}: cut short or not an export's config: sections {missing} are missing (an "
                                "export writes all of them); export the checkpoint again")
@@ -218,11 +220,12 @@ def _gather_whole(name: str, local: torch.Tensor, split: int | None, swiglu: boo
 @torch.no_grad()
 def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = "export",
                dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-               data: Optional[DataConfig] = None) -> None:
+               data: Optional[DataConfig] = None, kind: Optional[str] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
-    must call it. The caller passes its recipe's `data`: config.yaml keeps data.buckets (the trained resolution),
-    data.edit (the names of an editing model's task-table rows), data.reference (a personalized model's vision
-    tower) and data.audio (an audio model's rates and video-feature tower).
+    must call it. The caller passes its recipe's `data` and `kind`: config.yaml records the kind and keeps
+    data.buckets (the trained resolution), the section that marks the kind (data.upsample, data.edit: the names of
+    an editing model's task-table rows, data.reference: a personalized model's vision tower, data.audio: an audio
+    model's rates and video-feature tower).
     The first rank of each pipeline stage (TP, CP, DP rank 0) writes that stage's files; global rank 0 writes
     config.yaml and, last, the index, all into `staging_folder(folder)`, which rank 0 then swaps in
     (`swap_in_folder`): an export killed midway leaves an earlier export in `folder` whole."""
@@ -262,9 +265,9 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
         # tower, an audio model's rates and feature tower, and the buckets it was trained on (their resolution scales the position tables of a later
         # stage started from it) are.
         kept = DataConfig() if data is None else DataConfig(buckets=data.buckets, image_fraction=data.image_fraction,
-                                                            edit=data.edit, reference=data.reference,
-                                                            audio=data.audio)
-        cfg = MovieGenConfig(name=name, model=model_chunks[0].dit_config, data=kept)
+                                                            upsample=data.upsample, edit=data.edit,
+                                                            reference=data.reference, audio=data.audio)
+        cfg = MovieGenConfig(name=name, kind=kind, model=model_chunks[0].dit_config, data=kept)
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
         swap_in_folder(final)
     dist.barrier()
@@ -321,7 +324,7 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
     if averaged is not None:
         with averaged.applied():
             export_dit(chunks, out, name=f"{cfg.name}@{step} EMA", dtype=dtype, max_shard_bytes=max_shard_bytes,
-                       data=cfg.data)
+                       data=cfg.data, kind=kind_of(cfg).name)
         destroy()
         return Path(out)
     if cfg.model.lora.enabled:
@@ -329,7 +332,7 @@ def export_training_checkpoint(checkpoint: str | Path, out: str | Path, layout_o
             merge_lora(chunk.layers)
             chunk.dit_config = replace(chunk.dit_config, lora=LoRAConfig())
     export_dit(chunks, out, name=f"{cfg.name}@{step}", dtype=dtype, max_shard_bytes=max_shard_bytes,
-               data=cfg.data)
+               data=cfg.data, kind=kind_of(cfg).name)
     destroy()
     return Path(out)
 

@@ -16,6 +16,7 @@ from megatron_moviegen.generate import generate, main
 from megatron_moviegen.checkpoints.export import export_dit, load_exported_dit
 from megatron_moviegen.inference import MovieGenPipeline, SamplingConfig
 from megatron_moviegen.inference.components import tiny_tae
+from megatron_moviegen.kinds import kind_of
 from megatron_moviegen.models.dit_chunks import build_dit_chunks
 from megatron_moviegen.parallel.initialize import destroy, init_model_parallel, set_seed
 from megatron_moviegen.runtime import Runtime
@@ -61,7 +62,7 @@ def make_tiny_export(folder: Path, seed: int = 1234, dtype: torch.dtype = torch.
     set_seed(seed, runtime)
     chunks = build_dit_chunks(cfg, runtime)
     randomize_well_conditioned(chunks[0])
-    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype, data=cfg.data)
+    export_dit(chunks, folder, name=f"{recipe}-random", dtype=dtype, data=cfg.data, kind=kind_of(cfg).name)
 
 
 INSTRUCTION = "make it black and white"

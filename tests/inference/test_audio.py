@@ -133,7 +133,7 @@ def test_continuation_from_the_command_line_is_recorded(audio_run):
 
 @pytest.fixture(scope="module")
 def video_export(audio_run, tmp_path_factory):
-    """The audio export's files under a config without data.audio: what a video export says."""
+    """The audio export's files under a config without data.audio and of kind t2v: what a video export says."""
     import shutil
 
     import yaml
@@ -143,6 +143,7 @@ def video_export(audio_run, tmp_path_factory):
     shutil.copytree(root / "export", folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     config["data"]["audio"] = None
+    config["kind"] = "t2v"  # the kind a video export records
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from megatron_moviegen.checkpoints.export import read_exported_config
 from megatron_moviegen.generate import parse_args
 from tests.harness import run_distributed
 from tests.inference.jobs import EDIT_SOURCE, INSTRUCTION, edit_cli_job, read_frames, written
@@ -29,6 +30,11 @@ def test_an_edit_has_the_sources_frames_and_size_and_a_sidecar_naming_source_tas
     assert sidecar["edit_source"].endswith("carphone_pristine.mp4") and sidecar["instruction"] == INSTRUCTION
     assert sidecar["text_prompt"] == f"FPS-8 {INSTRUCTION}" and sidecar["task"] == "video_edit"
     assert (sidecar["guidance_scale"], sidecar["source_guidance_scale"], sidecar["steps"]) == (7.5, 1.5, 3)
+
+
+def test_the_exports_record_their_kind(runs):
+    root, _ = runs
+    assert [read_exported_config(root / name).kind for name in ("edit_export", "t2v_export")] == ["edit", "t2v"]
 
 
 def test_the_same_seed_gives_the_same_edit_and_another_task_another_edit(runs):
