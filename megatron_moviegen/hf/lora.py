@@ -62,7 +62,7 @@ def export_lora(checkpoint: str | Path, folder: str | Path) -> Path:
     tools/export_diffusers.py)."""
     from megatron_moviegen.checkpoints.distributed import load_checkpoint, read_saved_config, resolve_checkpoint
     from megatron_moviegen.config.schema import build
-    from megatron_moviegen.parallel.build import build_dit_chunks
+    from megatron_moviegen.models.dit_chunks import build_dit_chunks
     from megatron_moviegen.parallel.initialize import destroy, init_model_parallel
     from megatron_moviegen.recipes import MovieGenConfig
     from megatron_moviegen.runtime import Runtime
