@@ -104,6 +104,30 @@ def evaluate(clips: list[ReferenceClip], tae: TAE, pipeline: Optional[MovieGenPi
     return {"clips": rows, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}, videos
 
 
+def add_distribution_scores(report: dict, videos: list[dict[str, torch.Tensor]], fvd_model: Optional[str] = None,
+                            clip_model: Optional[str] = None) -> dict:
+    """`report["distribution"]`: FVD of the TAE reconstructions and of the generated videos against the original
+    clips (with the VideoMAE in `fvd_model`), and the CLIP score of the originals and the generated videos against
+    their captions (with the CLIPModel in `clip_model`); each only when its model folder is given
+    (utils/distribution.py: networks from local folders only)."""
+    from megatron_moviegen.utils.distribution import clip_score, frechet_video_distance
+    from megatron_moviegen.utils.video_io import to_uint8_frames
+
+    sets = {name: [torch.from_numpy(to_uint8_frames(v[name])) for v in videos]
+            for name in ("original", "tae", "generated") if all(name in v for v in videos)}
+    scores: dict = {}
+    if fvd_model:
+        scores["fvd"] = {name: frechet_video_distance(sets["original"], sets[name], fvd_model)
+                         for name in ("tae", "generated") if name in sets}
+    if clip_model:
+        captions = [row["caption"] for row in report["clips"]]
+        scores["clip_score"] = {name: clip_score(sets[name], captions, clip_model)
+                                for name in ("original", "generated") if name in sets}
+    if scores:
+        report["distribution"] = {**scores, "fvd_model": fvd_model, "clip_model": clip_model}
+    return report
+
+
 @dataclass
 class EditPair:
     instruction: str
@@ -289,7 +313,8 @@ def side_by_side(videos: list[dict[str, torch.Tensor]], frames: int = 4, gap: in
 
 
 def format_table(report: dict) -> str:
-    """One line per clip: the TAE ceiling, generated vs its own clip, generated vs the closest other clip."""
+    """One line per clip: the TAE ceiling, generated vs its own clip, generated vs the closest other clip; then the
+    distribution scores when measured."""
     lines = [f"{'caption':<44} {'TAE PSNR/SSIM':>15} {'gen vs own':>15} {'gen vs other (best)':>20}"]
     for row in report["clips"]:
         line = f"{row['caption'][:44]:<44} {row['tae']['psnr']:>7.2f}/{row['tae']['ssim']:.3f}"
@@ -300,6 +325,10 @@ def format_table(report: dict) -> str:
                 best = max(others.values(), key=lambda q: q["psnr"])
                 line += f" {best['psnr']:>12.2f}/{best['ssim']:.3f}"
         lines.append(line)
+    distribution = report.get("distribution", {})
+    for metric in ("fvd", "clip_score"):
+        if metric in distribution:
+            lines.append(f"{metric}: " + ", ".join(f"{name} {value:.2f}" for name, value in distribution[metric].items()))
     return "\n".join(lines)
 
 

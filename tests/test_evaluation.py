@@ -23,8 +23,13 @@ def _evaluate_job(rank, world_size, root):
     from megatron_moviegen.parallel.initialize import destroy
 
     destroy()
+    from megatron_moviegen.utils.distribution import save_tiny_videomae
+    from tests.utils.test_distribution import save_tiny_clip
+
     return main(["--manifest", str(root / "manifest.jsonl"), "--config", "tiny", "--tae", "toy-tae",
                  "--checkpoint", str(root / "export"), "--text-encoders", "toy", "--steps", "2",
+                 "--fvd-model", str(save_tiny_videomae(root / "videomae")), "--clip-model",
+                 str(save_tiny_clip(root / "clip")),
                  "--out", str(root / "eval"), 'data.buckets.aspect_ratios=["1:1"]',
                  "data.buckets.include_images=false", "data.image_fraction=0.0"])
 
@@ -43,6 +48,11 @@ def test_report_holds_the_tae_ceiling_and_generated_vs_own_and_other_clip(tmp_pa
         assert 0 < row["tae"]["psnr"] < 40 and -1 <= row["tae"]["ssim"] < 1  # an untrained TAE: a poor ceiling
         assert list(row["generated_vs_others"]) == [other["caption"]]
         assert np.isfinite(row["generated"]["psnr"])
+    # FVD and CLIP score through tiny random networks (no real VideoMAE / CLIP here): the code path, not the meaning
+    distribution = report["distribution"]
+    assert set(distribution["fvd"]) == {"tae", "generated"} and all(v >= 0 for v in distribution["fvd"].values())
+    assert set(distribution["clip_score"]) == {"original", "generated"}
+    assert all(0 <= v <= 100 for v in distribution["clip_score"].values())
     image = np.asarray(Image.open(tmp_path / "eval" / "side_by_side.png"))
     # 2 clips x (original, tae, generated) rows of 64 px + 2 px gaps; 4 frames of 64 px + gaps across.
     assert image.shape == (6 * 66, 4 * 66, 3)

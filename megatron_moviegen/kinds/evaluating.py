@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source-guidance-scale", type=float, default=1.5, help="editing: guidance over the source")
     parser.add_argument("--seed", type=cli.seed, default=0)
     parser.add_argument("--frames-in-png", type=int, default=4)
+    parser.add_argument("--fvd-model", help="t2v: a local VideoMAE folder (transformers): FVD of the TAE's and the "
+                        "generated videos against the clips (utils/distribution.py)")
+    parser.add_argument("--clip-model", help="t2v: a local CLIPModel folder (transformers): CLIP score of the clips "
+                        "and the generated videos against their captions")
     add_precision_argument(parser)
     parser.add_argument("--out", default="outputs/eval")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. 'data.buckets.aspect_ratios=[\"1:1\"]'")

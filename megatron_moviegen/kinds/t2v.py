@@ -44,7 +44,7 @@ def check_video_recipe(cfg) -> None:
 def evaluate_t2v(args: argparse.Namespace, recipe) -> dict:
     """The TAE's ceiling on the manifest's clips and, with --checkpoint, videos sampled from their captions scored
     against them."""
-    from megatron_moviegen.evaluation import evaluate, format_table, load_reference_clips
+    from megatron_moviegen.evaluation import add_distribution_scores, evaluate, format_table, load_reference_clips
     from megatron_moviegen.inference.components import load_tae
     from megatron_moviegen.inference.pipeline import MovieGenPipeline
     from megatron_moviegen.kinds.evaluating import exported_model, finish
@@ -52,10 +52,12 @@ def evaluate_t2v(args: argparse.Namespace, recipe) -> dict:
     clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
     tae = load_tae(args.tae)
     if not args.checkpoint:
-        return finish(args, *evaluate(clips, tae, None, args.steps, args.guidance_scale, args.seed), format_table)
-    with exported_model(args) as (_, dit, text_encoders):
-        report, videos = evaluate(clips, tae, MovieGenPipeline(dit, tae, text_encoders), args.steps,
-                                  args.guidance_scale, args.seed)
+        report, videos = evaluate(clips, tae, None, args.steps, args.guidance_scale, args.seed)
+    else:
+        with exported_model(args) as (_, dit, text_encoders):
+            report, videos = evaluate(clips, tae, MovieGenPipeline(dit, tae, text_encoders), args.steps,
+                                      args.guidance_scale, args.seed)
+    add_distribution_scores(report, videos, args.fvd_model, args.clip_model)
     return finish(args, report, videos, format_table)
 
 

@@ -36,7 +36,9 @@ def test_fvd_is_zero_for_the_same_set_and_grows_with_the_damage(windows, tmp_pat
         frechet_video_distance(windows[:1], windows, folder)
 
 
-def test_clip_score_is_per_caption_and_refuses_a_missing_model(windows, tmp_path):
+def save_tiny_clip(folder: Path) -> Path:
+    """A random-weight CLIPModel (28 px images, width 16/24) with the toy byte tokenizer, for the CLIP score's code
+    path."""
     from transformers import CLIPConfig, CLIPModel
 
     from megatron_moviegen.text.toy_clip import byte_clip_tokenizer
@@ -47,8 +49,13 @@ def test_clip_score_is_per_caption_and_refuses_a_missing_model(windows, tmp_path
                 num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                   patch_size=14)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(tmp_path / "clip")
-    tokenizer.save_pretrained(tmp_path / "clip")
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_is_per_caption_and_refuses_a_missing_model(windows, tmp_path):
+    save_tiny_clip(tmp_path / "clip")
     captions = ["a man on a phone", "zzzz qqqq 0123456789"]
     cosines = clip_cosines(windows[:2], captions, tmp_path / "clip", frames=3)
     assert cosines.shape == (2, 3) and cosines.abs().max() <= 1
