@@ -5,6 +5,7 @@ listed in <out>/manifest.jsonl as {"path": edited, "source", "caption": instruct
 
     python tools/make_edit_pairs.py clip1.mp4 clip2.mp4 --out data/edit_pairs --edits flip invert --seconds 2
     python tools/make_edit_pairs.py clip.mp4 --out data/edit_images --frames 1 --task image_edit --edits grayscale
+    python tools/make_edit_pairs.py clip.mp4 --out data/animated --animate 32 --task animated_frame_edit --fps 16
     python tools/make_edit_pairs.py --list        # the edits and their instructions
 """
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="frames per pair instead of --seconds (1: PNGs)")
     parser.add_argument("--max-side", type=int, default=None, help="shrink larger clips to this longer side (px)")
     parser.add_argument("--task", default="video_edit", help="the manifest's task name (data.edit.tasks)")
+    parser.add_argument("--animate", type=int, default=None, metavar="FRAMES",
+                        help="animated frame editing: the first frame and its edits moved by one random affine "
+                             "motion per clip into FRAMES frames (at --fps, default the clip's)")
+    parser.add_argument("--seed", type=int, default=0, help="the motions' seed (--animate)")
     parser.add_argument("--list", action="store_true", help="print the edits and their instructions")
     args = parser.parse_args(argv)
     if args.list:
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = write_edit_pairs(clips, args.edits, args.out, seconds=args.seconds, start_s=args.start,
                                     fps=args.fps, frames=args.frames, task=args.task,
-                                    max_side=args.max_side)
+                                    max_side=args.max_side, animate_frames=args.animate, seed=args.seed)
     except (ValueError, FileNotFoundError) as exc:
         print(f"make_edit_pairs: error: {exc}", file=sys.stderr)
         return 2

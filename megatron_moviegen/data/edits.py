@@ -112,15 +112,55 @@ def pair_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
     return max(2, int(height * scale) // 2 * 2), max(2, int(width * scale) // 2 * 2)
 
 
+@dataclass(frozen=True)
+class Motion:
+    """A camera move over a still: at the clip's end, zoomed by `zoom`, shifted by (dx, dy) (fractions of the
+    frame) and turned by `degrees`; each frame is the linear blend from none of it to all of it."""
+
+    zoom: float
+    dx: float
+    dy: float
+    degrees: float
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "Motion":
+        """The paper's "animated frame editing" draws a random affine motion per pair: zoom 1-1.3x, a pan of up to
+        10 % of the frame each way, a turn of up to 8 degrees."""
+        return cls(float(rng.uniform(1.0, 1.3)), float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1)),
+                   float(rng.uniform(-8.0, 8.0)))
+
+
+def animate(frame: np.ndarray, motion: Motion, num_frames: int) -> Frames:
+    """(h, w, 3) uint8 still -> (num_frames, h, w, 3) uint8: `motion` applied progressively (bilinear, edges
+    repeated), frame 0 the still itself."""
+    import torch.nn.functional as F
+
+    height, width, _ = frame.shape
+    progress = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+    scale = 1.0 / (1.0 + (motion.zoom - 1.0) * progress)  # sampling a smaller window zooms in
+    angle = torch.deg2rad(motion.degrees * progress)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    aspect = height / width  # rotation in pixel units on normalised coordinates
+    theta = torch.stack([torch.stack([cos, -sin * aspect, 2 * motion.dx * progress], -1),
+                         torch.stack([sin / aspect, cos, 2 * motion.dy * progress], -1)], 1).float()
+    still = torch.from_numpy(frame).permute(2, 0, 1).float()[None].expand(num_frames, -1, -1, -1)
+    grid = F.affine_grid(theta, [num_frames, 3, height, width], align_corners=False)
+    moved = F.grid_sample(still, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return moved.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def write_edit_pairs(clips: list[str | Path], edits: list[str], out_dir: str | Path, seconds: float = 2.0,
                      start_s: float = 0.0, fps: float | None = None, frames: int | None = None,
-                     task: str = "video_edit", max_side: int | None = None, crf: int = 10) -> Path:
+                     task: str = "video_edit", max_side: int | None = None, crf: int = 10,
+                     animate_frames: int | None = None, seed: int = 0) -> Path:
     """For each clip: its window [start_s, start_s + seconds) at `fps` (default: native), written as
     `<stem>/source.mp4`, and each edit of it as `<stem>/<edit>.mp4`; `frames=1` writes one frame as PNGs
     (image-editing pairs). Both files of a pair hold the same frames at the same times, so pre-encoding decodes
-    them alike. `max_side` shrinks larger clips to that longer side (aspect kept, even sides). Returns
-    `<out_dir>/manifest.jsonl`: one {"path": target, "source", "caption": instruction, "task"} per (clip, edit);
-    existing pairs are rewritten (every file atomically)."""
+    them alike. `max_side` shrinks larger clips to that longer side (aspect kept, even sides). With
+    `animate_frames` (the paper's animated frame editing, stage II): the window's first frame and each edit of it
+    are both animated by one random `Motion` per clip (drawn from `seed`) into `animate_frames` frames, so a pair
+    of videos comes from an image edit. Returns `<out_dir>/manifest.jsonl`: one {"path": target, "source",
+    "caption": instruction, "task"} per (clip, edit); existing pairs are rewritten (every file atomically)."""
     chosen = [get_edit(name) for name in edits]
     if not chosen:
         raise ValueError("edits: need at least one")
@@ -134,15 +174,22 @@ def write_edit_pairs(clips: list[str | Path], edits: list[str], out_dir: str | P
         if not info.is_image and start_s + (count - 1) / rate > info.duration_s:
             raise ValueError(f"{clip}: {count} frames at {rate:g} fps from {start_s} s need "
                              f"{start_s + (count - 1) / rate:.2f} s, the clip lasts {info.duration_s:.2f} s")
+        count = 1 if animate_frames else count
         requests[clip] = ClipRequest(start_s, rate, count, *pair_size(info.height, info.width, max_side))
     lines = []
+    rng = np.random.default_rng(seed)
     for clip, request in tqdm(requests.items(), desc="edit pairs", unit="clip"):
         source = decoder.clip_frames(clip, request).numpy()
         count, rate = request.num_frames, request.fps
+        pairs = [("source", source)] + [(e.name, e.apply(source)) for e in chosen]
+        if animate_frames:
+            motion = Motion.random(rng)
+            pairs = [(name, animate(pixels[0], motion, animate_frames)) for name, pixels in pairs]
+            count = animate_frames
         folder = out_dir / Path(clip).stem
         suffix = ".png" if count == 1 else ".mp4"
         written = {}
-        for name, pixels in [("source", source)] + [(e.name, e.apply(source)) for e in chosen]:
+        for name, pixels in pairs:
             path = folder / f"{name}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_media(path, _to_pixels(pixels), fps=rate, crf=crf)

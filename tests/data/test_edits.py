@@ -99,6 +99,26 @@ def test_one_frame_pairs_are_lossless_pngs(clips, tmp_path):
     assert json.loads((tmp_path / "manifest.jsonl").read_text())["task"] == "image_edit"
 
 
+def test_animated_frame_pairs_move_the_still_and_its_edit_by_one_motion(clips, tmp_path):
+    """Stage II's animated frame editing: an image-edit pair becomes a video pair by the same random affine motion
+    on both, so the target video is the edit of the source video (invert commutes with the motion up to rounding),
+    and the frames really move."""
+    from megatron_moviegen.data.edits import Motion, animate
+
+    still = frames(t=1, h=24, w=32)[0]
+    moved = animate(still, Motion(1.3, 0.1, -0.05, 8.0), 6)
+    assert moved.shape == (6, 24, 32, 3) and np.array_equal(moved[0], still)
+    assert np.abs(moved[-1].astype(int) - still).mean() > 20
+    assert np.abs(animate(255 - still, Motion(1.3, 0.1, -0.05, 8.0), 6).astype(int) - (255 - moved)).max() <= 1
+    manifest = write_edit_pairs([clips / "carphone_pristine.mp4"], ["invert"], tmp_path, fps=8, max_side=64,
+                                task="animated_frame_edit", animate_frames=8, seed=3)
+    assert json.loads(manifest.read_text())["task"] == "animated_frame_edit"
+    source = _decode(tmp_path / "carphone_pristine" / "source.mp4")
+    inverted = _decode(tmp_path / "carphone_pristine" / "invert.mp4")
+    assert source.shape == (3, 8, 52, 64) and psnr(source[:, 0], source[:, -1], 2.0) < 25  # it moves
+    assert psnr(inverted, -source, 2.0) > 35  # the same motion on both: the pair's edit holds in every frame
+
+
 def test_pairs_tool_refuses_a_window_past_the_clip_and_an_unknown_edit(clips, tmp_path):
     with pytest.raises(ValueError, match=r"carphone_pristine.mp4: 200 frames at 8 fps from 0.0 s need 24.88 s"):
         write_edit_pairs([clips / "carphone_pristine.mp4"], ["flip"], tmp_path, seconds=25, fps=8)
