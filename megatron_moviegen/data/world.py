@@ -305,12 +305,16 @@ def scene_seed(split: Split, index: int, seed: int = 0) -> int:
     return seed * 10_000_019 + SEED_STREAMS[split] + index
 
 
-EDITS = ("recolour", "remove", "flip")
+EDITS = ("recolour", "remove", "flip", "segment")
+# The edit task each is trained as (data.edit.tasks): "segment" is the paper's generative instruction-guided
+# segmentation, the object's exact mask (known here, not estimated) painted in a colour.
+EDIT_TASKS = {"recolour": "video_edit", "remove": "video_edit", "flip": "video_edit", "segment": "video_segmentation"}
 
 
 def edit(scene: Scene, kind: str, rng: random.Random) -> tuple[Scene, str]:
-    """(the edited scene, its instruction): recolour or remove one object, or mirror the video; only what the
-    instruction says changes."""
+    """(the edited scene, its instruction): recolour or remove one object, mirror the video, or mark one object
+    (segmentation: its whole mask painted in one plain colour, texture included); only what the instruction says
+    changes."""
     target = rng.randrange(len(scene.objects))
     obj = scene.objects[target]
     if kind == "recolour":
@@ -324,6 +328,11 @@ def edit(scene: Scene, kind: str, rng: random.Random) -> tuple[Scene, str]:
         return replace(scene, objects=objects), f"remove the {obj.colour} {obj.shape}"
     if kind == "flip":
         return replace(scene, flipped=not scene.flipped), "flip the video horizontally"
+    if kind == "segment":
+        mark = rng.choice(sorted(set(COLOURS) - {o.colour for o in scene.objects}))
+        objects = tuple(replace(o, colour=mark, character=None) if i == target else o
+                        for i, o in enumerate(scene.objects))
+        return replace(scene, objects=objects), f"mark the {obj.colour} {obj.shape} in {mark}"
     raise ValueError(f"edit: got {kind!r}, expected one of {EDITS}")
 
 
@@ -399,7 +408,7 @@ def write_world(out: str | Path, spec: WorldSpec, progress: bool = True) -> Path
             source, path = out / f"{stem}-source.mp4", out / f"{stem}.mp4"
             target, instruction = edit(scene, spec.edits[index % len(spec.edits)], rng)
             _write_clip(source, scene, spec, simulate(scene, spec.seconds))
-            entry.update(caption=instruction, source=source.name, task="video_edit")
+            entry.update(caption=instruction, source=source.name, task=EDIT_TASKS[spec.edits[index % len(spec.edits)]])
             truth.update(source_scene=scene.to_dict(), edit=spec.edits[index % len(spec.edits)])
             scene = target
         else:

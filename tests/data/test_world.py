@@ -97,10 +97,18 @@ def test_edits_change_only_what_the_instruction_says(tmp_path):
     flipped, instruction = edit(scene, "flip", random.Random(0))
     assert instruction == "flip the video horizontally"
     assert torch.equal(render(flipped, 16, 0.5, 48, 48), render(scene, 16, 0.5, 48, 48).flip(-1))
-    manifest = write_world(tmp_path, WorldSpec(count=2, objects=2, edits=("remove",)), progress=False)
-    entry = read_manifest(manifest)[0]
-    assert entry.source.endswith("-source.mp4") and entry.caption.startswith("remove the ")
-    assert entry.task == "video_edit"
+    marked, instruction = edit(scene, "segment", random.Random(0))  # the object's exact mask, painted
+    changed = [(a, b) for a, b in zip(scene.objects, marked.objects) if a != b]
+    assert len(changed) == 1 and instruction == f"mark the {changed[0][0].colour} {changed[0][0].shape} in " \
+        f"{changed[0][1].colour}" and changed[0][1].character is None
+    removed, _ = edit(scene, "remove", random.Random(0))  # the same object taken out: its footprint changes
+    source = render(scene, 16, 0.5, 48, 48)
+    painted, footprint = ((render(s, 16, 0.5, 48, 48) != source).any(0) for s in (marked, removed))
+    assert footprint.sum() > 20 and torch.equal(painted, footprint)  # exactly the object's pixels, every frame
+    manifest = write_world(tmp_path, WorldSpec(count=2, objects=2, edits=("remove", "segment")), progress=False)
+    first, second = read_manifest(manifest)
+    assert first.source.endswith("-source.mp4") and first.caption.startswith("remove the ")
+    assert (first.task, second.task) == ("video_edit", "video_segmentation") and second.caption.startswith("mark the ")
 
 
 def test_characters_come_with_their_reference_and_the_held_out_one_only_in_held_out_scenes(tmp_path):
