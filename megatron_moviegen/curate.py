@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = rank_and_world_from_env()
     try:
         funnels = curate(args.inputs, args.out, config, rank, world, args.wait_s)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TimeoutError) as exc:  # TimeoutError: other ranks' results never came
         print(f"curate: error: {exc}", file=sys.stderr)
         return 2
     if funnels is not None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from megatron_moviegen.runtime import cuda_available, local_rank_from_env
-from megatron_moviegen.utils.frames import center_crop_offsets, cover_size, resize_center_crop
+from megatron_moviegen.utils.frames import cover_size, crop_offsets, resize_center_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -236,7 +236,7 @@ class PyAVDecoder:
                     arrays[id(frame)] = frame.to_ndarray(format="rgb24")
                 else:
                     rgb = cover_rgb(frame, *size)
-                    top, left = center_crop_offsets(rgb.shape[0], rgb.shape[1], *size)
+                    top, left = crop_offsets(rgb.shape[0], rgb.shape[1], *size)
                     arrays[id(frame)] = rgb[top : top + size[0], left : left + size[1]]
             out.append(arrays[id(frame)])
         if not out:

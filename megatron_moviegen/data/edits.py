@@ -170,11 +170,12 @@ def write_edit_pairs(clips: list[str | Path], edits: list[str], out_dir: str | P
     for clip in clips:
         info = decoder.probe(clip)
         rate = fps or info.fps
-        count = frames if frames is not None else int(round(seconds * rate))
+        if animate_frames and not rate > 0:
+            raise ValueError(f"{clip}: an image has no frame rate; give fps (--fps) for its animated pairs")
+        count = 1 if animate_frames else frames if frames is not None else int(round(seconds * rate))
         if not info.is_image and start_s + (count - 1) / rate > info.duration_s:
             raise ValueError(f"{clip}: {count} frames at {rate:g} fps from {start_s} s need "
                              f"{start_s + (count - 1) / rate:.2f} s, the clip lasts {info.duration_s:.2f} s")
-        count = 1 if animate_frames else count
         requests[clip] = ClipRequest(start_s, rate, count, *pair_size(info.height, info.width, max_side))
     lines = []
     rng = np.random.default_rng(seed)

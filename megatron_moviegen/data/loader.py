@@ -109,6 +109,9 @@ class EpochPlan(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
+        i = i + len(self) if i < 0 else i
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of an epoch plan of {len(self)}")
         part = int(np.searchsorted(self.ends, i, side="right"))
         return self.loader.sample_refs(self.parts[part][i - (self.ends[part - 1] if part else 0)])
 
@@ -384,11 +387,16 @@ class LatentLoader:
         shards unless `allow_changed_shards` (then, warning, at the same epoch and batch of the new shards' plan).
         States saved before the O(1) identity (per-shard "index" fingerprints, or a "shards" name list) load too."""
         mine = self.state_dict()
-        state = {"consumed": 0, "epoch_start": 0, "batch_schedule": [], **state}  # saved before batch schedules
-        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction", "batch_schedule"):
+        state = {"batch_schedule": [], **self._position_of_old(state), **state}  # saved before batch schedules
+        for key in ("seed", "dp_rank", "dp_size", "batch_size", "image_fraction"):
             if state[key] != mine[key]:
                 raise ConfigError(f"{key}: saved loader state has {state[key]!r}, {mine[key]!r} here; cannot resume "
                                   "exactly")
+        passed = lambda schedule: [list(change) for change in schedule if change[0] < state["consumed"]]  # noqa: E731
+        if passed(state["batch_schedule"]) != passed(self.batch_schedule):
+            raise ConfigError(f"train.batch_schedule: the changes before batch {state['consumed']} were "
+                              f"{passed(state['batch_schedule'])} in the saved run, {passed(self.batch_schedule)} here; "
+                              "cannot resume exactly (later changes may differ)")
         change = self._change_since(state)
         if change is not None and not self.allow_changed_shards:
             raise ConfigError(
@@ -402,6 +410,14 @@ class LatentLoader:
         self.epoch, self.step = state["epoch"], state["step"]
         self.consumed, self.epoch_start = state["consumed"], state["epoch_start"]
         self._plan = None
+
+    def _position_of_old(self, state: dict) -> dict:
+        """For a state saved before batch schedules (no "consumed"): batches served and where its epoch began,
+        counted from the epochs' plans at the one batch size it had (only when a schedule needs them)."""
+        if "consumed" in state or not self.batch_schedule:
+            return {"consumed": state.get("consumed", 0), "epoch_start": state.get("epoch_start", 0)}
+        start = sum(len(self.epoch_plan(epoch, state["batch_size"])) for epoch in range(state["epoch"]))
+        return {"consumed": start + state["step"], "epoch_start": start}
 
     def _change_since(self, state: dict) -> str | None:
         saved = saved_identity(state)

@@ -5,14 +5,16 @@ rank, on every rerun): the run's identity hashes every record and the repeat che
 writes the index on the pass it makes anyway without one (`build_index`) and publishes it in the output
 folder; a later run of any rank that finds it valid reads its lines by byte offset (`read_indexed_slice`):
 
-    <out>/index/manifest/header.json   {"format", "manifest" (absolute path), "size", "mtime_ns",
-                                        "entries", "sha256" (the run identity `read_slice` computes)}
+    <out>/index/manifest/header.json   {"format", "manifest" (absolute path), "base" (its folder as named),
+                                        "inode", "size", "mtime_ns", "entries", "sha256" (the run identity
+                                        `read_slice` computes)}
     <out>/index/manifest/offsets.bin   int64 per entry: the byte offset of its line
     <out>/index/manifest/keys.bin      uint64 per entry: 8 bytes of blake2b over its `repeat_key`
 
 The repeat check scans keys.bin up to this rank's last entry (numpy, a chunk at a time) and parses only the lines
 whose key hash one of its entries has, then compares the keys themselves. The index is valid while the manifest
-keeps the size and modification time recorded (the quick check make and rsync use); any other manifest, a CSV,
+keeps the inode, size and modification time recorded (the quick check make and rsync use, and a file replaced by a
+rename is another inode) and is named from the same folder (relative media paths resolve against it); any other manifest, a CSV,
 a folder, `--limit`, or a manifest with an entry whose subject needs a reference (PT2V: resolved against every
 clip of the subject) is read whole as before (`manifest.read_slice`), with the same result.
 """
@@ -36,7 +38,7 @@ from megatron_moviegen.utils.io import atomic_write_text, read_json_file
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 INDEX_DIR = "manifest"
 _CHUNK = 1 << 16  # entries a write buffer or a scan of keys.bin holds
 
@@ -68,10 +70,13 @@ def build_index(source: Path, folder: Path, keep: Callable[[int], bool]) -> Opti
         return None
     header, kept = written
     atomic_write_text(folder / "header.json", json.dumps(header))  # last: a folder without it is no index
-    keys = _mapped(folder / "keys.bin", np.uint64, header["entries"])
-    offsets = _mapped(folder / "offsets.bin", np.int64, header["entries"])
-    with open(source, "rb") as fh:
-        repeats = _repeats(kept, keys, lambda index: _entry_at(fh, source, offsets, index))
+    keys = _Column(folder / "keys.bin", np.uint64, header["entries"])
+    offsets = _Column(folder / "offsets.bin", np.int64, header["entries"])
+    try:
+        with open(source, "rb") as fh:
+            repeats = _repeats(kept, keys, folder / "keys.bin", lambda index: _entry_at(fh, source, offsets, index))
+    finally:
+        keys.close(), offsets.close()
     return ManifestSlice(header["entries"], header["sha256"], kept, repeats)
 
 
@@ -100,8 +105,7 @@ def _write_index(source: Path, folder: Path, keep: Callable[[int], bool]
             offset += len(raw)
         _flush(offsets, offsets_out), _flush(keys, keys_out)
     digest.update(b"]")
-    header = {"format": FORMAT, "manifest": str(Path(source).resolve()), "size": before.st_size,
-              "mtime_ns": before.st_mtime_ns, "entries": count, "sha256": digest.hexdigest()}
+    header = {"format": FORMAT, **_identity(source, before), "entries": count, "sha256": digest.hexdigest()}
     return header, kept
 
 
@@ -117,15 +121,28 @@ def read_indexed_slice(source: Path, folder: Path, kept: Callable[[int], Iterabl
     if header is None:
         return None
     try:
-        offsets = _mapped(folder / "offsets.bin", np.int64, header["entries"])
-        keys = _mapped(folder / "keys.bin", np.uint64, header["entries"])
+        offsets = _Column(folder / "offsets.bin", np.int64, header["entries"])
+        keys = _Column(folder / "keys.bin", np.uint64, header["entries"])
     except (OSError, ValueError) as exc:  # rank 0 replacing a stale index now, or a damaged one: read it whole
         log.info("%s: manifest index unusable (%s); reading the manifest whole", folder, exc)
         return None
-    with open(source, "rb") as fh:
-        entries = {index: _entry_at(fh, source, offsets, index) for index in kept(header["entries"])}
-        repeats = _repeats(entries, keys, lambda index: _entry_at(fh, source, offsets, index))
+    try:
+        with open(source, "rb") as fh:
+            mine = np.fromiter(kept(header["entries"]), np.int64)
+            lines = offsets.at(mine)
+            entries = {index: _entry_from(fh, source, int(offset), index) for index, offset in zip(mine.tolist(), lines)}
+            repeats = _repeats(entries, keys, folder / "keys.bin",
+                               lambda index: _entry_at(fh, source, offsets, index))
+    finally:
+        offsets.close(), keys.close()
     return ManifestSlice(header["entries"], header["sha256"], entries, repeats)
+
+
+def _identity(source: Path, stat: os.stat_result) -> dict:
+    """What must not change for the index to stand: the file (its absolute path, inode, size and modification
+    time) and the folder its relative media paths are resolved against, as the manifest was named."""
+    return {"manifest": str(Path(source).resolve()), "base": str(Path(source).parent), "inode": stat.st_ino,
+            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _valid_header(source: Path, folder: Path) -> Optional[dict]:
@@ -133,23 +150,46 @@ def _valid_header(source: Path, folder: Path) -> Optional[dict]:
     if not path.exists():
         return None
     header = read_json_file(path, "manifest index")
-    now = os.stat(source)
-    fresh = (header.get("format") == FORMAT and header.get("manifest") == str(Path(source).resolve())
-             and header.get("size") == now.st_size and header.get("mtime_ns") == now.st_mtime_ns)
+    now = _identity(source, os.stat(source))
+    fresh = header.get("format") == FORMAT and all(header.get(key) == value for key, value in now.items())
     if not fresh:
         log.info("%s: made for another manifest or an older version of %s; reading the manifest whole", folder, source)
     return header if fresh else None
 
 
-def _mapped(path: Path, dtype, count: int) -> np.ndarray:
-    size = path.stat().st_size
-    if size != count * np.dtype(dtype).itemsize:
-        raise ValueError(f"{path}: {size} bytes for {count} entries")
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.empty(0, dtype)
+class _Column:
+    """One of the index's arrays, read with pread where needed: not memory-mapped, so a rank's scattered reads do
+    not leave the kernel's fault-around pages of an 800 MB file (100M entries) in its resident set."""
+
+    def __init__(self, path: Path, dtype, count: int):
+        self.dtype, self.count = np.dtype(dtype), count
+        size = path.stat().st_size
+        if size != count * self.dtype.itemsize:
+            raise ValueError(f"{path}: {size} bytes for {count} entries")
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __getitem__(self, index: int):
+        return np.frombuffer(os.pread(self.fd, self.dtype.itemsize, index * self.dtype.itemsize), self.dtype)[0]
+
+    def at(self, indices: np.ndarray) -> np.ndarray:
+        """The values at ascending `indices`, one read per run of consecutive ones."""
+        out = np.empty(len(indices), self.dtype)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(indices) != 1) + 1, [len(indices)]]).astype(int)
+        for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            raw = os.pread(self.fd, (end - first) * self.dtype.itemsize, int(indices[first]) * self.dtype.itemsize)
+            out[first:end] = np.frombuffer(raw, self.dtype)
+        return out
 
 
-def _entry_at(fh, source: Path, offsets: np.ndarray, index: int) -> ManifestEntry:
-    fh.seek(int(offsets[index]))
+def _entry_at(fh, source: Path, offsets: _Column, index: int) -> ManifestEntry:
+    return _entry_from(fh, source, int(offsets[index]), index)
+
+
+def _entry_from(fh, source: Path, offset: int, index: int) -> ManifestEntry:
+    fh.seek(offset)
     entry = parse_line(fh.readline(), source, f"entry {index}")
     if entry is None:
         raise ManifestError(f"{source}: entry {index} is not where its index says; the manifest changed without "
@@ -157,22 +197,25 @@ def _entry_at(fh, source: Path, offsets: np.ndarray, index: int) -> ManifestEntr
     return entry
 
 
-def _repeats(kept: dict[int, ManifestEntry], keys: np.ndarray, entry_at) -> dict[int, int]:
+def _repeats(kept: dict[int, ManifestEntry], keys: _Column, keys_path: Path, entry_at) -> dict[int, int]:
     """As `manifest._repeats_of`: kept index (ascending) -> the first index with its `repeat_key`, for those that
-    repeat one. Only the other lines whose key hash one of the kept entries has are parsed."""
+    repeat one. Only the other lines whose key hash one of the kept entries has are parsed. The kept entries' hashes
+    come from `keys`; the scan reads `keys_path` a chunk at a time."""
     own = {index: repeat_key(entry) for index, entry in kept.items()}
     first: dict[tuple, int] = {}
     for index, key in own.items():
         first.setdefault(key, index)
     indices = np.fromiter(kept, np.int64, len(kept))
-    wanted = np.unique(keys[indices])  # sorted
+    wanted = np.unique(keys.at(indices))  # sorted
     end = int(indices[-1]) + 1 if len(indices) else 0
-    for start in range(0, end, _CHUNK):
-        hits = start + np.flatnonzero(_members(np.asarray(keys[start:min(start + _CHUNK, end)]), wanted))
-        for index in hits[~_members(hits, indices)].tolist():
-            key = repeat_key(entry_at(index))
-            if first.get(key, -1) > index:
-                first[key] = index
+    with open(keys_path, "rb") as scan:
+        for start in range(0, end, _CHUNK):
+            chunk = np.fromfile(scan, dtype=np.uint64, count=min(_CHUNK, end - start))
+            hits = start + np.flatnonzero(_members(chunk, wanted))
+            for index in hits[~_members(hits, indices)].tolist():
+                key = repeat_key(entry_at(index))
+                if first.get(key, -1) > index:
+                    first[key] = index
     repeats = {index: first.get(key, index) for index, key in own.items()}
     return {index: earlier for index, earlier in repeats.items() if earlier < index}
 

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
 import time
 from collections import Counter, deque
@@ -75,6 +76,8 @@ PARALLEL_FINALIZE_SHARDS = 1000  # fewer shards finalise faster in one process t
 
 # Raised by a source the decoder cannot use; OSErrors (the file could not be read) are retried first.
 DECODE_ERRORS = (DecodeError, ValueError, av.FFmpegError)
+
+log = logging.getLogger(__name__)
 
 
 class VideoEncoder(Protocol):
@@ -497,7 +500,10 @@ class Preencoder:
         if indexable(manifest):
             part = read_indexed_slice(manifest.source, self.out_dir / INDEX_DIR / MANIFEST_INDEX_DIR, mine)
             if part is None and rank == 0:
-                part = build_index(manifest.source, self._staged_index_dir(), keep)
+                try:
+                    part = build_index(manifest.source, self._staged_index_dir(), keep)
+                except OSError as exc:  # e.g. the output's parent folder is not writable: no index, same result
+                    log.warning("manifest index not written (%s); reading the manifest whole", exc)
             if part is not None:
                 return part
         return read_slice(manifest, keep)
@@ -546,8 +552,9 @@ class Preencoder:
             raise ConfigError("pre-encoding video needs the TAE (video_encoder)")
         part = self.read(manifest)  # a malformed manifest stops the run before the output folder exists
         check_output_folder(self.out_dir)
-        self._publish_staged_index()
         self._check_run_config(part)
+        if self.rank == 0:  # only its staging folder; after the checks, so a refused run keeps the old index
+            self._publish_staged_index()
         plan = self.shard_plan(part)
         done = completed_shards(self.out_dir)
         # shard -> (entries to prepare, the complete shard's index when only its "io" rejects are redone)

@@ -67,10 +67,9 @@ def read_reference(args: argparse.Namespace, cfg: MovieGenConfig) -> tuple[torch
 
     from megatron_moviegen.data.decode import DecodeError, PyAVDecoder
     from megatron_moviegen.data.preencode import load_crop, reference_frame
-    from megatron_moviegen.kinds import kind_of
     from megatron_moviegen.models.vision_tower import resolve_encoder_source
 
-    if kind_of(cfg).generate_input != "--reference-image" or REFERENCE_SOURCE not in cfg.model.extra_context:
+    if cfg.data.reference is None or REFERENCE_SOURCE not in cfg.model.extra_context:
         raise ValueError(f"--reference-image: {args.checkpoint} is not a personalized export (its config has no "
                          f"data.reference / model.extra_context.{REFERENCE_SOURCE}); train one with the pt2v recipe")
     if not Path(args.reference_image).is_file():

@@ -48,8 +48,13 @@ def evaluate_t2v(args: argparse.Namespace, recipe) -> dict:
     from megatron_moviegen.inference.components import load_tae
     from megatron_moviegen.inference.pipeline import MovieGenPipeline
     from megatron_moviegen.kinds.evaluating import exported_model, finish
+    from megatron_moviegen.utils.distribution import check_inputs
 
     clips = load_reference_clips(args.manifest, recipe.data.buckets, recipe.data.decoder)
+    try:
+        check_inputs(len(clips), args.fvd_model, args.clip_model)  # before any sampling
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"evaluate: error: {exc}") from None
     tae = load_tae(args.tae)
     if not args.checkpoint:
         report, videos = evaluate(clips, tae, None, args.steps, args.guidance_scale, args.seed)

@@ -43,6 +43,16 @@ def _check_folder(folder: str | Path, what: str) -> Path:
     return folder
 
 
+def check_inputs(videos: int, fvd_model: str | Path | None, clip_model: str | Path | None) -> None:
+    """Before any sampling: the model folders exist and FVD has its two videos per set."""
+    if fvd_model:
+        _check_folder(fvd_model, "FVD video model")
+        if videos < 2:
+            raise ValueError(f"FVD needs at least 2 videos per set (a covariance), the manifest has {videos}")
+    if clip_model:
+        _check_folder(clip_model, "CLIP score model")
+
+
 def _normalisation(folder: Path, default: tuple[tuple, tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) as (3, 1, 1) from the folder's preprocessor_config.json, else `default`."""
     path = folder / "preprocessor_config.json"

@@ -13,10 +13,6 @@ def cover_size(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int
     return max(dst_h, round(src_h * scale)), max(dst_w, round(src_w * scale))
 
 
-def center_crop_offsets(h: int, w: int, dst_h: int, dst_w: int) -> tuple[int, int]:
-    return crop_offsets(h, w, dst_h, dst_w)
-
-
 def crop_offsets(h: int, w: int, dst_h: int, dst_w: int, top: float = 0.5, left: float = 0.5) -> tuple[int, int]:
     """(top, left) pixel offset of a (dst_h, dst_w) crop at relative position (top, left) in [0, 1]; 0.5 is the
     centre crop pre-encoding takes."""
@@ -30,6 +26,6 @@ def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.T
     x = frames.permute(0, 3, 1, 2).float()  # (t, 3, h, w)
     if (cover_h, cover_w) != (h, w):
         x = F.interpolate(x, size=(cover_h, cover_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = center_crop_offsets(cover_h, cover_w, height, width)
+    top, left = crop_offsets(cover_h, cover_w, height, width)
     x = x[:, :, top : top + height, left : left + width].round_().clamp_(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 1)  # (t, h, w, 3)

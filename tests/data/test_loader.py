@@ -141,8 +141,18 @@ def test_a_batch_schedule_recuts_the_epoch_at_each_change_and_resumes_exactly(sh
         resumed = make()
         resumed.load_state_dict(pickle.loads(pickle.dumps(loader.state_dict())))
         assert [b.keys for b in head + take(resumed, 30 - stop)] == [b.keys for b in batches], stop
-    with pytest.raises(ConfigError, match=r"batch_schedule: saved loader state has \[\[3, 4\], \[17, 1\]\]"):
+    with pytest.raises(ConfigError, match=r"the changes before batch 30 were \[\[3, 4\], \[17, 1\]\] in the saved "
+                                          r"run, \[\[3, 4\]\] here"):
         LatentLoader(shards, 2, 0.5, seed=11, batch_schedule=[(3, 4)]).load_state_dict(reference.state_dict())
+    early = make()
+    take(early, 10)  # before the change at 17: a recipe may move or add later changes
+    LatentLoader(shards, 2, 0.5, seed=11, batch_schedule=[(3, 4), (20, 1)]).load_state_dict(early.state_dict())
+    old = LatentLoader(shards, 2, 0.5, seed=11)  # a run saved before batch schedules, in its second epoch
+    take(old, 40)
+    state = {k: v for k, v in old.state_dict().items() if k not in ("consumed", "epoch_start", "batch_schedule")}
+    later = LatentLoader(shards, 2, 0.5, seed=11, batch_schedule=[(45, 4)])
+    later.load_state_dict(state)  # its position counted from the epochs' plans: the change lands at batch 45
+    assert (later.consumed, later.epoch) == (40, 1) and [len(b.keys) for b in take(later, 6)] == [2] * 5 + [4]
 
 
 def test_state_from_other_settings_is_refused(shards):
