@@ -222,7 +222,8 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                data: Optional[DataConfig] = None, kind: Optional[str] = None) -> None:
     """Write the export folder from this rank's chunks (any TP/CP/PP layout) with tensors in `dtype`. Every rank
-    must call it. The caller passes its recipe's `data` and `kind`: config.yaml records the kind and keeps
+    must call it. The caller passes its recipe's `data` and `kind` (default: the one `data` implies): config.yaml
+    records the kind and keeps
     data.buckets (the trained resolution), the section that marks the kind (data.upsample, data.edit: the names of
     an editing model's task-table rows, data.reference: a personalized model's vision tower, data.audio: an audio
     model's rates and video-feature tower).
@@ -268,6 +269,7 @@ def export_dit(model_chunks: list[MovieGenDiT], folder: str | Path, name: str = 
                                                             upsample=data.upsample, edit=data.edit,
                                                             reference=data.reference, audio=data.audio)
         cfg = MovieGenConfig(name=name, kind=kind, model=model_chunks[0].dit_config, data=kept)
+        cfg.kind = kind_of(cfg).name  # recorded even when the caller gave none: the kind its data implies
         _finish_export(folder, cfg, weight_map, sum(nbytes for *_, nbytes in stages))
         swap_in_folder(final)
     dist.barrier()

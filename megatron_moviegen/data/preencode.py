@@ -503,7 +503,7 @@ class Preencoder:
                 try:
                     part = build_index(manifest.source, self._staged_index_dir(), keep)
                 except OSError as exc:  # e.g. the output's parent folder is not writable: no index, same result
-                    log.warning("manifest index not written (%s); reading the manifest whole", exc)
+                    log.info("manifest index not written (%s); reading the manifest whole", exc)
             if part is not None:
                 return part
         return read_slice(manifest, keep)
