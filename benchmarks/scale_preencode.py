@@ -164,6 +164,7 @@ def rank_time_to_sample(manifest: Path, resumed: Path, indexed: bool) -> float:
     if not indexed:
         shutil.rmtree(out / INDEX_DIR / MANIFEST_INDEX)
     encoder = preencoder(out, rank=1, world_size=RANKS)
+    encoder.config.manifest_index_wait_s = 0.0  # without the index: read it whole, not wait for a rank 0
     begin = time.perf_counter()
     try:
         start(encoder, manifest)

@@ -249,6 +249,10 @@ class DataConfig:
     # A missing file or a permission error is rejected at once (still "io": --retry-rejects reads it again).
     io_retries: int = 3
     io_retry_delay_s: float = 0.5
+    # A first run over a .jsonl manifest: the other ranks wait up to this long for the manifest index rank 0 writes
+    # on its pass (data/manifest_index.py), then read only their own lines; 0 (or the wait running out): each reads
+    # the manifest whole itself. A rerun finds the index published and does not wait.
+    manifest_index_wait_s: float = 3600.0
     # Set for the spatial upsampler: pre-encoding also writes the degraded low-res clip's latents as the
     # sample's Conditioning.channels (model.condition_channels = latent channels).
     upsample: Optional[UpsampleConfig] = None
@@ -271,6 +275,8 @@ class DataConfig:
                               "must be >= 0")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: got {self.num_workers}, must be >= 0")
+        if not self.manifest_index_wait_s >= 0:
+            raise ConfigError(f"manifest_index_wait_s: got {self.manifest_index_wait_s}, must be >= 0")
         if self.prefetch_batches < 0:
             raise ConfigError(f"prefetch_batches: got {self.prefetch_batches}, must be >= 0")
         if not 0.0 <= self.image_fraction <= 1.0:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from array import array
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -59,6 +60,7 @@ def build_index(source: Path, folder: Path, keep: Callable[[int], bool]) -> Opti
     indices `keep` accepts (as `read_indexed_slice` would read it); None, and no folder, when an entry has a
     subject but no reference."""
     shutil.rmtree(folder, ignore_errors=True)
+    _none_marker(folder).unlink(missing_ok=True)
     folder.mkdir(parents=True)
     try:
         written = _write_index(source, folder, keep)
@@ -67,6 +69,7 @@ def build_index(source: Path, folder: Path, keep: Callable[[int], bool]) -> Opti
         raise
     if written is None:
         shutil.rmtree(folder)
+        atomic_write_text(_none_marker(folder), json.dumps(_identity(source, os.stat(source))))  # waiters stop
         return None
     header, kept = written
     atomic_write_text(folder / "header.json", json.dumps(header))  # last: a folder without it is no index
@@ -78,6 +81,44 @@ def build_index(source: Path, folder: Path, keep: Callable[[int], bool]) -> Opti
     finally:
         keys.close(), offsets.close()
     return ManifestSlice(header["entries"], header["sha256"], kept, repeats)
+
+
+def _none_marker(folder: Path) -> Path:
+    """Where `build_index` says that it wrote no index for a manifest (so ranks waiting for one stop)."""
+    return folder.with_name(folder.name + ".none")
+
+
+def wait_for_index(source: Path, folders: list[Path], kept: Callable[[int], Iterable[int]], wait_s: float,
+                   poll_s: float = 0.5) -> Optional[ManifestSlice]:
+    """`read_indexed_slice` from the first of `folders` (the published index, then rank 0's staging folder) that
+    holds a valid index for `source`, polling up to `wait_s` seconds while rank 0 writes it; None when the wait
+    runs out or rank 0 marked the manifest as one it does not index (its marker beside the last folder)."""
+    start = time.monotonic()
+    deadline, noted = start + wait_s, False
+    while True:
+        for folder in folders:
+            part = read_indexed_slice(source, folder, kept)
+            if part is not None:
+                return part
+        marker = _none_marker(folders[-1])
+        if marker.exists() and _marked(marker, source):
+            return None
+        if not noted and time.monotonic() - start > 60:
+            log.warning("%s: waiting up to %.0f s for the manifest index rank 0 writes on its pass (set "
+                        "data.manifest_index_wait_s=0 to read the manifest whole on every rank)", source, wait_s)
+            noted = True
+        if time.monotonic() >= deadline:
+            log.warning("%s: no manifest index from rank 0 after %.0f s (data.manifest_index_wait_s); reading the "
+                        "manifest whole", source, wait_s)
+            return None
+        time.sleep(poll_s)
+
+
+def _marked(marker: Path, source: Path) -> bool:
+    try:
+        return json.loads(marker.read_text()) == _identity(source, os.stat(source))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_index(source: Path, folder: Path, keep: Callable[[int], bool]
@@ -116,8 +157,12 @@ def _flush(values: array, sink) -> None:
 
 def read_indexed_slice(source: Path, folder: Path, kept: Callable[[int], Iterable[int]]) -> Optional[ManifestSlice]:
     """The `ManifestSlice` `manifest.read_slice` gives for the manifest indices `kept(number of entries)`
-    (ascending), read through the index in `folder`; None when there is no valid index for `source` as it is now."""
-    header = _valid_header(source, folder)
+    (ascending), read through the index in `folder`; None when there is no valid index for `source` as it is now
+    (or its folder was moved away while read: rank 0 publishing its staged index)."""
+    try:
+        header = _valid_header(source, folder)
+    except (OSError, ValueError):  # header.json moved away (published) or being replaced
+        return None
     if header is None:
         return None
     try:
@@ -133,6 +178,8 @@ def read_indexed_slice(source: Path, folder: Path, kept: Callable[[int], Iterabl
             entries = {index: _entry_from(fh, source, int(offset), index) for index, offset in zip(mine.tolist(), lines)}
             repeats = _repeats(entries, keys, folder / "keys.bin",
                                lambda index: _entry_at(fh, source, offsets, index))
+    except FileNotFoundError:  # keys.bin moved with its folder between the header check and the scan
+        return None
     finally:
         offsets.close(), keys.close()
     return ManifestSlice(header["entries"], header["sha256"], entries, repeats)

@@ -49,7 +49,8 @@ from megatron_moviegen.data.degrade import condition_pixels, low_resolution_size
 from megatron_moviegen.data.decode import ClipRequest, DecodeError, Decoder, build_decoder, to_unit_range
 from megatron_moviegen.data.manifest import ManifestEntry, ManifestSlice, entry_problem, read_slice, reference_problem
 from megatron_moviegen.data.manifest_index import INDEX_DIR as MANIFEST_INDEX_DIR
-from megatron_moviegen.data.manifest_index import build_index, indexable, publish_index, read_indexed_slice
+from megatron_moviegen.data.manifest_index import (build_index, indexable, publish_index, read_indexed_slice,
+                                                   wait_for_index)
 from megatron_moviegen.runtime import local_rank_from_env
 from megatron_moviegen.text.prompts import conditioning_prompt, prompt_fps
 from megatron_moviegen.utils.io import atomic_output, check_writable_folder, read_json_file
@@ -487,8 +488,9 @@ class Preencoder:
     def read(self, manifest: Iterable[ManifestEntry]) -> ManifestSlice:
         """This rank's share of `manifest` (a list of entries, or a `manifest.ManifestFile` read as a stream): the
         entries of its shards, k % world_size == rank. A `.jsonl` manifest file is read through its index in the
-        output folder when one is valid (`manifest_index`: only this rank's lines are parsed); rank 0 writes the
-        index on the pass it makes without one, and `run` publishes it."""
+        output folder when one is valid (`manifest_index`: only this rank's lines are parsed); without one rank 0
+        writes it on the pass it makes anyway (`run` publishes it) while the other ranks wait for it up to
+        data.manifest_index_wait_s, so the manifest is parsed whole once, not once per rank."""
         size, rank, world = self.config.shard_size, self.rank, self.world_size
         def keep(index: int) -> bool:
             return (index // size) % world == rank
@@ -498,12 +500,16 @@ class Preencoder:
                 yield from range(k * size, min((k + 1) * size, entries))
 
         if indexable(manifest):
-            part = read_indexed_slice(manifest.source, self.out_dir / INDEX_DIR / MANIFEST_INDEX_DIR, mine)
+            published = self.out_dir / INDEX_DIR / MANIFEST_INDEX_DIR
+            part = read_indexed_slice(manifest.source, published, mine)
             if part is None and rank == 0:
                 try:
                     part = build_index(manifest.source, self._staged_index_dir(), keep)
                 except OSError as exc:  # e.g. the output's parent folder is not writable: no index, same result
                     log.info("manifest index not written (%s); reading the manifest whole", exc)
+            elif part is None and self.config.manifest_index_wait_s > 0:  # rank 0 is writing it on its pass
+                part = wait_for_index(manifest.source, [published, self._staged_index_dir()], mine,
+                                      self.config.manifest_index_wait_s)
             if part is not None:
                 return part
         return read_slice(manifest, keep)

@@ -5,7 +5,7 @@ import pytest
 
 from megatron_moviegen.data.manifest import (ManifestEntry, ManifestError, ManifestFile, entry_problem, manifest_record,
                                              read_manifest, read_slice, repeated_entries)
-from megatron_moviegen.data.manifest_index import build_index, read_indexed_slice
+from megatron_moviegen.data.manifest_index import build_index, read_indexed_slice, wait_for_index
 
 
 def test_jsonl_with_optional_fields_and_relative_paths(tmp_path):
@@ -135,3 +135,27 @@ def test_a_manifest_whose_subjects_need_references_is_not_indexed(tmp_path):
     with pytest.raises(ManifestError, match=r"m.jsonl:2: missing 'caption'"):
         build_index(manifest, tmp_path / "index", lambda index: True)
     assert not (tmp_path / "index").exists()
+
+
+def test_other_ranks_take_rank_0s_index_as_it_appears_and_stop_waiting_when_it_writes_none(tmp_path):
+    """A first run: ranks other than 0 wait for the index rank 0 writes on its pass (staged, then published), so
+    the manifest is parsed whole once; a manifest rank 0 does not index (subjects) ends the wait at once."""
+    import threading
+    import time
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"path": f"{i}.mp4", "caption": f"c{i % 3}"}) + "\n" for i in range(9)))
+    published, staged = tmp_path / "out" / "index" / "manifest", tmp_path / ".out.manifest.staged"
+    mine = lambda count: [i for i in range(count) if i % 2 == 1]  # noqa: E731
+    writer = threading.Timer(0.3, build_index, args=(manifest, staged, lambda index: index % 2 == 0))
+    writer.start()
+    started = time.monotonic()
+    part = wait_for_index(manifest, [published, staged], mine, wait_s=30, poll_s=0.05)
+    writer.join()
+    assert part == read_slice(ManifestFile(manifest), lambda index: index % 2 == 1) and time.monotonic() - started < 10
+    assert wait_for_index(manifest, [published, tmp_path / "absent"], mine, wait_s=0.1, poll_s=0.05) is None
+    manifest.write_text(json.dumps({"path": "a.mp4", "caption": "a", "subject": "ann"}) + "\n")
+    assert build_index(manifest, staged, lambda index: True) is None  # rank 0: no index for subjects, and says so
+    started = time.monotonic()
+    assert wait_for_index(manifest, [published, staged], mine, wait_s=30, poll_s=0.05) is None
+    assert time.monotonic() - started < 5
