@@ -73,14 +73,7 @@ def build_index(source: Path, folder: Path, keep: Callable[[int], bool]) -> Opti
         return None
     header, kept = written
     atomic_write_text(folder / "header.json", json.dumps(header))  # last: a folder without it is no index
-    keys = _Column(folder / "keys.bin", np.uint64, header["entries"])
-    offsets = _Column(folder / "offsets.bin", np.int64, header["entries"])
-    try:
-        with open(source, "rb") as fh:
-            repeats = _repeats(kept, keys, folder / "keys.bin", lambda index: _entry_at(fh, source, offsets, index))
-    finally:
-        keys.close(), offsets.close()
-    return ManifestSlice(header["entries"], header["sha256"], kept, repeats)
+    return _slice(source, header, *_columns(folder, header), lambda offsets, fh: kept)
 
 
 def _none_marker(folder: Path) -> Path:
@@ -165,24 +158,42 @@ def read_indexed_slice(source: Path, folder: Path, kept: Callable[[int], Iterabl
         return None
     if header is None:
         return None
+
+    def entries(offsets: "_Column", fh) -> dict[int, ManifestEntry]:
+        mine = np.fromiter(kept(header["entries"]), np.int64)
+        return {index: _entry_from(fh, source, int(offset), index)
+                for index, offset in zip(mine.tolist(), offsets.at(mine))}
+
     try:
-        offsets = _Column(folder / "offsets.bin", np.int64, header["entries"])
-        keys = _Column(folder / "keys.bin", np.uint64, header["entries"])
+        columns = _columns(folder, header)
     except (OSError, ValueError) as exc:  # rank 0 replacing a stale index now, or a damaged one: read it whole
         log.info("%s: manifest index unusable (%s); reading the manifest whole", folder, exc)
         return None
     try:
-        with open(source, "rb") as fh:
-            mine = np.fromiter(kept(header["entries"]), np.int64)
-            lines = offsets.at(mine)
-            entries = {index: _entry_from(fh, source, int(offset), index) for index, offset in zip(mine.tolist(), lines)}
-            repeats = _repeats(entries, keys, folder / "keys.bin",
-                               lambda index: _entry_at(fh, source, offsets, index))
+        return _slice(source, header, *columns, entries)
     except FileNotFoundError:  # keys.bin moved with its folder between the header check and the scan
         return None
+
+
+def _columns(folder: Path, header: dict) -> tuple["_Column", "_Column"]:
+    """The index's (offsets, keys) arrays, opened."""
+    offsets = _Column(folder / "offsets.bin", np.int64, header["entries"])
+    try:
+        return offsets, _Column(folder / "keys.bin", np.uint64, header["entries"])
+    except BaseException:
+        offsets.close()
+        raise
+
+
+def _slice(source: Path, header: dict, offsets: "_Column", keys: "_Column", entries) -> ManifestSlice:
+    """The slice of the entries `entries(offsets, manifest file)` gives, with their repeats; closes the columns."""
+    try:
+        with open(source, "rb") as fh:
+            kept = entries(offsets, fh)
+            repeats = _repeats(kept, keys, lambda index: _entry_at(fh, source, offsets, index))
     finally:
         offsets.close(), keys.close()
-    return ManifestSlice(header["entries"], header["sha256"], entries, repeats)
+    return ManifestSlice(header["entries"], header["sha256"], kept, repeats)
 
 
 def _identity(source: Path, stat: os.stat_result) -> dict:
@@ -244,10 +255,10 @@ def _entry_from(fh, source: Path, offset: int, index: int) -> ManifestEntry:
     return entry
 
 
-def _repeats(kept: dict[int, ManifestEntry], keys: _Column, keys_path: Path, entry_at) -> dict[int, int]:
+def _repeats(kept: dict[int, ManifestEntry], keys: "_Column", entry_at) -> dict[int, int]:
     """As `manifest._repeats_of`: kept index (ascending) -> the first index with its `repeat_key`, for those that
     repeat one. Only the other lines whose key hash one of the kept entries has are parsed. The kept entries' hashes
-    come from `keys`; the scan reads `keys_path` a chunk at a time."""
+    come from `keys`, which the scan then reads a chunk at a time."""
     own = {index: repeat_key(entry) for index, entry in kept.items()}
     first: dict[tuple, int] = {}
     for index, key in own.items():
@@ -255,14 +266,13 @@ def _repeats(kept: dict[int, ManifestEntry], keys: _Column, keys_path: Path, ent
     indices = np.fromiter(kept, np.int64, len(kept))
     wanted = np.unique(keys.at(indices))  # sorted
     end = int(indices[-1]) + 1 if len(indices) else 0
-    with open(keys_path, "rb") as scan:
-        for start in range(0, end, _CHUNK):
-            chunk = np.fromfile(scan, dtype=np.uint64, count=min(_CHUNK, end - start))
-            hits = start + np.flatnonzero(_members(chunk, wanted))
-            for index in hits[~_members(hits, indices)].tolist():
-                key = repeat_key(entry_at(index))
-                if first.get(key, -1) > index:
-                    first[key] = index
+    for start in range(0, end, _CHUNK):
+        chunk = keys.at(np.arange(start, min(start + _CHUNK, end)))  # one read: the indices are consecutive
+        hits = start + np.flatnonzero(_members(chunk, wanted))
+        for index in hits[~_members(hits, indices)].tolist():
+            key = repeat_key(entry_at(index))
+            if first.get(key, -1) > index:
+                first[key] = index
     repeats = {index: first.get(key, index) for index, key in own.items()}
     return {index: earlier for index, earlier in repeats.items() if earlier < index}
 
